@@ -1,0 +1,92 @@
+"""Errors a client or an operator may be told about.
+
+Domain errors know nothing about HTTP: `service/api/errors.py` maps each class to a status code in
+one table. The message of a `ServingError` is shown to clients, so it never carries a stack trace or
+a file-system path. This module imports neither Flask nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error a client may be told about; the message is shown to the client."""
+
+
+class InvalidInput(ServingError):
+    """The request cannot be parsed or does not fit the model (HTTP 400)."""
+
+
+class InvalidTensor(InvalidInput):
+    """Valid JSON whose tensors have the wrong shape or dtype for the model (HTTP 422)."""
+
+
+class PayloadTooLarge(ServingError):
+    """The request body, batch or image is larger than a configured limit (HTTP 413)."""
+
+
+class UnsupportedMediaType(ServingError):
+    """The request's Content-Type is not one the route accepts (HTTP 415)."""
+
+
+class Unauthorized(ServingError):
+    """A bearer token is required and was missing or wrong (HTTP 401)."""
+
+
+class ModelNotFound(ServingError):
+    """No model, version or label by that name (HTTP 404)."""
+
+    def __init__(self, name: str, version: int | None = None, label: str | None = None) -> None:
+        if version is not None:
+            what = f"version {version} of model '{name}'"
+        elif label is not None:
+            what = f"label '{label}' of model '{name}'"
+        else:
+            what = f"model '{name}'"
+        super().__init__(f"{what} does not exist")
+        self.name = name
+        self.version = version
+
+
+class ModelNotReady(ServingError):
+    """The model exists but no version of it is AVAILABLE yet (HTTP 503)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"model '{name}' has no AVAILABLE version yet{': ' + detail if detail else ''}")
+        self.name = name
+
+
+class Overloaded(ServingError):
+    """The batch queue is full; the client should retry later (HTTP 503 with Retry-After)."""
+
+    retry_after_s: int = 1
+
+
+class Unimplemented(ServingError):
+    """The model does not offer this operation (e.g. :classify without that signature) (HTTP 501)."""
+
+
+class InferenceError(ServingError):
+    """The model failed while computing a valid request (HTTP 500, message kept generic)."""
+
+
+class ModelLoadError(Exception):
+    """A model file could not be turned into a servable.
+
+    Not a request error: the manager records it as the version's error and the status views show it.
+    The message names the file's detected format, the loaders tried, every missing object and how to
+    provide it.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = (), format: str = "", tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.format = format
+        self.tried = tried
+
+
+class MissingCustomObject(ModelLoadError):
+    """Loading needs custom layers, functions, Lambda globals or Lambda replacements nobody registered."""
+
+
+class UnsafeModelRefused(ModelLoadError):
+    """The file holds Lambda code and `allow_lambda` is off."""

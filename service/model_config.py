@@ -1,0 +1,112 @@
+"""ModelConfig: the optional per-model config file, and where it is found.
+
+A model may carry a config beside it: `<name>.yaml` / `<name>.yml` / `<name>.json` next to a single
+file `<name>.<ext>`, or `config.yaml` / `config.yml` / `config.json` inside a model folder
+`<name>/` (applies to every version) or inside a version folder `<name>/<N>/` (overrides for that
+version). Every key is optional. The same schema serves the loader (plugins, globals, Lambda
+replacements), preprocessing, classification (labels), the batcher and the repository (version
+policy). Documented in docs/model-config.md. Imports neither Flask nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+FOLDER_CONFIG_NAMES = tuple(f"config{s}" for s in CONFIG_SUFFIXES)
+LABELS_FILE = "labels.txt"
+
+
+class PreprocessingConfig(BaseModel):
+    """How uploaded images become the model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str | None = None
+    """Input that receives the image; default: the first input of rank 3 or 4."""
+    size: tuple[int, int] | None = None
+    """(height, width); default: from the input's shape."""
+    color_mode: Literal["grayscale", "rgb", "rgba"] | None = None
+    """Channel layout; default: from the input's last dimension (1, 3 or 4)."""
+    resize: Literal["stretch", "crop", "letterbox"] = "stretch"
+    """Stretch to H x W, center-crop to the aspect ratio first, or pad (letterbox) to it."""
+    scale: Literal["unit", "symmetric", "raw", "mean_std"] = "unit"
+    """Pixel scaling: unit = 0..1, symmetric = -1..1, raw = 0..255, mean_std = (x/255 - mean) / std."""
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+class BatchingConfig(BaseModel):
+    """Per-model overrides of the global batching settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(None, ge=1)
+    batch_timeout_ms: float | None = Field(None, ge=0)
+    max_enqueued_batches: int | None = Field(None, ge=1)
+    allowed_batch_sizes: tuple[int, ...] | None = None
+    """Batch sizes the compiled call sees; a batch is padded up to the next one (default: powers of two)."""
+
+
+class ModelConfig(BaseModel):
+    """Everything a model may say about itself; every key is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plugins: tuple[str, ...] = ()
+    """Extra plugin modules for this model: import paths, or `.py` files relative to the config."""
+    globals: dict[str, object] = Field(default_factory=dict)
+    """Lambda globals for this model only (e.g. `H: 64`), over the registry's."""
+    lambdas: dict[str, str] = Field(default_factory=dict)
+    """Lambda layer name -> `module:function` that replaces its stored code."""
+    allow_lambda: bool | None = None
+    """Override of the global ALLOW_LAMBDA for this model."""
+    signature_name: str | None = None
+    """SavedModel signature served by default (default `serving_default`)."""
+    labels: tuple[str, ...] | None = None
+    """Class labels, index order; default: `labels.txt` beside the model."""
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    version_policy: Literal["latest", "all", "specific"] = "latest"
+    """Which versions serve: the highest, all, or those in `versions`."""
+    versions: tuple[int, ...] = ()
+    version_labels: dict[str, int] = Field(default_factory=dict)
+    """TF Serving-style labels, e.g. `stable: 1`, `canary: 2`."""
+
+    def merged(self, override: ModelConfig) -> ModelConfig:
+        """Return this config with the keys set explicitly in `override` replaced."""
+        data = self.model_dump()
+        for key in override.model_fields_set:
+            data[key] = getattr(override, key)
+        return ModelConfig.model_validate(data)
+
+
+class ModelConfigError(ValueError):
+    """A config file is unreadable or does not match the schema; the message names the file and key."""
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """Parse one config file (YAML or JSON).
+
+    Raises:
+        ModelConfigError: the file cannot be parsed or has unknown or mistyped keys.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return ModelConfig.model_validate(data or {})
+    except (OSError, ValueError, yaml.YAMLError, ValidationError) as err:
+        raise ModelConfigError(f"model config {path.name} is invalid: {err}") from err
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Read a labels file: one label per line, index order; blank trailing lines ignored."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(line.strip() for line in lines)

@@ -1,0 +1,157 @@
+"""Servable: the identity, state, signature and borrowing of one loaded model version.
+
+Vocabulary (see STYLE.md): a *model* is a name clients use; a *version* a positive integer; a
+*servable* one loaded, callable version. This module holds the values passed between layers and the
+`Servable` object the manager publishes. It imports neither Flask nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.model_config import ModelConfig
+
+
+class ServableState(str, enum.Enum):
+    """TF Serving's version states; a failed load ends in END with an error."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServableId:
+    """Identity of one version of one model; used in logs, metrics and errors."""
+
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServableRequest:
+    """Which version a request wants: the latest, a specific version, or a label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def latest(cls, name: str) -> ServableRequest:
+        return cls(name)
+
+    @classmethod
+    def specific(cls, name: str, version: int) -> ServableRequest:
+        return cls(name, version=version)
+
+    @classmethod
+    def labelled(cls, name: str, label: str) -> ServableRequest:
+        return cls(name, label=label)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """Name, dtype and shape of one input or output.
+
+    `dtype` is a numpy dtype name (`float32`, `int64`, `bool`) or `string` for TF string tensors.
+    `shape` is the full shape including the batch dimension first when the signature is batched;
+    `None` marks a variable dimension.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Inputs and outputs of one callable endpoint of a model, in a stable order.
+
+    `batched` is true when dimension 0 of every input and output is the batch dimension and may vary;
+    a model with a fixed batch (e.g. shape `(1,)` or a stateful RNN with batch 25) has
+    `fixed_batch_size` set instead, and the runner splits or pads rows to it.
+    """
+
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    method_name: str = "tensorflow/serving/predict"
+    batched: bool = True
+    fixed_batch_size: int | None = None
+
+    def input(self, name: str) -> TensorInfo:
+        return next(t for t in self.inputs if t.name == name)
+
+
+Arrays = Mapping[str, np.ndarray]
+"""Tensors between layers: name -> numpy array, batch dimension first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServableInfo:
+    """What the status views show about how a version was loaded."""
+
+    path: str
+    format: str
+    loader: str
+    device: str = "cpu"
+    load_s: float = 0.0
+    warmup_s: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class Servable:
+    """One loaded, callable version: model, signatures, labels, runners and batchers.
+
+    Built by the manager, published read-only. Requests borrow it through `acquire()`/`release()`
+    (the manager's `handle()`); the manager unloads it once it left the published map and its last
+    borrower released it. Thread-safe.
+    """
+
+    id: ServableId
+    config: ModelConfig
+    signatures: Mapping[str, Signature]
+    default_signature: str
+    info: ServableInfo
+    labels: tuple[str, ...] = ()
+    submit: Mapping[str, Callable[[Arrays], Any]] = field(default_factory=dict)
+    """Per signature name: `submit(inputs) -> Future[dict[str, np.ndarray]]` (the batcher's, or a direct run)."""
+    close: Callable[[], None] = lambda: None
+    """Stops batchers and drops references to the TensorFlow objects."""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    """Format-specific extras (e.g. the raw SavedModel signature callables for :classify/:regress)."""
+
+    _borrowers: int = 0
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def signature(self) -> Signature:
+        return self.signatures[self.default_signature]
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._borrowers += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._borrowers -= 1
+            if self._borrowers == 0:
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until no request holds this servable; return False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._borrowers == 0, timeout=timeout_s)

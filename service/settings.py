@@ -1,0 +1,119 @@
+"""Settings: every knob of the service, typed, documented, read once from the environment.
+
+Nothing else in the service reads `os.environ`. Field `foo_bar` is set by the environment variable
+`FOO_BAR`. Units are in the names (`_s`, `_ms`, `_bytes`). A bad value stops start-up with a message
+naming the variable. This module imports neither Flask nor TensorFlow, so `gunicorn.conf.py` can read
+it in the master process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, read once at start-up and never changed."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, use_attribute_docstrings=True, protected_namespaces=(), extra="ignore"
+    )
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address gunicorn binds to."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port gunicorn listens on."""
+
+    workers: int = Field(2, ge=1)
+    """gunicorn worker processes; each loads every model (one per core on CPU, 1 per GPU)."""
+
+    threads: int = Field(16, ge=1)
+    """Request threads per worker (gthread); requests of one worker share its batchers."""
+
+    graceful_timeout_s: int = Field(30, ge=1)
+    """Seconds a worker gets to finish in-flight requests on shutdown or recycle."""
+
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Longest a request waits for its batch result before failing with 503."""
+
+    log_level: str = "INFO"
+    """Python log level of the service's loggers."""
+
+    log_json: bool = False
+    """Write logs as one JSON object per line instead of plain text."""
+
+    # --- models -------------------------------------------------------------------------------
+    models_dir: Path = Path("models")
+    """Folder watched for model files and version folders; `plugins/` inside it holds plugins."""
+
+    model_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Extra plugin modules to import at start (comma-separated import paths), besides `<MODELS_DIR>/plugins/*.py`."""
+
+    default_model: str | None = None
+    """Model answering `/predict` without a model name; unset means the only model, if exactly one."""
+
+    allow_lambda: bool = True
+    """Load Lambda layers (Python code stored in model files) from MODELS_DIR; off refuses such files."""
+
+    allow_world_writable_models: bool = False
+    """Load from a world-writable MODELS_DIR; off refuses, since model files and plugins are code."""
+
+    poll_interval_s: float = Field(2.0, gt=0)
+    """How often the models folder is rescanned, besides file-system events."""
+
+    settle_s: float = Field(1.0, ge=0)
+    """How long a file's size and mtime must stay unchanged before it counts as complete."""
+
+    swaps_before_recycle: int = Field(0, ge=0)
+    """Recycle a worker (gracefully) after this many version swaps, to give memory back; 0 = never."""
+
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where models run: the first GPU when there is one (`auto`), or forced."""
+
+    # --- batching (per-model config files override these) ------------------------------------
+    max_batch_size: int = Field(32, ge=1)
+    """Most rows one device call takes."""
+
+    batch_timeout_ms: float = Field(2.0, ge=0)
+    """Longest the first request of a batch waits for others to join it."""
+
+    max_enqueued_batches: int = Field(16, ge=1)
+    """Batches that may wait in a model's queue; beyond that requests get 503 with Retry-After."""
+
+    tf_intra_op_threads: int = Field(0, ge=0)
+    """TensorFlow intra-op threads per worker; 0 lets TensorFlow choose."""
+
+    tf_inter_op_threads: int = Field(0, ge=0)
+    """TensorFlow inter-op threads per worker; 0 lets TensorFlow choose."""
+
+    # --- limits and security ------------------------------------------------------------------
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    """Largest request body; larger ones get 413 before being read."""
+
+    max_images_per_request: int = Field(64, ge=1)
+    """Most images (or rows) one request may carry."""
+
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Largest decoded image (width x height); larger ones get 413."""
+
+    auth_token: str | None = None
+    """When set, predict and management routes need `Authorization: Bearer <token>`; probes stay open."""
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed by CORS (comma-separated); empty turns CORS off."""
+
+    @field_validator("model_plugins", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
