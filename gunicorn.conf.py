@@ -1,0 +1,47 @@
+"""gunicorn settings for kerasserve: only what differs from gunicorn's defaults.
+
+`gunicorn wsgi:app` from the repo root reads this file. Values come from `service.settings.Settings`
+(environment variables), which imports neither Flask nor TensorFlow, so the master process never
+starts TensorFlow: every worker builds its own app, and loads its models, after the fork.
+"""
+
+import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
+
+from service.settings import Settings as _Settings  # underscore: gunicorn treats globals as settings
+
+_settings = _Settings()
+
+wsgi_app = "wsgi:app"
+bind = f"{_settings.host}:{_settings.port}"
+worker_class = "gthread"  # threads of one worker share its servables and batchers
+workers = _settings.workers
+threads = _settings.threads
+preload_app = False  # TensorFlow starts in each worker, after the fork
+graceful_timeout = _settings.graceful_timeout_s
+# Heartbeat timeout of a worker. Loads run on a background thread, but TensorFlow start-up and big
+# loads can hold the GIL for a while; killing a worker for that would turn a slow load into a crash loop.
+timeout = 120
+keepalive = 5  # load balancers and benchmark clients reuse connections
+worker_tmp_dir = "/dev/shm" if _os.path.isdir("/dev/shm") else None
+loglevel = _settings.log_level.lower()
+
+
+def on_starting(server):
+    """Give the workers a fresh prometheus multiprocess folder (metrics of dead workers are dropped)."""
+    folder = _os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = _tempfile.mkdtemp(prefix="kerasserve-metrics-")
+        _os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # inherited by every worker
+    else:
+        _shutil.rmtree(folder, ignore_errors=True)
+        _os.makedirs(folder, exist_ok=True)
+    server.log.info("prometheus multiprocess folder: %s", folder)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges, so `livesum` counts only living workers."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,41 @@
+"""Every Prometheus metric of the service, declared once.
+
+Names carry the `kerasserve_` prefix and base units; labels have few values (never request ids).
+Under several gunicorn workers, prometheus_client's multiprocess mode aggregates them: the
+`PROMETHEUS_MULTIPROC_DIR` folder is prepared by `gunicorn.conf.py` before the workers start, and
+`/metrics` collects from it. Gauges use the `livesum` mode (sum over live workers).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+REQUESTS = Counter(
+    "kerasserve_requests_total", "Requests answered.", ["route", "model", "code"]
+)
+REQUEST_SECONDS = Histogram(
+    "kerasserve_request_duration_seconds", "Request to response.", ["route", "model"], buckets=LATENCY_BUCKETS_S
+)
+BATCH_ROWS = Histogram(
+    "kerasserve_batch_rows", "Rows per device call (before padding).", ["model"], buckets=BATCH_BUCKETS
+)
+BATCHES = Counter("kerasserve_batches_total", "Device calls made by batchers.", ["model"])
+QUEUE_SECONDS = Histogram(
+    "kerasserve_batch_queue_seconds", "Time a request waited in the batch queue.", ["model"], buckets=LATENCY_BUCKETS_S
+)
+COMPUTE_SECONDS = Histogram(
+    "kerasserve_batch_compute_seconds", "Time of one device call.", ["model"], buckets=LATENCY_BUCKETS_S
+)
+REJECTED = Counter("kerasserve_rejected_total", "Requests refused because a batch queue was full.", ["model"])
+MODEL_LOAD_SECONDS = Histogram(
+    "kerasserve_model_load_seconds", "Load plus warm-up time of a version.", ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MODEL_LOAD_FAILURES = Counter("kerasserve_model_load_failures_total", "Versions that failed to load.", ["model"])
+MODELS_AVAILABLE = Gauge(
+    "kerasserve_model_versions_available", "Versions AVAILABLE, summed over workers.", ["model"],
+    multiprocess_mode="livesum",
+)
