@@ -73,6 +73,10 @@ class TensorInfo:
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    graph_name: str = ""
+    """Name of the graph tensor behind it (SavedModel `x:0`), shown by TF Serving's metadata; "" if none."""
+    unknown_rank: bool = False
+    """The SavedModel declares no rank (e.g. serialized tf.Example inputs); `shape` is then `()`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,91 @@
+"""HTTP API: one Blueprint per surface, the request hooks, and the `dataplane()` helper for views.
+
+`register_blueprints(app)` installs the blueprints and the hooks every request passes through:
+request ids (`X-Request-ID`, echoed or generated), the request metrics (REQUESTS and REQUEST_SECONDS,
+observed once, here), and `before_request` hooks: the place where authentication and CORS plug in.
+Views reach the serving components through `current_app.extensions["kerasserve"]`, never globals.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import Flask, Response, current_app, g, request
+
+from service.metrics import REQUEST_SECONDS, REQUESTS
+from service.logs import request_id_var
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.dataplane import DataPlane
+    from service.manager import ServableManager
+    from service.settings import Settings
+
+EXTENSION = "kerasserve"
+REQUEST_ID_HEADER = "X-Request-ID"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The serving components one worker's app uses: settings, manager and data plane."""
+
+    settings: Settings
+    manager: ServableManager
+    dataplane: DataPlane
+
+
+def runtime() -> Runtime:
+    """Return the current app's Runtime."""
+    return current_app.extensions[EXTENSION]
+
+
+def dataplane() -> DataPlane:
+    """Return the current app's DataPlane."""
+    return current_app.extensions[EXTENSION].dataplane
+
+
+def note_model(name: str) -> None:
+    """Record which model a request is for, for the request metrics (cleared again on ModelNotFound)."""
+    g.kerasserve_model = name
+
+
+def _start_request() -> None:
+    """Take or make the request id and start the request clock."""
+    g.kerasserve_started = time.monotonic()
+    client_id = request.headers.get(REQUEST_ID_HEADER, "")
+    # A client's id is echoed only when it is short and plain, so it can go into logs and headers safely.
+    g.kerasserve_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+    request_id_var.set(g.kerasserve_request_id)
+
+
+def _finish_request(response: Response) -> Response:
+    """Add the request id header and observe the request metrics, once per response."""
+    request_id = g.get("kerasserve_request_id") or uuid.uuid4().hex
+    response.headers[REQUEST_ID_HEADER] = request_id
+    route = request.endpoint or "unmatched"
+    model = g.get("kerasserve_model", "")
+    REQUESTS.labels(route=route, model=model, code=str(response.status_code)).inc()
+    started = g.get("kerasserve_started")
+    if started is not None:
+        REQUEST_SECONDS.labels(route=route, model=model).observe(time.monotonic() - started)
+    return response
+
+
+def register_blueprints(app: Flask) -> None:
+    """Install every API surface and the request hooks on `app`.
+
+    Hook point: authentication (`Settings.auth_token`) and CORS (`Settings.cors_origins`) are
+    `before_request` / `after_request` hooks registered here, after `_start_request`, so that their
+    refusals carry a request id and are counted like every other response.
+    """
+    from service.api import health, kserve_v2, models, openapi, predict, tfserving
+    from service.api import metrics as metrics_api
+
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    for blueprint in (health.bp, metrics_api.bp, openapi.bp, predict.bp, models.bp, tfserving.bp, kserve_v2.bp):
+        app.register_blueprint(blueprint)

@@ -1,0 +1,91 @@
+"""KServe v2 / Triton HTTP surface: /v2, health, model metadata and readiness, and infer.
+
+Health and readiness calls answer 200 or 400 with an empty body, as Triton does; errors are
+`{"error": ...}`. Infer takes JSON or the binary tensor data extension and answers in kind.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, request
+
+from service.api import dataplane, note_model
+from service.errors import ModelNotFound, ModelNotReady
+from service.protocols import kserve_v2
+from service.servable import ServableRequest, ServableState
+
+bp = Blueprint("kserve_v2", __name__)
+
+
+def _target(name: str, version: str | None) -> ServableRequest:
+    note_model(name)
+    if version is None or version == "":
+        return ServableRequest.latest(name)
+    if not version.isdigit() or len(version) > 18 or int(version) < 1:
+        raise ModelNotFound(name)
+    return ServableRequest.specific(name, int(version))
+
+
+def _empty(ok: bool) -> Response:
+    return Response(status=200 if ok else 400)
+
+
+@bp.get("/v2")
+def server_metadata():
+    return kserve_v2.server_metadata()
+
+
+@bp.get("/v2/health/live")
+def live():
+    return _empty(True)
+
+
+@bp.get("/v2/health/ready")
+def ready():
+    return _empty(dataplane().readiness().ready)
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    try:
+        dataplane().metadata(_target(name, version))
+    except (ModelNotFound, ModelNotReady):
+        return _empty(False)
+    return _empty(True)
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    target = _target(name, version)
+    metadata = dataplane().metadata(target)
+    status = dataplane().model_status(name)
+    versions = [v.version for v in status.versions if v.state is ServableState.AVAILABLE]
+    serving = next((v for v in status.versions if v.version == metadata.servable_id.version), None)
+    format_ = serving.info.format if serving is not None and serving.info is not None else ""
+    return kserve_v2.encode_model_metadata(metadata, versions, format_)
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    target = _target(name, version)
+    body = request.get_data(cache=False)
+    header_length = request.headers.get(kserve_v2.HEADER_LENGTH)
+    if header_length is not None and header_length.strip() == "0":
+        predict_request, options = kserve_v2.decode_raw_infer(body, dataplane().metadata(target), target)
+    else:
+        header, binary = kserve_v2.split_body(body, header_length)
+        predict_request, options = kserve_v2.decode_infer(header, binary, target)
+    response = dataplane().predict(predict_request)
+    header_json, binary_out = kserve_v2.encode_infer(response, options)
+    text = json.dumps(header_json, separators=(",", ":")).encode()
+    if not binary_out:
+        return Response(text, mimetype="application/json")
+    return Response(
+        text + binary_out,
+        mimetype="application/octet-stream",
+        headers={kserve_v2.HEADER_LENGTH: str(len(text))},
+    )

@@ -1,0 +1,41 @@
+"""Native predict API: POST /predict, /models/<name>[/versions/<v>]/predict and the predict_classes twins."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from service.api import dataplane, note_model, runtime
+from service.protocols import native
+from service.servable import ServableRequest
+
+bp = Blueprint("predict", __name__)
+
+
+def _target(name: str | None, version: int | None) -> ServableRequest:
+    """The model from the path, else `?model=`, else the default model; the version from the path."""
+    name = name or request.args.get("model") or dataplane().default_model()
+    note_model(name)
+    return ServableRequest.specific(name, version) if version is not None else ServableRequest.latest(name)
+
+
+@bp.post("/predict")
+@bp.post("/models/<name>/predict")
+@bp.post("/models/<name>/versions/<int:version>/predict")
+def predict(name: str | None = None, version: int | None = None):
+    """Predict: one entry per image or row, keyed by output name for multi-output models."""
+    target = _target(name, version)
+    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    return native.encode_predict(dataplane().predict(predict_request))
+
+
+@bp.post("/predict_classes")
+@bp.post("/models/<name>/predict_classes")
+@bp.post("/models/<name>/versions/<int:version>/predict_classes")
+def predict_classes(name: str | None = None, version: int | None = None):
+    """Predict classes: argmax, or ?threshold= for one sigmoid unit; ?top_k= adds the best K with labels."""
+    threshold = native.parse_threshold(request.args)
+    top_k = native.parse_top_k(request.args)
+    target = _target(name, version)
+    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    response = dataplane().predict_classes(predict_request, threshold=threshold, top_k=top_k)
+    return native.encode_classes(response)

@@ -1,0 +1,241 @@
+"""Batcher: groups the rows of concurrent requests for one servable into device calls.
+
+The TF Serving scheme, with its knob names: one background thread per batcher takes requests from a
+bounded queue. The first request of a batch waits at most `batch_timeout_ms` for others to join; a
+batch runs as soon as it holds `max_batch_size` rows. While the thread computes a batch, requests
+that arrive queue up and form the next one, so under load batches grow without anyone waiting for a
+timer, and a lone request pays at most the timeout. Rows of several requests are concatenated along
+axis 0 (once per input), run with one call, and the outputs are sliced back per request (views, no
+copies). Requests whose inputs cannot be concatenated (other names, dtypes or non-batch shapes, e.g.
+variable-length inputs) run in separate batches, so they never break each other.
+
+A request with more rows than `max_batch_size` runs alone, in one call to `run` (the runner splits it
+into chunks the model was warmed up for). The queue holds at most `max_enqueued_batches *
+max_batch_size` rows; beyond that `submit` raises `Overloaded` (a request arriving at an empty queue
+is always accepted, whatever its size).
+
+`close()` stops accepting requests and lets the thread finish what is queued: pending futures run to
+completion (the manager closes a batcher only after its last borrower left, so normally none are
+left). It never imports TensorFlow: `run` is any function from arrays to arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import metrics
+from service.errors import InferenceError, InvalidInput, ModelNotReady, Overloaded
+from service.servable import ServableId
+
+log = logging.getLogger(__name__)
+
+RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+"""What a batcher calls with the rows of a batch: `InferenceRunner.run`, or any array function."""
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[tuple[str, tuple[int, ...], str], ...]
+    """Names, row shapes and dtypes: requests with equal keys can be concatenated."""
+    enqueued: float
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Groups requests for one signature of one servable into calls of `run`, on its own thread.
+
+    Lifecycle: starts its thread in the constructor; `close()` stops it (once the queue is drained).
+    `submit` is thread-safe and never blocks on computation.
+    """
+
+    def __init__(
+        self,
+        servable_id: ServableId,
+        run: RunFunction,
+        *,
+        max_batch_size: int,
+        batch_timeout_ms: float,
+        max_enqueued_batches: int,
+    ) -> None:
+        """Start the batch thread.
+
+        Args:
+            servable_id: the version served; names the thread, log lines and the metrics' `model` label.
+            run: computes a batch: arrays with N rows in, arrays with N rows out.
+            max_batch_size: most rows per call (a single larger request still runs, alone).
+            batch_timeout_ms: longest the first request of a batch waits for others; 0 = never wait.
+            max_enqueued_batches: queue bound, in batches of `max_batch_size` rows.
+        """
+        if max_batch_size < 1 or max_enqueued_batches < 1 or batch_timeout_ms < 0:
+            raise ValueError("max_batch_size and max_enqueued_batches must be >= 1 and batch_timeout_ms >= 0")
+        self._id = servable_id
+        self._run = run
+        self._max_batch_size = max_batch_size
+        self._timeout_s = batch_timeout_ms / 1000.0
+        self._max_queued_rows = max_enqueued_batches * max_batch_size
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+        # Bind the label once: the hot path then skips the label lookup of every observation.
+        name = servable_id.name
+        self._batch_rows = metrics.BATCH_ROWS.labels(model=name)
+        self._batches = metrics.BATCHES.labels(model=name)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(model=name)
+        self._compute_seconds = metrics.COMPUTE_SECONDS.labels(model=name)
+        self._rejected = metrics.REJECTED.labels(model=name)
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def servable_id(self) -> ServableId:
+        return self._id
+
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        """Queue one request's rows; the future's result holds exactly these rows' outputs.
+
+        Args:
+            inputs: input name -> array, every array with the same number of rows (>= 1) on axis 0.
+
+        Returns:
+            A `Future` of `dict[str, np.ndarray]`; it fails with whatever `run` raised for its batch.
+
+        Raises:
+            InvalidInput: an array has no row axis, no rows, or the row counts differ.
+            Overloaded: the queue is full.
+            ModelNotReady: the batcher is closed (the version is being unloaded).
+        """
+        rows = -1
+        key = []
+        for name, array in inputs.items():
+            if array.ndim == 0:
+                raise InvalidInput(f"input '{name}' has no row axis")
+            if rows < 0:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
+            key.append((name, array.shape[1:], array.dtype.str))
+        if rows < 1:
+            raise InvalidInput("the request has no rows")
+        key.sort()
+        request = _Request(inputs, rows, tuple(key), time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise ModelNotReady(self._id.name, f"version {self._id.version} is being unloaded")
+            if self._queue and self._queued_rows + rows > self._max_queued_rows:
+                self._rejected.inc()
+                raise Overloaded(
+                    f"model '{self._id.name}' is overloaded: {self._queued_rows} rows are queued "
+                    f"(limit {self._max_queued_rows}); retry later"
+                )
+            self._queue.append(request)
+            self._queued_rows += rows
+            self._cond.notify()
+        return request.future
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Refuse new requests, let the queued ones run, and stop the thread. Safe to call twice."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    # --- the batch thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Wait for a batch and take it from the queue (lock held); None once closed and drained."""
+        while not self._queue:
+            if self._closed:
+                return None
+            self._cond.wait()
+        # The first request waits until its deadline, counted from when it was queued: requests that
+        # queued up while the previous batch was computing have waited already and go at once.
+        deadline = self._queue[0].enqueued + self._timeout_s
+        while self._queued_rows < self._max_batch_size and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        return self._take()
+
+    def _take(self) -> list[_Request]:
+        """Pop the first request and the following ones that fit and can be concatenated with it."""
+        queue = self._queue
+        key = queue[0].key
+        batch: list[_Request] = []
+        rows = 0
+        skipped: list[_Request] = []
+        while queue and rows < self._max_batch_size:
+            request = queue[0]
+            if request.key != key:
+                skipped.append(queue.popleft())
+                continue
+            if batch and rows + request.rows > self._max_batch_size:
+                break
+            queue.popleft()
+            batch.append(request)
+            rows += request.rows
+        queue.extendleft(reversed(skipped))  # they keep their place at the front
+        self._queued_rows -= rows
+        return batch
+
+    def _execute(self, batch: list[_Request]) -> None:
+        """Run one batch and settle every future in it (outside the lock)."""
+        now = time.monotonic()
+        live = []
+        for request in batch:
+            # A future cancelled by its caller (e.g. it gave up waiting) is not computed.
+            if request.future.set_running_or_notify_cancel():
+                live.append(request)
+                self._queue_seconds.observe(now - request.enqueued)
+        if not live:
+            return
+        rows = sum(r.rows for r in live)
+        if len(live) == 1:
+            inputs = live[0].inputs
+        else:
+            inputs = {name: np.concatenate([r.inputs[name] for r in live]) for name in live[0].inputs}
+        try:
+            started = time.monotonic()
+            outputs = self._run(inputs)
+            self._compute_seconds.observe(time.monotonic() - started)
+            self._batch_rows.observe(rows)
+            self._batches.inc()
+            if len(live) == 1:
+                live[0].future.set_result(outputs)
+                return
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise InferenceError(
+                        f"output '{name}' of model '{self._id.name}' has shape {array.shape}, not {rows} rows; "
+                        "it cannot be split between requests (set max_batch_size: 1 for this model)"
+                    )
+        except Exception as err:  # noqa: BLE001 - every future of the batch must be settled
+            log.warning("%s batch of %d request(s), %d rows failed: %s", self._id, len(live), rows, err)
+            for request in live:
+                request.future.set_exception(err)
+            return
+        offset = 0
+        for request in live:
+            stop = offset + request.rows
+            request.future.set_result({name: array[offset:stop] for name, array in outputs.items()})
+            offset = stop

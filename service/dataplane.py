@@ -1,0 +1,356 @@
+"""DataPlane: the protocol-independent operations every API calls (no HTTP).
+
+predict, predict_classes, classify/regress (tf.Example requests), metadata, status and readiness.
+Protocol adapters turn wire formats into the frozen request values below and the responses back into
+wire formats; the data plane borrows a servable from the manager, prepares the inputs
+(`service.preprocessing`), submits them to the servable's batcher and waits for the result. It
+never imports Flask or TensorFlow and never holds a servable beyond one call.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from service import classification, examples, preprocessing
+from service.errors import (
+    InferenceError,
+    InvalidInput,
+    InvalidTensor,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+    Unimplemented,
+)
+from service.servable import Servable, ServableId, ServableRequest, Signature
+from service.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.manager import ModelStatus, Readiness, ServableManager
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """One inference call, whatever protocol it came in.
+
+    `inputs` maps input names (or `preprocessing.UNNAMED` for a single-input model) to arrays with
+    the rows first; arrays of bytes sent to numeric inputs are encoded images. `images` are encoded
+    images for the model's image input (multipart uploads and raw bodies). `outputs` limits and
+    orders the outputs returned (None: all, in the signature's order).
+    """
+
+    target: ServableRequest
+    inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    images: tuple[bytes, ...] = ()
+    signature_name: str | None = None
+    outputs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResponse:
+    """Outputs of one call: output name -> array with one row per input row, in signature order."""
+
+    servable_id: ServableId
+    signature: Signature
+    outputs: Mapping[str, np.ndarray]
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClassesResponse:
+    """Classes of every output of one call (Keras `predict_classes`), with their labels."""
+
+    servable_id: ServableId
+    classes: Mapping[str, classification.ClassScores]
+
+
+@dataclass(frozen=True, slots=True)
+class ExamplesRequest:
+    """A TF Serving `:classify` or `:regress` call: JSON tf.Example features per row, plus context."""
+
+    target: ServableRequest
+    method: Literal["classify", "regress"]
+    examples: tuple[Mapping[str, object], ...]
+    context: Mapping[str, object] = field(default_factory=dict)
+    signature_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExamplesResponse:
+    """Results of a `:classify` (rows of `[label, score]` pairs) or `:regress` (one float per row) call."""
+
+    servable_id: ServableId
+    results: list
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """Signatures and labels of the version answering a request."""
+
+    servable_id: ServableId
+    signatures: Mapping[str, Signature]
+    default_signature: str
+    labels: tuple[str, ...]
+    device: str
+
+
+class DataPlane:
+    """Protocol-independent serving operations over one `ServableManager`.
+
+    Created once per worker by `create_app`; holds no per-request state. Thread-safe.
+    """
+
+    def __init__(self, manager: ServableManager, settings: Settings) -> None:
+        self._manager = manager
+        self._settings = settings
+
+    # --- inference --------------------------------------------------------------------------------
+
+    def predict(self, request: PredictRequest) -> PredictResponse:
+        """Run `request` on the version it names and return every (or the requested) output.
+
+        Raises:
+            ModelNotFound: unknown model, version or label.
+            ModelNotReady: the model has no AVAILABLE version.
+            InvalidInput / InvalidTensor / PayloadTooLarge: the inputs do not fit the signature.
+            Overloaded: the batch queue is full, or the result did not come in time.
+            InferenceError: the model failed.
+        """
+        with self._manager.handle(request.target) as servable:
+            signature_name = self._signature_name(servable, request.signature_name)
+            signature = servable.signatures[signature_name]
+            arrays, expanded = self._model_inputs(servable, signature, request)
+            outputs = self._run(servable, signature_name, arrays)
+            ordered = self._order(outputs, signature, request.outputs)
+            if expanded:
+                # The client sent one value per row to an input of shape (None, 1) (TF Serving's
+                # `{"instances": [1.0, 2.0]}`): answer one value per row as well.
+                ordered = {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in ordered.items()}
+            return PredictResponse(servable.id, signature, ordered, servable.labels)
+
+    def predict_classes(
+        self, request: PredictRequest, *, threshold: float = classification.DEFAULT_THRESHOLD, top_k: int | None = None
+    ) -> ClassesResponse:
+        """Run `request` and turn every output into classes (argmax, or threshold for one unit).
+
+        Raises:
+            The errors of `predict`; InvalidInput when an output has no class axis.
+        """
+        response = self.predict(request)
+        classes = {}
+        for name, scores in response.outputs.items():
+            if scores.ndim < 2:
+                raise InvalidInput(f"output '{name}' has no class axis (shape {list(scores.shape)}); use predict")
+            classes[name] = classification.predict_classes(scores, threshold=threshold, top_k=top_k, labels=response.labels)
+        return ClassesResponse(response.servable_id, classes)
+
+    def classify_examples(self, request: ExamplesRequest) -> ExamplesResponse:
+        """Answer TF Serving's `:classify`/`:regress` from tf.Example features.
+
+        A signature whose method is classify/regress gets the serialized examples, as in TF Serving.
+        Any other signature (e.g. a Keras model's `serving_default`) gets the features as inputs of
+        the same names: `:classify` then lists every class with its score and label, `:regress` the
+        single value per row.
+
+        Raises:
+            The errors of `predict`; InvalidInput for features that do not fit; Unimplemented when
+            the signature takes serialized examples this server cannot run.
+        """
+        with self._manager.handle(request.target) as servable:
+            wanted = request.signature_name or servable.default_signature
+            if wanted not in servable.signatures:
+                raise InvalidInput(self._unknown_signature(servable, wanted))
+            signature = servable.signatures[wanted]
+            if signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
+                return self._run_examples(servable, wanted, signature, request)
+            columns = self._feature_columns(request, signature)
+            arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+            outputs = self._order(self._run(servable, wanted, arrays), signature, None)
+            scores = next(iter(outputs.values()))
+            rows = len(request.examples)
+            if request.method == "regress":
+                flat = scores.reshape(rows, -1)
+                if flat.shape[1] != 1:
+                    raise InvalidInput(
+                        f"regress needs one value per example; output '{next(iter(outputs))}' has {flat.shape[1]}"
+                    )
+                return ExamplesResponse(servable.id, flat[:, 0].astype(np.float64).tolist())
+            return ExamplesResponse(servable.id, classification.tfserving_classes(scores.reshape(rows, -1), servable.labels))
+
+    # --- metadata ---------------------------------------------------------------------------------
+
+    def metadata(self, target: ServableRequest) -> ModelMetadata:
+        """Return the signatures and labels of the version answering `target`.
+
+        Raises:
+            ModelNotFound / ModelNotReady.
+        """
+        with self._manager.handle(target) as servable:
+            return ModelMetadata(
+                servable.id, servable.signatures, servable.default_signature, servable.labels, servable.info.device
+            )
+
+    def model_status(self, name: str) -> ModelStatus:
+        """Return every version of `name` with its state (raises ModelNotFound)."""
+        return self._manager.status(name)
+
+    def model_statuses(self) -> list[ModelStatus]:
+        """Return the status of every model the repository knows."""
+        return self._manager.statuses()
+
+    def readiness(self) -> Readiness:
+        """Return whether the service is ready, and per model."""
+        return self._manager.readiness()
+
+    def default_model(self) -> str:
+        """Return the model answering requests that name none (raises ModelNotFound when ambiguous)."""
+        return self._manager.default_model()
+
+    # --- internals --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _unknown_signature(servable: Servable, name: str) -> str:
+        return f"model '{servable.id.name}' has no signature '{name}'; it has: {', '.join(sorted(servable.signatures))}"
+
+    def _signature_name(self, servable: Servable, wanted: str | None) -> str:
+        name = wanted or servable.default_signature
+        if name not in servable.signatures:
+            raise InvalidInput(self._unknown_signature(servable, name))
+        return name
+
+    def _model_inputs(
+        self, servable: Servable, signature: Signature, request: PredictRequest
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """Prepare the request's arrays for `signature`; True when a unit axis was added to inputs."""
+        inputs = dict(request.inputs)
+        expanded = False
+        has_batch = signature.batched or signature.fixed_batch_size is not None
+        if has_batch:
+            for tensor in signature.inputs:
+                key = tensor.name if tensor.name in inputs else preprocessing.UNNAMED
+                value = inputs.get(key)
+                if (
+                    value is not None
+                    and not preprocessing.is_encoded(value)
+                    and value.ndim == len(tensor.shape) - 1
+                    and tensor.shape[-1] == 1
+                    and (key != preprocessing.UNNAMED or len(signature.inputs) == 1)
+                ):
+                    inputs[key] = value[..., np.newaxis]
+                    expanded = True
+        arrays = preprocessing.to_model_inputs(
+            inputs,
+            request.images,
+            signature,
+            servable.config.preprocessing,
+            max_pixels=self._settings.max_image_pixels,
+            max_rows=self._settings.max_images_per_request,
+        )
+        return arrays, expanded
+
+    def _run(self, servable: Servable, signature_name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Submit `arrays` to the signature's batcher (or direct run) and wait for its outputs."""
+        submit = servable.submit.get(signature_name)
+        if submit is None:
+            raise Unimplemented(f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server")
+        future = submit(arrays)
+        timeout_s = self._settings.request_timeout_s
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError as err:
+            future.cancel()
+            raise Overloaded(f"model '{servable.id}' did not answer within {timeout_s:g}s; retry later") from err
+        except ServingError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any other failure is the model's, not the client's
+            log.error("%s failed on signature %r: %s", servable.id, signature_name, err, exc_info=True)
+            raise InferenceError(f"model '{servable.id}' failed while computing") from err
+
+    @staticmethod
+    def _order(
+        outputs: Mapping[str, np.ndarray], signature: Signature, wanted: tuple[str, ...] | None
+    ) -> dict[str, np.ndarray]:
+        """Return the outputs in signature order, or only the `wanted` ones in that order."""
+        if wanted is not None:
+            unknown = [name for name in wanted if name not in outputs]
+            if unknown:
+                raise InvalidInput(f"unknown output '{unknown[0]}'; the model's outputs are: {', '.join(outputs)}")
+            return {name: np.asarray(outputs[name]) for name in wanted}
+        ordered = {t.name: np.asarray(outputs[t.name]) for t in signature.outputs if t.name in outputs}
+        for name, value in outputs.items():
+            if name not in ordered:
+                ordered[name] = np.asarray(value)
+        return ordered
+
+    @staticmethod
+    def _feature_columns(request: ExamplesRequest, signature: Signature) -> dict[str, np.ndarray]:
+        """Turn JSON examples into one column per input of `signature` (features named like inputs)."""
+        columns: dict[str, np.ndarray] = {}
+        for tensor in signature.inputs:
+            rows = []
+            for index, example in enumerate(request.examples):
+                merged = {**request.context, **example}
+                if tensor.name not in merged:
+                    raise InvalidInput(f"example {index} has no feature '{tensor.name}' (the model's input)")
+                values = examples.json_feature_values(tensor.name, merged[tensor.name])
+                rows.append(values if len(values) != 1 else values[0])
+            try:
+                columns[tensor.name] = np.asarray(rows)
+            except ValueError as err:
+                raise InvalidTensor(f"feature '{tensor.name}' has values of different lengths") from err
+            if columns[tensor.name].dtype.kind in "SU":
+                columns[tensor.name] = columns[tensor.name].astype(object)
+        return columns
+
+    def _run_examples(
+        self, servable: Servable, signature_name: str, signature: Signature, request: ExamplesRequest
+    ) -> ExamplesResponse:
+        """Feed serialized tf.Examples to a classify/regress signature and shape its results."""
+        is_classify = signature.method_name == CLASSIFY_METHOD
+        if (request.method == "classify") != is_classify:
+            raise InvalidInput(
+                f"signature '{signature_name}' is a {'classify' if is_classify else 'regress'} signature; "
+                f"call :{'classify' if is_classify else 'regress'}"
+            )
+        if len(signature.inputs) != 1:
+            raise Unimplemented(f"signature '{signature_name}' takes {len(signature.inputs)} inputs, not one tf.Example input")
+        if len(request.examples) > self._settings.max_images_per_request:
+            raise PayloadTooLarge(
+                f"{len(request.examples)} examples exceed the limit of {self._settings.max_images_per_request} per request"
+            )
+        serialized = np.empty(len(request.examples), dtype=object)
+        for index, example in enumerate(request.examples):
+            serialized[index] = examples.encode_example(example, request.context)
+        outputs = self._run(servable, signature_name, {signature.inputs[0].name: serialized})
+        rows = len(request.examples)
+        if not is_classify:
+            values = outputs.get("outputs", next(iter(outputs.values())))
+            return ExamplesResponse(servable.id, np.asarray(values, dtype=np.float64).reshape(rows, -1)[:, 0].tolist())
+        scores = outputs.get("scores")
+        classes = outputs.get("classes")
+        if scores is None and classes is None:
+            raise InferenceError(f"classify signature '{signature_name}' returned neither scores nor classes")
+        results = []
+        for row in range(rows):
+            row_scores = [] if scores is None else np.asarray(scores, dtype=np.float64).reshape(rows, -1)[row].tolist()
+            row_classes = [] if classes is None else [
+                c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
+                for c in np.asarray(classes).reshape(rows, -1)[row].tolist()
+            ]
+            count = max(len(row_scores), len(row_classes))
+            results.append([
+                [row_classes[i] if i < len(row_classes) else "", row_scores[i] if i < len(row_scores) else 0.0]
+                for i in range(count)
+            ])
+        return ExamplesResponse(servable.id, results)
+

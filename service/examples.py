@@ -1,0 +1,116 @@
+"""tf.Example encoding for TF Serving's `:classify` and `:regress` requests.
+
+TF Serving turns `{"examples": [{feature: value|list}, ...], "context": {...}}` into serialized
+`tensorflow.Example` protos and feeds them to a classify or regress signature's string input. This
+module writes those protos directly in the protobuf wire format (a handful of fields), so the API
+layer needs neither TensorFlow nor generated proto classes. JSON value rules follow TF Serving's
+json_tensor.cc: integers -> int64_list, other numbers -> float_list, strings and `{"b64": ...}` ->
+bytes_list; context features are merged into every example. Never imports Flask or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from collections.abc import Mapping, Sequence
+
+from service.errors import InvalidInput
+
+FeatureValue = bool | int | float | str | bytes
+
+
+def _varint(value: int) -> bytes:
+    """Encode an unsigned varint (negative int64 values as their 64-bit two's complement)."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """Encode one length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def json_feature_values(name: str, value: object) -> list[FeatureValue]:
+    """Flatten one JSON feature value (scalar, list or `{"b64": ...}`) into a list of Python values.
+
+    Raises:
+        InvalidInput: nested lists, nulls, objects other than b64, or invalid base64.
+    """
+    items = value if isinstance(value, list) else [value]
+    values: list[FeatureValue] = []
+    for item in items:
+        if isinstance(item, dict):
+            if set(item) != {"b64"} or not isinstance(item["b64"], str):
+                raise InvalidInput(f"feature '{name}': an object value must be {{\"b64\": \"<base64>\"}}")
+            try:
+                values.append(base64.b64decode(item["b64"], validate=True))
+            except (binascii.Error, ValueError) as err:
+                raise InvalidInput(f"feature '{name}': invalid base64") from err
+        elif isinstance(item, (bool, int, float, str)):
+            values.append(item)
+        else:
+            raise InvalidInput(f"feature '{name}': values must be numbers, strings or {{\"b64\"}} objects, not {type(item).__name__ if item is not None else 'null'}")
+    return values
+
+
+def encode_feature(name: str, values: Sequence[FeatureValue]) -> bytes:
+    """Encode one `tensorflow.Feature` from Python values of one kind.
+
+    Raises:
+        InvalidInput: strings mixed with numbers.
+    """
+    if all(isinstance(v, (str, bytes)) for v in values) and values:
+        payload = b"".join(_field(1, v.encode() if isinstance(v, str) else v) for v in values)  # type: ignore[union-attr]
+        return _field(1, payload)  # bytes_list
+    if any(isinstance(v, (str, bytes)) for v in values):
+        raise InvalidInput(f"feature '{name}' mixes strings and numbers")
+    if values and all(isinstance(v, (bool, int)) for v in values):
+        packed = b"".join(_varint(int(v)) for v in values)
+        if any(not -(1 << 63) <= int(v) < (1 << 63) for v in values):
+            raise InvalidInput(f"feature '{name}' has an integer outside the int64 range")
+        return _field(3, _field(1, packed))  # int64_list
+    floats = [float(v) for v in values]
+    if any(math.isfinite(f) and abs(f) > 3.4028234663852886e38 for f in floats):
+        raise InvalidInput(f"feature '{name}' has a number outside the float32 range")
+    packed = struct.pack(f"<{len(floats)}f", *floats)
+    return _field(2, _field(1, packed) if floats else b"")  # float_list
+
+
+def encode_example(features: Mapping[str, object], context: Mapping[str, object] | None = None) -> bytes:
+    """Serialize one `tensorflow.Example` from JSON features, with `context` features merged in.
+
+    Raises:
+        InvalidInput: a feature value TF Serving would refuse too.
+    """
+    merged = {**(context or {}), **features}
+    entries = b"".join(
+        _field(1, _field(1, key.encode()) + _field(2, encode_feature(key, json_feature_values(key, value))))
+        for key, value in merged.items()
+    )
+    return _field(1, entries)
+
+
+def decode_examples_request(body: Mapping[str, object]) -> tuple[list[Mapping[str, object]], Mapping[str, object]]:
+    """Check a `:classify`/`:regress` body and return its examples and context.
+
+    Raises:
+        InvalidInput: `examples` missing or not a list of objects, `context` not an object.
+    """
+    examples = body.get("examples")
+    if not isinstance(examples, list) or not examples or not all(isinstance(e, dict) for e in examples):
+        raise InvalidInput("'examples' must be a non-empty list of objects mapping feature names to values")
+    context = body.get("context", {})
+    if not isinstance(context, dict):
+        raise InvalidInput("'context' must be an object mapping feature names to values")
+    return examples, context

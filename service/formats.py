@@ -1,0 +1,296 @@
+"""Model formats: which kind of model a file or folder holds, decided by content, not by extension.
+
+`detect_format(path)` sniffs magic bytes (`PK\\x03\\x04` for a Keras 3 zip, `\\x89HDF\\r\\n\\x1a\\n` for
+HDF5), reads HDF5 root attributes (`model_config` marks a full model, `layer_names` a weights-only
+file) and folder contents (`saved_model.pb`), and pairs an architecture JSON with its weights file.
+`is_complete(path)` is a cheap check the repository uses before handing a path to the loader.
+
+This module never imports TensorFlow or Keras (h5py only), so it is cheap to call while scanning.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+# Names in a model folder that are never the model itself.
+_SIDE_SUFFIXES = (".yaml", ".yml", ".txt", ".md", ".npy", ".py", ".pyc", ".lock", ".tmp", ".part")
+_WEIGHT_NAME_SUFFIXES = (".weights.h5", "_weights.h5", "_weights.hdf5", ".h5", ".hdf5")
+_ARCH_STEM_SUFFIXES = ("_config", "_architecture", "_arch", "_model", "_json", ".architecture", ".config")
+
+
+class ModelFormat(str, enum.Enum):
+    """The kinds of model files the loader reads."""
+
+    KERAS_ZIP = "keras"
+    """Keras 3 `.keras` zip (config.json + model.weights.h5 + metadata.json)."""
+    HDF5 = "h5"
+    """Full-model HDF5 (`model_config` attribute), written by Keras 1, 2 or 3."""
+    JSON_WEIGHTS = "json+weights"
+    """Architecture JSON (`model.to_json()`) plus a weights HDF5 file."""
+    SAVED_MODEL = "saved_model"
+    """TensorFlow SavedModel directory (TF2 export, tf.keras 2 SavedModel or TF1 graph)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedModel:
+    """What `detect_format` found: the format, the main path, and the files that go with it.
+
+    `path` is the model file, the architecture JSON, or the SavedModel directory. `weights` is the
+    weights file of a JSON + weights pair. `keras_version` is the version recorded in the file
+    (HDF5 attribute, JSON key or `metadata.json`), when there is one.
+    """
+
+    format: ModelFormat
+    path: Path
+    weights: Path | None = None
+    keras_version: str | None = None
+    files: tuple[Path, ...] = field(default=())
+    """Every file that belongs to the model (for fingerprints and completeness checks)."""
+
+    @property
+    def keras_major(self) -> int | None:
+        """Major version of the Keras that wrote the file (1, 2, 3), or None when unknown."""
+        if not self.keras_version:
+            return None
+        match = re.match(r"(\d+)", self.keras_version)
+        return int(match.group(1)) if match else None
+
+
+def _magic(path: Path) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            return stream.read(8)
+    except OSError:
+        return b""
+
+
+def _hdf5_kind(path: Path) -> tuple[str, str | None]:
+    """Return ("model" | "weights" | "other", keras_version) for an HDF5 file."""
+    import h5py  # local: h5py is only needed when an HDF5 file is seen
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            version = attrs.get("keras_version")
+            if isinstance(version, bytes):
+                version = version.decode("utf-8", "replace")
+            if "model_config" in attrs:
+                return "model", str(version) if version is not None else None
+            if "layer_names" in attrs or "model_weights" in f or "layers" in f or "vars" in f:
+                return "weights", str(version) if version is not None else None
+            if len(f.keys()) > 0:
+                return "weights", str(version) if version is not None else None
+            return "other", None
+    except OSError:
+        return "other", None
+
+
+def _zip_version(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "metadata.json" in archive.namelist():
+                return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError):
+        return None
+    return None
+
+
+def _json_architecture(path: Path) -> dict | None:
+    """Return the parsed JSON when `path` is a Keras architecture (`to_json()`), else None."""
+    try:
+        if path.stat().st_size > 64 * 1024 * 1024:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and "class_name" in data and "config" in data:
+        return data
+    return None
+
+
+def _weights_for(arch: Path) -> Path | None:
+    """Find the weights file beside an architecture JSON by name, or the only weights file there."""
+    stems = [arch.stem]
+    for suffix in _ARCH_STEM_SUFFIXES:
+        if arch.stem.endswith(suffix) and len(arch.stem) > len(suffix):
+            stems.append(arch.stem[: -len(suffix)])
+    for stem in stems:
+        for suffix in _WEIGHT_NAME_SUFFIXES:
+            candidate = arch.with_name(stem + suffix)
+            if candidate.is_file() and _magic(candidate) == HDF5_MAGIC and _hdf5_kind(candidate)[0] == "weights":
+                return candidate
+    weights = [
+        p
+        for p in sorted(arch.parent.iterdir())
+        if p.is_file() and _magic(p) == HDF5_MAGIC and _hdf5_kind(p)[0] == "weights"
+    ]
+    return weights[0] if len(weights) == 1 else None
+
+
+def _detect_file(path: Path) -> DetectedModel | None:
+    magic = _magic(path)
+    if magic.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return None
+        if "config.json" in names:
+            return DetectedModel(ModelFormat.KERAS_ZIP, path, keras_version=_zip_version(path), files=(path,))
+        return None
+    if magic == HDF5_MAGIC:
+        kind, version = _hdf5_kind(path)
+        if kind == "model":
+            return DetectedModel(ModelFormat.HDF5, path, keras_version=version, files=(path,))
+        return None
+    if path.suffix.lower() == ".json" or magic[:1] == b"{":
+        arch = _json_architecture(path)
+        if arch is None:
+            return None
+        weights = _weights_for(path)
+        version = arch.get("keras_version")
+        files = (path, weights) if weights else (path,)
+        return DetectedModel(
+            ModelFormat.JSON_WEIGHTS, path, weights=weights, keras_version=str(version) if version else None, files=files
+        )
+    return None
+
+
+def _is_saved_model_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in SAVED_MODEL_FILES)
+
+
+def _detect_dir(path: Path) -> DetectedModel:
+    if _is_saved_model_dir(path):
+        files = tuple(p for p in sorted(path.rglob("*")) if p.is_file())
+        return DetectedModel(ModelFormat.SAVED_MODEL, path, files=files)
+    full: list[DetectedModel] = []
+    pairs: list[DetectedModel] = []
+    for child in sorted(path.iterdir()):
+        if child.name.startswith(".") or not child.is_file() or child.name.lower().endswith(_SIDE_SUFFIXES):
+            continue
+        found = _detect_file(child)
+        if found is None:
+            continue
+        (pairs if found.format is ModelFormat.JSON_WEIGHTS else full).append(found)
+    # A full model file wins over an architecture JSON beside it (the JSON is then documentation).
+    if len(full) == 1:
+        return full[0]
+    if len(full) > 1:
+        names = ", ".join(d.path.name for d in full)
+        raise ModelLoadError(f"folder '{path.name}' holds several model files ({names}); keep one per version folder")
+    pairs = [p for p in pairs if p.weights is not None] or pairs
+    if len(pairs) == 1:
+        return pairs[0]
+    if len(pairs) > 1:
+        names = ", ".join(d.path.name for d in pairs)
+        raise ModelLoadError(f"folder '{path.name}' holds several architecture files ({names}); keep one per version folder")
+    subdirs = [c for c in path.iterdir() if c.is_dir() and _is_saved_model_dir(c)]
+    if len(subdirs) == 1:
+        return _detect_dir(subdirs[0])
+    raise ModelLoadError(
+        f"folder '{path.name}' holds no model: expected a .keras zip, a full-model HDF5 file, an architecture "
+        "JSON with its weights file, or a SavedModel (saved_model.pb + variables/)"
+    )
+
+
+def detect_format(path: Path) -> DetectedModel:
+    """Decide which kind of model `path` holds, from its content.
+
+    Args:
+        path: a model file, an architecture JSON, a SavedModel directory, or a folder that holds
+            exactly one model (file, JSON + weights pair, or SavedModel).
+
+    Raises:
+        ModelLoadError: nothing recognisable is there, or a folder holds several models. The message
+            names the file, never the server's absolute path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _detect_dir(path)
+    if not path.is_file():
+        raise ModelLoadError(f"'{path.name}' does not exist")
+    found = _detect_file(path)
+    if found is not None:
+        return found
+    magic = _magic(path)
+    if magic == HDF5_MAGIC:
+        raise ModelLoadError(
+            f"'{path.name}' is a weights-only HDF5 file (no model_config): put the architecture JSON "
+            "beside it (name.json with name.weights.h5, name_weights.h5 or name.h5)",
+            format="h5-weights",
+        )
+    if magic.startswith(ZIP_MAGIC):
+        raise ModelLoadError(f"'{path.name}' is a zip file without config.json, not a Keras model", format="zip")
+    raise ModelLoadError(
+        f"'{path.name}' is not a model file recognised by content (Keras zip, HDF5, architecture JSON or SavedModel)"
+    )
+
+
+def _saved_model_complete(path: Path) -> bool:
+    pb = next((path / n for n in SAVED_MODEL_FILES if (path / n).is_file()), None)
+    if pb is None or pb.stat().st_size == 0:
+        return False
+    variables = path / "variables"
+    if not variables.is_dir():
+        return True  # a graph without variables (rare) is complete with its .pb
+    if not (variables / "variables.index").is_file():
+        # An empty variables/ folder is what TF writes for a graph without variables.
+        return not any(variables.iterdir())
+    shards = list(variables.glob("variables.data-*-of-*"))
+    if not shards:
+        return False
+    match = re.search(r"-of-(\d+)$", shards[0].name)
+    return match is not None and len(shards) == int(match.group(1))
+
+
+def _hdf5_complete(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.attrs.get("keras_version")
+            return True
+    except OSError:
+        return False
+
+
+def is_complete(path: Path) -> bool:
+    """Say cheaply whether `path` looks fully written (used before loading, never raises).
+
+    A SavedModel needs `saved_model.pb` and every variables shard; a zip needs its central directory
+    (written last); an HDF5 file must open; a folder must hold one complete model.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            if _is_saved_model_dir(path):
+                return _saved_model_complete(path)
+            found = _detect_dir(path)
+            return all(is_complete(p) for p in (found.path, found.weights) if p is not None)
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        magic = _magic(path)
+        if magic.startswith(ZIP_MAGIC):
+            return zipfile.is_zipfile(path)
+        if magic == HDF5_MAGIC:
+            return _hdf5_complete(path)
+        if path.suffix.lower() == ".json":
+            return _json_architecture(path) is not None
+        return False
+    except (OSError, ModelLoadError):
+        return False

@@ -1,0 +1,812 @@
+"""Manager: the single owner of loading, version states, swaps, handles and unloading.
+
+The repository watcher tells the manager, per model, which versions should serve
+(`set_aspired_versions`). The manager loads new versions on its one loader thread (START -> LOADING ->
+warm-up -> AVAILABLE), publishes them by building a new read-only map of available servables and
+assigning it in one statement, and unloads versions that left the map once their last request
+returned (UNLOADING -> END), on a background thread. A failed load ends in END with its error while
+the version already serving keeps serving (TF Serving's availability-preserving policy). Requests
+borrow a servable through `handle()`; they never wait for a load or a swap.
+
+It never reads the file system itself (that is `service.repository`) and never touches HTTP.
+TensorFlow is reached only through `service.loader` and `service.runner`, imported in `start()`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from service import metrics
+from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from service.repository import SETTLING, ModelRepository, RepositoryWatcher, VersionSource
+from service.servable import (
+    Arrays,
+    Servable,
+    ServableId,
+    ServableInfo,
+    ServableRequest,
+    ServableState,
+    Signature,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BuildServable = Callable[[VersionSource], Servable]
+"""Turns one complete version on disk into a warmed-up servable; raises ModelLoadError (or anything) on failure."""
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_DRAIN_LOG_INTERVAL_S = 30.0
+_HANDLE_RETRIES = 8
+
+
+# --- the values the data plane sees ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """State of one version as the status views show it."""
+
+    version: int
+    state: ServableState
+    error: str = ""
+    """Non-empty for a failed load (state END; status views call it FAILED). On an AVAILABLE version:
+    a newer copy of the same version failed to load and the previous copy keeps serving."""
+    info: ServableInfo | None = None
+    signatures: Mapping[str, Signature] = field(default_factory=lambda: _EMPTY)
+    default_signature: str = "serving_default"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """Every version the manager knows of one model, ascending, with labels."""
+
+    name: str
+    versions: tuple[VersionStatus, ...]
+    version_labels: Mapping[str, int]
+    labels: tuple[str, ...]
+    """Class labels of the serving (latest AVAILABLE) version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether the worker should get traffic (`/readyz`), and per model."""
+
+    ready: bool
+    models: Mapping[str, bool]
+    reason: str = ""
+
+
+# --- internal bookkeeping (guarded by ServableManager._cond) ---------------------------------------
+@dataclass(eq=False)
+class _Version:
+    number: int
+    state: ServableState = ServableState.START
+    source: VersionSource | None = None
+    aspired: bool = False
+    present: bool = False
+    pending: str = ""
+    """Why the version's files are not complete yet ("" when complete or gone)."""
+    servable: Servable | None = None
+    loaded_fingerprint: str = ""
+    loading: str = ""
+    """Fingerprint being loaded now ("" when none)."""
+    error: str = ""
+    failed: tuple[str, str | None] | None = None
+    """(fingerprint, plugins fingerprint) of the last failed load: retried only when either changes."""
+    draining: int = 0
+    """Instances of this version unloading in the background."""
+
+
+@dataclass(eq=False)
+class _Model:
+    name: str
+    versions: dict[int, _Version] = field(default_factory=dict)
+    version_labels: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    ever_available: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """One model's available servables; built once, never mutated."""
+
+    versions: Mapping[int, Servable]
+    latest: Servable
+    version_labels: Mapping[str, int]
+
+
+class ServableManager:
+    """Loads, warms up, publishes, hands out and unloads the versions of every model.
+
+    Lifecycle: `__init__` is cheap; `start()` (in the gunicorn worker, after the fork) configures
+    TensorFlow, starts the loader thread and the repository watcher; `stop()` ends them and unloads
+    everything. Thread-safe: `handle()` reads the published map without locking; every other method
+    takes one lock for a short, non-blocking moment. Loads are serialised on the loader thread
+    (TensorFlow loading and the loader's Lambda patching are not safe to run concurrently).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        build_servable: BuildServable | None = None,
+        on_recycle: Callable[[], None] | None = None,
+    ) -> None:
+        """Prepare an empty manager; nothing loads before `start()`.
+
+        Args:
+            settings: the service settings (models folder, settle and poll periods, batching, recycling).
+            build_servable: turns a version on disk into a servable; default: the loader, runners and
+                batchers (`_build_servable`). Tests pass their own.
+            on_recycle: called once `swaps_before_recycle` unloads have happened; default: send this
+                process SIGTERM, which a gunicorn worker treats as a graceful exit (in-flight requests
+                finish) before the master starts a fresh worker.
+        """
+        self._settings = settings
+        self._own_builder = build_servable is None
+        self._build = build_servable or self._build_servable
+        self._on_recycle = on_recycle or _terminate_self
+        self._cond = threading.Condition(threading.RLock())
+        self._models: dict[str, _Model] = {}
+        self._serving: Mapping[str, _Published] = _EMPTY
+        self._startup: frozenset[str] | None = None
+        self._startup_logged = False
+        self._started_at = time.monotonic()
+        self._plugins_fp: str | None = None
+        self._registry_fp: str | None = None
+        self._registry_built = False
+        self._loader: Any = None
+        self._device = "/CPU:0"
+        self._unloads = 0
+        self._recycling = False
+        self._stopping = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._watcher: RepositoryWatcher | None = None
+        self._repository = ModelRepository(settings.models_dir, settle_s=settings.settle_s)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Configure TensorFlow, start the loader thread and the watcher (which scans once right away)."""
+        self._started_at = time.monotonic()
+        if self._own_builder:
+            from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
+
+            self._device = configure_tensorflow(self._settings)
+            import service.batching, service.loader  # noqa: F401, E401 - import them before freezing
+
+            # Move everything imported so far (TensorFlow, Keras: hundreds of thousands of long-lived
+            # objects) out of the collector's sight, so the gc.collect() after each unload scans only
+            # newer objects (the servables): it pauses the other threads for milliseconds, not tenths.
+            gc.freeze()
+        self._watcher = RepositoryWatcher(self._repository, self, self._settings)
+        self._watcher.start()
+        # Started after the first scan, so the registry is built from the plugins that scan saw.
+        self._thread = threading.Thread(target=self._run_loader, name="servable-loader", daemon=True)
+        self._thread.start()
+        with self._cond:
+            # Readiness waits for the models the first scan found (complete or still settling).
+            self._startup = frozenset(self._models)
+            log.info(
+                "start-up scan of %s: %d model(s) %s; loading in the background on %s",
+                self._settings.models_dir, len(self._models), sorted(self._models) or "", self._device,
+            )
+            self._check_startup_locked()
+
+    def stop(self) -> None:
+        """Stop the watcher and the loader thread, then unload every version; safe to call twice."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = self._stopping = True
+            self._cond.notify_all()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._settings.graceful_timeout_s)
+        with self._cond:
+            leaving = []
+            for model in self._models.values():
+                for version in model.versions.values():
+                    if version.servable is not None:
+                        leaving.append(version.servable)
+                        version.servable = None
+                        version.state = ServableState.UNLOADING
+            self._publish_locked()
+        for servable in leaving:
+            if not servable.wait_idle(self._settings.graceful_timeout_s):
+                log.warning("%s still has requests in flight at shutdown; closing it anyway", servable.id)
+            _close(servable)
+        with self._cond:
+            for model in self._models.values():
+                for version in model.versions.values():
+                    if version.state == ServableState.UNLOADING:
+                        version.state = ServableState.END
+
+    # --- what the watcher calls ----------------------------------------------------------------
+    def set_aspired_versions(
+        self,
+        name: str,
+        versions: Sequence[VersionSource],
+        *,
+        present: Collection[int] | None = None,
+        pending: Mapping[int, str] | None = None,
+        version_labels: Mapping[str, int] | None = None,
+    ) -> None:
+        """Say which versions of model `name` should serve: the full list (empty when the model is gone).
+
+        Versions not in `versions` are unloaded, except that one still present on disk keeps serving
+        until an aspired version of the model is AVAILABLE (so a failed new version never takes the
+        model down). A version whose files changed (new fingerprint) is loaded again and swapped in.
+
+        Args:
+            name: the model.
+            versions: the aspired versions (complete, chosen by the version policy).
+            present: every complete version on disk (default: the aspired ones).
+            pending: versions on disk not complete yet -> why (shown as START).
+            version_labels: TF Serving-style labels, label -> version.
+        """
+        aspired = {v.id.version: v for v in versions}
+        on_disk = set(present or ()) | set(aspired)
+        pending = dict(pending or {})
+        with self._cond:
+            model = self._models.get(name)
+            if model is None:
+                if not aspired and not pending:
+                    return
+                model = self._models[name] = _Model(name)
+            # Versions on disk that the policy leaves out are listed only once they have been loaded.
+            for number in {*aspired, *pending}:
+                model.versions.setdefault(number, _Version(number))
+            for number, version in model.versions.items():
+                version.aspired = number in aspired
+                # A version whose files are being replaced is still on disk: it keeps serving meanwhile.
+                version.pending = "" if number in on_disk else pending.get(number, "")
+                version.present = number in on_disk or bool(version.pending)
+                if version.aspired:
+                    version.source = aspired[number]
+            model.version_labels = MappingProxyType(dict(version_labels or {}))
+            self._commit_locked()
+            self._cond.notify_all()
+
+    def set_plugins_fingerprint(self, fingerprint: str) -> None:
+        """Note the state of `models/plugins/`; a change rebuilds the registry and retries failed versions."""
+        with self._cond:
+            if fingerprint != self._plugins_fp:
+                if self._plugins_fp is not None:
+                    log.info("plugins changed; rebuilding the custom object registry")
+                self._plugins_fp = fingerprint
+                self._cond.notify_all()
+
+    # --- what the data plane calls ---------------------------------------------------------------
+    @contextmanager
+    def handle(self, request: ServableRequest) -> Iterator[Servable]:
+        """Borrow the servable answering `request` for one call; it stays loaded until returned.
+
+        Raises:
+            ModelNotFound: no such model, version or label.
+            ModelNotReady: the model (or that version) exists but is not AVAILABLE (loading, failed,
+                unloading).
+        """
+        for _ in range(_HANDLE_RETRIES):
+            servable = self._lookup(request)
+            servable.acquire()
+            # The unloader removes a servable from the map before waiting for its borrowers, so one
+            # still in the map after acquire() cannot be closed under us; otherwise look again.
+            try:
+                current = self._lookup(request)
+            except Exception:
+                servable.release()
+                raise
+            if current is servable:
+                break
+            servable.release()
+        else:
+            raise ModelNotReady(request.name, "its versions are changing; retry")
+        try:
+            yield servable
+        finally:
+            servable.release()
+
+    def model_names(self) -> list[str]:
+        """Every model the repository knows, in any state, sorted."""
+        with self._cond:
+            return sorted(self._models)
+
+    def default_model(self) -> str:
+        """The model answering requests that name none: `DEFAULT_MODEL`, else the only model.
+
+        Raises:
+            ModelNotFound: no default is set and there is not exactly one model.
+        """
+        if self._settings.default_model:
+            return self._settings.default_model
+        names = self.model_names()
+        if len(names) == 1:
+            return names[0]
+        error = ModelNotFound("(default)")
+        detail = f"{len(names)} models are served ({', '.join(names)})" if names else "no model is served"
+        error.args = (f"name the model in the URL, or set DEFAULT_MODEL: {detail}",)
+        raise error
+
+    def status(self, name: str) -> ModelStatus:
+        """Every version of model `name` with its state, error, load details and signatures.
+
+        Raises:
+            ModelNotFound: the repository has no such model.
+        """
+        with self._cond:
+            model = self._models.get(name)
+            if model is None:
+                raise ModelNotFound(name)
+            return self._status_locked(model)
+
+    def statuses(self) -> list[ModelStatus]:
+        """The status of every model, sorted by name."""
+        with self._cond:
+            return [self._status_locked(self._models[n]) for n in sorted(self._models)]
+
+    def readiness(self) -> Readiness:
+        """Ready once every start-up model reached AVAILABLE or failed, while every model that ever
+        became AVAILABLE still has an AVAILABLE version."""
+        with self._cond:
+            models = {n: any(v.servable is not None for v in m.versions.values()) for n, m in self._models.items()}
+            reason = self._not_ready_reason_locked(models)
+            return Readiness(ready=not reason, models=MappingProxyType(models), reason=reason)
+
+    # --- the loader thread -----------------------------------------------------------------------
+    def _run_loader(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    if self._registry_outdated_locked():
+                        job: VersionSource | str | None = "registry"
+                        break
+                    job = self._next_load_locked()
+                    if job is not None:
+                        break
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            try:
+                if job == "registry":
+                    self._rebuild_registry()
+                elif isinstance(job, VersionSource):
+                    self._load(job)
+            except Exception:  # noqa: BLE001 - the loader thread must never die
+                log.exception("loader thread error")
+
+    def _registry_outdated_locked(self) -> bool:
+        if not self._own_builder:
+            if self._plugins_fp != self._registry_fp and self._plugins_fp is not None:
+                self._registry_fp = self._plugins_fp  # an injected builder has no registry to rebuild
+            return False
+        if not self._registry_built:
+            return True
+        return self._plugins_fp is not None and self._plugins_fp != self._registry_fp
+
+    def _rebuild_registry(self) -> None:
+        from service.custom_objects import CustomObjectRegistry
+        from service.loader import Loader
+
+        with self._cond:
+            fingerprint = self._plugins_fp
+        started = time.monotonic()
+        registry = CustomObjectRegistry.from_plugins(self._settings)
+        for plugin, message in getattr(registry, "plugin_errors", {}).items():
+            log.error("plugin %s failed to import: %s", plugin, message)
+        loader = Loader(registry, self._settings)
+        with self._cond:
+            self._loader = loader
+            self._registry_fp = fingerprint
+            self._registry_built = True
+        log.info("custom object registry built in %.2fs", time.monotonic() - started)
+
+    def _next_load_locked(self) -> VersionSource | None:
+        """Pick the next version to load (highest first) and mark it LOADING."""
+        for name in sorted(self._models):
+            for number in sorted(self._models[name].versions, reverse=True):
+                version = self._models[name].versions[number]
+                source = version.source
+                if not version.aspired or source is None or version.loading:
+                    continue
+                if version.servable is not None and version.loaded_fingerprint == source.fingerprint:
+                    continue
+                if version.failed == (source.fingerprint, self._registry_fp):
+                    continue  # bounded retries: only a change of its files or of the plugins retries it
+                version.loading = source.fingerprint
+                if version.servable is None:
+                    version.state = ServableState.LOADING
+                    version.error = ""
+                return source
+        return None
+
+    def _load(self, source: VersionSource) -> None:
+        servable_id = source.id
+        log.info("%s LOADING from %s", servable_id, self._relative(source.path))
+        started = time.monotonic()
+        try:
+            if source.error:
+                raise ModelLoadError(source.error)
+            servable = self._build(source)
+        except Exception as err:  # noqa: BLE001 - every load failure is recorded, none escapes
+            message = str(err) or type(err).__name__
+            if not isinstance(err, ModelLoadError):
+                log.error("%s failed to load", servable_id, exc_info=True)
+                message = f"{type(err).__name__}: {message}"
+            metrics.MODEL_LOAD_FAILURES.labels(model=servable_id.name).inc()
+            with self._cond:
+                self._record_failure(source, message)
+                self._cond.notify_all()
+            return
+        elapsed_s = time.monotonic() - started
+        discard: Servable | None = None
+        with self._cond:
+            model = self._models.get(servable_id.name)
+            version = model.versions.get(servable_id.version) if model else None
+            current = version is not None and version.aspired and version.source is not None \
+                and version.source.fingerprint == source.fingerprint and not self._stopping
+            if not current:
+                # Superseded while loading (files changed again, version no longer aspired): drop it;
+                # the loader thread picks up the current state next.
+                discard = servable
+                if version is not None:
+                    version.loading = ""
+                    if version.servable is None and version.state == ServableState.LOADING:
+                        version.state = ServableState.START
+                self._commit_locked()
+            else:
+                assert model is not None and version is not None
+                replaced = version.servable
+                version.servable = servable
+                version.loaded_fingerprint = source.fingerprint
+                version.loading = ""
+                version.failed = None
+                version.error = ""
+                version.state = ServableState.AVAILABLE
+                model.ever_available = True
+                info = servable.info
+
+                def announce() -> None:
+                    log.info(
+                        "%s AVAILABLE after %.2fs (load %.2fs, warm-up %.2fs) on %s",
+                        servable_id, elapsed_s, info.load_s, info.warmup_s, info.device,
+                    )
+
+                # Publish first, report AVAILABLE after: a client told "AVAILABLE" finds it served.
+                self._commit_locked(extra_leaving=[replaced] if replaced is not None else [], announce=announce)
+            self._cond.notify_all()
+        if discard is not None:
+            log.info("%s loaded but no longer wanted; discarded", servable_id)
+            _close(discard)
+            return
+        metrics.MODEL_LOAD_SECONDS.labels(model=servable_id.name).observe(elapsed_s)
+        with self._cond:
+            self._check_startup_locked()
+
+    def _record_failure(self, source: VersionSource, message: str) -> None:
+        model = self._models.get(source.id.name)
+        version = model.versions.get(source.id.version) if model else None
+        if version is None:
+            return
+        version.loading = ""
+        if version.source is None or version.source.fingerprint != source.fingerprint:
+            if version.servable is None and version.state == ServableState.LOADING:
+                version.state = ServableState.START  # its files changed during the load: load again
+            return
+        version.failed = (source.fingerprint, self._registry_fp)
+        version.error = message
+        if version.servable is None:
+            version.state = ServableState.END
+            log.error("%s FAILED: %s", source.id, message)
+        else:
+            log.error("%s: the new copy FAILED to load, the previous copy keeps serving: %s", source.id, message)
+        self._commit_locked()
+        self._check_startup_locked()
+
+    # --- publishing and unloading ----------------------------------------------------------------
+    def _commit_locked(self, extra_leaving: Sequence[Servable] = (), announce: Callable[[], None] | None = None) -> None:
+        """Decide which servables leave, publish the new map, then unload the leavers in the background.
+
+        `announce` runs right after the publish (the AVAILABLE log line), before any UNLOADING line.
+        """
+        leaving = list(extra_leaving)
+        for model in self._models.values():
+            versions = model.versions.values()
+            aspired_available = any(v.aspired and v.servable is not None for v in versions)
+            anything_aspired = any(v.aspired for v in versions)
+            for version in versions:
+                if version.servable is None or version.aspired:
+                    continue
+                # Availability first: a version no longer aspired keeps serving while its files are
+                # there and no aspired version is AVAILABLE yet (the new one loads, or failed).
+                if version.pending or (version.present and anything_aspired and not aspired_available):
+                    continue
+                leaving.append(version.servable)
+                version.servable = None
+                version.loaded_fingerprint = ""
+                version.state = ServableState.UNLOADING
+        for servable in leaving:
+            model = self._models.get(servable.id.name)
+            version = model.versions.get(servable.id.version) if model else None
+            if version is not None:
+                version.draining += 1
+        self._publish_locked()
+        if announce is not None:
+            announce()
+        for servable in leaving:
+            log.info("%s UNLOADING (waits for its in-flight requests)", servable.id)
+            holder = [servable]
+            threading.Thread(
+                target=self._finish_unload, args=(holder,), name=f"unload-{servable.id}", daemon=True
+            ).start()
+        self._drop_gone_locked()
+
+    def _publish_locked(self) -> None:
+        """Build the new read-only map of available servables and publish it in one assignment."""
+        serving: dict[str, _Published] = {}
+        for name, model in self._models.items():
+            versions = {n: v.servable for n, v in model.versions.items() if v.servable is not None}
+            if versions:
+                serving[name] = _Published(
+                    versions=MappingProxyType(versions),
+                    latest=versions[max(versions)],
+                    version_labels=model.version_labels,
+                )
+        for name in set(self._serving) | set(serving):
+            metrics.MODELS_AVAILABLE.labels(model=name).set(len(serving[name].versions) if name in serving else 0)
+        self._serving = MappingProxyType(serving)
+
+    def _finish_unload(self, holder: list[Servable]) -> None:
+        servable = holder.pop()
+        servable_id = servable.id
+        started = time.monotonic()
+        while not servable.wait_idle(_DRAIN_LOG_INTERVAL_S):
+            log.warning("%s still has requests in flight after %.0fs; waiting", servable_id, time.monotonic() - started)
+        drained = time.monotonic()
+        _close(servable)
+        closed = time.monotonic()
+        del servable
+        gc.collect()
+        log.debug("unload timings: drain %.3fs close %.3fs gc %.3fs", drained - started, closed - drained, time.monotonic() - closed)
+        recycle = False
+        with self._cond:
+            model = self._models.get(servable_id.name)
+            version = model.versions.get(servable_id.version) if model else None
+            if version is not None:
+                version.draining -= 1
+                if version.state == ServableState.UNLOADING and version.servable is None and not version.draining:
+                    version.state = ServableState.END
+            self._unloads += 1
+            limit = self._settings.swaps_before_recycle
+            if limit and self._unloads >= limit and not self._recycling and not self._stopping:
+                self._recycling = recycle = True
+            self._drop_gone_locked()
+            self._cond.notify_all()
+        log.info("%s END (unloaded %.2fs after leaving service)", servable_id, time.monotonic() - started)
+        if recycle:
+            log.warning(
+                "%d version swaps in this worker (SWAPS_BEFORE_RECYCLE=%d): recycling it to give memory back",
+                self._unloads, self._settings.swaps_before_recycle,
+            )
+            self._on_recycle()
+
+    def _drop_gone_locked(self) -> None:
+        """Forget versions (and models) that left the disk and finished unloading."""
+        for name in list(self._models):
+            model = self._models[name]
+            for number in list(model.versions):
+                v = model.versions[number]
+                if not (v.aspired or v.present or v.pending or v.servable or v.loading or v.draining):
+                    del model.versions[number]
+            if not model.versions:
+                del self._models[name]
+                log.info("model '%s' removed", name)
+
+    # --- lookups and views ---------------------------------------------------------------------
+    def _lookup(self, request: ServableRequest) -> Servable:
+        published = self._serving.get(request.name)
+        if published is None:
+            raise self._not_available(request.name, request.version)
+        if request.label is not None:
+            version = published.version_labels.get(request.label)
+            if version is None:
+                raise ModelNotFound(request.name, label=request.label)
+        elif request.version is not None:
+            version = request.version
+        else:
+            return published.latest
+        servable = published.versions.get(version)
+        if servable is None:
+            raise self._not_available(request.name, version)
+        return servable
+
+    def _not_available(self, name: str, version: int | None) -> Exception:
+        with self._cond:
+            model = self._models.get(name)
+            if model is None:
+                return ModelNotFound(name)
+            if version is not None:
+                known = model.versions.get(version)
+                if known is None:
+                    return ModelNotFound(name, version)
+                return ModelNotReady(name, _describe(known))
+            details = [_describe(v) for _, v in sorted(model.versions.items(), reverse=True)]
+            return ModelNotReady(name, "; ".join(details))
+
+    def _status_locked(self, model: _Model) -> ModelStatus:
+        statuses = []
+        labels: tuple[str, ...] = ()
+        for number in sorted(model.versions):
+            v = model.versions[number]
+            if v.servable is not None:
+                s = v.servable
+                statuses.append(VersionStatus(number, v.state, v.error, s.info, s.signatures, s.default_signature))
+                labels = s.labels
+            else:
+                statuses.append(VersionStatus(number, v.state, v.error))
+        return ModelStatus(model.name, tuple(statuses), model.version_labels, labels)
+
+    def _not_ready_reason_locked(self, available: Mapping[str, bool]) -> str:
+        if self._startup is None:
+            return "the models folder has not been scanned yet"
+        waiting = sorted(n for n in self._startup if n in self._models and not self._settled_locked(self._models[n]))
+        if waiting:
+            return f"loading {', '.join(waiting)}"
+        lost = sorted(n for n, m in self._models.items() if m.ever_available and not available[n])
+        if lost:
+            return f"no AVAILABLE version of {', '.join(lost)}"
+        return ""
+
+    def _settled_locked(self, model: _Model) -> bool:
+        """Tell whether a model reached AVAILABLE, or has nothing left to wait for (failed or incomplete)."""
+        for v in model.versions.values():
+            if v.servable is not None:
+                return True
+        return not any(
+            v.pending == SETTLING or (v.aspired and v.state in (ServableState.START, ServableState.LOADING))
+            for v in model.versions.values()
+        )
+
+    def _check_startup_locked(self) -> None:
+        """Log one summary line when the start-up models have all loaded or failed."""
+        if self._startup is None or self._startup_logged:
+            return
+        if any(n in self._models and not self._settled_locked(self._models[n]) for n in self._startup):
+            return
+        self._startup_logged = True
+        states = []
+        for name in sorted(self._models):
+            for number, v in sorted(self._models[name].versions.items()):
+                state = "FAILED" if v.error and v.servable is None else v.state.value
+                states.append(f"{ServableId(name, number)} {state}")
+        available = sum(1 for m in self._models.values() for v in m.versions.values() if v.servable is not None)
+        log.info(
+            "start-up loading done in %.2fs: %d model(s), %d version(s) AVAILABLE on %s%s",
+            time.monotonic() - self._started_at, len(self._models), available, self._device,
+            f" ({', '.join(states)})" if states else " (the models folder is empty)",
+        )
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(self._settings.models_dir))
+        except ValueError:
+            return Path(path).name
+
+    # --- building a servable (the default BuildServable) -----------------------------------------------
+    def _build_servable(self, source: VersionSource) -> Servable:
+        """Load a version, build a runner (and batcher) per signature, warm them up; the loader thread calls it.
+
+        Raises:
+            ModelLoadError: the loader could not load it, or warm-up failed on the default signature.
+        """
+        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
+
+        settings, batching = self._settings, source.config.batching
+        started = time.monotonic()
+        with device_scope(self._device):
+            loaded = self._loader.load(source.path, source.config)
+        load_s = time.monotonic() - started
+        max_batch_size = batching.max_batch_size or settings.max_batch_size
+        allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
+        if allowed[-1] < max_batch_size:
+            allowed = (*allowed, max_batch_size)
+        closers: list[Callable[[], None]] = []
+        submit: dict[str, Callable[[Arrays], Future]] = {}
+        warnings = list(getattr(loaded, "warnings", ()))
+        warmup_s = 0.0
+        try:
+            for name, signature in loaded.signatures.items():
+                runner = InferenceRunner(loaded, name, device=self._device, allowed_batch_sizes=allowed)
+                try:
+                    warmup_s += runner.warm_up()
+                except Exception as err:
+                    if name == loaded.default_signature:
+                        raise ModelLoadError(f"warm-up of signature '{name}' failed: {err}") from err
+                    warnings.append(f"signature '{name}' failed its warm-up and is not served: {err}")
+                    continue
+                if signature.batched:
+                    from service.batching import Batcher
+
+                    batcher = Batcher(
+                        source.id, runner.run, max_batch_size=max_batch_size,
+                        batch_timeout_ms=batching.batch_timeout_ms if batching.batch_timeout_ms is not None else settings.batch_timeout_ms,
+                        max_enqueued_batches=batching.max_enqueued_batches or settings.max_enqueued_batches,
+                    )
+                    closers.append(batcher.close)
+                    submit[name] = batcher.submit
+                else:
+                    submit[name] = _direct(runner.run)
+        except BaseException:
+            for close in closers:
+                close()
+            loaded.close()
+            raise
+        closers.append(loaded.close)
+
+        def close() -> None:
+            for step in closers:
+                step()
+            closers.clear()
+
+        signatures = dict(loaded.signatures)
+        return Servable(
+            id=source.id,
+            config=source.config,
+            signatures=MappingProxyType(signatures),
+            default_signature=loaded.default_signature,
+            info=ServableInfo(
+                path=self._relative(source.path), format=str(getattr(loaded.format, "value", loaded.format)),
+                loader=str(loaded.loader), device=self._device, load_s=load_s, warmup_s=warmup_s,
+                warnings=tuple(warnings),
+            ),
+            labels=source.labels,
+            submit=MappingProxyType(submit),
+            close=close,
+            extras=MappingProxyType(dict(getattr(loaded, "extras", {}) or {})),
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _direct(run: Callable[[Arrays], dict]) -> Callable[[Arrays], Future]:
+    """Wrap a runner's `run` as a submit function returning a completed Future (unbatched signatures)."""
+
+    def submit(inputs: Arrays) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(run(inputs))
+        except Exception as err:  # noqa: BLE001 - delivered through the future, as a batcher would
+            future.set_exception(err)
+        return future
+
+    return submit
+
+
+def _close(servable: Servable) -> None:
+    try:
+        servable.close()
+    except Exception:  # noqa: BLE001 - a failing close must not stop unloading
+        log.exception("%s did not close cleanly", servable.id)
+
+
+def _describe(version: _Version) -> str:
+    if version.error and version.servable is None:
+        return f"version {version.number} failed to load: {version.error}"
+    if version.pending:
+        return f"version {version.number} is arriving ({version.pending})"
+    return f"version {version.number} is {version.state.value}"
+
+
+def _terminate_self() -> None:
+    """Ask this process to exit gracefully (a gunicorn worker finishes in-flight requests first)."""
+    os.kill(os.getpid(), signal.SIGTERM)

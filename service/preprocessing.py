@@ -1,0 +1,361 @@
+"""Preprocessing: encoded images and loosely typed arrays -> tensors shaped and scaled for a Signature.
+
+Owns image decoding (Pillow: JPEG, PNG, GIF first frame, BMP, WebP), EXIF orientation, channel
+conversion, resizing (stretch, center-crop, letterbox), pixel scaling and dtype casts, plus the
+checks that turn a request's arrays into exactly the dtypes and shapes a signature declares.
+Decoding runs in the request thread (Pillow releases the GIL while decoding). It never imports
+Flask or TensorFlow and never calls a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import InvalidInput, InvalidTensor, PayloadTooLarge
+from service.model_config import PreprocessingConfig
+from service.servable import Signature, TensorInfo
+
+log = logging.getLogger(__name__)
+
+UNNAMED = ""
+"""Key of a request tensor sent without a name (TF Serving's single-input shorthand)."""
+
+CHANNELS_BY_MODE = {"grayscale": 1, "rgb": 3, "rgba": 4}
+PIL_MODE_BY_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
+STRING_DTYPES = ("string", "object", "bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """How images become one input tensor: where it goes, its size, channels, scaling and dtype."""
+
+    input: str
+    height: int | None
+    width: int | None
+    channels: int
+    channels_first: bool
+    keep_channel_axis: bool
+    resize: str
+    scale: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: str
+
+
+def image_input(signature: Signature, config: PreprocessingConfig) -> TensorInfo | None:
+    """Return the input that receives images: the configured one, else the first of rank 3 or 4."""
+    if config.input is not None:
+        for tensor in signature.inputs:
+            if tensor.name == config.input:
+                return tensor
+        return None
+    return next((t for t in signature.inputs if len(t.shape) in (3, 4) and t.dtype not in STRING_DTYPES), None)
+
+
+@functools.lru_cache(maxsize=256)
+def image_spec(signature: Signature, config: PreprocessingConfig) -> ImageSpec:
+    """Derive how images are prepared for `signature`, from its shapes and the model's config.
+
+    Raises:
+        InvalidInput: the model has no input that can take images.
+    """
+    tensor = image_input(signature, config)
+    if tensor is None:
+        wanted = f"input '{config.input}'" if config.input else "an input of rank 3 or 4"
+        raise InvalidInput(f"the model has no image input ({wanted}); send tensors as JSON instead")
+    dims = tensor.shape[1:]  # drop the batch dimension
+    channels_first = False
+    keep_channel_axis = True
+    if len(dims) == 2:  # (H, W): grayscale without a channel axis, e.g. MNIST (None, 28, 28)
+        height, width = dims
+        channels = 1
+        keep_channel_axis = False
+    elif dims[-1] in (1, 3, 4) or dims[0] not in (1, 3, 4):
+        height, width, channels = dims
+    else:  # (C, H, W)
+        channels, height, width = dims
+        channels_first = True
+    if config.color_mode is not None:
+        channels = CHANNELS_BY_MODE[config.color_mode]
+    if channels not in PIL_MODE_BY_CHANNELS:
+        channels = 3  # unknown channel count in the signature: RGB is the common case
+    if config.size is not None:
+        height, width = config.size
+    dtype = tensor.dtype if tensor.dtype not in STRING_DTYPES else "float32"
+    return ImageSpec(
+        input=tensor.name, height=height, width=width, channels=channels, channels_first=channels_first,
+        keep_channel_axis=keep_channel_axis, resize=config.resize, scale=config.scale,
+        mean=tuple(config.mean), std=tuple(config.std), dtype=dtype,
+    )
+
+
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Open an encoded image and check its size before any pixel is decoded.
+
+    Raises:
+        InvalidInput: the bytes are not an image Pillow can read.
+        PayloadTooLarge: width x height exceeds `max_pixels` (or Pillow's decompression-bomb guard).
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge(f"image is too large to decode: {err}") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise InvalidInput("cannot decode image: not a JPEG, PNG, GIF, BMP or WebP file") from err
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels (MAX_IMAGE_PIXELS)"
+        )
+    return image
+
+
+def decode_image(data: bytes, spec: ImageSpec, *, max_pixels: int) -> np.ndarray:
+    """Decode one image into an uint8 array of shape (H, W, C) for `spec` (size may be the image's own).
+
+    Raises:
+        InvalidInput: not a readable image.
+        PayloadTooLarge: the image has more pixels than allowed.
+    """
+    image = open_image(data, max_pixels=max_pixels)
+    mode = PIL_MODE_BY_CHANNELS[spec.channels]
+    try:
+        if image.format == "JPEG" and spec.height and spec.width:
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is much smaller. draft()
+            # keeps both sides >= the requested size, so cropping and letterboxing still have pixels.
+            image.draft("L" if mode == "L" else "RGB", (spec.width, spec.height))
+        image = ImageOps.exif_transpose(image)
+        if image.mode != mode:
+            if image.mode in ("P", "LA", "PA", "RGBA") and mode in ("RGB", "L"):
+                # Flatten transparency on black instead of exposing whatever colour hides under alpha=0.
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(background, image)
+            image = image.convert(mode)
+        if spec.height and spec.width and image.size != (spec.width, spec.height):
+            image = _resize(image, spec.width, spec.height, spec.resize)
+        array = np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge(f"image is too large to decode: {err}") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise InvalidInput(f"cannot decode image: {_short(err)}") from err
+    if array.ndim == 2:
+        array = array[:, :, np.newaxis]
+    return array
+
+
+def _short(err: Exception) -> str:
+    """Return an error text without file-system paths (Pillow messages carry none, but be safe)."""
+    text = str(err).split("\n", 1)[0]
+    return text if "/" not in text else type(err).__name__
+
+
+def _resize(image: Image.Image, width: int, height: int, how: str) -> Image.Image:
+    """Resize to width x height: stretch, center-crop to the aspect ratio first, or letterbox."""
+    if how == "crop":
+        scale = max(width / image.width, height / image.height)
+        crop_w, crop_h = width / scale, height / scale
+        left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+        return image.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    if how == "letterbox":
+        scale = min(width / image.width, height / image.height)
+        inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        resized = image.resize(inner, Image.BILINEAR)
+        canvas = Image.new(image.mode, (width, height))
+        canvas.paste(resized, ((width - inner[0]) // 2, (height - inner[1]) // 2))
+        return canvas
+    return image.resize((width, height), Image.BILINEAR)
+
+
+def scale_pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Scale an uint8 batch (N, H, W, C) as configured and cast it to the input's dtype."""
+    dtype = np.dtype(spec.dtype)
+    if spec.scale == "raw" or not np.issubdtype(dtype, np.floating):
+        return pixels.astype(dtype, copy=False)
+    out = pixels.astype(dtype)
+    if spec.scale == "unit":
+        out *= dtype.type(1.0 / 255.0)
+    elif spec.scale == "symmetric":
+        out *= dtype.type(1.0 / 127.5)
+        out -= dtype.type(1.0)
+    else:  # mean_std
+        out *= dtype.type(1.0 / 255.0)
+        out -= np.asarray(spec.mean, dtype=dtype)
+        out /= np.asarray(spec.std, dtype=dtype)
+    return out
+
+
+def decode_images(images: Sequence[bytes], spec: ImageSpec, *, max_pixels: int) -> np.ndarray:
+    """Decode several encoded images into one batch tensor for `spec`'s input.
+
+    Raises:
+        InvalidInput: an image cannot be decoded, or images of different sizes go to an input
+            whose size is not fixed.
+        PayloadTooLarge: an image has more pixels than allowed.
+    """
+    arrays = []
+    for index, data in enumerate(images):
+        try:
+            arrays.append(decode_image(data, spec, max_pixels=max_pixels))
+        except (InvalidInput, PayloadTooLarge) as err:
+            if len(images) == 1:
+                raise
+            raise type(err)(f"image {index}: {err}") from err
+    if len({a.shape for a in arrays}) > 1:
+        raise InvalidInput(
+            f"images of different sizes for input '{spec.input}', whose size is not fixed; "
+            "send one image per request or set preprocessing.size in the model config"
+        )
+    batch = np.stack(arrays) if len(arrays) > 1 else arrays[0][np.newaxis]
+    if not spec.keep_channel_axis:
+        batch = batch[..., 0]
+    elif spec.channels_first:
+        batch = batch.transpose(0, 3, 1, 2)
+    return scale_pixels(batch, spec)
+
+
+def is_encoded(array: np.ndarray) -> bool:
+    """Tell whether a request array holds encoded bytes (b64 values) rather than numbers."""
+    return array.dtype == object or array.dtype.kind == "S"
+
+
+def to_model_inputs(
+    inputs: Mapping[str, np.ndarray],
+    images: Sequence[bytes],
+    signature: Signature,
+    config: PreprocessingConfig,
+    *,
+    max_pixels: int,
+    max_rows: int,
+) -> dict[str, np.ndarray]:
+    """Turn a request's arrays and images into exactly the tensors `signature` takes.
+
+    An `UNNAMED` array goes to the only input. Bytes sent to a numeric input of rank 3 or 4 are
+    decoded as images. Numbers are cast to the input's dtype and checked against its shape.
+
+    Raises:
+        InvalidInput: unknown or missing inputs, undecodable images, unequal batch sizes.
+        InvalidTensor: values that do not fit an input's dtype or shape.
+        PayloadTooLarge: more rows than `max_rows`, or too many pixels.
+    """
+    named = dict(inputs)
+    if images:
+        spec = image_spec(signature, config)
+        if len(images) > max_rows:
+            raise PayloadTooLarge(f"{len(images)} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+        named[spec.input] = np.asarray(list(images), dtype=object)
+    if UNNAMED in named:
+        if len(signature.inputs) != 1:
+            names = ", ".join(t.name for t in signature.inputs)
+            raise InvalidInput(f"the model has {len(signature.inputs)} inputs ({names}); name each input")
+        named[signature.inputs[0].name] = named.pop(UNNAMED)
+    expected = {t.name for t in signature.inputs}
+    unknown = sorted(set(named) - expected)
+    if unknown:
+        raise InvalidInput(f"unknown input '{unknown[0]}'; the model's inputs are: {', '.join(sorted(expected))}")
+    missing = [t.name for t in signature.inputs if t.name not in named]
+    if missing:
+        raise InvalidInput(f"missing input '{missing[0]}'; the model's inputs are: {', '.join(sorted(expected))}")
+    result: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    # A fixed-batch signature (shape (1,) ...) still has rows on dimension 0; the runner splits them.
+    has_batch = signature.batched or signature.fixed_batch_size is not None
+    for tensor in signature.inputs:
+        array = named[tensor.name]
+        if is_encoded(array) and tensor.dtype not in STRING_DTYPES:
+            array = _decode_image_tensor(array, signature, config, tensor, max_pixels=max_pixels, max_rows=max_rows)
+        else:
+            array = cast_tensor(array, tensor)
+        if has_batch:
+            if array.ndim == 0:
+                raise InvalidTensor(f"input '{tensor.name}' needs a batch dimension, got a scalar")
+            if rows is None:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidInput(f"inputs have different batch sizes ({rows} and {array.shape[0]} for '{tensor.name}')")
+            if array.shape[0] > max_rows:
+                raise PayloadTooLarge(f"{array.shape[0]} rows exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+            if array.shape[0] == 0:
+                raise InvalidTensor(f"input '{tensor.name}' is empty")
+        if has_batch:
+            check_shape(array, tensor, batched=True)
+        result[tensor.name] = array
+    return result
+
+
+def _decode_image_tensor(
+    array: np.ndarray, signature: Signature, config: PreprocessingConfig, tensor: TensorInfo,
+    *, max_pixels: int, max_rows: int,
+) -> np.ndarray:
+    """Decode a column of encoded images for `tensor`, or refuse when it does not take images."""
+    if len(tensor.shape) not in (3, 4):
+        raise InvalidTensor(
+            f"input '{tensor.name}' takes {tensor.dtype} values of shape {list(tensor.shape)}, not encoded bytes"
+        )
+    flat = array.reshape(-1)
+    if flat.size > max_rows:
+        raise PayloadTooLarge(f"{flat.size} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+    spec = image_spec(signature, config.model_copy(update={"input": tensor.name}))
+    return decode_images([bytes(v) for v in flat], spec, max_pixels=max_pixels)
+
+
+def cast_tensor(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """Cast request values to `tensor`'s dtype, refusing lossy or meaningless casts.
+
+    Raises:
+        InvalidTensor: strings for a numeric input, numbers for a string input, fractions or
+            out-of-range values for an integer input, or non-boolean values for a bool input.
+    """
+    if tensor.dtype in STRING_DTYPES:
+        if array.dtype == object or array.dtype.kind in "SU":
+            return array.astype(object, copy=False)
+        raise InvalidTensor(f"input '{tensor.name}' takes strings, got {_kind(array)}")
+    if array.dtype == object or array.dtype.kind in "SU":
+        raise InvalidTensor(f"input '{tensor.name}' takes {tensor.dtype} values, got {_kind(array)}")
+    target = np.dtype(tensor.dtype)
+    if array.dtype == target:
+        return array
+    if target.kind == "b":
+        if array.dtype.kind != "b" and not np.isin(array, (0, 1)).all():
+            raise InvalidTensor(f"input '{tensor.name}' takes booleans, got {_kind(array)}")
+        return array.astype(bool)
+    if target.kind in "iu":
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all() or (array != np.round(array)).any():
+                raise InvalidTensor(f"input '{tensor.name}' takes {tensor.dtype} values, got fractions")
+        info = np.iinfo(target)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidTensor(f"input '{tensor.name}' takes {tensor.dtype} values, got values out of range")
+    return array.astype(target)
+
+
+def _kind(array: np.ndarray) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "strings or bytes"
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}.get(array.dtype.kind, str(array.dtype))
+
+
+def check_shape(array: np.ndarray, tensor: TensorInfo, *, batched: bool) -> None:
+    """Check `array` against `tensor.shape` (None matches any size; the batch dimension when batched).
+
+    Raises:
+        InvalidTensor: the rank or a fixed dimension differs.
+    """
+    expected = tensor.shape
+    if not expected and tensor.dtype in STRING_DTYPES:
+        return  # unknown rank (e.g. a serialized tf.Example input)
+    actual = array.shape
+    if len(actual) != len(expected) or any(
+        e is not None and e != a and not (batched and i == 0) for i, (e, a) in enumerate(zip(expected, actual))
+    ):
+        shown = ["None" if d is None else str(d) for d in expected]
+        raise InvalidTensor(
+            f"input '{tensor.name}' has shape [{', '.join(shown)}], got [{', '.join(map(str, actual))}]"
+        )

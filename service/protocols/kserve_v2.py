@@ -1,0 +1,304 @@
+"""KServe v2 / Open Inference Protocol (Triton HTTP) shapes, with the binary and classification extensions.
+
+JSON tensors `{"name", "shape", "datatype", "data"}` (data flat or nested, row-major), the binary
+tensor data extension (`Inference-Header-Content-Length`: a JSON header followed by raw little-endian
+tensors; BYTES elements carry a 4-byte length prefix; header length 0 = the raw bytes of the only
+input), and the classification extension (`"parameters": {"classification": K}` on a requested
+output -> `"value:index:label"` BYTES, formatted like Triton). Converts to and from the data plane's
+values; never calls a model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import __version__
+from service.classification import triton_classes
+from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
+from service.errors import InvalidInput, InvalidTensor
+from service.preprocessing import STRING_DTYPES
+from service.servable import ServableRequest, TensorInfo
+
+SERVER_NAME = "kerasserve"
+EXTENSIONS = ("binary_tensor_data", "classification")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+V2_TO_NUMPY = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
+}
+NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """One entry of the request's `outputs`: binary or JSON, and top-K classes instead of values."""
+
+    name: str
+    binary: bool
+    classification: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferOptions:
+    """What the answer should look like: the request id, requested outputs, binary by default."""
+
+    id: str | None = None
+    outputs: tuple[RequestedOutput, ...] | None = None
+    binary_default: bool = False
+    raw_binary: bool = False
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+def v2_datatype(dtype: str) -> str:
+    """Map a TensorInfo dtype to its v2 datatype name."""
+    return NUMPY_TO_V2.get(dtype, dtype.upper())
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """Split a request body into its JSON header and the binary tensor data after it.
+
+    Raises:
+        InvalidInput: a header length that is not a number or is longer than the body.
+    """
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError as err:
+        raise InvalidInput(f"{HEADER_LENGTH} '{header_length}' is not a number") from err
+    if length < 0 or length > len(body):
+        raise InvalidInput(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def _parameters(value: object, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} 'parameters' must be an object")
+    return value
+
+
+def decode_bytes_elements(data: bytes, count: int, name: str) -> list[bytes]:
+    """Read `count` BYTES elements, each a little-endian uint32 length followed by the bytes."""
+    items, offset = [], 0
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise InvalidTensor(f"input '{name}': binary BYTES data ends before element {len(items)}")
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise InvalidTensor(f"input '{name}': binary BYTES element {len(items)} is longer than the data")
+        items.append(data[offset:offset + size])
+        offset += size
+    if offset != len(data):
+        raise InvalidTensor(f"input '{name}': binary BYTES data holds {len(data) - offset} bytes beyond {count} elements")
+    return items
+
+
+def encode_bytes_elements(array: np.ndarray) -> bytes:
+    """Write BYTES elements as a little-endian uint32 length followed by the bytes, row-major."""
+    parts = []
+    for value in array.reshape(-1):
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _shape(value: object, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    """Decode one request input (JSON data or a slice of the binary data); return the new offset."""
+    if not isinstance(entry, dict):
+        raise InvalidInput("every entry of 'inputs' must be an object with name, shape, datatype and data")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("every input needs a 'name'")
+    datatype = entry.get("datatype")
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
+    shape = _shape(entry.get("shape"), name)
+    count = int(np.prod(shape)) if shape else 1
+    params = _parameters(entry.get("parameters"), f"input '{name}'")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise InvalidInput(f"input '{name}': binary_data_size {size} does not fit the binary data after the header")
+        chunk = binary[offset:offset + size]
+        offset += size
+        if datatype == "BYTES":
+            array = np.empty(count, dtype=object)
+            array[:] = decode_bytes_elements(chunk, count, name)
+            return name, array.reshape(shape), offset
+        dtype = np.dtype(V2_TO_NUMPY[datatype]).newbyteorder("<")
+        if size != count * dtype.itemsize:
+            raise InvalidTensor(f"input '{name}': {size} bytes do not hold {count} {datatype} values")
+        return name, np.frombuffer(chunk, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape), offset
+    if "data" not in entry:
+        raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+    data = entry["data"]
+    if datatype == "BYTES":
+        flat = list(_flatten(data))
+        array = np.empty(len(flat), dtype=object)
+        for i, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise InvalidTensor(f"input '{name}': BYTES data must be strings")
+            array[i] = value.encode("utf-8")
+    else:
+        try:
+            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype]).reshape(-1)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape") from err
+    if array.size != count:
+        raise InvalidTensor(f"input '{name}': shape {list(shape)} needs {count} values, got {array.size}")
+    return name, array.reshape(shape), offset
+
+
+def _flatten(value: object):
+    if isinstance(value, list):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:
+    """Turn an infer request (JSON header plus binary data) into a PredictRequest and answer options.
+
+    Raises:
+        InvalidInput: malformed JSON, inputs or outputs.
+        InvalidTensor: data that does not match its shape or datatype.
+    """
+    try:
+        body = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"inference request header is not valid JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise InvalidInput("inference request must be a JSON object")
+    entries = body.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in entries:
+        name, array, offset = _decode_input(entry, binary, offset)
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    params = _parameters(body.get("parameters"), "request")
+    binary_default = bool(params.get("binary_data_output", False))
+    requested = None
+    if body.get("outputs") is not None:
+        if not isinstance(body["outputs"], list):
+            raise InvalidInput("'outputs' must be a list")
+        outs = []
+        for entry in body["outputs"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise InvalidInput("every entry of 'outputs' must be an object with a 'name'")
+            oparams = _parameters(entry.get("parameters"), f"output '{entry['name']}'")
+            k = oparams.get("classification")
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+                raise InvalidInput(f"output '{entry['name']}': classification must be a positive integer")
+            outs.append(RequestedOutput(entry["name"], bool(oparams.get("binary_data", binary_default)), k))
+        requested = tuple(outs)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    options = InferOptions(id=request_id, outputs=requested or None, binary_default=binary_default)
+    names = tuple(o.name for o in requested) if requested else None
+    return PredictRequest(target, inputs, outputs=names), options
+
+
+def decode_raw_infer(body: bytes, metadata: ModelMetadata, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:
+    """Raw binary request (header length 0): the body is the only input's bytes, batch 1.
+
+    Raises:
+        InvalidInput: the model has several inputs or more than one variable dimension.
+        InvalidTensor: the byte count does not fit the input.
+    """
+    signature = metadata.signatures[metadata.default_signature]
+    if len(signature.inputs) != 1:
+        raise InvalidInput("a raw binary request needs a model with exactly one input")
+    tensor = signature.inputs[0]
+    dims = list(tensor.shape[1:]) if (signature.batched or signature.fixed_batch_size) else list(tensor.shape)
+    if tensor.dtype in STRING_DTYPES:
+        array = np.empty(1, dtype=object)
+        array[0] = body
+        return PredictRequest(target, {tensor.name: array}), InferOptions(binary_default=True, raw_binary=True)
+    dtype = np.dtype(tensor.dtype)
+    unknown = [i for i, d in enumerate(dims) if d is None]
+    if len(unknown) > 1:
+        raise InvalidInput("a raw binary request needs an input with at most one variable dimension")
+    known = int(np.prod([d for d in dims if d is not None])) if dims else 1
+    count, rest = divmod(len(body), dtype.itemsize)
+    if rest or (unknown and count % known) or (not unknown and count != known):
+        raise InvalidTensor(f"{len(body)} bytes do not hold a {tensor.dtype} tensor of shape {dims}")
+    if unknown:
+        dims[unknown[0]] = count // known
+    array = np.frombuffer(body, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape([1, *dims])
+    return PredictRequest(target, {tensor.name: array}), InferOptions(binary_default=True, raw_binary=True)
+
+
+def encode_infer(response: PredictResponse, options: InferOptions) -> tuple[dict, bytes]:
+    """Build the infer answer: the JSON header and the binary data that follows it (maybe empty)."""
+    wanted = options.outputs or tuple(RequestedOutput(name, options.binary_default) for name in response.outputs)
+    outputs, chunks = [], []
+    for requested in wanted:
+        array = response.outputs[requested.name]
+        if requested.classification is not None:
+            array = triton_classes(array, requested.classification, response.labels)
+        entry: dict = {"name": requested.name, "datatype": _datatype_of(array), "shape": list(array.shape)}
+        if requested.binary or options.raw_binary:
+            raw = encode_bytes_elements(array) if array.dtype == object else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif array.dtype == object:
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    header: dict = {"model_name": response.servable_id.name, "model_version": str(response.servable_id.version)}
+    if options.id is not None:
+        header["id"] = options.id
+    header["outputs"] = outputs
+    return header, b"".join(chunks)
+
+
+def _datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "BYTES"
+    return NUMPY_TO_V2.get(array.dtype.name, array.dtype.name.upper())
+
+
+def tensor_metadata(tensor: TensorInfo) -> dict:
+    return {"name": tensor.name, "datatype": v2_datatype(tensor.dtype), "shape": [-1 if d is None else d for d in tensor.shape]}
+
+
+def encode_model_metadata(metadata: ModelMetadata, versions: list[int], format_: str) -> dict:
+    """Model metadata: name, versions, platform, and the default signature's inputs and outputs."""
+    signature = metadata.signatures[metadata.default_signature]
+    return {
+        "name": metadata.servable_id.name,
+        "versions": [str(v) for v in versions],
+        "platform": "tensorflow_savedmodel" if "savedmodel" in format_.lower() else "keras",
+        "inputs": [tensor_metadata(t) for t in signature.inputs],
+        "outputs": [tensor_metadata(t) for t in signature.outputs],
+    }
+
+
+def server_metadata() -> dict:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}

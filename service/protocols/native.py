@@ -1,0 +1,172 @@
+"""Native protocol: our own predict and predict_classes shapes (multipart, raw image body, JSON).
+
+Requests: multipart/form-data with one or more image files (any field name; `image` is the
+documented one), a raw image body (`Content-Type: image/*` or `application/octet-stream`), or JSON
+`{"instances": [...]}` / `{"inputs": ...}` in TF Serving's tensor format, where `{"b64": "..."}`
+values are encoded images. Answers: `{"model", "version", "predictions": [...]}`, one entry per row,
+multi-output models keyed by output name. Converts between Flask requests / JSON and the data plane's
+values; never calls a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from flask import Request
+
+from service.classification import DEFAULT_THRESHOLD, ClassScores
+from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.protocols import tfserving
+from service.servable import ServableRequest, Signature, TensorInfo
+
+IMAGE_FIELD = "image"
+RAW_TYPES = ("application/octet-stream",)
+ACCEPTED = "multipart/form-data, image/*, application/octet-stream or application/json"
+
+
+def decode_predict(request: Request, target: ServableRequest, *, max_images: int) -> PredictRequest:
+    """Turn a native predict request into a PredictRequest.
+
+    Raises:
+        UnsupportedMediaType: a Content-Type other than multipart, image/*, octet-stream or JSON.
+        InvalidInput: no image in a multipart body, an empty body, bad JSON.
+        PayloadTooLarge: more than `max_images` files.
+    """
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        files = [f for key in request.files for f in request.files.getlist(key)]
+        if not files:
+            raise InvalidInput(f"the multipart body holds no file; send the image in the field '{IMAGE_FIELD}'")
+        if len(files) > max_images:
+            raise PayloadTooLarge(f"{len(files)} images exceed the limit of {max_images} per request (MAX_IMAGES_PER_REQUEST)")
+        images = tuple(f.read() for f in files)
+        if any(not data for data in images):
+            raise InvalidInput("a file in the multipart body is empty")
+        signature_name = request.form.get("signature_name") or None
+        return PredictRequest(target, images=images, signature_name=signature_name)
+    if mimetype.startswith("image/") or mimetype in RAW_TYPES:
+        body = request.get_data(cache=False)
+        if not body:
+            raise InvalidInput("the request body is empty; send the image bytes")
+        return PredictRequest(target, images=(body,))
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        body = tfserving.parse_json_object(request.get_data(cache=False))
+        predict_request, _ = tfserving.decode_predict_body(body, target)
+        return predict_request
+    shown = mimetype or "none"
+    raise UnsupportedMediaType(f"Content-Type '{shown}' is not supported; send {ACCEPTED}")
+
+
+def encode_predict(response: PredictResponse) -> dict:
+    """The native predict answer: model, version, and one prediction per row."""
+    return {
+        "model": response.servable_id.name,
+        "version": response.servable_id.version,
+        "predictions": tfserving.rows_json(response.outputs),
+    }
+
+
+def parse_threshold(args: Mapping[str, str]) -> float:
+    """Read `?threshold=` (default 0.5); raises InvalidInput unless it is a finite number."""
+    raw = args.get("threshold")
+    if raw is None or raw == "":
+        return DEFAULT_THRESHOLD
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise InvalidInput(f"threshold '{raw}' is not a number") from err
+    if not math.isfinite(value):
+        raise InvalidInput(f"threshold '{raw}' is not a finite number")
+    return value
+
+
+def parse_top_k(args: Mapping[str, str]) -> int | None:
+    """Read `?top_k=` (absent: no top-k); raises InvalidInput unless it is a positive integer."""
+    raw = args.get("top_k")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+        raise InvalidInput(f"top_k '{raw}' is not a positive integer")
+    return int(raw)
+
+
+def _classes_of_row(scores: ClassScores, row: int) -> dict:
+    class_id = scores.ids[row]
+    if np.ndim(class_id) == 0:
+        cid = int(class_id)
+        entry: dict = {"class_id": cid, "label": scores.label(cid), "score": float(scores.scores[row])}
+        if scores.top_ids is not None and scores.top_scores is not None:
+            entry["top_k"] = [
+                {"class_id": int(i), "label": scores.label(int(i)), "score": float(s)}
+                for i, s in zip(scores.top_ids[row], scores.top_scores[row])
+            ]
+        return entry
+    # Outputs with more axes (e.g. per-pixel classes): ids and scores as nested lists.
+    entry = {"class_id": class_id.tolist(), "score": scores.scores[row].tolist()}
+    if scores.top_ids is not None and scores.top_scores is not None:
+        entry["top_k"] = {"class_id": scores.top_ids[row].tolist(), "score": scores.top_scores[row].tolist()}
+    return entry
+
+
+def encode_classes(response: ClassesResponse) -> dict:
+    """The native predict_classes answer: per row a class (with label, score, top_k), per output when several."""
+    outputs = list(response.classes.items())
+    rows = len(outputs[0][1].ids)
+    if len(outputs) == 1:
+        predictions: list = [_classes_of_row(outputs[0][1], row) for row in range(rows)]
+    else:
+        predictions = [{name: _classes_of_row(scores, row) for name, scores in outputs} for row in range(rows)]
+    return {"model": response.servable_id.name, "version": response.servable_id.version, "predictions": predictions}
+
+
+# --- model views ----------------------------------------------------------------------------------
+
+
+def tensor_json(tensor: TensorInfo) -> dict:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
+
+
+def signature_json(signature: Signature) -> dict:
+    return {
+        "inputs": [tensor_json(t) for t in signature.inputs],
+        "outputs": [tensor_json(t) for t in signature.outputs],
+        "method_name": signature.method_name,
+    }
+
+
+def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN001 - manager.ModelStatus
+    """One model: its versions and states, and the serving version's signature, labels and device."""
+    versions = []
+    for v in status.versions:
+        entry: dict = {"version": v.version, "state": v.state.value if v.error == "" else "FAILED"}
+        if v.error:
+            entry["error"] = v.error
+        if v.info is not None:
+            entry.update({"format": v.info.format, "device": v.info.device, "load_s": round(v.info.load_s, 4),
+                          "warmup_s": round(v.info.warmup_s, 4)})
+            if v.info.warnings:
+                entry["warnings"] = list(v.info.warnings)
+        versions.append(entry)
+    model: dict = {
+        "name": status.name,
+        "versions": versions,
+        "version_labels": dict(status.version_labels),
+        "labels": list(status.labels),
+        "serving_version": None,
+    }
+    if metadata is not None:
+        default = metadata.signatures[metadata.default_signature]
+        model.update({
+            "serving_version": metadata.servable_id.version,
+            "device": metadata.device,
+            "default_signature": metadata.default_signature,
+            "inputs": [tensor_json(t) for t in default.inputs],
+            "outputs": [tensor_json(t) for t in default.outputs],
+            "signatures": {name: signature_json(sig) for name, sig in metadata.signatures.items()},
+        })
+        if metadata.labels:
+            model["labels"] = list(metadata.labels)
+    return model

@@ -1,0 +1,326 @@
+"""TensorFlow Serving REST shapes: URLs, row and columnar predict, classify/regress, status, metadata.
+
+Converts TF Serving's JSON (as documented in api_rest.md and implemented in json_tensor.cc) to the
+data plane's values and back. The JSON-tensor helpers here are shared with the native protocol,
+whose JSON body is TF Serving's. Never imports TensorFlow; knows nothing of Flask requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, PredictRequest, PredictResponse
+from service.errors import InvalidInput, InvalidTensor, ModelNotFound
+from service.examples import decode_examples_request
+from service.preprocessing import UNNAMED
+from service.servable import ServableRequest, Signature, TensorInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.manager import ModelStatus
+
+# URL grammar of TF Serving's REST API (http_rest_api_util.cc): case-insensitive, a version is
+# digits, a label is [a-zA-Z0-9_]+. Both are matched here so the conflict can be reported.
+_MODEL = r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?:/labels/(?P<label>[^/:]+))?"
+POST_URL = re.compile(rf"^{_MODEL}:(?P<method>classify|regress|predict)$", re.IGNORECASE)
+GET_URL = re.compile(rf"^{_MODEL}(?P<metadata>/metadata)?$", re.IGNORECASE)
+LABEL = re.compile(r"^[a-zA-Z0-9_]+$")
+
+DT_NAMES = {
+    "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF", "bfloat16": "DT_BFLOAT16",
+    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
+    "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
+    "bool": "DT_BOOL", "string": "DT_STRING", "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TfsTarget:
+    """A parsed TF Serving URL: which version it names, and the verb or view."""
+
+    request: ServableRequest
+    method: str  # predict | classify | regress | status | metadata
+
+
+def parse_url(path: str, *, post: bool) -> TfsTarget:
+    """Parse the part of a `/v1/models/...` URL after `/v1/models/`.
+
+    Raises:
+        InvalidInput: the path is not one of TF Serving's model URLs; both a version and a label, a non-numeric version, or a malformed label.
+    """
+    match = (POST_URL if post else GET_URL).match(path)
+    if match is None:
+        # TF Serving answers InvalidArgument ("Malformed request") for URLs outside its grammar.
+        if post:
+            raise InvalidInput("malformed request: POST /v1/models/<name>[/versions/<N>|/labels/<L>]:(predict|classify|regress)")
+        raise InvalidInput("malformed request: GET /v1/models/<name>[/versions/<N>|/labels/<L>][/metadata]")
+    name, version, label = match.group("name"), match.group("version"), match.group("label")
+    if version is not None and label is not None:
+        raise InvalidInput("a request may not name both a version and a version label")
+    if version is not None:
+        if not version.isdigit() or int(version) < 1 or len(version) > 18:
+            raise InvalidInput(f"version '{version}' is not a positive integer")
+        request = ServableRequest.specific(name, int(version))
+    elif label is not None:
+        if not LABEL.match(label):
+            raise InvalidInput(f"version label '{label}' may only contain letters, digits and '_'")
+        request = ServableRequest.labelled(name, label)
+    else:
+        request = ServableRequest.latest(name)
+    method = match.group("method").lower() if post else ("metadata" if match.group("metadata") else "status")
+    return TfsTarget(request, method)
+
+
+# --- JSON tensors ---------------------------------------------------------------------------------
+
+
+def parse_json_object(body: bytes) -> dict:
+    """Parse a request body that must be one JSON object (NaN and Infinity allowed, as in TF Serving).
+
+    Raises:
+        InvalidInput: not JSON, or not an object.
+    """
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"request body is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return value
+
+
+def _is_b64(value: object) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _decode_leaf(name: str, value: object) -> object:
+    if _is_b64(value):
+        text = value["b64"]  # type: ignore[index]
+        if not isinstance(text, str):
+            raise InvalidInput(f"input '{name or 'instances'}': \"b64\" must be a string")
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise InvalidInput(f"input '{name or 'instances'}': invalid base64") from err
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    if value is None:
+        raise InvalidTensor(f"input '{name or 'instances'}' holds null")
+    if isinstance(value, dict):
+        raise InvalidTensor(f"input '{name or 'instances'}' holds an object; only {{\"b64\": ...}} objects are values")
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise InvalidTensor(f"input '{name or 'instances'}' holds an integer outside the 64-bit range")
+    return value
+
+
+def json_to_array(name: str, value: object) -> np.ndarray:
+    """Turn one JSON tensor (nested lists of numbers, bools, strings or `{"b64"}`) into an array.
+
+    Numbers keep numpy's inference (float64 / int64 / bool); strings and b64 values become an object
+    array of bytes. The data plane casts to the model's dtype.
+
+    Raises:
+        InvalidTensor: ragged lists, nulls, stray objects, out-of-range integers.
+        InvalidInput: invalid base64.
+    """
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError) as err:
+        raise InvalidTensor(f"input '{name or 'instances'}' is ragged: every list at one depth must have the same length") from err
+    if array.dtype.kind == "U":
+        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array) if array.size else array.astype(object)
+    if array.dtype != object:
+        return array
+    out = np.empty(array.shape, dtype=object)
+    for index, leaf in np.ndenumerate(array):
+        out[index] = _decode_leaf(name, leaf)
+    if any(not isinstance(v, bytes) for v in out.flat):
+        if all(isinstance(v, (bool, int, float)) for v in out.flat):
+            raise InvalidTensor(f"input '{name or 'instances'}' mixes numbers of incompatible kinds")
+        raise InvalidTensor(f"input '{name or 'instances'}' mixes strings and numbers")
+    return out
+
+
+def decode_instances(instances: object) -> dict[str, np.ndarray]:
+    """Row format: a list with one entry per row; rows are objects of named inputs or bare values.
+
+    Raises:
+        InvalidInput: not a list, empty, rows with different input names.
+        InvalidTensor: see `json_to_array`.
+    """
+    if not isinstance(instances, list):
+        raise InvalidInput("'instances' must be a list with one entry per row")
+    if not instances:
+        raise InvalidInput("'instances' is empty")
+    first = instances[0]
+    if isinstance(first, dict) and not _is_b64(first):
+        keys = set(first)
+        if not keys:
+            raise InvalidInput("'instances' rows must name at least one input")
+        columns: dict[str, list] = {key: [] for key in first}
+        for index, row in enumerate(instances):
+            if not isinstance(row, dict) or set(row) != keys:
+                raise InvalidInput(f"instance {index} must name the same inputs as instance 0: {', '.join(sorted(keys))}")
+            for key, value in row.items():
+                columns[key].append(value)
+        return {key: json_to_array(key, values) for key, values in columns.items()}
+    return {UNNAMED: json_to_array("", instances)}
+
+
+def decode_columnar(inputs: object) -> dict[str, np.ndarray]:
+    """Columnar format: an object of named tensors, or one bare tensor for a single-input model."""
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        if not inputs:
+            raise InvalidInput("'inputs' names no input")
+        return {key: json_to_array(key, value) for key, value in inputs.items()}
+    return {UNNAMED: json_to_array("", inputs)}
+
+
+def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> tuple[PredictRequest, bool]:
+    """Turn a TF Serving predict body into a PredictRequest; True when it used the columnar format.
+
+    Raises:
+        InvalidInput: neither or both of `instances` and `inputs`, a bad `signature_name`.
+    """
+    has_rows, has_columns = "instances" in body, "inputs" in body
+    if has_rows == has_columns:
+        raise InvalidInput("the request must hold exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    signature_name = body.get("signature_name")
+    if signature_name is not None and not isinstance(signature_name, str):
+        raise InvalidInput("'signature_name' must be a string")
+    inputs = decode_instances(body["instances"]) if has_rows else decode_columnar(body["inputs"])
+    return PredictRequest(target, inputs, signature_name=signature_name or None), has_columns
+
+
+def array_to_json(name: str, array: np.ndarray) -> object:
+    """Turn an output array into JSON values; bytes become text, or `{"b64"}` for `*_bytes` outputs."""
+    if array.dtype == object or array.dtype.kind == "S":
+        as_b64 = name.endswith("_bytes")
+
+        def convert(value: object) -> object:
+            if isinstance(value, bytes):
+                if as_b64:
+                    return {"b64": base64.b64encode(value).decode("ascii")}
+                try:
+                    return value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return {"b64": base64.b64encode(value).decode("ascii")}
+            return value
+
+        return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else array.tolist()
+    return array.tolist()
+
+
+def rows_json(outputs: Mapping[str, np.ndarray]) -> list:
+    """Row-shaped outputs: a list per row, bare for one output, else objects keyed by output name."""
+    if len(outputs) == 1:
+        name, array = next(iter(outputs.items()))
+        value = array_to_json(name, array)
+        return value if isinstance(value, list) else [value]
+    columns = {name: array_to_json(name, array) for name, array in outputs.items()}
+    rows = len(next(iter(columns.values())))
+    if any(not isinstance(c, list) or len(c) != rows for c in columns.values()):
+        raise InvalidInput("the model's outputs have different batch sizes; use the columnar format ('inputs')")
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
+def encode_predict(response: PredictResponse, *, columnar: bool) -> dict:
+    """TF Serving's predict answer: `predictions` (row format) or `outputs` (columnar)."""
+    if columnar:
+        if len(response.outputs) == 1:
+            name, array = next(iter(response.outputs.items()))
+            return {"outputs": array_to_json(name, array)}
+        return {"outputs": {name: array_to_json(name, array) for name, array in response.outputs.items()}}
+    return {"predictions": rows_json(response.outputs)}
+
+
+def decode_examples(body: Mapping[str, object], target: ServableRequest, method: str) -> ExamplesRequest:
+    """Turn a `:classify`/`:regress` body into an ExamplesRequest."""
+    examples, context = decode_examples_request(body)
+    signature_name = body.get("signature_name")
+    if signature_name is not None and not isinstance(signature_name, str):
+        raise InvalidInput("'signature_name' must be a string")
+    return ExamplesRequest(target, method, tuple(examples), context, signature_name or None)  # type: ignore[arg-type]
+
+
+def encode_examples(response: ExamplesResponse) -> dict:
+    return {"results": response.results}
+
+
+# --- status and metadata --------------------------------------------------------------------------
+
+
+def encode_status(status: ModelStatus, request: ServableRequest) -> dict:
+    """`GetModelStatusResponse` as JSON: one entry per version (or the one requested), latest first.
+
+    Raises:
+        ModelNotFound: the requested version or label does not exist.
+    """
+    versions = list(status.versions)
+    if request.label is not None:
+        if request.label not in status.version_labels:
+            raise ModelNotFound(status.name, label=request.label)
+        versions = [v for v in versions if v.version == status.version_labels[request.label]]
+    elif request.version is not None:
+        versions = [v for v in versions if v.version == request.version]
+        if not versions:
+            raise ModelNotFound(status.name, request.version)
+    return {
+        "model_version_status": [
+            {
+                "version": str(v.version),
+                "state": v.state.value,
+                "status": {"error_code": "UNKNOWN" if v.error else "OK", "error_message": v.error},
+            }
+            for v in sorted(versions, key=lambda v: v.version, reverse=True)
+        ]
+    }
+
+
+def tensor_info_json(tensor: TensorInfo) -> dict:
+    """One TensorInfo as TF Serving's metadata writes it."""
+    unknown_rank = tensor.unknown_rank
+    return {
+        "dtype": DT_NAMES.get(tensor.dtype, "DT_INVALID"),
+        "tensor_shape": {
+            "dim": [] if unknown_rank else [{"size": str(-1 if d is None else d), "name": ""} for d in tensor.shape],
+            "unknown_rank": unknown_rank,
+        },
+        "name": tensor.graph_name or f"{tensor.name}:0",
+    }
+
+
+def signature_def_json(signature: Signature) -> dict:
+    """One SignatureDef as TF Serving's metadata writes it."""
+    return {
+        "inputs": {t.name: tensor_info_json(t) for t in signature.inputs},
+        "outputs": {t.name: tensor_info_json(t) for t in signature.outputs},
+        "method_name": signature.method_name,
+        "defaults": {},
+    }
+
+
+def encode_metadata(metadata: ModelMetadata) -> dict:
+    """`GetModelMetadataResponse` as JSON, with TF Serving's doubled `signature_def` key."""
+    return {
+        "model_spec": {
+            "name": metadata.servable_id.name,
+            "signature_name": "",
+            "version": str(metadata.servable_id.version),
+        },
+        "metadata": {
+            "signature_def": {
+                "signature_def": {name: signature_def_json(sig) for name, sig in metadata.signatures.items()}
+            }
+        },
+    }

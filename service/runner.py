@@ -1,0 +1,345 @@
+"""InferenceRunner: device placement, TensorFlow threads, padded compiled calls and warm-up.
+
+This is the only module that chooses a device, sets GPU memory growth and TensorFlow's thread pools,
+and the only one that calls a loaded model. It owns the shape discipline of a servable: every call
+it makes uses one of a fixed set of batch sizes (`allowed_batch_sizes`), so a compiled function
+never meets a new shape after `warm_up()` (no trace, no new oneDNN/cuDNN primitives on a request),
+and rows are padded up to the next allowed size and sliced back afterwards.
+
+Arrays handed to `run()` always carry a leading row axis (one row per example, as in
+`service.servable.Arrays`), whatever the signature:
+
+* batched signature: rows are padded to the next allowed size; more rows than the largest allowed
+  size are processed in chunks of that size;
+* fixed-batch signature (`batched=False`, `fixed_batch_size=n`): rows are cut into chunks of `n`,
+  the last one padded;
+* unbatched signature (`batched=False`, no fixed size: scalar or per-example inputs): one call per
+  row with the row axis removed, and the outputs stacked back along a new row axis.
+
+It never batches requests together (that is `service.batching`) and never decodes requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tensorflow as tf
+
+from service.errors import InferenceError, InvalidInput
+from service.servable import Signature, TensorInfo
+from service.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+STRING_DTYPE = "string"
+"""`TensorInfo.dtype` of TF string tensors; such inputs are passed through uncast and never warmed up."""
+
+_configure_lock = threading.Lock()
+_configured: tuple[int, str] | None = None
+"""(process id, device) once `configure_tensorflow` ran in this process."""
+
+
+def configure_tensorflow(settings: Settings) -> str:
+    """Set TensorFlow's threads and GPU memory growth and pick the device, once per worker process.
+
+    Call it in the worker after the fork, before any model is loaded (TensorFlow fixes its thread
+    pools and GPU allocator on first use; later changes are logged and ignored). Later calls return
+    the device chosen by the first one.
+
+    Returns:
+        The device string models run on: `/GPU:0` or `/CPU:0`.
+
+    Raises:
+        ValueError: `DEVICE=gpu` but TensorFlow sees no GPU.
+    """
+    global _configured
+    with _configure_lock:
+        # The pid check makes a configuration inherited through fork() count as not done.
+        if _configured is not None and _configured[0] == os.getpid():
+            return _configured[1]
+        try:
+            if settings.tf_intra_op_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+            if settings.tf_inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(settings.tf_inter_op_threads)
+        except RuntimeError as err:  # the runtime already started in this process
+            log.warning("TensorFlow thread settings ignored, the runtime is already initialised: %s", err)
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            try:
+                # Without memory growth the first model takes the whole GPU and every other worker
+                # (or a second version loaded during a swap) fails to allocate.
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError) as err:
+                log.warning("GPU memory growth not set on %s: %s", gpu.name, err)
+        if settings.device == "gpu" and not gpus:
+            raise ValueError("DEVICE=gpu but TensorFlow sees no GPU; set DEVICE=auto or DEVICE=cpu")
+        device = "/GPU:0" if gpus and settings.device != "cpu" else "/CPU:0"
+        log.info(
+            "TensorFlow %s: models run on %s (%d GPU(s) visible); intra-op threads %s, inter-op threads %s",
+            tf.__version__, device, len(gpus),
+            tf.config.threading.get_intra_op_parallelism_threads() or "auto",
+            tf.config.threading.get_inter_op_parallelism_threads() or "auto",
+        )
+        _configured = (os.getpid(), device)
+        return device
+
+
+def device_scope(device: str) -> AbstractContextManager[None]:
+    """Return the context that places variables and ops on `device` (wrap `Loader.load` in it)."""
+    return tf.device(device)
+
+
+def default_allowed_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Return the batch sizes a batched signature is compiled for: 1, 2, 3, 4, 6, 8, 12, 16, ... up to `max_batch_size`.
+
+    Powers of two and the midpoints between them (x1.5), so padding wastes at most a third of a call
+    (at most half with powers of two alone, which costs real throughput on CPU where compute grows
+    linearly with rows); the last size is always `max_batch_size`.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
+    sizes = set()
+    power = 1
+    while power < max_batch_size:
+        sizes.add(power)
+        if power >= 2 and power * 3 // 2 < max_batch_size:
+            sizes.add(power * 3 // 2)
+        power *= 2
+    sizes.add(max_batch_size)
+    return tuple(sorted(sizes))
+
+
+class InferenceRunner:
+    """Runs one signature of one loaded model on its device, in the batch sizes it was warmed up for.
+
+    Built by the manager after loading, warmed up before the version is published, and called by the
+    batcher's thread (or directly, for signatures that are not batched). Holds no mutable state after
+    construction. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        signature_name: str,
+        *,
+        device: str,
+        allowed_batch_sizes: tuple[int, ...],
+    ) -> None:
+        """Prepare the calls of `model`'s signature `signature_name`.
+
+        Args:
+            model: the loaded model; `model.call(signature_name, inputs)` is its compiled call.
+            signature_name: which of `model.signatures` this runner calls.
+            device: where to run (`configure_tensorflow`'s answer).
+            allowed_batch_sizes: increasing batch sizes of a batched signature (ignored for fixed-batch
+                and unbatched signatures).
+
+        Raises:
+            ValueError: `allowed_batch_sizes` is empty, not increasing, or holds a size below 1.
+        """
+        self._model = model
+        self._signature_name = signature_name
+        self._signature: Signature = model.signatures[signature_name]
+        self._device = device
+        signature = self._signature
+        if signature.batched:
+            sizes = tuple(allowed_batch_sizes)
+            if not sizes or sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+                raise ValueError(f"allowed_batch_sizes must be increasing positive sizes, not {allowed_batch_sizes}")
+            self.allowed_batch_sizes: tuple[int, ...] = sizes
+        elif signature.fixed_batch_size:
+            self.allowed_batch_sizes = (signature.fixed_batch_size,)
+        else:
+            self.allowed_batch_sizes = ()
+        self._input_names = frozenset(t.name for t in signature.inputs)
+        self._dtypes: dict[str, np.dtype | None] = {t.name: _numpy_dtype(t) for t in signature.inputs}
+        # Shape of one row as the signature declares it (None = any), to check requests cheaply.
+        self._row_shapes: dict[str, tuple[int | None, ...]] = {
+            t.name: tuple(t.shape[1:]) if signature.batched or signature.fixed_batch_size else tuple(t.shape)
+            for t in signature.inputs
+        }
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Compute the outputs of `inputs` (every array with the same number of rows, axis 0).
+
+        Returns:
+            Output name -> array with exactly as many rows as the inputs.
+
+        Raises:
+            InvalidInput: an input is missing or unknown, the row counts differ, a row's shape does
+                not fit the signature, or the model rejected the values.
+            InferenceError: TensorFlow failed while computing.
+        """
+        arrays, rows = self._prepare(inputs)
+        try:
+            with tf.device(self._device):
+                if self._signature.batched:
+                    return self._run_batched(arrays, rows)
+                if self._signature.fixed_batch_size:
+                    return self._run_chunks(arrays, rows, self._signature.fixed_batch_size)
+                return self._run_rows(arrays, rows)
+        except tf.errors.InvalidArgumentError as err:
+            raise InvalidInput(f"the model rejected the input: {_first_line(err.message)}") from err
+        except tf.errors.OpError as err:
+            log.error("signature %r failed: %s", self._signature_name, err.message)
+            raise InferenceError(f"the model failed while computing: {type(err).__name__}") from err
+
+    def warm_up(self) -> float:
+        """Call the model once per batch size it will see, on zeros built from the signature.
+
+        Variable non-batch dimensions are given size 1. A signature with a string input is not warmed
+        up (no neutral value exists for it). A failure is raised when every dimension is known (the
+        model is broken), and only logged otherwise (size 1 may be too small for a model that works
+        on real inputs).
+
+        Returns:
+            Seconds spent.
+        """
+        started = time.monotonic()
+        signature = self._signature
+        if any(t.dtype == STRING_DTYPE for t in signature.inputs):
+            log.info("signature %r has a string input: warm-up skipped", self._signature_name)
+            return 0.0
+        sizes = self.allowed_batch_sizes or (1,)
+        fully_known = all(d is not None for shape in self._row_shapes.values() for d in shape)
+        try:
+            for size in sizes:
+                arrays = {
+                    name: np.zeros((size, *(d if d is not None else 1 for d in shape)), dtype=self._dtypes[name])
+                    for name, shape in self._row_shapes.items()
+                }
+                self.run(arrays)
+        except Exception as err:  # noqa: BLE001 - see the docstring: only raised for known shapes
+            if fully_known:
+                raise
+            log.warning("warm-up of signature %r failed on placeholder shapes, skipped: %s", self._signature_name, err)
+        elapsed_s = time.monotonic() - started
+        log.debug("signature %r warmed up for batch sizes %s in %.2fs", self._signature_name, sizes, elapsed_s)
+        return elapsed_s
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Check names, row counts and row shapes; cast to the signature's dtypes (no copy when equal)."""
+        if inputs.keys() != self._input_names:
+            missing = sorted(self._input_names - inputs.keys())
+            unknown = sorted(inputs.keys() - self._input_names)
+            parts = [f"missing input(s) {missing}" if missing else "", f"unknown input(s) {unknown}" if unknown else ""]
+            raise InvalidInput(
+                f"{' and '.join(p for p in parts if p)}; signature '{self._signature_name}' takes {sorted(self._input_names)}"
+            )
+        arrays: dict[str, np.ndarray] = {}
+        rows = -1
+        for name, value in inputs.items():
+            array = np.asarray(value)
+            dtype = self._dtypes[name]
+            if dtype is not None and array.dtype != dtype:
+                try:
+                    array = array.astype(dtype)
+                except (TypeError, ValueError) as err:
+                    raise InvalidInput(f"input '{name}' cannot be converted to {dtype}: {err}") from err
+            if array.ndim == 0:
+                raise InvalidInput(f"input '{name}' has no row axis")
+            if rows < 0:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
+            expected = self._row_shapes[name]
+            row_shape = array.shape[1:]
+            if len(row_shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, row_shape)):
+                raise InvalidInput(
+                    f"input '{name}' has rows of shape {tuple(row_shape)}; the model expects "
+                    f"{tuple('?' if d is None else d for d in expected)}"
+                )
+            arrays[name] = array
+        if rows < 1:
+            raise InvalidInput("the request has no rows")
+        return arrays, rows
+
+    def _run_batched(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        largest = self.allowed_batch_sizes[-1]
+        if rows <= largest:
+            size = self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, rows)]
+            return self._call_padded(arrays, rows, size)
+        return self._run_chunks(arrays, rows, largest, pad_to_allowed=True)
+
+    def _run_chunks(
+        self, arrays: dict[str, np.ndarray], rows: int, chunk: int, *, pad_to_allowed: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Call chunks of `chunk` rows; the last one is padded (to the next allowed size if asked)."""
+        if rows == chunk:
+            return self._call_padded(arrays, rows, chunk)
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, rows, chunk):
+            stop = min(start + chunk, rows)
+            size = chunk
+            if pad_to_allowed and stop - start < chunk:
+                size = self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, stop - start)]
+            parts.append(self._call_padded({k: v[start:stop] for k, v in arrays.items()}, stop - start, size))
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _run_rows(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Unbatched signature: one call per row, without the row axis; outputs stacked along a new one."""
+        parts = [_as_numpy(self._model.call(self._signature_name, {k: v[i] for k, v in arrays.items()}))
+                 for i in range(rows)]
+        return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+
+    def _call_padded(self, arrays: dict[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
+        """Pad `rows` rows up to `size` by repeating the last row, call, and slice the outputs back."""
+        if rows < size:
+            # Repeating a real row (rather than zeros) keeps padded rows inside the input's domain,
+            # so no padding row can produce NaN/inf that a model turns into an error.
+            arrays = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in arrays.items()}
+        outputs = _as_numpy(self._model.call(self._signature_name, arrays))
+        if rows == size:
+            return outputs
+        return {k: v[:rows] if v.ndim and v.shape[0] == size else v for k, v in outputs.items()}
+
+
+def _as_numpy(outputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Return the outputs as numpy arrays (the loader's call already does; tensors are converted)."""
+    result: dict[str, np.ndarray] = {}
+    for name, value in outputs.items():
+        result[name] = value if isinstance(value, np.ndarray) else np.asarray(value)
+    return result
+
+
+def _numpy_dtype(info: TensorInfo) -> np.dtype | None:
+    """Numpy dtype requests are cast to; None for strings and dtypes numpy lacks (passed through)."""
+    if info.dtype == STRING_DTYPE:
+        return None
+    try:
+        return np.dtype(info.dtype)
+    except TypeError:
+        return None
+
+
+def _first_line(text: str) -> str:
+    """The line of a TensorFlow error message that says what went wrong, without node names or paths.
+
+    Graph execution errors start with "Graph execution error:" and a Python traceback of where the
+    failing op was defined (file paths, which clients must not see); the reason follows it.
+    """
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Graph execution error", "Detected at node", "File ", "[[")):
+            continue
+        return re.sub(r"\s*\[\[\{\{node [^]]*\]\]|\s*\[Op:[^]]*\]", "", line).strip() or "invalid argument"
+    return "invalid argument"

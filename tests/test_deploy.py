@@ -1,0 +1,351 @@
+"""Static checks of what ships: the Dockerfile (hadolint), the Kubernetes and KServe manifests
+(kubernetes-validate, offline schemas), the probes and timeouts they promise, and the object-storage
+sync script (run for real against a local "bucket").
+
+No Docker engine or cluster runs here, so these checks keep the files honest: the image installs and
+starts the way `make run` does, every manifest matches the Kubernetes API schema, and every setting
+a manifest passes is one `Settings` accepts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.conftest import REPO
+
+KUBERNETES_VERSION = "1.37.0"
+DEPLOY = REPO / "deploy"
+DOCKERFILE = REPO / "Dockerfile"
+MANIFESTS = sorted(path for path in DEPLOY.rglob("*.yaml"))
+CONFIGMAP = DEPLOY / "kubernetes" / "configmap.yaml"
+SYNC_CONFIGMAP = DEPLOY / "kubernetes" / "object-storage" / "sync-configmap.yaml"
+
+# KServe's predictor spec is a Kubernetes PodSpec plus these component fields (ComponentExtensionSpec
+# and PredictorExtensionSpec); the PodSpec part is validated against the Pod schema.
+KSERVE_COMPONENT_FIELDS = {
+    "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency", "timeout",
+    "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy",
+    "model", "storageUri", "protocolVersion", "runtimeVersion",
+}
+
+
+def documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def all_documents(kind: str) -> list[tuple[Path, dict]]:
+    return [(path, doc) for path in MANIFESTS for doc in documents(path) if doc["kind"] == kind]
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool installed by requirements-dev.txt (next to this Python, or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run `pip install -r requirements-dev.txt` (or `make test`)")
+    return found
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, f"hadolint found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_hadolint_reports_a_broken_dockerfile(tmp_path: Path) -> None:
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:latest\nRUN cd /app && pip install flask\n")
+    result = subprocess.run([tool("hadolint"), "--no-color", str(broken)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # `latest` tag
+
+
+def makefile_run_commands() -> list[str]:
+    """The recipe lines of the Makefile's `run` target, with `$(VAR)/bin/` prefixes removed."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("run:"))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(re.sub(r"\$\([A-Z_]+\)(/bin/)?", "", line.strip()))
+    return recipe
+
+
+def test_image_installs_and_starts_like_make_run() -> None:
+    dockerfile = DOCKERFILE.read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "install --quiet -r requirements.txt" in makefile
+    assert re.search(r"pip install --no-cache-dir -r \S*requirements\.txt", dockerfile)
+    run = makefile_run_commands()
+    assert any("-m service default-model --if-empty" in line for line in run)
+    assert any(line.endswith("gunicorn wsgi:app") for line in run)
+    cmd = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE).group(1)
+    assert "python -m service default-model --if-empty && exec gunicorn wsgi:app" in cmd
+    assert re.search(r'^HEALTHCHECK .*\\\n\s+CMD \["python", "/app/deploy/docker/healthcheck.py"\]', dockerfile, re.MULTILINE)
+    assert "/healthz" in (DEPLOY / "docker" / "healthcheck.py").read_text()
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
+    assert 'VOLUME ["/models"]' in dockerfile
+    assert re.search(r'tensorflow\[and-cuda\]==(\S+)"', dockerfile).group(1) == pinned("tensorflow")
+
+
+def pinned(package: str) -> str:
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() == package:
+            return version.strip()
+    raise AssertionError(f"{package} is not pinned in requirements.txt")
+
+
+def dockerignore_allows(path: str) -> bool:
+    """Whether `path` reaches the build context under .dockerignore (last matching pattern wins)."""
+    allowed = True
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", "")) for p in prefixes):
+            allowed = negate
+    return allowed
+
+
+def test_dockerignore_sends_exactly_what_the_image_copies() -> None:
+    sources = []
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            words = [w for w in line.split()[1:] if not w.startswith("--")]
+            sources += words[:-1]
+    assert sources, "no COPY from the build context found"
+    for source in sources:
+        path = REPO / source
+        assert path.exists(), f"COPY source {source} does not exist"
+        files = [path] if path.is_file() else [f for f in path.rglob("*.py") if "__pycache__" not in f.parts]
+        for file in files:
+            relative = file.relative_to(REPO).as_posix()
+            assert dockerignore_allows(relative), f".dockerignore keeps {relative} out of the build context"
+    for private in (".venv/bin/python", ".git/HEAD", "models/digits.keras", "tests/conftest.py"):
+        assert not dockerignore_allows(private), f".dockerignore lets {private} into the build context"
+
+
+# --- Kubernetes and KServe manifests ------------------------------------------------------------
+
+
+def validate_kserve(doc: dict) -> None:
+    """Validate an InferenceService: its predictor's PodSpec part against the Pod schema."""
+    assert doc["apiVersion"] == "serving.kserve.io/v1beta1"
+    predictor = dict(doc["spec"]["predictor"])
+    assert predictor.get("containers"), "a custom predictor needs `containers`"
+    pod_spec = {key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": doc["metadata"]["name"]}, "spec": pod_spec}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_matches_the_kubernetes_schema(path: Path) -> None:
+    docs = documents(path)
+    assert docs, f"{path} holds no manifest"
+    for doc in docs:
+        if doc["kind"] == "InferenceService":
+            validate_kserve(doc)
+        else:
+            # Raises SchemaNotFoundError for an unknown kind, so nothing is skipped silently.
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_validation_rejects_a_misspelt_probe_field() -> None:
+    _, deployment = all_documents("Deployment")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecondz"] = 10
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_manifest_folder_is_covered() -> None:
+    kinds = {doc["kind"] for path in MANIFESTS for doc in documents(path)}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PersistentVolumeClaim",
+            "InferenceService"} <= kinds
+
+
+def configmap_settings() -> dict[str, str]:
+    (doc,) = documents(CONFIGMAP)
+    return doc["data"]
+
+
+def test_configmap_holds_only_valid_settings() -> None:
+    data = configmap_settings()
+    unknown = {key for key in data if key.lower() not in Settings.model_fields or key != key.upper()}
+    assert not unknown, f"not Settings fields: {unknown}"
+    settings = Settings(**{key.lower(): value for key, value in data.items()})  # a bad value raises
+    assert str(settings.models_dir) == "/models"
+
+
+def container_settings(container: dict) -> Settings:
+    """The Settings a container runs with: the ConfigMap (when referenced), then its `env` values."""
+    values: dict[str, str] = {}
+    if any(ref.get("configMapRef", {}).get("name") == "kerasserve-config" for ref in container.get("envFrom", [])):
+        values.update(configmap_settings())
+    values.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    fields = {key.lower(): value for key, value in values.items() if key.lower() in Settings.model_fields}
+    return Settings(**fields)
+
+
+def server_pods() -> list[tuple[str, dict]]:
+    """(where, pod spec) of every pod template that runs kerasserve."""
+    pods = [(str(path.relative_to(DEPLOY)), doc["spec"]["template"]["spec"]) for path, doc in all_documents("Deployment")]
+    pods += [(str(path.relative_to(DEPLOY)), doc["spec"]["predictor"]) for path, doc in all_documents("InferenceService")]
+    assert len(pods) >= 4
+    return pods
+
+
+def server_container(pod: dict) -> dict:
+    return next(c for c in pod["containers"] if c["image"].startswith("kerasserve:"))
+
+
+def port_of(container: dict, probe: dict) -> int:
+    port = probe["httpGet"]["port"]
+    if isinstance(port, str):
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+    return port
+
+
+@pytest.mark.parametrize("where, pod", [pytest.param(w, p, id=w) for w, p in server_pods()])
+def test_server_pod_probes_health_readiness_and_waits_for_slow_starts(where: str, pod: dict) -> None:
+    container = server_container(pod)
+    settings = container_settings(container)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    # TensorFlow's import plus the first-run training plus slow model loads: at least 5 minutes.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert port_of(container, container[probe]) == settings.port
+    assert any(p["containerPort"] == settings.port for p in container["ports"])
+
+
+@pytest.mark.parametrize("where, pod", [pytest.param(w, p, id=w) for w, p in server_pods()])
+def test_termination_grace_outlasts_the_longest_request(where: str, pod: dict) -> None:
+    container = server_container(pod)
+    settings = container_settings(container)
+    pre_stop_s = 0
+    pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if "exec" in pre_stop:
+        assert pre_stop["exec"]["command"][0] == "sleep"
+        pre_stop_s = int(pre_stop["exec"]["command"][1])
+    assert settings.graceful_timeout_s >= settings.request_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + settings.graceful_timeout_s
+
+
+def test_gpu_variant_asks_for_one_gpu_and_one_worker() -> None:
+    (doc,) = documents(DEPLOY / "kubernetes" / "gpu" / "deployment.yaml")
+    container = server_container(doc["spec"]["template"]["spec"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    settings = container_settings(container)
+    assert settings.workers == 1
+    assert settings.device == "gpu"
+
+
+def test_service_and_autoscaler_point_at_the_deployment() -> None:
+    (deployment,) = documents(DEPLOY / "kubernetes" / "deployment.yaml")
+    (service,) = documents(DEPLOY / "kubernetes" / "service.yaml")
+    (hpa,) = documents(DEPLOY / "kubernetes" / "hpa.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    container = server_container(deployment["spec"]["template"]["spec"])
+    assert container["resources"]["requests"]["cpu"], "the HPA's CPU utilisation needs a CPU request"
+    claim = deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == documents(DEPLOY / "kubernetes" / "pvc.yaml")[0]["metadata"]["name"]
+
+
+# --- the object-storage sync script: copy, then rename -------------------------------------------
+
+
+@pytest.fixture
+def sync(tmp_path: Path):
+    """Run sync-models.sh --once with a stand-in `rclone` that copies a local folder (the bucket)."""
+    (script_text,) = documents(SYNC_CONFIGMAP)[0]["data"].values()
+    script = tmp_path / "sync-models.sh"
+    script.write_text(script_text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "rclone"
+    # `rclone sync SRC DST ...`: make DST an exact copy of SRC.
+    fake.write_text('#!/bin/sh\nset -eu\n[ "$1" = sync ]\nrm -rf "$3"\ncp -R "$2" "$3"\n')
+    fake.chmod(0o755)
+    bucket, models = tmp_path / "bucket", tmp_path / "models"
+    bucket.mkdir()
+    models.mkdir()
+
+    def run() -> subprocess.CompletedProcess:
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MODELS_REMOTE": str(bucket), "MODELS_DIR": str(models)}
+        result = subprocess.run(["sh", str(script), "--once"], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    return bucket, models, run
+
+
+def visible_tree(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    }
+
+
+def test_sync_script_mirrors_the_bucket_and_leaves_no_partial_files(sync) -> None:
+    bucket, models, run = sync
+    (bucket / "digits.keras").write_bytes(b"model v1")
+    (bucket / "digits.yaml").write_text("labels: [a]\n")
+    (bucket / "plugins").mkdir()
+    (bucket / "plugins" / "digits.py").write_text("SCALE = 1\n")
+    (bucket / "resnet" / "1").mkdir(parents=True)
+    (bucket / "resnet" / "1" / "model.keras").write_bytes(b"resnet 1")
+    (bucket / "resnet" / "config.yaml").write_text("version_policy: all\n")
+
+    output = run().stdout
+    assert visible_tree(models) == visible_tree(bucket)
+    assert "published" in output
+    assert not [p for p in models.rglob(".*") if p.name != ".staging" and ".staging" not in p.parts]
+
+    (bucket / "digits.keras").write_bytes(b"model v2")
+    (bucket / "digits.yaml").unlink()
+    (bucket / "resnet" / "2").mkdir()
+    (bucket / "resnet" / "2" / "model.keras").write_bytes(b"resnet 2")
+    run()
+    assert visible_tree(models) == visible_tree(bucket)
+    assert (models / "digits.keras").read_bytes() == b"model v2"
+    assert not (models / "digits.yaml").exists()
+
+    output = run().stdout
+    assert "published" not in output and "removed" not in output  # nothing changed, nothing touched
+
+
+def test_sync_script_publishes_nothing_when_the_copy_fails(sync, tmp_path: Path) -> None:
+    bucket, models, run = sync
+    (bucket / "digits.keras").write_bytes(b"model v1")
+    run()
+    shutil.rmtree(bucket)  # the stand-in rclone now fails, as a real one would on a lost bucket
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MODELS_REMOTE": str(bucket), "MODELS_DIR": str(models)}
+    result = subprocess.run(["sh", str(tmp_path / "sync-models.sh"), "--once"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert (models / "digits.keras").read_bytes() == b"model v1"

@@ -1,0 +1,333 @@
+"""Batcher: grouping, per-request results, queue bound, timeouts, failures and closing.
+
+`run` is a plain numpy function here (the batcher never imports TensorFlow); the test that compares
+batched and unbatched results of a real Keras model through the runner is at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from service.batching import Batcher
+from service.errors import InvalidInput, ModelNotReady, Overloaded
+from service.servable import ServableId
+from tests.conftest import wait_until
+
+SID = ServableId("batchtest", 1)
+
+
+class Recorder:
+    """A real `run`: y = 2x + 1 and the row sums; records the row count of every call.
+
+    With `gate` set, the first call blocks until the test opens the gate, so the test can queue
+    requests behind a busy batch thread deterministically (no sleeps).
+    """
+
+    def __init__(self, *, gate: bool = False, fail_on: float | None = None) -> None:
+        self.calls: list[int] = []
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        if not gate:
+            self.gate.set()
+        self.fail_on = fail_on
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(x.shape[0])
+        self.started.set()
+        assert self.gate.wait(10), "test never opened the gate"
+        if self.fail_on is not None and np.any(x == self.fail_on):
+            raise ValueError("poisoned row")
+        return {"y": 2 * x + 1, "sum": x.reshape(x.shape[0], -1).sum(axis=1)}
+
+
+def rows(start: float, n: int, width: int = 3) -> np.ndarray:
+    """n distinct rows: row i is filled with start + i."""
+    return np.repeat(np.arange(start, start + n, dtype=np.float32)[:, None], width, axis=1)
+
+
+def expected(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"y": 2 * x + 1, "sum": x.reshape(x.shape[0], -1).sum(axis=1)}
+
+
+def metric(name: str, model: str = SID.name) -> float:
+    return REGISTRY.get_sample_value(name, {"model": model}) or 0.0
+
+
+@pytest.fixture
+def make_batcher() -> Iterator:
+    made: list[Batcher] = []
+
+    def factory(run, *, max_batch_size: int = 8, batch_timeout_ms: float = 5.0, max_enqueued_batches: int = 4,
+                servable_id: ServableId = SID) -> Batcher:
+        batcher = Batcher(servable_id, run, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                          max_enqueued_batches=max_enqueued_batches)
+        made.append(batcher)
+        return batcher
+
+    yield factory
+    for batcher in made:
+        batcher.close(timeout_s=10)
+
+
+def test_requests_queued_behind_a_busy_batch_run_together_and_get_their_own_rows(make_batcher) -> None:
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=16, batch_timeout_ms=0)
+    first = batcher.submit({"x": rows(100, 1)})
+    assert run.started.wait(10)
+    sizes = [1, 2, 3, 1, 4]
+    inputs = [rows(10 * i, n) for i, n in enumerate(sizes)]
+    futures = [batcher.submit({"x": x}) for x in inputs]
+    run.gate.set()
+
+    for x, future in zip(inputs, futures):
+        result = future.result(timeout=10)
+        for name, value in expected(x).items():
+            np.testing.assert_array_equal(result[name], value)
+    np.testing.assert_array_equal(first.result(timeout=10)["y"], expected(rows(100, 1))["y"])
+    # The first request ran alone; the five queued behind it ran as one call of 11 rows.
+    assert run.calls == [1, sum(sizes)]
+
+
+def test_concurrent_clients_make_fewer_calls_than_requests(make_batcher) -> None:
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=32, batch_timeout_ms=20)
+    barrier = threading.Barrier(24)
+
+    def client(i: int) -> np.ndarray:
+        barrier.wait()
+        return batcher.submit({"x": rows(i, 1)}).result(timeout=10)["y"]
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(client, range(24)))
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, expected(rows(i, 1))["y"])
+    assert sum(run.calls) == 24
+    assert len(run.calls) < 24 / 2
+
+
+def test_batches_never_exceed_max_batch_size_and_a_larger_request_runs_alone(make_batcher) -> None:
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)})
+    assert run.started.wait(10)
+    futures = [batcher.submit({"x": rows(i * 10, n)}) for i, n in enumerate([3, 2, 9, 1])]
+    run.gate.set()
+    for future in futures:
+        future.result(timeout=10)
+    # 3 fits alone (3+2 > 4); 2 waits for the next batch; 9 > max runs alone; 1 after it.
+    assert run.calls == [1, 3, 2, 9, 1]
+
+
+def test_a_full_batch_runs_without_waiting_for_the_timeout(make_batcher) -> None:
+    batcher = make_batcher(Recorder(), max_batch_size=4, batch_timeout_ms=20_000)
+    started = time.monotonic()
+    batcher.submit({"x": rows(0, 4)}).result(timeout=10)
+    assert time.monotonic() - started < 5
+
+
+def test_a_lone_request_waits_at_most_the_timeout(make_batcher) -> None:
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=300)
+    started = time.monotonic()
+    batcher.submit({"x": rows(0, 1)}).result(timeout=10)
+    elapsed = time.monotonic() - started
+    assert 0.29 <= elapsed < 0.3 + 1.0  # waited for company, then ran (compute is ~0)
+    assert run.calls == [1]
+
+
+def test_with_timeout_zero_a_lone_request_does_not_wait(make_batcher) -> None:
+    batcher = make_batcher(Recorder(), max_batch_size=8, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)}).result(timeout=10)  # thread warm
+    started = time.monotonic()
+    for i in range(20):
+        batcher.submit({"x": rows(i, 1)}).result(timeout=10)
+    assert (time.monotonic() - started) / 20 < 0.05
+
+
+def test_a_full_queue_raises_overloaded_and_counts_it(make_batcher) -> None:
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=2, batch_timeout_ms=0, max_enqueued_batches=2,
+                           servable_id=ServableId("overload", 1))
+    running = batcher.submit({"x": rows(0, 1)})
+    assert run.started.wait(10)
+    queued = [batcher.submit({"x": rows(1, 2)}), batcher.submit({"x": rows(3, 1)}), batcher.submit({"x": rows(4, 1)})]
+    before = metric("kerasserve_rejected_total", "overload")
+    with pytest.raises(Overloaded, match="overload"):
+        batcher.submit({"x": rows(5, 1)})
+    assert metric("kerasserve_rejected_total", "overload") == before + 1
+    run.gate.set()
+    for future in [running, *queued]:
+        future.result(timeout=10)
+    batcher.submit({"x": rows(6, 2)}).result(timeout=10)  # room again once drained
+
+
+def test_a_failed_batch_fails_each_of_its_requests_with_the_same_error_and_the_batcher_goes_on(make_batcher) -> None:
+    run = Recorder(gate=True, fail_on=-1.0)
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)})
+    assert run.started.wait(10)
+    doomed = [batcher.submit({"x": rows(10, 2)}), batcher.submit({"x": rows(-1, 1)}), batcher.submit({"x": rows(20, 1)})]
+    run.gate.set()
+    errors = []
+    for future in doomed:
+        with pytest.raises(ValueError, match="poisoned row"):
+            future.result(timeout=10)
+        errors.append(future.exception())
+    assert errors[0] is errors[1] is errors[2]
+    assert run.calls == [1, 4]
+    after = batcher.submit({"x": rows(7, 2)}).result(timeout=10)
+    np.testing.assert_array_equal(after["y"], expected(rows(7, 2))["y"])
+
+
+def test_requests_with_different_row_shapes_or_dtypes_run_in_separate_batches(make_batcher) -> None:
+    seen: list[tuple[tuple[int, ...], str]] = []
+    gate = threading.Event()
+    started = threading.Event()
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append((inputs["x"].shape, inputs["x"].dtype.str))
+        started.set()
+        gate.wait(10)
+        return expected(inputs["x"])
+
+    batcher = make_batcher(run, max_batch_size=16, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)})
+    assert started.wait(10)
+    inputs = [rows(1, 2, width=3), rows(3, 1, width=5), rows(4, 1, width=3), rows(5, 2, width=5),
+              rows(7, 1, width=3).astype(np.float64)]
+    futures = [batcher.submit({"x": x}) for x in inputs]
+    gate.set()
+    for x, future in zip(inputs, futures):
+        np.testing.assert_array_equal(future.result(timeout=10)["y"], expected(x)["y"])
+    assert seen[1:] == [((3, 3), "<f4"), ((3, 5), "<f4"), ((1, 3), "<f8")]
+
+
+def test_metrics_count_batches_rows_and_queue_time(make_batcher) -> None:
+    sid = ServableId("metrics", 3)
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0, servable_id=sid)
+    batches = metric("kerasserve_batches_total", "metrics")
+    rows_sum = metric("kerasserve_batch_rows_sum", "metrics")
+    queued = metric("kerasserve_batch_queue_seconds_count", "metrics")
+    futures = [batcher.submit({"x": rows(0, 2)})]
+    assert run.started.wait(10)
+    futures += [batcher.submit({"x": rows(1, 3)}), batcher.submit({"x": rows(2, 1)})]
+    run.gate.set()
+    for future in futures:
+        future.result(timeout=10)
+    assert metric("kerasserve_batches_total", "metrics") == batches + 2
+    assert metric("kerasserve_batch_rows_sum", "metrics") == rows_sum + 6
+    assert metric("kerasserve_batch_queue_seconds_count", "metrics") == queued + 3
+    assert metric("kerasserve_batch_compute_seconds_count", "metrics") >= 2
+
+
+def test_close_runs_queued_requests_refuses_new_ones_stops_the_thread_and_can_be_repeated(make_batcher) -> None:
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=0, servable_id=ServableId("closing", 2))
+    running = batcher.submit({"x": rows(0, 1)})
+    assert run.started.wait(10)
+    queued = batcher.submit({"x": rows(1, 2)})
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    # close() waits for the queue to drain; new requests are refused meanwhile.
+
+    def refused() -> bool:
+        try:
+            batcher.submit({"x": rows(2, 1)})
+        except ModelNotReady:
+            return True
+        return False
+    wait_until(refused, timeout_s=10)
+    run.gate.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    np.testing.assert_array_equal(queued.result(timeout=0)["y"], expected(rows(1, 2))["y"])
+    running.result(timeout=0)
+    assert "batcher-closing:2" not in {t.name for t in threading.enumerate()}
+    batcher.close()
+    with pytest.raises(ModelNotReady, match="closing"):
+        batcher.submit({"x": rows(0, 1)})
+
+
+def test_a_cancelled_request_is_not_computed(make_batcher) -> None:
+    run = Recorder(gate=True)
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)})
+    assert run.started.wait(10)
+    gave_up = batcher.submit({"x": rows(1, 5)})
+    kept = batcher.submit({"x": rows(9, 2)})
+    assert gave_up.cancel()
+    run.gate.set()
+    np.testing.assert_array_equal(kept.result(timeout=10)["y"], expected(rows(9, 2))["y"])
+    assert run.calls == [1, 2]
+
+
+def test_submit_rejects_inputs_without_rows_or_with_different_row_counts(make_batcher) -> None:
+    batcher = make_batcher(Recorder())
+    with pytest.raises(InvalidInput):
+        batcher.submit({"x": np.zeros((0, 3), np.float32)})
+    with pytest.raises(InvalidInput):
+        batcher.submit({"x": np.zeros((2, 3), np.float32), "z": np.zeros((3, 3), np.float32)})
+    with pytest.raises(InvalidInput):
+        batcher.submit({"x": np.float32(1.0)})
+
+
+def test_batched_results_of_a_real_keras_model_equal_its_unbatched_results(make_batcher, tmp_path) -> None:
+    import keras
+
+    from service.custom_objects import CustomObjectRegistry
+    from service.loader import Loader
+    from service.runner import InferenceRunner, default_allowed_batch_sizes
+    from service.settings import Settings
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(6, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4),
+    ])
+    model.save(tmp_path / "tiny.keras")
+    loaded = Loader(CustomObjectRegistry(), Settings(models_dir=tmp_path)).load(tmp_path / "tiny.keras")
+    try:
+        runner = InferenceRunner(loaded, loaded.default_signature, device="/CPU:0",
+                                 allowed_batch_sizes=default_allowed_batch_sizes(16))
+        runner.warm_up()
+        input_name = loaded.signature.inputs[0].name
+        output_name = loaded.signature.outputs[0].name
+        rng = np.random.default_rng(1)
+        requests = [rng.normal(size=(n, 8, 8, 3)).astype(np.float32) for n in [1, 3, 1, 2, 5, 1, 4, 1, 2, 1, 6, 1]]
+        unbatched = [runner.run({input_name: x})[output_name] for x in requests]
+
+        calls: list[int] = []
+
+        def counted(inputs):
+            calls.append(next(iter(inputs.values())).shape[0])
+            return runner.run(inputs)
+
+        batcher = make_batcher(counted, max_batch_size=16, batch_timeout_ms=20)
+        barrier = threading.Barrier(len(requests))
+
+        def client(x: np.ndarray) -> np.ndarray:
+            barrier.wait()
+            return batcher.submit({input_name: x}).result(timeout=30)[output_name]
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            batched = list(pool.map(client, requests))
+        assert sum(calls) == sum(x.shape[0] for x in requests)
+        assert len(calls) < len(requests)
+        for x, alone, together in zip(requests, unbatched, batched):
+            assert together.shape == (x.shape[0], 4)
+            np.testing.assert_allclose(together, alone, atol=1e-5)
+        # distinct inputs gave distinct outputs: a mix-up of rows between requests would show
+        assert len({r.tobytes() for r in batched}) == len(requests)
+    finally:
+        loaded.close()

@@ -1,0 +1,379 @@
+"""ServableManager: states, swaps, failures, readiness and handles.
+
+Most tests drive the manager through the real repository and watcher over real files, with a small
+builder that turns a file holding a number into a servable multiplying by it (no TensorFlow: these
+tests are about states and swaps). `test_real_keras_model_*` uses the real loader, runner and batcher.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from service.manager import ServableManager
+from service.repository import VersionSource
+from service.servable import Servable, ServableInfo, ServableRequest, ServableState, Signature, TensorInfo
+from service.settings import Settings
+from tests.conftest import wait_until
+
+SIGNATURE = Signature("serving_default", (TensorInfo("x", "float32", (None, 1)),), (TensorInfo("y", "float32", (None, 1)),))
+
+
+class NumberModels:
+    """Builds servables from files holding a number (y = x * number); 'broken' files fail to load."""
+
+    def __init__(self) -> None:
+        self.built: list[VersionSource] = []
+        self.closed: list[tuple[str, int, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.needs_plugin: Path | None = None
+
+    def build(self, source: VersionSource) -> Servable:
+        self.built.append(source)
+        self.gate.wait(30)
+        path = source.path if source.path.is_file() else next(source.path.glob("*.h5"))
+        text = path.read_text().strip()
+        if text == "broken":
+            raise ModelLoadError(f"'{path.name}' is truncated or corrupt")
+        if self.needs_plugin is not None and not self.needs_plugin.exists():
+            raise ModelLoadError("custom layer 'Scale' is not registered", missing=("Scale",))
+        factor = float(text)
+
+        def submit(inputs) -> Future:
+            future: Future = Future()
+            future.set_result({"y": np.asarray(inputs["x"], dtype=np.float32) * factor})
+            return future
+
+        tag = (source.id.name, source.id.version, text)
+        return Servable(
+            id=source.id, config=source.config, signatures={"serving_default": SIGNATURE},
+            default_signature="serving_default",
+            info=ServableInfo(path=str(path.name), format="number", loader="test", load_s=0.01, warmup_s=0.02),
+            labels=source.labels, submit={"serving_default": submit}, close=lambda: self.closed.append(tag),
+        )
+
+
+class Repo:
+    """Writes models into a models folder the way users should: copy elsewhere, then mv."""
+
+    def __init__(self, root: Path) -> None:
+        self.models = root / "models"
+        self.models.mkdir()
+        self.staging = root / "staging"
+        self.staging.mkdir()
+
+    def put_file(self, relative: str, text: str) -> Path:
+        staged = self.staging / Path(relative).name
+        staged.write_text(text)
+        target = self.models / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        return target
+
+    def put_version(self, name: str, version: int, text: str) -> Path:
+        staged = self.staging / f"{name}-{version}"
+        staged.mkdir()
+        (staged / "model.h5").write_text(text)
+        target = self.models / name / str(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, target)
+        return target
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path)
+
+
+@pytest.fixture
+def models() -> NumberModels:
+    return NumberModels()
+
+
+@pytest.fixture
+def make_manager(repo: Repo, models: NumberModels) -> Iterator:
+    started: list[ServableManager] = []
+
+    def make(**settings) -> ServableManager:
+        options = {"models_dir": repo.models, "settle_s": 0.3, "poll_interval_s": 0.1, **settings}
+        recycled = settings.pop("recycled", None)
+        options.pop("recycled", None)
+        manager = ServableManager(
+            Settings(**options), build_servable=models.build,
+            on_recycle=(lambda: recycled.append(True)) if recycled is not None else None,
+        )
+        manager.start()
+        started.append(manager)
+        return manager
+
+    yield make
+    for manager in started:
+        manager.stop()
+
+
+def predict(manager: ServableManager, request: ServableRequest, x: float = 1.0) -> float:
+    with manager.handle(request) as servable:
+        out = servable.submit[servable.default_signature]({"x": np.array([[x]], dtype=np.float32)}).result()
+        return float(out["y"][0, 0])
+
+
+def states(manager: ServableManager, name: str) -> dict[int, tuple[str, str]]:
+    return {v.version: (v.state.value, v.error) for v in manager.status(name).versions}
+
+
+def test_models_present_at_start_become_available_and_ready(repo: Repo, make_manager) -> None:
+    repo.put_file("double.h5", "2")
+    repo.put_file("double.labels.txt", "a\nb\n")
+    manager = make_manager()
+
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    assert predict(manager, ServableRequest.latest("double"), 3.0) == 6.0
+    status = manager.status("double")
+    (version,) = status.versions
+    assert (version.version, version.state, version.error) == (1, ServableState.AVAILABLE, "")
+    assert version.info is not None and version.info.format == "number" and version.info.warmup_s == 0.02
+    assert list(version.signatures) == ["serving_default"]
+    assert status.labels == ("a", "b")
+    assert manager.readiness().models == {"double": True}
+    assert manager.model_names() == ["double"] and manager.default_model() == "double"
+
+
+def test_readiness_waits_for_the_start_up_models(repo: Repo, make_manager, models: NumberModels) -> None:
+    repo.put_file("m.h5", "2")
+    models.gate.clear()
+    manager = make_manager()
+
+    wait_until(lambda: models.built, timeout_s=10)
+    readiness = manager.readiness()
+    assert not readiness.ready and readiness.reason == "loading m"
+    assert readiness.models == {"m": False}
+    assert states(manager, "m") == {1: ("LOADING", "")}
+    with pytest.raises(ModelNotReady, match="version 1 is LOADING"):
+        predict(manager, ServableRequest.latest("m"))
+
+    models.gate.set()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+
+def test_empty_models_folder_is_ready_after_the_start_up_scan(make_manager) -> None:
+    manager = make_manager()
+
+    assert manager.readiness().ready
+    assert manager.model_names() == []
+    with pytest.raises(ModelNotFound, match="name the model"):
+        manager.default_model()
+
+
+def test_failed_start_up_model_does_not_block_readiness(repo: Repo, make_manager) -> None:
+    repo.put_file("bad.h5", "broken")
+    manager = make_manager()
+
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    assert states(manager, "bad") == {1: ("END", "'bad.h5' is truncated or corrupt")}
+    with pytest.raises(ModelNotReady, match="failed to load: 'bad.h5' is truncated"):
+        predict(manager, ServableRequest.latest("bad"))
+
+
+def test_new_version_swaps_in_while_a_held_handle_finishes_on_the_old_one(
+    repo: Repo, make_manager, models: NumberModels
+) -> None:
+    repo.put_version("m", 1, "1")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    with manager.handle(ServableRequest.latest("m")) as old:
+        repo.put_version("m", 2, "2")
+        wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 2.0, timeout_s=10)
+        assert manager.readiness().ready
+        # The held version is out of the map but still usable, and not closed.
+        assert old.id.version == 1
+        assert old.submit["serving_default"]({"x": np.ones((1, 1), np.float32)}).result()["y"][0, 0] == 1.0
+        assert ("m", 1, "1") not in models.closed
+        assert states(manager, "m")[1][0] == "UNLOADING"
+
+    wait_until(lambda: ("m", 1, "1") in models.closed, timeout_s=10)
+    wait_until(lambda: states(manager, "m") == {1: ("END", ""), 2: ("AVAILABLE", "")}, timeout_s=10)
+
+
+def test_failed_new_version_leaves_the_serving_version_and_is_not_retried_until_it_changes(
+    repo: Repo, make_manager, models: NumberModels
+) -> None:
+    repo.put_version("m", 2, "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    repo.put_version("m", 3, "broken")
+    wait_until(lambda: states(manager, "m").get(3, ("",))[0] == "END", timeout_s=10)
+
+    assert states(manager, "m") == {2: ("AVAILABLE", ""), 3: ("END", "'model.h5' is truncated or corrupt")}
+    assert predict(manager, ServableRequest.latest("m")) == 2.0
+    assert manager.readiness().ready
+    attempts = sum(1 for s in models.built if s.id.version == 3)
+    threading.Event().wait(0.5)  # several polls happen here
+    assert sum(1 for s in models.built if s.id.version == 3) == attempts == 1
+
+    # A good copy of version 3 (new size and mtime) recovers without a restart.
+    staged = repo.staging / "fixed.h5"
+    staged.write_text("3")
+    os.replace(staged, repo.models / "m" / "3" / "model.h5")
+    wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 3.0, timeout_s=10)
+    wait_until(lambda: states(manager, "m") == {2: ("END", ""), 3: ("AVAILABLE", "")}, timeout_s=10)
+
+
+def test_plugin_change_retries_a_version_that_missed_a_custom_object(
+    repo: Repo, make_manager, models: NumberModels
+) -> None:
+    models.needs_plugin = repo.models / "plugins" / "scale.py"
+    repo.put_file("m.h5", "5")
+    manager = make_manager()
+    wait_until(lambda: states(manager, "m") == {1: ("END", "custom layer 'Scale' is not registered")}, timeout_s=10)
+
+    repo.put_file("plugins/scale.py", "SCALE = 5\n")
+
+    wait_until(lambda: states(manager, "m") == {1: ("AVAILABLE", "")}, timeout_s=10)
+    assert predict(manager, ServableRequest.latest("m")) == 5.0
+
+
+def test_replacing_a_single_file_reloads_the_same_version_and_swaps(
+    repo: Repo, make_manager, models: NumberModels
+) -> None:
+    repo.put_file("m.h5", "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    repo.put_file("m.h5", "7")
+
+    wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 7.0, timeout_s=10)
+    wait_until(lambda: ("m", 1, "2") in models.closed, timeout_s=10)
+    assert states(manager, "m") == {1: ("AVAILABLE", "")}
+
+
+def test_broken_replacement_of_a_single_file_keeps_the_previous_copy(repo: Repo, make_manager) -> None:
+    repo.put_file("m.h5", "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    repo.put_file("m.h5", "broken")
+
+    wait_until(lambda: states(manager, "m")[1][1] != "", timeout_s=10)
+    assert states(manager, "m") == {1: ("AVAILABLE", "'m.h5' is truncated or corrupt")}
+    assert predict(manager, ServableRequest.latest("m")) == 2.0
+
+
+def test_deleted_model_is_unloaded_then_not_found(repo: Repo, make_manager, models: NumberModels) -> None:
+    repo.put_file("m.h5", "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    (repo.models / "m.h5").unlink()
+
+    wait_until(lambda: manager.model_names() == [], timeout_s=10)
+    assert ("m", 1, "2") in models.closed
+    with pytest.raises(ModelNotFound):
+        predict(manager, ServableRequest.latest("m"))
+    with pytest.raises(ModelNotFound):
+        manager.status("m")
+    assert manager.readiness().ready  # a removed model no longer counts
+
+
+def test_deleted_version_folder_is_unloaded(repo: Repo, make_manager) -> None:
+    repo.put_file("m/config.yaml", "version_policy: all\n")
+    repo.put_version("m", 1, "1")
+    repo.put_version("m", 2, "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready and len(manager.status("m").versions) == 2, timeout_s=10)
+
+    shutil.rmtree(repo.models / "m" / "2")
+
+    wait_until(lambda: states(manager, "m") == {1: ("AVAILABLE", "")}, timeout_s=10)
+    with pytest.raises(ModelNotFound, match="version 2"):
+        predict(manager, ServableRequest.specific("m", 2))
+
+
+def test_version_policy_all_serves_every_version_by_number_and_label(repo: Repo, make_manager) -> None:
+    repo.put_file("m/config.yaml", "version_policy: all\nversion_labels:\n  stable: 1\n  canary: 2\n")
+    repo.put_version("m", 1, "1")
+    repo.put_version("m", 2, "2")
+    manager = make_manager()
+    wait_until(lambda: states(manager, "m") == {1: ("AVAILABLE", ""), 2: ("AVAILABLE", "")}, timeout_s=10)
+
+    assert predict(manager, ServableRequest.latest("m")) == 2.0
+    assert predict(manager, ServableRequest.specific("m", 1)) == 1.0
+    assert predict(manager, ServableRequest.labelled("m", "stable")) == 1.0
+    assert predict(manager, ServableRequest.labelled("m", "canary")) == 2.0
+    assert manager.status("m").version_labels == {"stable": 1, "canary": 2}
+    with pytest.raises(ModelNotFound, match="version 9 of model 'm'"):
+        predict(manager, ServableRequest.specific("m", 9))
+    with pytest.raises(ModelNotFound, match="label 'beta'"):
+        predict(manager, ServableRequest.labelled("m", "beta"))
+
+
+def test_invalid_config_fails_the_version_without_loading(repo: Repo, make_manager, models: NumberModels) -> None:
+    repo.put_file("m.h5", "2")
+    repo.put_file("m.yaml", "version_policy: sometimes\n")
+    manager = make_manager()
+
+    wait_until(lambda: states(manager, "m")[1][0] == "END", timeout_s=10)
+
+    assert "m.yaml is invalid" in states(manager, "m")[1][1]
+    assert models.built == []
+
+
+def test_worker_recycles_after_the_configured_number_of_swaps(repo: Repo, make_manager) -> None:
+    recycled: list[bool] = []
+    repo.put_file("m.h5", "1")
+    manager = make_manager(swaps_before_recycle=2, recycled=recycled)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    for n in (2, 3, 4):
+        repo.put_file("m.h5", str(n))
+        wait_until(lambda: predict(manager, ServableRequest.latest("m")) == float(n), timeout_s=10)
+        if n == 2:
+            threading.Event().wait(0.3)
+            assert recycled == []
+
+    wait_until(lambda: recycled == [True], timeout_s=10)
+    threading.Event().wait(0.3)
+    assert recycled == [True]  # once
+
+
+def test_stop_unloads_everything_and_is_safe_twice(repo: Repo, make_manager, models: NumberModels) -> None:
+    repo.put_file("m.h5", "2")
+    manager = make_manager()
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    manager.stop()
+    manager.stop()
+
+    assert models.closed == [("m", 1, "2")]
+    with pytest.raises(ModelNotReady):
+        predict(manager, ServableRequest.latest("m"))
+
+
+def test_a_file_rewritten_in_place_keeps_serving_the_old_copy_until_the_new_one_settles(
+    repo: Repo, make_manager
+) -> None:
+    repo.put_file("m.h5", "2")
+    manager = make_manager(settle_s=0.5)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+
+    path = repo.models / "m.h5"
+    for text in ("9", "9.", "9.0"):  # a slow, non-atomic upload over the served file
+        path.write_text(text)
+        assert predict(manager, ServableRequest.latest("m")) == 2.0
+        assert states(manager, "m") == {1: ("AVAILABLE", "")}
+        threading.Event().wait(0.2)
+
+    wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 9.0, timeout_s=10)
+    assert manager.readiness().ready
