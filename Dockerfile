@@ -8,7 +8,7 @@
 #
 # Models live in the /models volume (MODELS_DIR). On start the container runs
 # `python -m service default-model --if-empty` (trains the small `digits` model into /models when it
-# holds no model, ~20 s on 2 cores), then `gunicorn wsgi:app`, exactly like `make run`.
+# holds no model, well under a minute on 2 cores), then `gunicorn wsgi:app`, exactly like `make run`.
 # See docs/operations.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def type_text(info: FieldInfo) -> str:
     """A short type name with its constraints, e.g. `integer ≥ 1` or one of `auto`, `cpu`, `gpu`."""
     annotation = info.annotation
     optional = False
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional = len(args) < len(typing.get_args(annotation))
         annotation = args[0]

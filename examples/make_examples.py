@@ -26,7 +26,7 @@ def main() -> int:
     for digit in range(10):
         index = int((labels == digit).nonzero()[0][0])
         path = EXAMPLES / f"{digit}.png"
-        Image.fromarray(images[index], mode="L").save(path, optimize=True)
+        Image.fromarray(images[index]).save(path, optimize=True)
         print(f"{path.relative_to(EXAMPLES.parent)}: held-out digit #{index}, label {digit}")
     return 0
 

@@ -138,9 +138,14 @@ class Batcher:
                     f"model '{self._id.name}' is overloaded: {self._queued_rows} rows are queued "
                     f"(limit {self._max_queued_rows}); retry later"
                 )
+            was_empty = not self._queue
             self._queue.append(request)
             self._queued_rows += rows
-            self._cond.notify()
+            # Wake the batch thread only when it has something to do: a first request to wait on,
+            # or a full batch. Otherwise it is computing, or waiting for its deadline anyway, and
+            # waking it per request would only fight the request threads for the GIL.
+            if was_empty or self._queued_rows >= self._max_batch_size:
+                self._cond.notify()
         return request.future
 
     def close(self, timeout_s: float | None = None) -> None:

@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 import threading
 import traceback
@@ -192,10 +193,10 @@ class CustomObjectRegistry:
         mention the training script's module resolve.
         """
         path = Path(path)
-        name = path.stem
+        name = re.sub(r"\W", "_", path.stem)
         existing = sys.modules.get(name)
         if existing is not None and getattr(existing, "__file__", None) != str(path):
-            name = f"kerasserve_plugins.{path.stem}"
+            name = f"kerasserve_plugins.{name}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             self._record_error(path.name, "cannot be imported (not a Python module)")
@@ -256,7 +257,7 @@ class CustomObjectRegistry:
     def _add_object(self, name: str, obj: Any) -> None:
         self._objects[name] = obj
         registered = _registered_name(obj) if inspect.isclass(obj) or inspect.isfunction(obj) else None
-        if registered and registered != name:
+        if registered and registered != name and ">" in registered:  # "package>Name" (fact 10)
             self._objects[registered] = obj
 
     # --- public registration API --------------------------------------------------------------

@@ -99,7 +99,7 @@ def upsample(digits_8x8: np.ndarray) -> np.ndarray:
     pixels = np.clip(pixels, 0, 255).astype(np.uint8)
     height, width = IMAGE_SIZE
     return np.stack(
-        [np.asarray(Image.fromarray(p, mode="L").resize((width, height), Image.Resampling.BILINEAR)) for p in pixels]
+        [np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in pixels]
     )
 
 

@@ -90,3 +90,10 @@ class MissingCustomObject(ModelLoadError):
 
 class UnsafeModelRefused(ModelLoadError):
     """The file holds Lambda code and `allow_lambda` is off."""
+
+
+class InsecureModelsDir(Exception):
+    """MODELS_DIR (or its plugins folder) can be written by every user, and `allow_world_writable_models` is off.
+
+    Not a request error: raised at start-up (the worker does not boot) and before each load.
+    """

@@ -76,9 +76,9 @@ def encode_feature(name: str, values: Sequence[FeatureValue]) -> bytes:
     if any(isinstance(v, (str, bytes)) for v in values):
         raise InvalidInput(f"feature '{name}' mixes strings and numbers")
     if values and all(isinstance(v, (bool, int)) for v in values):
-        packed = b"".join(_varint(int(v)) for v in values)
         if any(not -(1 << 63) <= int(v) < (1 << 63) for v in values):
             raise InvalidInput(f"feature '{name}' has an integer outside the int64 range")
+        packed = b"".join(_varint(int(v)) for v in values)
         return _field(3, _field(1, packed))  # int64_list
     floats = [float(v) for v in values]
     if any(math.isfinite(f) and abs(f) > 3.4028234663852886e38 for f in floats):

@@ -388,9 +388,9 @@ def repair_config(
         cfg = node.get("config")
         if not isinstance(cfg, dict) or not isinstance(class_name, str):
             return
-        report.class_names.add(class_name)
         if keras_major == 1 and "name" in cfg and class_name not in ("Sequential", "Model"):
             node["class_name"] = class_name = _keras1_layer(class_name, cfg, report)
+        report.class_names.add(node.get("registered_name") or class_name)
         if class_name == "Lambda":
             _visit_lambda(node, cfg, report, registry, target, legacy)
         if legacy and target == "keras3":
@@ -793,11 +793,18 @@ class Loader:
                 format=detected.format.value,
                 missing=tuple(report.code_lambdas),
             )
+        _check_saved_with(detected, report, config)
+        _check_declared_objects(detected, registry, config)
         if report.unreadable_lambdas:
             raise MissingCustomObject(
                 f"{name} ({detected.format.value}, Keras {detected.keras_version or '?'}): Lambda layer(s) "
                 + ", ".join(f"'{n}'" for n in report.unreadable_lambdas)
-                + f" need a replacement function: {LAMBDA_HINT}",
+                + f" need a replacement function: {LAMBDA_HINT}"
+                + (
+                    f" (saved by Python {config.saved_with['python']}, this server runs Python {_python_version()})"
+                    if config is not None and config.saved_with.get("python")
+                    else ""
+                ),
                 format=detected.format.value,
                 missing=tuple(report.unreadable_lambdas),
                 tried=(),
@@ -815,7 +822,7 @@ class Loader:
         elif detected.format is ModelFormat.HDF5:
             loaders.append((label, lambda: self._keras3_hdf5(detected, repaired, training_config, custom_objects)))
         else:
-            loaders.append((label, lambda: self._keras3_json(detected, repaired, custom_objects)))
+            loaders.append((label, lambda: self._keras3_json(detected, repaired, custom_objects, keras_major)))
         if keras_major is not None and keras_major < 3 and detected.format is not ModelFormat.KERAS_ZIP:
             tf_keras_loader = ("tf_keras", lambda: self._tf_keras(detected, raw_config, keras_major, registry, custom_objects))
             # Keras 1 weights need tf_keras' Keras-1 weight conversion (kernel layouts), which Keras 3 lacks.
@@ -931,7 +938,9 @@ class Loader:
         warnings = _compile_keras3(keras, model, training_config, custom_objects)
         return model, warnings
 
-    def _keras3_json(self, detected: DetectedModel, repaired: dict, custom_objects: dict) -> tuple[Any, list[str]]:
+    def _keras3_json(
+        self, detected: DetectedModel, repaired: dict, custom_objects: dict, keras_major: int | None
+    ) -> tuple[Any, list[str]]:
         from keras.src.legacy.saving import saving_options, saving_utils
         from keras.src.saving import object_registration, serialization_lib
 
@@ -942,7 +951,7 @@ class Loader:
         if compile_config:
             warnings.append("compile=False: architecture JSON's compile_config ignored (serving never needs it)")
         with serialization_lib.SafeModeScope(False), object_registration.CustomObjectScope(custom_objects):
-            if _looks_keras3(repaired):
+            if keras_major == 3 or (keras_major is None and _looks_keras3(repaired)):
                 model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=False)
             else:
                 with saving_options.keras_option_scope(use_legacy_config=True):
@@ -981,7 +990,8 @@ class Loader:
                     _load_legacy_weights(hdf5_format, group, model)
             else:
                 raise ModelLoadError(f"{detected.path.name} has no weights file beside it", format=detected.format.value)
-        return model, ["compile=False: tf_keras path serves the model uncompiled"]
+        compiled = detected.format is ModelFormat.HDF5 and _has_training_config(detected.path)
+        return model, ["compile=False: the tf_keras path serves the model uncompiled"] if compiled else []
 
     # --- SavedModel ---------------------------------------------------------------------------
     def _load_saved_model(self, detected: DetectedModel, attempt: _Attempt, config: ModelConfig | None) -> LoadedModel:
@@ -1080,8 +1090,119 @@ class Loader:
 
 
 # --------------------------------------------------------------------------------------------------
+# What a model needs (for `python -m service inspect`)
+# --------------------------------------------------------------------------------------------------
+_STRUCTURAL_NAMES = frozenset(
+    {"Functional", "Model", "Sequential", "InputLayer", "__lambda__", "function", "method", "DTypePolicy",
+     "FloatDTypePolicy", "__tensor__", "__numpy__", "__tuple__", "__keras_tensor__", "__bytes__", "__typespec__"}
+)
+
+
+def _keras_knows(name: str) -> bool:
+    """Say whether Keras 3 (or Keras 2 under the same name) ships `name` itself."""
+    keras = _keras()
+    if name in _STRUCTURAL_NAMES or name == HARD_SIGMOID_KERAS2:
+        return True
+    namespaces = (keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.optimizers,
+                  keras.losses, keras.metrics, keras.activations, keras.models, keras.dtype_policies)
+    if any(hasattr(ns, name) for ns in namespaces):
+        return True
+    plain = name.split(">", 1)[-1]
+    if name.startswith("Custom>") and any(hasattr(ns, plain) for ns in namespaces):
+        return True  # Keras 2.11+ optimizers: "Custom>Adam"
+    return name in _KERAS1_CLASSES or keras.saving.get_registered_object(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelNeeds:
+    """What a model file needs beyond Keras, read from its config without building it."""
+
+    format: str
+    keras_version: str | None = None
+    custom_objects: tuple[str, ...] = ()
+    """Layer / object class names Keras does not ship."""
+    lambdas: tuple[str, ...] = ()
+    """Lambda layers whose stored Python code would run."""
+    replaced_lambdas: tuple[str, ...] = ()
+    unreadable_lambdas: tuple[str, ...] = ()
+    """Lambda layers whose bytecode this Python cannot read and nobody replaced."""
+    losses: tuple[str, ...] = ()
+    """Losses / metrics given by a name Keras 3 does not resolve."""
+
+
+def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None) -> ModelNeeds:
+    """Read what the model at `path` needs (custom objects, Lambdas, losses); never builds it.
+
+    Raises:
+        ModelLoadError: nothing recognisable at `path`.
+    """
+    detected = detect_format(Path(path))
+    if detected.format is ModelFormat.SAVED_MODEL:
+        return ModelNeeds(detected.format.value)
+    registry = (registry or CustomObjectRegistry()).for_model(config, [detected.path.parent])
+    raw, training = _read_model_config(detected)
+    major = detected.keras_major or (3 if _looks_keras3(raw) else 2)
+    _, report = repair_config(raw, keras_major=major, registry=registry)
+    compile_config = training or (raw.get("compile_config") if isinstance(raw, dict) else None)
+    keras = _keras()
+    objects = registry.custom_objects()
+    losses = tuple(n for n in _unresolved_names(keras, compile_config, objects)) if compile_config else ()
+    names = sorted(n for n in report.class_names if not _keras_knows(n))
+    if config is not None:
+        names = sorted({*names, *config.custom_objects})
+    return ModelNeeds(
+        format=detected.format.value,
+        keras_version=detected.keras_version,
+        custom_objects=tuple(names),
+        lambdas=tuple(report.code_lambdas),
+        replaced_lambdas=tuple(report.replaced_lambdas),
+        unreadable_lambdas=tuple(report.unreadable_lambdas),
+        losses=losses,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Helpers for the load paths
 # --------------------------------------------------------------------------------------------------
+def _check_saved_with(detected: DetectedModel, report: _ConfigReport, config: ModelConfig | None) -> None:
+    """Refuse Lambda bytecode written by another Python minor version (it may crash this process)."""
+    import platform
+
+    saved = (config.saved_with.get("python") if config is not None else None) or ""
+    if not saved or not report.code_lambdas:
+        return
+    here = platform.python_version_tuple()[:2]
+    there = tuple(saved.split(".")[:2])
+    if there != tuple(here):
+        pending = [n for n in report.code_lambdas if n not in report.unreadable_lambdas]
+        report.unreadable_lambdas.extend(pending)
+
+
+def _check_declared_objects(detected: DetectedModel, registry: CustomObjectRegistry, config: ModelConfig | None) -> None:
+    """Name the custom objects a model's sidecar declares that nothing provides, before Keras fails."""
+    if config is None or not config.custom_objects:
+        return
+    keras = _keras()
+    missing = [
+        name
+        for name in config.custom_objects
+        if not registry.knows(name) and keras.saving.get_registered_object(name) is None
+    ]
+    if missing:
+        raise MissingCustomObject(
+            f"cannot load {detected.path.name} ({detected.format.value}): custom object(s) "
+            + ", ".join(f"'{n}'" for n in missing)
+            + f" declared by the model's config are not registered; {PLUGIN_HINT}",
+            missing=tuple(missing),
+            format=detected.format.value,
+        )
+
+def _python_version() -> str:
+    import platform
+
+    return platform.python_version()
+
+
 def _looks_keras3(config: Any) -> bool:
     """Keras 3 configs carry `module` / `registered_name` keys on layers."""
     text = json.dumps(config)[:20000] if not isinstance(config, str) else config[:20000]
@@ -1102,6 +1223,13 @@ def _read_model_config(detected: DetectedModel) -> tuple[dict, dict | None]:
             return json.loads(archive.read("config.json")), None
     data = json.loads(detected.path.read_text(encoding="utf-8"))
     return data, None
+
+
+def _has_training_config(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("training_config") is not None
 
 
 def _attr_json(value: Any) -> Any:
@@ -1278,7 +1406,6 @@ def _saved_model_tags(path: Path) -> list[str]:
 
 
 def _tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
-    tf = _tf()
     # The graph tensor's dtype is what a feed must have (half_plus_three's regress SignatureDef says
     # DT_FLOAT for a string placeholder).
     dtype = _dtype_name(graph.get_tensor_by_name(info.name).dtype)

@@ -177,7 +177,15 @@ class ServableManager:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Configure TensorFlow, start the loader thread and the watcher (which scans once right away)."""
+        """Configure TensorFlow, start the loader thread and the watcher (which scans once right away).
+
+        Raises:
+            InsecureModelsDir: MODELS_DIR is world-writable and ALLOW_WORLD_WRITABLE_MODELS is off
+                (model files and plugins are code; the worker does not boot).
+        """
+        from service import security
+
+        security.check_models_dir(self._settings)
         self._started_at = time.monotonic()
         if self._own_builder:
             from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
@@ -712,7 +720,17 @@ class ServableManager:
         """
         from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
 
+        from service import sandbox, security
+
         settings, batching = self._settings, source.config.batching
+        problem = security.models_dir_problem(settings.models_dir)
+        if problem and not settings.allow_world_writable_models:
+            raise ModelLoadError(f"refused: {problem}; see ALLOW_WORLD_WRITABLE_MODELS in docs/security.md")
+        # Lambda layers hold Python code that can crash the interpreter: run it in a throw-away
+        # process first, so a crash fails this version instead of killing the worker.
+        lambda_layers = sandbox.needs_probe(source.path, source.config, settings)
+        if lambda_layers:
+            sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
         started = time.monotonic()
         with device_scope(self._device):
             loaded = self._loader.load(source.path, source.config)

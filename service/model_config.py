@@ -77,6 +77,12 @@ class ModelConfig(BaseModel):
     versions: tuple[int, ...] = ()
     version_labels: dict[str, int] = Field(default_factory=dict)
     """TF Serving-style labels, e.g. `stable: 1`, `canary: 2`."""
+    custom_objects: tuple[str, ...] = ()
+    """Custom layers / functions the model needs (written by `service.saving.save_model`); the loader
+    names the ones no plugin provides before it tries to load."""
+    saved_with: dict[str, str] = Field(default_factory=dict)
+    """Versions that wrote the model (`python`, `keras`, `tensorflow`; written by `save_model`). Lambda
+    bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
 
     def merged(self, override: ModelConfig) -> ModelConfig:
         """Return this config with the keys set explicitly in `override` replaced."""

@@ -131,7 +131,7 @@ def decode_image(data: bytes, spec: ImageSpec, *, max_pixels: int) -> np.ndarray
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is much smaller. draft()
             # keeps both sides >= the requested size, so cropping and letterboxing still have pixels.
             image.draft("L" if mode == "L" else "RGB", (spec.width, spec.height))
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
         if image.mode != mode:
             if image.mode in ("P", "LA", "PA", "RGBA") and mode in ("RGB", "L"):
                 # Flatten transparency on black instead of exposing whatever colour hides under alpha=0.

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     allow_world_writable_models: bool = False
     """Load from a world-writable MODELS_DIR; off refuses, since model files and plugins are code."""
 
+    lambda_probe: bool = True
+    """Load files whose Lambda layers hold Python code in a throw-away subprocess first; a crash there fails only that version."""
+
+    lambda_probe_timeout_s: float = Field(180.0, gt=0)
+    """Longest the Lambda probe subprocess may take to load and call a model before the version fails."""
+
     poll_interval_s: float = Field(2.0, gt=0)
     """How often the models folder is rescanned, besides file-system events."""
 

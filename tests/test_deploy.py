@@ -177,7 +177,7 @@ def test_validation_rejects_a_misspelt_probe_field() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_every_manifest_folder_is_covered() -> None:
+def test_manifests_cover_every_kind_the_issue_asks_for() -> None:
     kinds = {doc["kind"] for path in MANIFESTS for doc in documents(path)}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PersistentVolumeClaim",
             "InferenceService"} <= kinds

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Response, current_app, g, request
 
+from service import security
+from service.errors import PayloadTooLarge
 from service.metrics import REQUEST_SECONDS, REQUESTS
 from service.logs import request_id_var
 
@@ -75,6 +77,31 @@ def _finish_request(response: Response) -> Response:
     return response
 
 
+def _guard_request() -> None:
+    """Refuse early, before any body is read: missing bearer token, oversized body, unsafe model names."""
+    settings = runtime().settings
+    if security.needs_token(request.path, request.method, settings):
+        security.check_bearer(request.headers.get("Authorization"), settings)
+    length = request.content_length
+    if length is not None and length > settings.max_request_bytes:
+        raise PayloadTooLarge(
+            f"request body of {length} bytes is larger than the limit of {settings.max_request_bytes} bytes (MAX_REQUEST_BYTES)"
+        )
+    security.check_view_args(request.view_args, request.args.get("model"))
+
+
+def _add_cors(response: Response) -> Response:
+    """Add CORS headers for allowed origins (CORS is off unless CORS_ORIGINS lists some)."""
+    preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    headers = security.cors_headers(
+        request.headers.get("Origin"), preflight=preflight,
+        requested_headers=request.headers.get("Access-Control-Request-Headers"), settings=runtime().settings,
+    )
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
 def register_blueprints(app: Flask) -> None:
     """Install every API surface and the request hooks on `app`.
 
@@ -86,6 +113,8 @@ def register_blueprints(app: Flask) -> None:
     from service.api import metrics as metrics_api
 
     app.before_request(_start_request)
+    app.before_request(_guard_request)
     app.after_request(_finish_request)
+    app.after_request(_add_cors)
     for blueprint in (health.bp, metrics_api.bp, openapi.bp, predict.bp, models.bp, tfserving.bp, kserve_v2.bp):
         app.register_blueprint(blueprint)

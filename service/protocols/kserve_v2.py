@@ -11,6 +11,7 @@ values; never calls a model.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
     if datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
     shape = _shape(entry.get("shape"), name)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python integers: no overflow for absurd shapes
     params = _parameters(entry.get("parameters"), f"input '{name}'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -139,6 +140,8 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
         chunk = binary[offset:offset + size]
         offset += size
         if datatype == "BYTES":
+            if count * 4 > len(chunk):  # every element needs at least its 4-byte length
+                raise InvalidTensor(f"input '{name}': {size} bytes cannot hold {count} BYTES elements")
             array = np.empty(count, dtype=object)
             array[:] = decode_bytes_elements(chunk, count, name)
             return name, array.reshape(shape), offset
@@ -185,6 +188,8 @@ def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple
         body = json.loads(header)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"inference request header is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise InvalidInput("inference request header is nested too deeply") from err
     if not isinstance(body, dict):
         raise InvalidInput("inference request must be a JSON object")
     entries = body.get("inputs")

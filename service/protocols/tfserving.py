@@ -91,6 +91,8 @@ def parse_json_object(body: bytes) -> dict:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"request body is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise InvalidInput("request body is nested too deeply") from err
     if not isinstance(value, dict):
         raise InvalidInput("request body must be a JSON object")
     return value
@@ -101,6 +103,7 @@ def _is_b64(value: object) -> bool:
 
 
 def _decode_leaf(name: str, value: object) -> object:
+    """Turn one JSON leaf into bytes (strings, b64) or keep it (numbers); refuse nulls and objects."""
     if _is_b64(value):
         text = value["b64"]  # type: ignore[index]
         if not isinstance(text, str):
@@ -111,15 +114,19 @@ def _decode_leaf(name: str, value: object) -> object:
             raise InvalidInput(f"input '{name or 'instances'}': invalid base64") from err
     if isinstance(value, str):
         return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
     if value is None:
         raise InvalidTensor(f"input '{name or 'instances'}' holds null")
-    if isinstance(value, dict):
+    if isinstance(value, (dict, list)):
         raise InvalidTensor(f"input '{name or 'instances'}' holds an object; only {{\"b64\": ...}} objects are values")
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise InvalidTensor(f"input '{name or 'instances'}' holds an integer outside the 64-bit range")
     return value
+
+
+def _leaves(value: object):
+    if isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 def json_to_array(name: str, value: object) -> np.ndarray:
@@ -129,25 +136,34 @@ def json_to_array(name: str, value: object) -> np.ndarray:
     array of bytes. The data plane casts to the model's dtype.
 
     Raises:
-        InvalidTensor: ragged lists, nulls, stray objects, out-of-range integers.
+        InvalidTensor: ragged lists, nulls, stray objects, strings mixed with numbers, integers
+            outside 64 bits.
         InvalidInput: invalid base64.
     """
+    shown = name or "instances"
     try:
         array = np.asarray(value)
     except (ValueError, OverflowError) as err:
-        raise InvalidTensor(f"input '{name or 'instances'}' is ragged: every list at one depth must have the same length") from err
+        raise InvalidTensor(f"input '{shown}' is ragged: every list at one depth must have the same length") from err
     if array.dtype.kind == "U":
-        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array) if array.size else array.astype(object)
+        # numpy turns [1, "a"] into strings too: only all-string tensors are strings.
+        if not all(isinstance(leaf, str) for leaf in _leaves(value)):
+            raise InvalidTensor(f"input '{shown}' mixes strings and numbers")
+        out = np.empty(array.shape, dtype=object)
+        out.reshape(-1)[:] = [s.encode("utf-8") for s in array.reshape(-1).tolist()]
+        return out
     if array.dtype != object:
         return array
     out = np.empty(array.shape, dtype=object)
     for index, leaf in np.ndenumerate(array):
         out[index] = _decode_leaf(name, leaf)
-    if any(not isinstance(v, bytes) for v in out.flat):
-        if all(isinstance(v, (bool, int, float)) for v in out.flat):
-            raise InvalidTensor(f"input '{name or 'instances'}' mixes numbers of incompatible kinds")
-        raise InvalidTensor(f"input '{name or 'instances'}' mixes strings and numbers")
-    return out
+    kinds = {isinstance(v, bytes) for v in out.flat}
+    if kinds == {True}:
+        return out
+    if kinds == {True, False}:
+        raise InvalidTensor(f"input '{shown}' mixes strings and numbers")
+    # Only numbers, yet numpy kept objects: integers beyond 64 bits.
+    raise InvalidTensor(f"input '{shown}' holds an integer outside the 64-bit range")
 
 
 def decode_instances(instances: object) -> dict[str, np.ndarray]:

@@ -55,7 +55,7 @@ def server(first_run, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 def png(image) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -175,3 +175,23 @@ def test_half_plus_two_2_versions_serves_124_by_default_and_123_when_asked(run_s
         latest = server.get("/v1/models/latest_only").json()["model_version_status"]
         assert [(s["version"], s["state"]) for s in latest] == [("124", "AVAILABLE")]
         assert server.post("/v1/models/latest_only/versions/123:predict", json={"instances": [1.0]}).status_code == 404
+
+
+def test_worker_recycles_after_the_configured_swaps_and_gunicorn_replaces_it(
+    run_server, tmp_path: Path, scaled: dict[int, Path]
+) -> None:
+    models = tmp_path / "models"
+    staging = tmp_path / "staging"
+    copy_then_mv(scaled[1], models / "m.keras", staging)
+    with run_server(models, SWAPS_BEFORE_RECYCLE="2", SETTLE_S=str(SETTLE_S), POLL_INTERVAL_S=str(POLL_INTERVAL_S)) as server:
+        for k in (2, 3):
+            copy_then_mv(scaled[k], models / "m.keras", staging)
+            wait_until(lambda: predict(server.url).json()["predictions"] == [[float(k)]], timeout_s=30)
+
+        wait_until(lambda: "recycling it to give memory back" in server.log(), timeout_s=30)
+        wait_until(lambda: server.log().count("Booting worker with pid") == 2, timeout_s=60)
+        # The fresh worker loads the current file and serves it; the server never went down.
+        wait_until(lambda: predict(server.url).status_code == 200, timeout_s=60)
+        assert predict(server.url).json()["predictions"] == [[3.0]]
+        assert server.process.poll() is None
+        assert server.get("/readyz").status_code == 200

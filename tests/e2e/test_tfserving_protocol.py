@@ -87,7 +87,7 @@ def test_classify_and_regress_signatures_of_half_plus_two(server: Server) -> Non
     context = server.post("/v1/models/half_plus_two:regress", json={
         "signature_name": "regress_x_to_y2", "context": {"x": 4.0}, "examples": [{}, {"x": 2.0}]})
     assert context.status_code == 200, context.text
-    assert context.json() == {"results": [4.0, 3.0]}  # y2 = 0.5 x + 2 with the context's x in the first
+    assert context.json() == {"results": [5.0, 4.0]}  # y2 = 0.5 x + 3; the first example takes x from the context
 
 
 def test_classify_half_plus_three_without_a_classify_signature_uses_its_scores(server: Server) -> None:

@@ -98,7 +98,7 @@ def test_requests_queued_behind_a_busy_batch_run_together_and_get_their_own_rows
 
 def test_concurrent_clients_make_fewer_calls_than_requests(make_batcher) -> None:
     run = Recorder()
-    batcher = make_batcher(run, max_batch_size=32, batch_timeout_ms=20)
+    batcher = make_batcher(run, max_batch_size=32, batch_timeout_ms=200)
     barrier = threading.Barrier(24)
 
     def client(i: int) -> np.ndarray:
@@ -313,7 +313,7 @@ def test_batched_results_of_a_real_keras_model_equal_its_unbatched_results(make_
             calls.append(next(iter(inputs.values())).shape[0])
             return runner.run(inputs)
 
-        batcher = make_batcher(counted, max_batch_size=16, batch_timeout_ms=20)
+        batcher = make_batcher(counted, max_batch_size=16, batch_timeout_ms=200)
         barrier = threading.Barrier(len(requests))
 
         def client(x: np.ndarray) -> np.ndarray:

@@ -123,7 +123,8 @@ def make_manager(repo: Repo, models: NumberModels) -> Iterator:
 def predict(manager: ServableManager, request: ServableRequest, x: float = 1.0) -> float:
     with manager.handle(request) as servable:
         out = servable.submit[servable.default_signature]({"x": np.array([[x]], dtype=np.float32)}).result()
-        return float(out["y"][0, 0])
+        (y,) = out.values()
+        return float(y[0, 0])
 
 
 def states(manager: ServableManager, name: str) -> dict[int, tuple[str, str]]:
@@ -377,3 +378,118 @@ def test_a_file_rewritten_in_place_keeps_serving_the_old_copy_until_the_new_one_
 
     wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 9.0, timeout_s=10)
     assert manager.readiness().ready
+
+
+
+def test_polling_finds_versions_inotify_cannot_see_behind_a_symlinked_folder(
+    repo: Repo, make_manager, tmp_path: Path
+) -> None:
+    # inotify does not follow symbolic links (nor see network volumes): the periodic scan must.
+    export = tmp_path / "export" / "m"
+    (export / "1").mkdir(parents=True)
+    (export / "1" / "model.h5").write_text("1")
+    (repo.models / "m").symlink_to(export)
+    manager = make_manager(poll_interval_s=0.2)
+    wait_until(lambda: manager.readiness().ready and manager.readiness().models == {"m": True}, timeout_s=10)
+
+    staged = tmp_path / "export" / ".2"
+    staged.mkdir()
+    (staged / "model.h5").write_text("2")
+    os.rename(staged, export / "2")
+
+    wait_until(lambda: predict(manager, ServableRequest.latest("m")) == 2.0, timeout_s=10)
+
+
+# --- the real loader, runner and batcher -----------------------------------------------------------
+def test_real_keras_model_loads_warms_up_serves_and_swaps(repo: Repo, tmp_path: Path) -> None:
+    from tests.e2e.scaled_models import copy_then_mv, save_scaled_model
+
+    two = save_scaled_model(tmp_path / "two.keras", 2.0)
+    three = save_scaled_model(tmp_path / "three.keras", 3.0)
+    copy_then_mv(two, repo.models / "m.keras", repo.staging)
+    manager = ServableManager(Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=4))
+    manager.start()
+    try:
+        wait_until(lambda: manager.readiness().ready, timeout_s=60)
+        assert predict(manager, ServableRequest.latest("m"), 1.5) == 3.0
+        (version,) = manager.status("m").versions
+        assert version.state is ServableState.AVAILABLE and version.info is not None
+        assert (version.info.format, version.info.device, version.info.path) == ("keras", "/CPU:0", "m.keras")
+        assert version.info.load_s > 0 and version.info.warmup_s > 0
+        assert [t.name for t in version.signatures[version.default_signature].inputs] == ["x"]
+
+        copy_then_mv(three, repo.models / "m.keras", repo.staging)
+        wait_until(lambda: predict(manager, ServableRequest.latest("m"), 1.5) == 4.5, timeout_s=60)
+    finally:
+        manager.stop()
+
+
+@pytest.mark.slow
+def test_resident_memory_stays_flat_across_swaps() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "swap_memory.py"), "--swaps", "20", "--units", "1024", "--max-growth-mb", "16"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "growth_after_warm_up_mb" in result.stdout
+
+
+DOUBLER_PLUGIN = '''
+import keras
+
+
+class Doubler(keras.layers.Layer):
+    """Custom layer a model needs: y = 2 * x."""
+
+    def call(self, x):
+        return x * 2.0
+'''
+
+
+def test_real_plugin_change_rebuilds_the_registry_and_retries_the_failed_model(repo: Repo, tmp_path: Path) -> None:
+    import importlib.util
+
+    import keras
+
+    from tests.e2e.scaled_models import copy_then_mv
+
+    source = tmp_path / "training" / "doubler_training.py"
+    source.parent.mkdir()
+    source.write_text(DOUBLER_PLUGIN)
+    spec = importlib.util.spec_from_file_location("doubler_training", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = keras.Sequential([keras.Input((1,), name="x"), module.Doubler(name="double")])
+    model.save(tmp_path / "training" / "double.keras")
+    copy_then_mv(tmp_path / "training" / "double.keras", repo.models / "double.keras", repo.staging)
+    manager = ServableManager(Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=2))
+    manager.start()
+    try:
+        wait_until(lambda: states(manager, "double")[1][0] == "END", timeout_s=60)
+        assert "Doubler" in states(manager, "double")[1][1]
+        assert manager.readiness().ready  # a failed start-up model does not hold readiness
+
+        copy_then_mv(source, repo.models / "plugins" / "doubler.py", repo.staging)
+
+        wait_until(lambda: states(manager, "double") == {1: ("AVAILABLE", "")}, timeout_s=60)
+        assert predict(manager, ServableRequest.latest("double"), 4.0) == 8.0
+    finally:
+        manager.stop()
+
+
+def test_changed_labels_file_loads_the_version_again(repo: Repo, make_manager, models: NumberModels) -> None:
+    repo.put_file("m.h5", "2")
+    repo.put_file("m.labels.txt", "a\nb\n")
+    manager = make_manager()
+    wait_until(lambda: manager.status("m").labels == ("a", "b"), timeout_s=10)
+
+    repo.put_file("m.labels.txt", "cat\ndog\n")
+
+    wait_until(lambda: manager.status("m").labels == ("cat", "dog"), timeout_s=10)
+    assert len(models.built) == 2
+    wait_until(lambda: models.closed == [("m", 1, "2")], timeout_s=10)

@@ -1,0 +1,44 @@
+"""Command line of kerasserve: `python -m service <command> [args]`.
+
+Commands:
+    inspect PATH...          how each model file loads and what it needs (non-zero exit if any fails)
+    default-model [args]     train and write the default `digits` model (service/default_model.py)
+
+Each command's module is imported only when the command runs, so `--help` stays fast and commands
+that do not need TensorFlow never import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "default-model":
+        # Its own argparse owns every argument after the command name.
+        from service import default_model
+
+        return default_model.main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="python -m service", description="kerasserve command line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    from service import inspect as inspect_command
+
+    inspect_command.build_parser(
+        commands.add_parser("inspect", help="show how model files load and what they need; exit 1 if any fails")
+    )
+    commands.add_parser("default-model", help="train and write the default digits model (see --help of the command)")
+    args = parser.parse_args(argv)
+    if args.command == "inspect":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return inspect_command.run(args)
+    parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse rejects it first
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

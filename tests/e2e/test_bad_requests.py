@@ -1,0 +1,310 @@
+"""Bad requests against one real gunicorn: each gets a 4xx JSON error naming the problem, the worker
+survives, and a client sending good requests all along never sees a failure.
+
+Every case goes to the same server while a background client predicts continuously; the last test
+checks that client's record and that the worker was never restarted.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import wait_until
+from tests.e2e.api_models import build_api_models, digit_image, encode
+from tests.e2e.conftest import Server, start_server
+from tests.e2e.figures import record
+
+MAX_IMAGE_PIXELS = 100_000
+MAX_REQUEST_BYTES = 1_000_000
+MAX_IMAGES = 8
+GOOD_ROW = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int, rows: int = 1) -> bytes:
+    """A grayscale PNG whose header declares width x height, with pixel data for `rows` rows only."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    data = png_chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * rows, 9))
+    return b"\x89PNG\r\n\x1a\n" + header + data + png_chunk(b"IEND", b"")
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+PNG = encode(digit_image(1))
+JPEG = jpeg(digit_image(2))
+RAW_PNG = {"Content-Type": "image/png"}
+
+
+@dataclass
+class Case:
+    category: str
+    method: str
+    path: str
+    status: int
+    fragment: str
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    files: list | None = None
+
+
+CASES: list[Case] = [
+    # empty bodies
+    Case("empty body", "POST", "/models/digits/predict", 400, "body is empty", b"", RAW_PNG),
+    Case("empty body", "POST", "/models/binary/predict", 400, "not valid JSON", b"", {"Content-Type": "application/json"}),
+    Case("empty body", "POST", "/models/digits/predict", 400, "no file", None, {}, files=[("note", (None, "text"))]),
+    Case("empty body", "POST", "/v1/models/binary:predict", 400, "JSON", b"", {"Content-Type": "application/json"}),
+    # bytes that are not an image
+    Case("non-image bytes", "POST", "/models/digits/predict", 400, "cannot decode image", b"hello, not an image", RAW_PNG),
+    Case("non-image bytes", "POST", "/models/digits/predict", 400, "cannot decode image", None,
+         files=[("image", ("x.png", b"\x00" * 500, "image/png"))]),
+    Case("non-image bytes", "POST", "/models/digits/predict", 400, "cannot decode image",
+         json.dumps({"instances": [{"b64": base64.b64encode(b"GIF89a-no").decode()}]}).encode(),
+         {"Content-Type": "application/json"}),
+    Case("non-image bytes", "POST", "/models/digits/predict", 400, "base64",
+         b'{"instances": [{"b64": "***"}]}', {"Content-Type": "application/json"}),
+    # truncated images
+    Case("truncated image", "POST", "/models/digits/predict", 400, "cannot decode image", JPEG[: len(JPEG) // 2], {"Content-Type": "image/jpeg"}),
+    Case("truncated image", "POST", "/models/digits/predict", 400, "cannot decode image", PNG[: len(PNG) // 2], RAW_PNG),
+    Case("truncated image", "POST", "/models/digits/predict", 400, "cannot decode image", PNG[:40], RAW_PNG),
+    # decompression bombs: small bodies declaring huge images
+    Case("decompression bomb", "POST", "/models/digits/predict", 413, "MAX_IMAGE_PIXELS", png_declaring(4000, 4000, rows=4000), RAW_PNG),
+    Case("decompression bomb", "POST", "/models/digits/predict", 413, "MAX_IMAGE_PIXELS", png_declaring(1000, 1000), RAW_PNG),
+    Case("decompression bomb", "POST", "/models/digits/predict", 413, "too large", png_declaring(60000, 60000, rows=0), RAW_PNG),
+    Case("decompression bomb", "POST", "/models/digits/predict", 413, "too large", png_declaring(2**31 - 1, 2**31 - 1, rows=0), RAW_PNG),
+    # wrong Content-Type
+    Case("wrong Content-Type", "POST", "/models/digits/predict", 415, "text/plain", b"hello", {"Content-Type": "text/plain"}),
+    Case("wrong Content-Type", "POST", "/models/binary/predict", 415, "not supported", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/xml"}),
+    Case("wrong Content-Type", "POST", "/models/binary/predict", 415, "none", json.dumps(GOOD_ROW).encode(), {"Content-Type": ""}),
+    # too large
+    Case("body over MAX_REQUEST_BYTES", "POST", "/models/digits/predict", 413, "MAX_REQUEST_BYTES", b"\0" * (MAX_REQUEST_BYTES + 1), RAW_PNG),
+    Case("body over MAX_REQUEST_BYTES", "POST", "/v1/models/binary:predict", 413, "MAX_REQUEST_BYTES",
+         b" " * (MAX_REQUEST_BYTES + 1), {"Content-Type": "application/json"}),
+    # JSON
+    Case("invalid JSON", "POST", "/models/binary/predict", 400, "not valid JSON", b"{not json", {"Content-Type": "application/json"}),
+    Case("invalid JSON", "POST", "/models/binary/predict", 400, "JSON object", b"[1, 2, 3]", {"Content-Type": "application/json"}),
+    Case("invalid JSON", "POST", "/models/binary/predict", 400, "exactly one of", b'{"rows": []}', {"Content-Type": "application/json"}),
+    Case("invalid JSON", "POST", "/v1/models/binary:predict", 400, "not valid JSON", b'{"instances": [[1, 2, 3, 4]]', {"Content-Type": "application/json"}),
+    Case("ragged JSON", "POST", "/models/binary/predict", 422, "ragged", b'{"instances": [[1, 2, 3, 4], [1, 2]]}', {"Content-Type": "application/json"}),
+    Case("ragged JSON", "POST", "/v1/models/binary:predict", 422, "ragged", b'{"inputs": [[1, [2]], [3, 4]]}', {"Content-Type": "application/json"}),
+    Case("wrong shape", "POST", "/models/binary/predict", 422, "shape", b'{"instances": [[1, 2, 3]]}', {"Content-Type": "application/json"}),
+    Case("wrong shape", "POST", "/v1/models/binary:predict", 422, "shape", b'{"instances": [[[1, 2, 3, 4]]]}', {"Content-Type": "application/json"}),
+    Case("wrong dtype", "POST", "/models/binary/predict", 422, "float32", b'{"instances": [["a", "b", "c", "d"]]}', {"Content-Type": "application/json"}),
+    Case("wrong dtype", "POST", "/models/binary/predict", 422, "null", b'{"instances": [[null, 1, 2, 3]]}', {"Content-Type": "application/json"}),
+    Case("wrong dtype", "POST", "/v2/models/binary/infer", 422, "FP32", b'{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]}',
+         {"Content-Type": "application/json"}),
+    Case("NaN/Inf where not allowed", "POST", "/models/binary/predict_classes?threshold=NaN", 400, "finite", json.dumps(GOOD_ROW).encode(),
+         {"Content-Type": "application/json"}),
+    Case("NaN/Inf where not allowed", "POST", "/models/binary/predict_classes?threshold=inf", 400, "finite", json.dumps(GOOD_ROW).encode(),
+         {"Content-Type": "application/json"}),
+    Case("NaN/Inf where not allowed", "POST", "/models/binary/predict_classes?top_k=Infinity", 400, "top_k", json.dumps(GOOD_ROW).encode(),
+         {"Content-Type": "application/json"}),
+    # too many images or rows
+    Case("too many images", "POST", "/models/digits/predict", 413, "MAX_IMAGES_PER_REQUEST", None,
+         files=[("image", (f"{i}.png", PNG, "image/png")) for i in range(MAX_IMAGES + 1)]),
+    Case("too many images", "POST", "/models/binary/predict", 413, "MAX_IMAGES_PER_REQUEST",
+         json.dumps({"instances": [[1, 2, 3, 4]] * (MAX_IMAGES + 1)}).encode(), {"Content-Type": "application/json"}),
+    Case("too many images", "POST", "/models/digits/predict", 413, "MAX_IMAGES_PER_REQUEST",
+         json.dumps({"instances": [{"b64": base64.b64encode(PNG).decode()}] * (MAX_IMAGES + 1)}).encode(), {"Content-Type": "application/json"}),
+    # unknown model or version
+    Case("unknown model or version", "POST", "/models/nope/predict", 404, "'nope' does not exist", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unknown model or version", "POST", "/models/binary/versions/7/predict", 404, "version 7", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unknown model or version", "GET", "/v1/models/nope", 404, "nope"),
+    Case("unknown model or version", "GET", "/v2/models/nope", 404, "nope"),
+    Case("unknown model or version", "GET", "/models/binary/versions/x/predict", 404, "no such URL"),
+    # unsafe names (sent byte for byte: no client-side normalisation)
+    Case("unsafe name", "POST", "/models/%2e%2e/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/models/%2E%2E%2F%2E%2E%2Fetc/predict", 404, "no such URL", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/models/../models/binary/predict", 404, "", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/models/bin%00ary/predict", 400, "\\x00", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "GET", "/models/%2e%2e", 400, "not valid"),
+    Case("unsafe name", "GET", "/models/.hidden", 400, "not valid"),
+    Case("unsafe name", "POST", "/predict?model=..%2F..%2Fetc%2Fpasswd", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/v1/models/..:predict", 404, "does not exist", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "GET", "/v2/models/%2e%2e/ready", 400, "not valid"),
+    Case("unsafe name", "POST", "/models/" + "a" * 300 + "/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    # non-UTF-8
+    Case("non-UTF-8", "POST", "/models/binary/predict", 400, "not valid JSON", b'{"instances": "\xff\xfe"}', {"Content-Type": "application/json"}),
+    Case("non-UTF-8", "POST", "/models/%ff%fe/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("non-UTF-8", "POST", "/v1/models/binary:predict", 400, "not valid JSON", b"\xff\xfe\x00{", {"Content-Type": "application/json; charset=latin-1"}),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
+    with start_server(
+        models, tmp_path_factory.mktemp("bad_request_logs"),
+        MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS), MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
+        MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
+    ) as running:
+        yield running
+
+
+class GoodClient:
+    """Predicts with a valid request in a loop, recording every answer that is not a 200."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(f"{self.url}/models/binary/predict", json=GOOD_ROW, timeout=30)
+                except requests.RequestException as err:
+                    self.failures.append(repr(err))
+                    continue
+                if response.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                time.sleep(0.02)
+
+    def start(self) -> GoodClient:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def good_client(server: Server) -> Iterator[GoodClient]:
+    client = GoodClient(server.url).start()
+    yield client
+    client.stop()
+
+
+OUTCOMES: Counter = Counter()
+"""(category, status) -> count, for the figures."""
+
+
+def send(server: Server, case: Case) -> tuple[int, dict[str, str], bytes]:
+    """Send `case` byte for byte (http.client: the path is not normalised, the body not re-encoded)."""
+    if case.files is not None:
+        prepared = requests.Request(case.method, server.url + "/x", files=case.files).prepare()
+        body, headers = prepared.body, dict(prepared.headers)
+    else:
+        body, headers = case.body, dict(case.headers)
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest(case.method, case.path, skip_accept_encoding=True)
+        for name, value in headers.items():
+            if name.lower() == "content-length":
+                continue
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body or b"")))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.category}:{c.method} {c.path[:40]}" for c in CASES])
+def test_bad_request_gets_a_4xx_json_error_naming_the_problem(server: Server, good_client: GoodClient, case: Case) -> None:
+    status, headers, raw = send(server, case)
+    OUTCOMES[(case.category, status)] += 1
+    assert status == case.status, raw[:500]
+    assert headers["Content-Type"] == "application/json"
+    body = json.loads(raw)
+    assert list(body) == ["error"], body
+    assert case.fragment in body["error"], body["error"]
+    assert "Traceback" not in body["error"] and "/tmp" not in body["error"] and "site-packages" not in body["error"]
+    assert len(headers["X-Request-ID"]) > 0
+
+
+def test_body_over_the_limit_is_refused_before_it_is_sent(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /models/digits/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 500000000\r\n\r\n" + b"\0" * 1024
+        )
+        answer = sock.recv(65536)
+    OUTCOMES[("body over MAX_REQUEST_BYTES", 413)] += 1
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"MAX_REQUEST_BYTES" in answer
+    assert time.monotonic() - started < 10  # answered without waiting for the 500 MB
+
+
+def test_idle_connection_is_closed_by_the_server(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by gunicorn (keep-alive timeout) without a byte sent
+        elapsed_s = time.monotonic() - started
+    OUTCOMES[("slow client", 0)] += 1
+    assert elapsed_s < 30
+
+
+def test_slow_clients_do_not_stop_other_requests(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    slow = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
+    latencies = []
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /models/binary/predict HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(10):
+            for sock in slow:  # a header byte now and then: each keeps its request open
+                sock.sendall(b"X")
+            started = time.monotonic()
+            response = requests.post(f"{server.url}/models/binary/predict", json=GOOD_ROW, timeout=30)
+            latencies.append(time.monotonic() - started)
+            assert response.status_code == 200
+            time.sleep(0.2)
+    finally:
+        for sock in slow:
+            sock.close()
+    OUTCOMES[("slow client", 200)] += len(latencies)
+    assert max(latencies) < 5, latencies
+
+
+def test_worker_survived_and_good_requests_never_failed(server: Server, good_client: GoodClient) -> None:
+    good_client.stop()
+    wait_until(lambda: server.get("/healthz").status_code == 200, timeout_s=10)
+    log = server.log()
+    by_category: dict[str, int] = Counter()
+    for (category, _), count in OUTCOMES.items():
+        by_category[category] += count
+    record(
+        "bad_requests",
+        tried_per_category=dict(by_category),
+        status_5xx=sum(count for (_, status), count in OUTCOMES.items() if status >= 500),
+        good_requests_meanwhile=good_client.ok,
+        good_requests_failed=len(good_client.failures),
+    )
+    assert good_client.ok > 0
+    assert not good_client.failures, good_client.failures[:5]
+    assert log.count("Booting worker") == 1, log[-3000:]
+    assert all(status < 500 for (_, status) in OUTCOMES)

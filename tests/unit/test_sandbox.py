@@ -1,0 +1,81 @@
+"""Sandbox: which files need the Lambda probe, and what the probe reports for good and crashing files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service import sandbox
+from service.errors import ModelLoadError
+from service.model_config import ModelConfig
+from service.settings import Settings
+from tests.conftest import REPO
+from tests.fault_models import build_fault_models
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fault_models(tmp_path_factory.mktemp("fault_models"))
+
+
+def test_crafted_lambda_file_really_kills_a_python_process_with_sigsegv(files: Path) -> None:
+    # The plain Keras load the worker would do without the probe: it must die by a signal, or the
+    # probe tests below prove nothing.
+    code = (
+        "import keras, sys; keras.config.enable_unsafe_deserialization(); "
+        "keras.saving.load_model(sys.argv[1], compile=False); print('survived')"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code, str(files / "lambda_crash.keras")], env=env, cwd=REPO,
+                          capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGSEGV, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    assert b"survived" not in done.stdout
+
+
+def test_lambda_layers_names_only_layers_with_stored_code(files: Path) -> None:
+    assert sandbox.lambda_layers(files / "lambda_ok.keras") == ("plus_one",)
+    assert sandbox.lambda_layers(files / "lambda_crash.keras") == ("plus_one",)
+    assert sandbox.lambda_layers(files / "plain.keras") == ()
+    assert sandbox.lambda_layers(files / "plain.h5") == ()
+    assert sandbox.lambda_layers(files / "does-not-exist.keras") == ()
+
+
+def test_needs_probe_is_skipped_when_the_probe_is_off_or_lambda_code_is_refused(files: Path, tmp_path: Path) -> None:
+    path = files / "lambda_ok.keras"
+    assert sandbox.needs_probe(path, None, Settings(models_dir=tmp_path)) == ("plus_one",)
+    assert sandbox.needs_probe(path, None, Settings(models_dir=tmp_path, lambda_probe=False)) == ()
+    assert sandbox.needs_probe(path, None, Settings(models_dir=tmp_path, allow_lambda=False)) == ()
+    assert sandbox.needs_probe(path, ModelConfig(allow_lambda=False), Settings(models_dir=tmp_path)) == ()
+
+
+def test_probe_reports_a_crash_as_a_load_error_naming_the_signal_and_layer(files: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        sandbox.probe(files / "lambda_crash.keras", None, Settings(models_dir=tmp_path), layers=("plus_one",))
+    message = str(caught.value)
+    assert "crashed with signal 11 (SIGSEGV) while loading" in message
+    assert "'plus_one'" in message and "register_lambda" in message
+    assert str(files) not in message  # file names only, never server paths
+
+
+def test_probe_passes_a_lambda_file_that_loads(files: Path, tmp_path: Path) -> None:
+    elapsed_s = sandbox.probe(files / "lambda_ok.keras", None, Settings(models_dir=tmp_path), layers=("plus_one",))
+    assert elapsed_s > 0
+
+
+def test_probe_forwards_the_loaders_error_class_and_message(files: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(ModelLoadError) as caught:
+        sandbox.probe(broken, None, Settings(models_dir=tmp_path))
+    assert "broken.keras" in str(caught.value)
+    assert "probe subprocess" not in str(caught.value)  # the loader's own message, not a crash report
+
+
+def test_probe_times_out(files: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="longer than 0.5s"):
+        sandbox.probe(files / "lambda_ok.keras", None, Settings(models_dir=tmp_path, lambda_probe_timeout_s=0.5))
