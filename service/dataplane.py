@@ -126,17 +126,23 @@ class DataPlane:
             Overloaded: the batch queue is full, or the result did not come in time.
             InferenceError: the model failed.
         """
+        response, expanded = self._predict(request)
+        if expanded:
+            # The client sent one value per row to an input of shape (None, 1) (TF Serving's
+            # `{"instances": [1.0, 2.0]}`): answer one value per row as well.
+            squeezed = {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in response.outputs.items()}
+            response = PredictResponse(response.servable_id, response.signature, squeezed, response.labels)
+        return response
+
+    def _predict(self, request: PredictRequest) -> tuple[PredictResponse, bool]:
+        """Run `request`; True when a unit axis was added to the inputs (see `predict`)."""
         with self._manager.handle(request.target) as servable:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             arrays, expanded = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, arrays)
             ordered = self._order(outputs, signature, request.outputs)
-            if expanded:
-                # The client sent one value per row to an input of shape (None, 1) (TF Serving's
-                # `{"instances": [1.0, 2.0]}`): answer one value per row as well.
-                ordered = {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in ordered.items()}
-            return PredictResponse(servable.id, signature, ordered, servable.labels)
+            return PredictResponse(servable.id, signature, ordered, servable.labels), expanded
 
     def predict_classes(
         self, request: PredictRequest, *, threshold: float = classification.DEFAULT_THRESHOLD, top_k: int | None = None
@@ -146,7 +152,7 @@ class DataPlane:
         Raises:
             The errors of `predict`; InvalidInput when an output has no class axis.
         """
-        response = self.predict(request)
+        response, _ = self._predict(request)  # keep the class axis even of one-unit outputs
         classes = {}
         for name, scores in response.outputs.items():
             if scores.ndim < 2:

@@ -42,6 +42,7 @@ class InspectResult:
     lambdas: list[str] = field(default_factory=list)
     replaced_lambdas: list[str] = field(default_factory=list)
     compile_fallback: str | None = None
+    unresolved_losses: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plugin_errors: dict[str, str] = field(default_factory=dict)
     error: str | None = None
@@ -87,6 +88,7 @@ def inspect_path(path: Path, loader: Any, registry: Any) -> InspectResult:
         result.lambdas = list(needs.lambdas)
         result.replaced_lambdas = list(needs.replaced_lambdas)
         result.missing = list(needs.unreadable_lambdas)
+        result.unresolved_losses = list(needs.losses)
         loaded = loader.load(path, config)
     except (ModelLoadError, ModelConfigError) as err:
         result.error = str(err)
@@ -140,6 +142,8 @@ def render(result: InspectResult, out: TextIO) -> None:
         parts = [f"{n} (stored code)" for n in result.lambdas] + [f"{n} (replaced by plugin)" for n in result.replaced_lambdas]
         out.write(f"  lambda layers:   {', '.join(parts)}\n")
     out.write(f"  missing:         {', '.join(result.missing) or 'none'}\n")
+    if result.unresolved_losses:
+        out.write(f"  losses unknown:  {', '.join(result.unresolved_losses)} (loads with compile=False)\n")
     if result.ok:
         out.write(f"  compile:         {result.compile_fallback or 'compiled (or nothing to compile)'}\n")
         for warning in result.warnings:

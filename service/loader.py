@@ -221,6 +221,8 @@ class _ConfigReport:
     replaced_lambdas: list[str] = field(default_factory=list)
     class_names: set[str] = field(default_factory=set)
     repairs: list[str] = field(default_factory=list)
+    lambda_global_names: set[str] = field(default_factory=set)
+    """Global names the readable Lambda code loads (LOAD_GLOBAL), e.g. tf, H, W."""
 
     def repaired(self, what: str) -> None:
         if what not in self.repairs:
@@ -242,6 +244,32 @@ def _bytecode_readable(code: Any) -> bool:
     except (ValueError, EOFError, TypeError, UnicodeError):
         return False
     return True
+
+
+def _global_names(code: Any) -> set[str]:
+    """Names a marshalled function loads as globals (empty when the bytecode cannot be read)."""
+    import dis
+    import types
+
+    if isinstance(code, (list, tuple)):
+        code = code[0] if code else None
+    if not isinstance(code, str):
+        return set()
+    try:
+        obj = marshal.loads(base64.decodebytes(code.encode("ascii")))
+    except (ValueError, EOFError, TypeError, UnicodeError):
+        return set()
+    names: set[str] = set()
+    stack = [obj]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, types.CodeType):
+            continue
+        for instruction in dis.get_instructions(current):
+            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(instruction.argval, str):
+                names.add(instruction.argval)
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return names
 
 
 def _lambda_code(layer_config: dict) -> Any | None:
@@ -442,6 +470,7 @@ def _visit_lambda(node: dict, cfg: dict, report: _ConfigReport, registry: Custom
     if not _bytecode_readable(code):
         report.unreadable_lambdas.append(name)
         return
+    report.lambda_global_names |= _global_names(code)
     output_code = None
     if cfg.get("output_shape_type") == "lambda" or (
         isinstance(cfg.get("output_shape"), dict) and cfg["output_shape"].get("class_name") == "__lambda__"
@@ -695,11 +724,18 @@ def _spec_name(name: str) -> str:
     return clean if re.match(r"[A-Za-z0-9.]", clean) else f"x{clean}"
 
 
+def _as_array(value: Any, info: TensorInfo) -> np.ndarray:
+    """Cast one input to the dtype its signature declares (strings stay numpy object arrays of bytes)."""
+    if info.dtype == "string":
+        return np.asarray(value, dtype=object)
+    return np.asarray(value, dtype=np.dtype(info.dtype))
+
+
 def _as_tensor(value: Any, info: TensorInfo) -> Any:
     tf = _tf()
     if info.dtype == "string":
-        return tf.constant(np.asarray(value, dtype=object), dtype=tf.string)
-    return tf.convert_to_tensor(np.asarray(value), dtype=tf.as_dtype(info.dtype))
+        return tf.constant(_as_array(value, info), dtype=tf.string)
+    return tf.convert_to_tensor(_as_array(value, info))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -875,6 +911,9 @@ class Loader:
             for item in missing_names(err):
                 if item not in missing and not registry.knows(item[0]):
                     missing.append(item)
+        if missing and attempt.report is not None:
+            # Keras stops at the first unknown name; the config names every one.
+            missing.extend(_config_missing(attempt.report, registry, missing))
         if missing:
             parts = []
             objects = [n for n, k in missing if k == "object"]
@@ -1073,7 +1112,7 @@ class Loader:
             signatures[name] = Signature(name, inputs, outputs, sig.method_name or PREDICT_METHOD, batched, fixed)
             feeds = {k: graph.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
             fetches = {k: graph.get_tensor_by_name(v.name) for k, v in sig.outputs.items()}
-            calls[name] = _session_call(session, feeds, fetches)
+            calls[name] = _session_call(session, feeds, fetches, inputs)
         if not signatures:
             session.close()
             raise ModelLoadError(f"{detected.path.name}: the TF1 graph has no signatures", format=detected.format.value)
@@ -1087,6 +1126,21 @@ class Loader:
             _keep=[session, graph],
             _close=session.close,
         )
+
+
+def _config_missing(report: _ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Unknown class names and undefined Lambda globals found in a config walk, not yet in `known`."""
+    import builtins as builtins_module
+
+    found: list[tuple[str, str]] = []
+    seen = {name for name, _ in known}
+    for name in sorted(report.class_names):
+        if name not in seen and not registry.knows(name) and not _keras_knows(name):
+            found.append((name, "object"))
+    available = set(registry.lambda_globals()) | set(dir(builtins_module))
+    for name in sorted(report.lambda_global_names - available - seen):
+        found.append((name, "global"))
+    return found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1430,9 +1484,13 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _session_call(session: Any, feeds: dict[str, Any], fetches: dict[str, Any]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+def _session_call(
+    session: Any, feeds: dict[str, Any], fetches: dict[str, Any], inputs: tuple[TensorInfo, ...]
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    infos = {t.name: t for t in inputs}
+
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {tensor: np.asarray(values[k]) for k, tensor in feeds.items()}
+        feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
         result = session.run(fetches, feed_dict=feed)
         return {k: np.asarray(v) for k, v in result.items()}
 

@@ -191,7 +191,8 @@ class ServableManager:
             from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
 
             self._device = configure_tensorflow(self._settings)
-            import service.batching, service.loader  # noqa: F401, E401 - import them before freezing
+            import service.batching  # noqa: F401 - imported before freezing, like TensorFlow
+            import service.loader  # noqa: F401
 
             # Move everything imported so far (TensorFlow, Keras: hundreds of thousands of long-lived
             # objects) out of the collector's sight, so the gc.collect() after each unload scans only
@@ -410,15 +411,21 @@ class ServableManager:
         with self._cond:
             fingerprint = self._plugins_fp
         started = time.monotonic()
-        registry = CustomObjectRegistry.from_plugins(self._settings)
-        for plugin, message in getattr(registry, "plugin_errors", {}).items():
-            log.error("plugin %s failed to import: %s", plugin, message)
-        loader = Loader(registry, self._settings)
+        loader = None
+        try:
+            registry = CustomObjectRegistry.from_plugins(self._settings)
+            for plugin, message in getattr(registry, "plugin_errors", {}).items():
+                log.error("plugin %s failed to import: %s", plugin, message)
+            loader = Loader(registry, self._settings)
+        except Exception:  # noqa: BLE001 - keep the previous registry; retried when plugins change
+            log.exception("building the custom object registry failed; keeping the previous one")
         with self._cond:
-            self._loader = loader
+            # Recorded even on failure, so a broken plugin folder is not rebuilt in a loop.
+            self._loader = loader or self._loader
             self._registry_fp = fingerprint
             self._registry_built = True
-        log.info("custom object registry built in %.2fs", time.monotonic() - started)
+        if loader is not None:
+            log.info("custom object registry built in %.2fs", time.monotonic() - started)
 
     def _next_load_locked(self) -> VersionSource | None:
         """Pick the next version to load (highest first) and mark it LOADING."""
@@ -615,7 +622,10 @@ class ServableManager:
             model = self._models[name]
             for number in list(model.versions):
                 v = model.versions[number]
-                if not (v.aspired or v.present or v.pending or v.servable or v.loading or v.draining):
+                if v.aspired or v.pending or v.servable or v.loading or v.draining:
+                    continue
+                # Gone from disk, or on disk but left out by the policy before it was ever loaded.
+                if not v.present or (v.state == ServableState.START and not v.error):
                     del model.versions[number]
             if not model.versions:
                 del self._models[name]
@@ -731,6 +741,8 @@ class ServableManager:
         lambda_layers = sandbox.needs_probe(source.path, source.config, settings)
         if lambda_layers:
             sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
+        if self._loader is None:
+            raise ModelLoadError("the custom object registry could not be built (see the log); fix models/plugins/")
         started = time.monotonic()
         with device_scope(self._device):
             loaded = self._loader.load(source.path, source.config)

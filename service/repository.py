@@ -208,7 +208,9 @@ class ModelRepository:
                     claimed.setdefault(name, []).insert(0, path)
                     continue
                 stem, suffix = os.path.splitext(name)
-                if suffix.lower() in MODEL_FILE_SUFFIXES:
+                if not path.is_file():
+                    self._note(name, f"skipped {name}: not a regular file (a dangling link?)")
+                elif suffix.lower() in MODEL_FILE_SUFFIXES:
                     claimed.setdefault(stem, []).append(path)
                 elif not _is_companion(name, names):
                     self._note(name, f"skipped {name}: not a model file ({', '.join(MODEL_FILE_SUFFIXES)}) or folder", logging.INFO)
@@ -362,7 +364,8 @@ def _walk_files(folder: Path) -> list[Path]:
         if len(Path(dirpath).parts) - root_depth >= _MAX_DEPTH:
             dirnames[:] = []
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        files.extend(Path(dirpath, f) for f in sorted(filenames) if not is_ignored(f))
+        # A dangling link is no file: it would never settle and hold the version back forever.
+        files.extend(Path(dirpath, f) for f in sorted(filenames) if not is_ignored(f) and os.path.isfile(os.path.join(dirpath, f)))
     return files
 
 

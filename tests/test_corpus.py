@@ -249,6 +249,30 @@ def test_corpus_artifact_loads_and_computes_correct_outputs(name: str, loader: L
         model.close()
 
 
+def _examples(*values: float) -> np.ndarray:
+    import tensorflow as tf
+
+    return np.array(
+        [
+            tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[v]))})).SerializeToString()
+            for v in values
+        ],
+        dtype=object,
+    )
+
+
+def test_corpus_tf1_regress_and_classify_signatures_take_serialized_examples(loader: Loader, corpus: Path) -> None:
+    three = loader.load(corpus / "half_plus_three/00000123")
+    regress = three.signatures["tensorflow/serving/regress"]
+    assert regress.method_name == "tensorflow/serving/regress" and regress.inputs[0].dtype == "string"
+    out = three.call("tensorflow/serving/regress", {"inputs": _examples(1.0, 2.0)})
+    np.testing.assert_allclose(out["outputs"].ravel(), [3.5, 4.0])  # documented in api_rest.md
+    two = loader.load(corpus / "half_plus_two_cpu/00000123")
+    assert set(two.signatures) == {"serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"}
+    scores = two.call("classify_x_to_y", {"inputs": _examples(1.0, 2.0, 5.0)})["scores"]
+    np.testing.assert_allclose(scores.ravel(), [2.5, 3.0, 4.5])
+
+
 def test_corpus_compile_fallback_names_the_keras2_loss(loader: Loader, corpus: Path) -> None:
     model = loader.load(corpus / "dl4j_custom_loss/custom_loss.h5")
     assert any("logcosh" in w and "compile=False" in w for w in model.warnings)

@@ -57,6 +57,7 @@ def error_response(message: str, status: int) -> Response:
 
 
 def handle_serving_error(error: ServingError) -> Response:
+    """Answer a domain error with its status from HTTP_STATUS (plus Retry-After on 503)."""
     status = status_for(error)
     if isinstance(error, ModelNotFound):
         g.kerasserve_model = ""  # keep unknown names out of the metrics' label values
@@ -73,6 +74,7 @@ def handle_serving_error(error: ServingError) -> Response:
 
 
 def handle_http_exception(error: HTTPException) -> Response:
+    """Answer Werkzeug's errors (unknown URL, wrong method, body too large) as JSON."""
     message = error.description or error.name
     if error.code == 413:
         message = "request body is larger than MAX_REQUEST_BYTES allows"
@@ -87,6 +89,7 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_unexpected(error: Exception) -> Response:
+    """Answer a bug with a generic 500; the traceback goes to the log only."""
     log.error("unexpected error while answering a request", exc_info=error)
     return error_response("internal error; see the server log", 500)
 

@@ -19,6 +19,7 @@ bp = Blueprint("kserve_v2", __name__)
 
 
 def _target(name: str, version: str | None) -> ServableRequest:
+    """The version a v2 URL names (a non-numeric version is an unknown one)."""
     note_model(name)
     if version is None or version == "":
         return ServableRequest.latest(name)
@@ -28,27 +29,32 @@ def _target(name: str, version: str | None) -> ServableRequest:
 
 
 def _empty(ok: bool) -> Response:
+    """Triton's health answer: 200 or 400 with an empty body."""
     return Response(status=200 if ok else 400)
 
 
 @bp.get("/v2")
 def server_metadata():
+    """Server name, version and the extensions it implements."""
     return kserve_v2.server_metadata()
 
 
 @bp.get("/v2/health/live")
 def live():
+    """Liveness: the worker answers."""
     return _empty(True)
 
 
 @bp.get("/v2/health/ready")
 def ready():
+    """Server readiness, the same decision as /readyz."""
     return _empty(dataplane().readiness().ready)
 
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
+    """Model readiness: the version (or the latest) is AVAILABLE."""
     try:
         dataplane().metadata(_target(name, version))
     except (ModelNotFound, ModelNotReady):
@@ -59,6 +65,7 @@ def model_ready(name: str, version: str | None = None):
 @bp.get("/v2/models/<name>")
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
+    """Model metadata: versions, platform and the default signature's tensors."""
     target = _target(name, version)
     metadata = dataplane().metadata(target)
     status = dataplane().model_status(name)
@@ -71,6 +78,7 @@ def model_metadata(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
+    """Inference in JSON, with the binary tensor data and classification extensions."""
     target = _target(name, version)
     body = request.get_data(cache=False)
     header_length = request.headers.get(kserve_v2.HEADER_LENGTH)

@@ -25,4 +25,5 @@ def document() -> dict:
 
 @bp.get("/openapi.json")
 def openapi():
+    """The OpenAPI document of the native API, as JSON."""
     return document()

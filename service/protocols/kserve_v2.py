@@ -80,6 +80,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _parameters(value: object, where: str) -> dict:
+    """Check an optional `parameters` object."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -115,6 +116,7 @@ def encode_bytes_elements(array: np.ndarray) -> bytes:
 
 
 def _shape(value: object, name: str) -> tuple[int, ...]:
+    """Check a request shape: a list of non-negative integers."""
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
     return tuple(value)
@@ -170,6 +172,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
 
 
 def _flatten(value: object):
+    """Yield the leaves of nested lists, row-major."""
     if isinstance(value, list):
         for item in value:
             yield from _flatten(item)
@@ -284,12 +287,14 @@ def encode_infer(response: PredictResponse, options: InferOptions) -> tuple[dict
 
 
 def _datatype_of(array: np.ndarray) -> str:
+    """The v2 datatype of an output array."""
     if array.dtype == object or array.dtype.kind in "SU":
         return "BYTES"
     return NUMPY_TO_V2.get(array.dtype.name, array.dtype.name.upper())
 
 
 def tensor_metadata(tensor: TensorInfo) -> dict:
+    """One tensor in v2 metadata: name, v2 datatype, shape with -1 for variable dimensions."""
     return {"name": tensor.name, "datatype": v2_datatype(tensor.dtype), "shape": [-1 if d is None else d for d in tensor.shape]}
 
 
@@ -306,4 +311,5 @@ def encode_model_metadata(metadata: ModelMetadata, versions: list[int], format_:
 
 
 def server_metadata() -> dict:
+    """`GET /v2`: server name, version and extensions."""
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}

@@ -94,6 +94,7 @@ def parse_top_k(args: Mapping[str, str]) -> int | None:
 
 
 def _classes_of_row(scores: ClassScores, row: int) -> dict:
+    """The class entry of one row of one output."""
     class_id = scores.ids[row]
     if np.ndim(class_id) == 0:
         cid = int(class_id)
@@ -126,10 +127,12 @@ def encode_classes(response: ClassesResponse) -> dict:
 
 
 def tensor_json(tensor: TensorInfo) -> dict:
+    """One tensor as the model views show it (`null` for variable dimensions)."""
     return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
 
 
 def signature_json(signature: Signature) -> dict:
+    """One signature as the model views show it."""
     return {
         "inputs": [tensor_json(t) for t in signature.inputs],
         "outputs": [tensor_json(t) for t in signature.outputs],

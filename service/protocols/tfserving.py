@@ -99,6 +99,7 @@ def parse_json_object(body: bytes) -> dict:
 
 
 def _is_b64(value: object) -> bool:
+    """Tell whether a JSON value is a `{"b64": ...}` object."""
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
@@ -270,6 +271,7 @@ def decode_examples(body: Mapping[str, object], target: ServableRequest, method:
 
 
 def encode_examples(response: ExamplesResponse) -> dict:
+    """TF Serving's classify/regress answer."""
     return {"results": response.results}
 
 

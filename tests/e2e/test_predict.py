@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -133,6 +133,17 @@ def test_a_full_batch_runs_without_waiting_for_the_timeout(make_batcher) -> None
     assert time.monotonic() - started < 5
 
 
+def test_a_batch_filled_by_several_requests_runs_without_waiting_for_the_timeout(make_batcher) -> None:
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=20_000)
+    started = time.monotonic()
+    futures = [batcher.submit({"x": rows(i, 1)}) for i in range(4)]
+    for future in futures:
+        future.result(timeout=10)
+    assert time.monotonic() - started < 5
+    assert run.calls == [4]
+
+
 def test_a_lone_request_waits_at_most_the_timeout(make_batcher) -> None:
     run = Recorder()
     batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=300)

@@ -148,3 +148,25 @@ def test_config_signature_name_selects_the_default_signature(env: dict) -> None:
     with pytest.raises(ModelLoadError, match="signature 'nope'"):
         env["loader"].load(path, ModelConfig(signature_name="nope"))
     assert env["loader"].load(path, ModelConfig(signature_name="serving_default")).default_signature == "serving_default"
+
+
+def test_calls_from_many_threads_give_the_single_thread_answer(env: dict) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    built = env["built"]["multi_input"]
+    loaded = env["loader"].load(_save(env, "multi_input", "keras"))
+    rng = np.random.default_rng(5)
+    batches = [[rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 2)).astype(np.float32)] for n in (1, 2, 5, 7) * 4]
+    expected = [[np.asarray(v) for v in built.model(b, training=False)] for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: loaded.call("serving_default", {"a": b[0], "b": b[1]}), batches))
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got["first"], want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["second"], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_inputs_are_cast_to_the_signature_dtype(env: dict) -> None:
+    built = env["built"]["lambda_add"]
+    loaded = env["loader"].load(_save(env, "lambda_add", "keras"))
+    out = loaded.call("serving_default", {"x": built.x[0].astype(np.float64).tolist()})
+    np.testing.assert_allclose(out[loaded.signature.outputs[0].name], built.expected[0], rtol=1e-5, atol=1e-6)

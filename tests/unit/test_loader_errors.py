@@ -25,6 +25,12 @@ MYSTERY = textwrap.dedent(
     class Mystery(keras.layers.Layer):
         def call(self, x):
             return ops.sin(x)
+
+
+    @keras.saving.register_keras_serializable(package="zoo")
+    class Registered(keras.layers.Layer):
+        def call(self, x):
+            return ops.cos(x)
     '''
 )
 
@@ -42,6 +48,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mystery = keras.Model(inp, zoo.Mystery(name="mystery")(inp))
     img = keras.Input((4, 4, 1), name="image")
     resize = keras.Model(img, blog.resize_layer()(img))
+    combo = keras.Model(img, zoo.Mystery(name="mystery")(blog.resize_layer()(img)))
     inp = keras.Input((4,), name="x")
     add = keras.Model(inp, keras.layers.Lambda(lambda t: t + 2, name="plus_two")(inp))
     out = root / "models"
@@ -52,13 +59,17 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "resize.keras": resize,
         "add.keras": add,
         "add.h5": add,
+        "combo.keras": combo,
     }
     for name, model in paths.items():
         model.save(out / name)
+    inp = keras.Input((4,), name="x")
+    keras.Model(inp, zoo.Registered(name="registered")(inp)).save(out / "registered.keras")
     # The training modules disappear, as on a server that only has the model files.
     for module in ("zoo_train", "blog_train"):
         sys.modules.pop(module, None)
-    return {name: out / name for name in paths} | {"root": root}
+    keras.saving.get_custom_objects().pop("zoo>Registered", None)
+    return {name: out / name for name in paths} | {"root": root, "registered.keras": out / "registered.keras"}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -68,7 +79,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _loader(tmp_path: Path, plugins: dict[str, str] | None = None, **settings: object) -> Loader:
-    (tmp_path / "plugins").mkdir(exist_ok=True)
+    (tmp_path / "plugins").mkdir(parents=True, exist_ok=True)
     for name, text in (plugins or {}).items():
         (tmp_path / "plugins" / name).write_text(text)
     config = Settings(models_dir=tmp_path, **settings)
@@ -95,10 +106,28 @@ def test_missing_custom_layer_loads_once_its_plugin_is_dropped_in(saved: dict, t
     np.testing.assert_allclose(loaded.call("serving_default", {"x": x})["mystery"], np.sin(x), rtol=1e-6)
 
 
+def test_registered_custom_layer_is_named_when_missing_and_loads_from_a_plugin(saved: dict, tmp_path: Path) -> None:
+    import keras
+
+    keras.saving.get_custom_objects().pop("zoo>Registered", None)  # other tests' plugins registered it
+    with pytest.raises(MissingCustomObject, match="Registered"):
+        _loader(tmp_path / "bare").load(saved["registered.keras"])
+    loaded = _loader(tmp_path / "with", {"zoo.py": MYSTERY}).load(saved["registered.keras"])
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(loaded.call("serving_default", {"x": x})["registered"], np.cos(x), rtol=1e-6)
+
+
 def test_lambda_global_missing_is_named(saved: dict, tmp_path: Path) -> None:
     with pytest.raises(MissingCustomObject) as info:
         _loader(tmp_path).load(saved["resize.keras"])
     assert "'H'" in str(info.value) and "Lambda global" in str(info.value)
+
+
+def test_every_missing_name_is_listed_at_once_not_only_the_first_keras_hits(saved: dict, tmp_path: Path) -> None:
+    with pytest.raises(MissingCustomObject) as info:
+        _loader(tmp_path).load(saved["combo.keras"])
+    assert set(info.value.missing) == {"Mystery", "H", "W"}
+    assert "'Mystery'" in str(info.value) and "Lambda global(s) 'H', 'W'" in str(info.value)
 
 
 def test_lambda_globals_from_config_are_enough(saved: dict, tmp_path: Path) -> None:

@@ -401,6 +401,32 @@ def test_polling_finds_versions_inotify_cannot_see_behind_a_symlinked_folder(
 
 
 # --- the real loader, runner and batcher -----------------------------------------------------------
+# A manager's start() configures TensorFlow for the whole process (once: device, threads), which
+# other test modules check from a fresh state. So the tests using the real loader run in a fresh
+# interpreter: `test_real_tensorflow_manager_tests_in_a_fresh_process` starts pytest on them with
+# IN_FRESH_PROCESS set; in this process they are skipped.
+IN_FRESH_PROCESS = "KERASSERVE_TEST_FRESH_PROCESS"
+fresh_process_only = pytest.mark.skipif(
+    os.environ.get(IN_FRESH_PROCESS) != "1", reason="runs in a fresh process (see test_real_tensorflow_manager_tests_in_a_fresh_process)"
+)
+
+
+def test_real_tensorflow_manager_tests_in_a_fresh_process() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", "real_", __file__],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "2 passed" in result.stdout, result.stdout[-2000:]
+
+
+@fresh_process_only
 def test_real_keras_model_loads_warms_up_serves_and_swaps(repo: Repo, tmp_path: Path) -> None:
     from tests.e2e.scaled_models import copy_then_mv, save_scaled_model
 
@@ -451,6 +477,7 @@ class Doubler(keras.layers.Layer):
 '''
 
 
+@fresh_process_only
 def test_real_plugin_change_rebuilds_the_registry_and_retries_the_failed_model(repo: Repo, tmp_path: Path) -> None:
     import importlib.util
 

@@ -300,3 +300,14 @@ def test_half_plus_two_2_versions_serves_124_by_default(tmp_path: Path, corpus: 
 
     assert [v.id.version for v in source.aspired] == [124]
     assert source.present == {123, 124}
+
+
+def test_dangling_links_are_not_files_and_never_hold_a_version_back(tmp_path: Path, repo: ModelRepository) -> None:
+    write(tmp_path / "m" / "1" / "model.keras")
+    (tmp_path / "m" / "1" / "extra.bin").symlink_to(tmp_path / "gone")
+    (tmp_path / "n.keras").symlink_to(tmp_path / "gone.keras")
+
+    models = repo.scan()
+
+    assert list(models) == ["m"]
+    assert [v.id.version for v in models["m"].aspired] == [1]
