@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("default-model", help="train and write the default digits model (see --help of the command)")
     args = parser.parse_args(argv)
     if args.command == "inspect":
+        # A report tool: keep TensorFlow's C++ and Python chatter out of it (set before TF loads).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         return inspect_command.run(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse rejects it first
     return 2

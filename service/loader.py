@@ -165,7 +165,13 @@ def keras2_hard_sigmoid(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _lambda_scope(lambda_globals: dict[str, Any]) -> Iterator[None]:
-    """Make every Lambda rebuilt inside see `lambda_globals` and get tuple defaults."""
+    """Make every Lambda rebuilt inside see `lambda_globals` and get tuple defaults.
+
+    Keras gives Lambda code the globals of its own utility module and never the custom objects
+    (KERAS-LOADING-FACTS facts 5-6), and passes saved defaults as a list (fact 7). There is no
+    public hook for either, so the module attribute Keras calls is replaced while one load runs,
+    under `_LOAD_LOCK`, and restored afterwards.
+    """
     from keras.src.utils import python_utils
 
     original = python_utils.func_load
@@ -621,6 +627,11 @@ def _batching(inputs: tuple[TensorInfo, ...]) -> tuple[bool, int | None]:
     return False, None
 
 
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key that puts `output_2` before `output_10`."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     result = []
@@ -778,20 +789,34 @@ class Loader:
         """
         path = Path(path)
         started = time.monotonic()
-        detected = detect_format(path)
-        base_dirs = [p for p in (path if path.is_dir() else path.parent, path.parent, path.parent.parent)]
+        try:
+            detected = detect_format(path)
+        except ModelLoadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - unreadable files (permissions, h5py errors)
+            raise ModelLoadError(f"cannot read '{path.name}': {_root_cause(err)}") from err
+        base_dirs = [path if path.is_dir() else path.parent, path.parent, path.parent.parent]
         try:
             registry = self._registry.for_model(config, base_dirs)
         except ValueError as err:
-            raise MissingCustomObject(
-                f"{path.name}: {err}", format=detected.format.value, missing=()
-            ) from err
+            raise MissingCustomObject(f"{path.name}: {err}", format=detected.format.value) from err
         attempt = _Attempt(detected)
         with _LOAD_LOCK:
-            if detected.format is ModelFormat.SAVED_MODEL:
-                loaded = self._load_saved_model(detected, attempt, config)
-            else:
-                loaded = self._load_keras(detected, attempt, registry, config)
+            try:
+                if detected.format is ModelFormat.SAVED_MODEL:
+                    loaded = self._load_saved_model(detected, attempt, config)
+                else:
+                    loaded = self._load_keras(detected, attempt, registry, config)
+            except ModelLoadError:
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. a config Keras never wrote; never raw
+                log.debug("%s: unexpected load failure", path.name, exc_info=True)
+                raise ModelLoadError(
+                    f"cannot load {detected.path.name} ({detected.format.value}): {_root_cause(err)}",
+                    format=detected.format.value,
+                    tried=tuple(attempt.tried),
+                ) from err
+        _choose_default_signature(loaded, config, attempt)
         loaded.load_s = time.monotonic() - started
         log.info(
             "loaded %s as %s via %s in %.2fs%s",
@@ -851,16 +876,22 @@ class Loader:
         custom_objects[HARD_SIGMOID_KERAS2] = keras2_hard_sigmoid
         lambda_globals = registry.lambda_globals()
 
+        # Code lambdas were refused above when Lambda code is not allowed; Keras' safe mode stays on
+        # then, as a second guard. Replaced Lambdas are plain registered functions either way.
+        safe_mode = not self._allow_lambda(config)
         loaders: list[tuple[str, Callable[[], tuple[Any, list[str]]]]] = []
         label = "keras3-repaired" if report.repairs else "keras3"
         if detected.format is ModelFormat.KERAS_ZIP:
-            loaders.append((label, lambda: self._keras3_zip(detected, repaired, report, custom_objects)))
+            loaders.append((label, lambda: self._keras3_zip(detected, repaired, report, custom_objects, safe_mode)))
         elif detected.format is ModelFormat.HDF5:
-            loaders.append((label, lambda: self._keras3_hdf5(detected, repaired, training_config, custom_objects)))
+            loaders.append((label, lambda: self._keras3_hdf5(detected, repaired, training_config, custom_objects, safe_mode)))
         else:
-            loaders.append((label, lambda: self._keras3_json(detected, repaired, custom_objects, keras_major)))
+            loaders.append((label, lambda: self._keras3_json(detected, repaired, custom_objects, keras_major, safe_mode)))
         if keras_major is not None and keras_major < 3 and detected.format is not ModelFormat.KERAS_ZIP:
-            tf_keras_loader = ("tf_keras", lambda: self._tf_keras(detected, raw_config, keras_major, registry, custom_objects))
+            tf_keras_loader = (
+                "tf_keras",
+                lambda: self._tf_keras(detected, raw_config, keras_major, registry, custom_objects, safe_mode),
+            )
             # Keras 1 weights need tf_keras' Keras-1 weight conversion (kernel layouts), which Keras 3 lacks.
             if keras_major == 1:
                 loaders.insert(0, tf_keras_loader)
@@ -869,6 +900,8 @@ class Loader:
 
         for label, fn in loaders:
             attempt.tried.append(label)
+            if label == "tf_keras":
+                _tf_keras()  # imported before the scope, so its func_load gets wrapped too
             try:
                 with _lambda_scope(lambda_globals):
                     model, warnings = fn()
@@ -937,7 +970,7 @@ class Loader:
         return error
 
     def _keras3_zip(
-        self, detected: DetectedModel, repaired: dict, report: _ConfigReport, custom_objects: dict
+        self, detected: DetectedModel, repaired: dict, report: _ConfigReport, custom_objects: dict, safe_mode: bool
     ) -> tuple[Any, list[str]]:
         keras = _keras()
         with tempfile.TemporaryDirectory(prefix="kerasserve-") as tmp:
@@ -951,14 +984,14 @@ class Loader:
                     shutil.copyfile(detected.path, target)
             warnings: list[str] = []
             try:
-                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=True, safe_mode=False)
+                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=True, safe_mode=safe_mode)
             except Exception as err:  # noqa: BLE001 - retried without compile; a layer error repeats there
-                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=False, safe_mode=False)
+                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=False, safe_mode=safe_mode)
                 warnings.append(_compile_warning(err, repaired.get("compile_config") or _zip_compile_config(detected.path)))
         return model, warnings
 
     def _keras3_hdf5(
-        self, detected: DetectedModel, repaired: dict, training_config: dict | None, custom_objects: dict
+        self, detected: DetectedModel, repaired: dict, training_config: dict | None, custom_objects: dict, safe_mode: bool
     ) -> tuple[Any, list[str]]:
         import h5py
         from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
@@ -968,7 +1001,7 @@ class Loader:
         with h5py.File(detected.path, "r") as f:
             with (
                 saving_options.keras_option_scope(use_legacy_config=True),
-                serialization_lib.SafeModeScope(False),
+                serialization_lib.SafeModeScope(safe_mode),
                 object_registration.CustomObjectScope(custom_objects),
             ):
                 model = saving_utils.model_from_config(repaired, custom_objects=custom_objects)
@@ -978,7 +1011,7 @@ class Loader:
         return model, warnings
 
     def _keras3_json(
-        self, detected: DetectedModel, repaired: dict, custom_objects: dict, keras_major: int | None
+        self, detected: DetectedModel, repaired: dict, custom_objects: dict, keras_major: int | None, safe_mode: bool
     ) -> tuple[Any, list[str]]:
         from keras.src.legacy.saving import saving_options, saving_utils
         from keras.src.saving import object_registration, serialization_lib
@@ -989,9 +1022,9 @@ class Loader:
         warnings: list[str] = []
         if compile_config:
             warnings.append("compile=False: architecture JSON's compile_config ignored (serving never needs it)")
-        with serialization_lib.SafeModeScope(False), object_registration.CustomObjectScope(custom_objects):
+        with serialization_lib.SafeModeScope(safe_mode), object_registration.CustomObjectScope(custom_objects):
             if keras_major == 3 or (keras_major is None and _looks_keras3(repaired)):
-                model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=False)
+                model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=safe_mode)
             else:
                 with saving_options.keras_option_scope(use_legacy_config=True):
                     model = saving_utils.model_from_config(repaired, custom_objects=custom_objects)
@@ -1005,11 +1038,18 @@ class Loader:
         return model, warnings
 
     def _tf_keras(
-        self, detected: DetectedModel, raw_config: dict, keras_major: int, registry: CustomObjectRegistry, custom_objects: dict
+        self,
+        detected: DetectedModel,
+        raw_config: dict,
+        keras_major: int,
+        registry: CustomObjectRegistry,
+        custom_objects: dict,
+        safe_mode: bool,
     ) -> tuple[Any, list[str]]:
         import h5py
 
         tf_keras = _tf_keras()
+        from tf_keras.src.saving import serialization_lib as tfk_serialization
         from tf_keras.src.saving.legacy import hdf5_format
 
         repaired, _ = repair_config(raw_config, keras_major=keras_major, registry=registry, target="tf_keras")
@@ -1017,7 +1057,7 @@ class Loader:
         # Keras 3 classes cannot live in a tf_keras model: hand tf_keras only plain functions.
         objects = {k: v for k, v in custom_objects.items() if not isinstance(v, type)}
         objects.pop(HARD_SIGMOID_KERAS2, None)
-        with tf_keras.utils.custom_object_scope(objects):
+        with tf_keras.utils.custom_object_scope(objects), tfk_serialization.SafeModeScope(safe_mode):
             model = tf_keras.models.model_from_config(repaired, custom_objects=objects)
             if detected.format is ModelFormat.HDF5:
                 with h5py.File(detected.path, "r") as f:
@@ -1047,18 +1087,6 @@ class Loader:
                     *loaded.warnings,
                     f"loaded by {label} after " + ", ".join(f"{lbl} failed ({_root_cause(e)[:160]})" for lbl, e in attempt.errors),
                 )
-            default = (config.signature_name if config and config.signature_name else None) or DEFAULT_SIGNATURE
-            if default not in loaded.signatures:
-                if config is not None and config.signature_name:
-                    loaded.close()
-                    raise ModelLoadError(
-                        f"{detected.path.name}: signature '{default}' from the model's config does not exist; "
-                        f"the SavedModel has {sorted(loaded.signatures)}",
-                        format=detected.format.value,
-                        tried=tuple(attempt.tried),
-                    )
-                default = sorted(loaded.signatures)[0]
-            loaded.default_signature = default
             return loaded
         raise self._failure(attempt, self._registry)
 
@@ -1070,8 +1098,8 @@ class Loader:
         calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
         for name, fn in obj.signatures.items():
             _, kwargs = fn.structured_input_signature
-            in_specs = sorted(kwargs.items())
-            out_specs = sorted(fn.structured_outputs.items())
+            in_specs = sorted(kwargs.items(), key=lambda item: natural_key(item[0]))
+            out_specs = sorted(fn.structured_outputs.items(), key=lambda item: natural_key(item[0]))
             sig_def = defs.get(name)
             in_names = {k: v.name for k, v in sig_def.inputs.items()} if sig_def is not None else {}
             out_names = {k: v.name for k, v in sig_def.outputs.items()} if sig_def is not None else {}
@@ -1080,7 +1108,7 @@ class Loader:
             batched, fixed = _batching(inputs)
             method = sig_def.method_name if sig_def is not None and sig_def.method_name else PREDICT_METHOD
             signatures[name] = Signature(name, inputs, outputs, method, batched, fixed)
-            calls[name] = _saved_model_call(fn, inputs)
+            calls[name] = _saved_model_call(fn, inputs, outputs)
         if not signatures:
             raise ModelLoadError(
                 f"{detected.path.name}: the SavedModel has no signatures (save it with signatures, or use model.export())",
@@ -1099,15 +1127,20 @@ class Loader:
     def _tf1_session(self, detected: DetectedModel) -> LoadedModel:
         tf = _tf()
         graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph)
+        session_config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=self._settings.tf_intra_op_threads,
+            inter_op_parallelism_threads=self._settings.tf_inter_op_threads,
+        )
+        session_config.gpu_options.allow_growth = True  # never take the whole GPU for one small graph
+        session = tf.compat.v1.Session(graph=graph, config=session_config)
         tags = _saved_model_tags(detected.path)
         with graph.as_default():
             meta = tf.compat.v1.saved_model.loader.load(session, tags, str(detected.path))
         signatures: dict[str, Signature] = {}
         calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
         for name, sig in meta.signature_def.items():
-            inputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items()))
-            outputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items()))
+            inputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
+            outputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
             batched, fixed = _batching(inputs)
             signatures[name] = Signature(name, inputs, outputs, sig.method_name or PREDICT_METHOD, batched, fixed)
             feeds = {k: graph.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
@@ -1218,6 +1251,21 @@ def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config
 # --------------------------------------------------------------------------------------------------
 # Helpers for the load paths
 # --------------------------------------------------------------------------------------------------
+def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: _Attempt) -> None:
+    """Set the default signature: the config's `signature_name`, else `serving_default`, else the first."""
+    wanted = config.signature_name if config is not None and config.signature_name else None
+    if wanted is not None and wanted not in loaded.signatures:
+        loaded.close()
+        raise ModelLoadError(
+            f"{attempt.detected.path.name}: signature '{wanted}' from the model's config does not exist; "
+            f"the model has {sorted(loaded.signatures, key=natural_key)}",
+            format=attempt.detected.format.value,
+            tried=tuple(attempt.tried),
+        )
+    default = wanted or DEFAULT_SIGNATURE
+    loaded.default_signature = default if default in loaded.signatures else sorted(loaded.signatures, key=natural_key)[0]
+
+
 def _check_saved_with(detected: DetectedModel, report: _ConfigReport, config: ModelConfig | None) -> None:
     """Refuse Lambda bytecode written by another Python minor version (it may crash this process)."""
     import platform
@@ -1471,10 +1519,12 @@ def _tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
     return TensorInfo(name, dtype, shape, graph_name=info.name)
 
 
-def _saved_model_call(fn: Any, inputs: tuple[TensorInfo, ...]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+def _saved_model_call(
+    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = fn(**{t.name: _as_tensor(values[t.name], t) for t in inputs})
-        return {k: _to_numpy(v) for k, v in result.items()}
+        return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
 
     return call
 
@@ -1488,10 +1538,11 @@ def _session_call(
     session: Any, feeds: dict[str, Any], fetches: dict[str, Any], inputs: tuple[TensorInfo, ...]
 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     infos = {t.name: t for t in inputs}
+    order = sorted(fetches, key=natural_key)  # the signature's output order
 
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
         result = session.run(fetches, feed_dict=feed)
-        return {k: np.asarray(v) for k, v in result.items()}
+        return {k: np.asarray(result[k]) for k in order}
 
     return call

@@ -107,6 +107,8 @@ CASES: list[Case] = [
     Case("invalid JSON", "POST", "/models/binary/predict", 400, "JSON object", b"[1, 2, 3]", {"Content-Type": "application/json"}),
     Case("invalid JSON", "POST", "/models/binary/predict", 400, "exactly one of", b'{"rows": []}', {"Content-Type": "application/json"}),
     Case("invalid JSON", "POST", "/v1/models/binary:predict", 400, "not valid JSON", b'{"instances": [[1, 2, 3, 4]]', {"Content-Type": "application/json"}),
+    Case("invalid JSON", "POST", "/models/binary/predict", 400, "nested too deeply", b'{"instances": ' + b"[" * 100_000,
+         {"Content-Type": "application/json"}),
     Case("ragged JSON", "POST", "/models/binary/predict", 422, "ragged", b'{"instances": [[1, 2, 3, 4], [1, 2]]}', {"Content-Type": "application/json"}),
     Case("ragged JSON", "POST", "/v1/models/binary:predict", 422, "ragged", b'{"inputs": [[1, [2]], [3, 4]]}', {"Content-Type": "application/json"}),
     Case("wrong shape", "POST", "/models/binary/predict", 422, "shape", b'{"instances": [[1, 2, 3]]}', {"Content-Type": "application/json"}),

@@ -181,6 +181,27 @@ def test_not_a_model_raises_model_load_error_naming_the_file(tmp_path: Path) -> 
     assert str(tmp_path) not in str(info.value)
 
 
+def test_corrupt_files_raise_model_load_error_never_a_raw_exception(saved: dict, tmp_path: Path) -> None:
+    import h5py
+
+    broken_config = tmp_path / "broken.h5"
+    with h5py.File(broken_config, "w") as f:
+        f.attrs["keras_version"] = "2.4.0"
+        f.attrs["model_config"] = "{not json"
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(saved["add.keras"].read_bytes()[:200])
+    nonsense_layer = tmp_path / "nonsense.h5"
+    with h5py.File(nonsense_layer, "w") as f:
+        f.attrs["keras_version"] = "2.4.0"
+        f.attrs["model_config"] = '{"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"units": "many"}}]}}'
+        f.create_group("model_weights")
+    loader = _loader(tmp_path)
+    for path in (broken_config, truncated, nonsense_layer):
+        with pytest.raises(ModelLoadError) as info:
+            loader.load(path)
+        assert path.name in str(info.value) and str(tmp_path) not in str(info.value)
+
+
 def test_missing_names_reads_the_whole_exception_chain() -> None:
     try:
         try:

@@ -47,6 +47,11 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lambda_custom = np.asarray(model(x, training=False))
 
     inp = tf_keras.Input((4,), name="x")
+    lambda_only = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Lambda(lambda t: t * H + 1.0, name="scale")(inp)))
+    lambda_only.save(root / "lambda_only.h5")
+    lambda_only_out = np.asarray(lambda_only(x, training=False))
+
+    inp = tf_keras.Input((4,), name="x")
     plain = tf_keras.Model(inp, tf_keras.layers.Dense(2, activation="softmax", name="probs")(tf_keras.layers.Dense(5, name="d1")(inp)))
     plain.save(str(root / "savedmodel"), save_format="tf")
     plain_out = np.asarray(plain(x, training=False))
@@ -77,6 +82,7 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "x": x,
         "loader": loader,
         "lambda_custom": lambda_custom,
+        "lambda_only": lambda_only_out,
         "plain": plain_out,
         "by_name": by_name_out,
     }
@@ -121,3 +127,19 @@ def test_tf_keras_lambda_reads_per_model_globals(tfk: dict) -> None:
         h_zero.call("serving_default", {"x": ones})["my_layer"], default.call("serving_default", {"x": zeros})["my_layer"], rtol=1e-6
     )
     assert not np.allclose(default.call("serving_default", {"x": ones})["my_layer"], default.call("serving_default", {"x": zeros})["my_layer"])
+
+
+def test_tf_keras_path_gives_lambda_code_the_registry_globals(tfk: dict, tmp_path) -> None:
+    """A file tagged Keras 1 goes to tf_keras first; its Lambda must still see the plugin's H."""
+    import shutil
+
+    import h5py
+
+    target = tmp_path / "keras1.h5"
+    shutil.copyfile(tfk["root"] / "lambda_only.h5", target)
+    with h5py.File(target, "r+") as f:
+        f.attrs["keras_version"] = "1.2.2"
+    loaded = tfk["loader"].load(target)
+    assert loaded.loader == "tf_keras"
+    out = loaded.call("serving_default", {"x": tfk["x"]})
+    np.testing.assert_allclose(out["out"], tfk["lambda_only"], rtol=1e-5, atol=1e-6)
