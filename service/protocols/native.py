@@ -20,7 +20,7 @@ from service.classification import DEFAULT_THRESHOLD, ClassScores
 from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.protocols import tfserving
-from service.servable import ServableRequest, Signature, TensorInfo
+from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
 IMAGE_FIELD = "image"
 RAW_TYPES = ("application/octet-stream",)
@@ -144,14 +144,21 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
     """One model: its versions and states, and the serving version's signature, labels and device."""
     versions = []
     for v in status.versions:
-        entry: dict = {"version": v.version, "state": v.state.value if v.error == "" else "FAILED"}
+        # A failed load ends in END with an error: shown as FAILED. A version whose *replacement* copy
+        # failed stays AVAILABLE (the old copy serves) and shows the replacement's error beside it.
+        failed = v.state is ServableState.END and bool(v.error)
+        entry: dict = {"version": v.version, "state": "FAILED" if failed else v.state.value}
         if v.error:
             entry["error"] = v.error
         if v.info is not None:
-            entry.update({"format": v.info.format, "device": v.info.device, "load_s": round(v.info.load_s, 4),
-                          "warmup_s": round(v.info.warmup_s, 4)})
+            entry.update({"format": v.info.format, "loader": v.info.loader, "device": v.info.device,
+                          "load_s": round(v.info.load_s, 4), "warmup_s": round(v.info.warmup_s, 4)})
             if v.info.warnings:
                 entry["warnings"] = list(v.info.warnings)
+        if v.signatures:
+            signature = v.signatures.get(v.default_signature) or next(iter(v.signatures.values()))
+            entry["inputs"] = [tensor_json(t) for t in signature.inputs]
+            entry["outputs"] = [tensor_json(t) for t in signature.outputs]
         versions.append(entry)
     model: dict = {
         "name": status.name,
