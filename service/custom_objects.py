@@ -63,22 +63,23 @@ class KerasBackendCompat:
     `keras.backend` no longer has them, `keras.ops` has most under the same name.
     """
 
-    _RENAMED = {"pow": "power", "gather": "take", "batch_flatten": None, "int_shape": None, "l2_normalize": None}
+    _RENAMED = {"pow": "power", "gather": "take"}
 
     def __getattr__(self, name: str) -> Any:
         import keras
 
         if hasattr(keras.backend, name):
             return getattr(keras.backend, name)
+        ops = keras.ops
         if name == "batch_flatten":
-            return lambda x: keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
+            return lambda x: ops.reshape(x, (ops.shape(x)[0], -1))
         if name == "int_shape":
             return lambda x: tuple(getattr(x, "shape", ()))
         if name == "l2_normalize":
-            return lambda x, axis=-1: keras.utils.normalize(x, axis=axis, order=2)
-        target = self._RENAMED.get(name) or name
-        if hasattr(keras.ops, target):
-            return getattr(keras.ops, target)
+            return lambda x, axis=-1: x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), 1e-12))
+        target = self._RENAMED.get(name, name)
+        if hasattr(ops, target):
+            return getattr(ops, target)
         import tensorflow as tf
 
         for namespace in (tf, tf.math, tf.nn):

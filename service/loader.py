@@ -431,6 +431,9 @@ def repair_config(
             if class_name == "DepthwiseConv2D" and "groups" in cfg:
                 cfg.pop("groups")
                 report.repaired("'groups' argument of DepthwiseConv2D")
+            if "time_major" in cfg and not cfg["time_major"]:
+                cfg.pop("time_major")  # tf.keras 2 RNNs; Keras 3 is always batch-major
+                report.repaired("'time_major' argument of RNN layers")
             for key, value in list(cfg.items()):
                 if _INITIALIZER_KEYS.match(key) and isinstance(value, dict) and isinstance(value.get("config"), dict):
                     if value["config"].pop("dtype", None) is not None:
@@ -579,6 +582,9 @@ def _root_cause(err: BaseException) -> str:
     candidates = [e for e in chain if str(e).strip()] or chain
     deepest = candidates[-1]
     first_line = str(deepest).strip().splitlines()[0] if str(deepest).strip() else ""
+    # Keras appends the whole layer config and generic advice; the name is in the first sentence.
+    for noise in (" Full object config:", " Make sure custom classes", " Please ensure you are using"):
+        first_line = first_line.split(noise, 1)[0]
     return _strip_paths(f"{type(deepest).__name__}: {first_line}"[:400])
 
 

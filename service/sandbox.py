@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -133,7 +134,8 @@ def needs_probe(path: Path, config: ModelConfig | None, settings: Settings) -> t
     """
     if not settings.lambda_probe or not lambda_allowed(config, settings):
         return ()
-    return lambda_layers(path)
+    replaced = set(config.lambdas) if config is not None else set()  # replacements run instead of the stored code
+    return tuple(name for name in lambda_layers(path) if name not in replaced)
 
 
 # --- the probe (parent side) -----------------------------------------------------------------------
@@ -168,7 +170,7 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with stderr_file.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.sandbox", str(request_file), str(result_file)],
+                [sys.executable, "-m", "service.sandbox", str(request_file), str(result_file), str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env, cwd=tmp,
                 start_new_session=True, close_fds=True,
             )
@@ -248,6 +250,17 @@ def _last_line(path: Path) -> str:
 
 
 # --- the child -----------------------------------------------------------------------------------
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process when the worker that started it is gone (it runs in its own session)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _child(request_file: Path, result_file: Path) -> int:
     """Load the model described in `request_file` and call it once; write the outcome to `result_file`."""
     request = json.loads(request_file.read_text(encoding="utf-8"))
@@ -280,4 +293,5 @@ def _child(request_file: Path, result_file: Path) -> int:
 
 
 if __name__ == "__main__":
+    _exit_with_parent(int(sys.argv[3]))
     sys.exit(_child(Path(sys.argv[1]), Path(sys.argv[2])))

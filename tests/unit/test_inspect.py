@@ -92,6 +92,15 @@ def test_inspect_reports_format_loader_signature_and_compile(files: dict[str, Pa
     assert report["missing"] == [] and report["compile_fallback"] is None
 
 
+def test_inspect_models_dir_option_supplies_the_plugins(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELS_DIR", str(files["empty"]))
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "mystery.py").write_text(MYSTERY)
+    assert main(["inspect", str(files["mystery"]), "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mystery.h5: OK" in out and "custom objects:  MysteryLayer" in out and "missing:         none" in out
+
+
 def test_inspect_of_a_saved_model_with_sidecar_loads_without_plugins(files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELS_DIR", str(files["empty"]))
     assert main(["inspect", str(files["saved"])]) == 0

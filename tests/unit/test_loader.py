@@ -28,8 +28,15 @@ MODELS = [
     "binary_classifier",
     "multi_input",
 ]
-FORMATS = ["keras", "h5", "json", "export", "tf_saved_model"]
-EXPECTED_LOADER = {"keras": "keras3", "h5": "keras3", "json": "keras3", "export": "saved_model", "tf_saved_model": "saved_model"}
+FORMATS = ["keras", "h5", "json", "keras_dir", "export", "tf_saved_model"]
+EXPECTED_LOADER = {
+    "keras": "keras3",
+    "h5": "keras3",
+    "json": "keras3",
+    "keras_dir": "keras3",
+    "export": "saved_model",
+    "tf_saved_model": "saved_model",
+}
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,19 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lambda_only.save(root / "lambda_only.h5")
     lambda_only_out = np.asarray(lambda_only(x, training=False))
 
+    import tensorflow as tf
+
+    inp = tf_keras.Input((4,), name="x")
+    op_layers = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(tf.math.multiply(inp, 2.0) + 1.0))
+    op_layers.save(root / "tf_op_layers.h5")
+    op_layers_out = np.asarray(op_layers(x, training=False))
+
+    seq = tf_keras.Input((5, 2), name="seq")
+    lstm = tf_keras.Model(seq, tf_keras.layers.LSTM(3, recurrent_activation="hard_sigmoid", name="lstm")(seq))
+    lstm.save(root / "lstm.h5")
+    seq_x = np.random.default_rng(2).standard_normal((2, 5, 2)).astype(np.float32) * 3
+    lstm_out = np.asarray(lstm(seq_x, training=False))
+
     inp = tf_keras.Input((4,), name="x")
     plain = tf_keras.Model(inp, tf_keras.layers.Dense(2, activation="softmax", name="probs")(tf_keras.layers.Dense(5, name="d1")(inp)))
     plain.save(str(root / "savedmodel"), save_format="tf")
@@ -83,6 +96,8 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "loader": loader,
         "lambda_custom": lambda_custom,
         "lambda_only": lambda_only_out,
+        "lstm": (seq_x, lstm_out),
+        "op_layers": op_layers_out,
         "plain": plain_out,
         "by_name": by_name_out,
     }
@@ -143,3 +158,20 @@ def test_tf_keras_path_gives_lambda_code_the_registry_globals(tfk: dict, tmp_pat
     assert loaded.loader == "tf_keras"
     out = loaded.call("serving_default", {"x": tfk["x"]})
     np.testing.assert_allclose(out["out"], tfk["lambda_only"], rtol=1e-5, atol=1e-6)
+
+
+def test_keras2_hard_sigmoid_keeps_its_keras2_meaning(tfk: dict) -> None:
+    """Keras 2's hard_sigmoid is 0.2x+0.5, Keras 3's x/6+0.5 (LOADING.md finding 13)."""
+    x, expected = tfk["lstm"]
+    loaded = tfk["loader"].load(tfk["root"] / "lstm.h5")
+    assert loaded.loader == "keras3-repaired"
+    np.testing.assert_allclose(loaded.call("serving_default", {"seq": x})["lstm"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tf_keras_auto_wrapped_tf_ops_fall_back_to_tf_keras(tfk: dict) -> None:
+    """tf.keras 2 wraps tf functions called on Keras tensors in TFOpLambda layers, unknown to Keras 3."""
+    loaded = tfk["loader"].load(tfk["root"] / "tf_op_layers.h5")
+    assert loaded.loader == "tf_keras"
+    assert any("keras3" in w and "failed" in w for w in loaded.warnings)
+    out = loaded.call("serving_default", {"x": tfk["x"]})
+    np.testing.assert_allclose(out["out"], tfk["op_layers"], rtol=1e-5, atol=1e-6)

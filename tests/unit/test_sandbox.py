@@ -51,6 +51,8 @@ def test_needs_probe_is_skipped_when_the_probe_is_off_or_lambda_code_is_refused(
     assert sandbox.needs_probe(path, None, Settings(models_dir=tmp_path, lambda_probe=False)) == ()
     assert sandbox.needs_probe(path, None, Settings(models_dir=tmp_path, allow_lambda=False)) == ()
     assert sandbox.needs_probe(path, ModelConfig(allow_lambda=False), Settings(models_dir=tmp_path)) == ()
+    # A layer with a replacement in the model's config runs the replacement, never the stored code.
+    assert sandbox.needs_probe(path, ModelConfig(lambdas={"plus_one": "add_one"}), Settings(models_dir=tmp_path)) == ()
 
 
 def test_probe_reports_a_crash_as_a_load_error_naming_the_signal_and_layer(files: Path, tmp_path: Path) -> None:

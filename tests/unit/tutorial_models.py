@@ -250,3 +250,15 @@ def save_tf_saved_model(model: Any, folder: Path) -> Path:
 
     tf.saved_model.save(model, str(folder / "saved"))
     return folder / "saved"
+
+
+@saver("keras_dir")
+def save_keras_dir(model: Any, folder: Path) -> Path:
+    """An unzipped `.keras` archive: config.json + model.weights.h5 + metadata.json in a folder."""
+    import zipfile
+
+    model.save(folder / "packed.keras")
+    with zipfile.ZipFile(folder / "packed.keras") as archive:
+        archive.extractall(folder / "unzipped")
+    (folder / "packed.keras").unlink()
+    return folder / "unzipped"
