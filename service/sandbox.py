@@ -11,14 +11,18 @@ never runs the code; when it succeeds, the worker loads the file itself.
 
 `lambda_layers()` is the cheap test that decides whether a probe is needed: it reads only the
 model's config (zip `config.json`, HDF5 `model_config` attribute or architecture JSON), so files
-without stored Lambda code (most models, and every SavedModel) cost one small read. The parent side
+without stored Lambda code (most models, and every SavedModel) cost one small read. Bytecode this
+Python cannot unmarshal is not probed: the loader refuses it before running anything. The parent side
 imports neither Flask nor TensorFlow; the child imports the loader and the runner.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import marshal
 import os
 import signal
 import subprocess
@@ -65,14 +69,22 @@ def lambda_layers(path: Path) -> tuple[str, ...]:
 
 
 def _stores_code(cfg: object) -> bool:
+    """Tell whether a Lambda layer config holds bytecode this Python can read (and so would run)."""
     if not isinstance(cfg, dict):
         return False
     fn = cfg.get("function")
-    if isinstance(fn, dict):  # Keras 3: {"class_name": "__lambda__", "config": {"code": ...}}
-        return fn.get("class_name") == "__lambda__"
-    if isinstance(fn, (list, tuple)):  # Keras 2: [code, defaults, closure] with function_type "lambda"
-        return cfg.get("function_type", "lambda") == "lambda"
-    return False
+    if isinstance(fn, dict) and fn.get("class_name") == "__lambda__":  # Keras 3: {"config": {"code": ...}}
+        code = (fn.get("config") or {}).get("code")
+    elif isinstance(fn, (list, tuple)) and fn and cfg.get("function_type", "lambda") == "lambda":  # Keras 2
+        code = fn[0]
+    else:
+        return False
+    # Bytecode this Python cannot unmarshal never runs: the loader refuses it and asks for a replacement.
+    try:
+        marshal.loads(base64.b64decode(str(code).encode("ascii")))
+    except (ValueError, EOFError, TypeError, UnicodeError, binascii.Error):
+        return False
+    return True
 
 
 def _walk_dicts(value: Any) -> Iterator[dict]:

@@ -87,6 +87,13 @@ def _guard_request() -> None:
         raise PayloadTooLarge(
             f"request body of {length} bytes is larger than the limit of {settings.max_request_bytes} bytes (MAX_REQUEST_BYTES)"
         )
+    if length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        # Werkzeug silently cuts a chunked body off at MAX_CONTENT_LENGTH: read it (at most that
+        # much; views get the cached copy) and refuse it when it reached the limit.
+        if len(request.get_data(cache=True)) >= settings.max_request_bytes:
+            raise PayloadTooLarge(
+                f"chunked request body reached the limit of {settings.max_request_bytes} bytes (MAX_REQUEST_BYTES)"
+            )
     security.check_view_args(request.view_args, request.args.get("model"))
 
 

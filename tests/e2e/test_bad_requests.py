@@ -260,6 +260,33 @@ def test_body_over_the_limit_is_refused_before_it_is_sent(server: Server) -> Non
     assert time.monotonic() - started < 10  # answered without waiting for the 500 MB
 
 
+def test_chunked_body_over_the_limit_is_cut_off_at_the_limit(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3 * MAX_REQUEST_BYTES // 100_000):
+            yield b"\0" * 100_000
+
+    response = requests.post(f"{server.url}/models/digits/predict", data=chunks(), headers=RAW_PNG, timeout=30)
+    OUTCOMES[("body over MAX_REQUEST_BYTES", response.status_code)] += 1
+    assert response.status_code == 413, response.text
+    assert "MAX_REQUEST_BYTES" in response.json()["error"]
+
+
+def test_chunked_bodies_under_the_limit_are_served_whole(server: Server) -> None:
+    def halves(data: bytes) -> Iterator[bytes]:
+        yield data[: len(data) // 2]
+        yield data[len(data) // 2:]
+
+    raw = requests.post(f"{server.url}/models/digits/predict", data=halves(PNG), headers=RAW_PNG, timeout=30)
+    prepared = requests.Request("POST", server.url, files=[("image", ("a.png", PNG, "image/png"))]).prepare()
+    multipart = requests.post(f"{server.url}/models/digits/predict", data=halves(prepared.body),
+                              headers={"Content-Type": prepared.headers["Content-Type"]}, timeout=30)
+    rows = requests.post(f"{server.url}/models/binary/predict", data=halves(json.dumps(GOOD_ROW).encode()),
+                         headers={"Content-Type": "application/json"}, timeout=30)
+    for response in (raw, multipart, rows):
+        assert response.status_code == 200, response.text
+    assert raw.json()["predictions"] == multipart.json()["predictions"]
+
+
 def test_idle_connection_is_closed_by_the_server(server: Server) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as sock:

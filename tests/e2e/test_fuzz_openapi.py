@@ -25,6 +25,8 @@ from tests.e2e.figures import record
 
 MAX_EXAMPLES = 110
 MIN_CASES = 1000
+GUNICORN_LIMITS = (400, 414, 431)
+"""Statuses gunicorn itself answers (in HTML) for request lines or headers over its limits."""
 STATUSES: Counter = Counter()
 """status code -> number of generated requests answered with it."""
 
@@ -62,6 +64,8 @@ def test_no_generated_request_gets_a_server_error(server: Server, operations: li
                 response = case.call(base_url=server.url, session=session, timeout=30)
                 STATUSES[response.status_code] += 1
                 case.validate_response(response, checks=[not_a_server_error])
+                if response.status_code in GUNICORN_LIMITS and response.headers.get("Content-Type", "").startswith("text/html"):
+                    return  # refused by gunicorn's request parser (limit_request_line / _fields) before the app
                 if response.status_code >= 400:
                     assert list(response.json()) == ["error"], response.text[:300]
 

@@ -26,7 +26,7 @@ from service.servable import ServableRequest, Signature, TensorInfo
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TARGET = ServableRequest.latest("m")
 MAX_PIXELS = 1_000_000
 

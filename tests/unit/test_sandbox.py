@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import marshal
 import os
 import signal
 import subprocess
@@ -43,6 +46,19 @@ def test_lambda_layers_names_only_layers_with_stored_code(files: Path) -> None:
     assert sandbox.lambda_layers(files / "plain.keras") == ()
     assert sandbox.lambda_layers(files / "plain.h5") == ()
     assert sandbox.lambda_layers(files / "does-not-exist.keras") == ()
+
+
+def test_lambda_bytecode_this_python_cannot_read_needs_no_probe(tmp_path: Path) -> None:
+    # The loader refuses unreadable bytecode (it asks for a replacement) before anything runs.
+    readable = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode("ascii")
+    layers = [
+        {"class_name": "Lambda", "config": {"name": "new", "function": [readable, None, None], "function_type": "lambda"}},
+        {"class_name": "Lambda", "config": {"name": "old", "function": ["4wEAAAAAAAAA", None, None], "function_type": "lambda"}},
+        {"class_name": "Lambda", "config": {"name": "named", "function": "my_fn", "function_type": "function"}},
+    ]
+    architecture = tmp_path / "model.json"
+    architecture.write_text(json.dumps({"class_name": "Sequential", "config": {"layers": layers}}))
+    assert sandbox.lambda_layers(architecture) == ("new",)
 
 
 def test_needs_probe_is_skipped_when_the_probe_is_off_or_lambda_code_is_refused(files: Path, tmp_path: Path) -> None:
