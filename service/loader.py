@@ -271,7 +271,13 @@ def _global_names(code: Any) -> set[str]:
         current = stack.pop()
         if not isinstance(current, types.CodeType):
             continue
-        for instruction in dis.get_instructions(current):
+        try:
+            instructions = list(dis.get_instructions(current))
+        except (IndexError, ValueError, TypeError, KeyError):
+            # Corrupted bytecode (e.g. an out-of-range constant index): nothing to name here; loading
+            # it fails later with a named error, or in the sandbox probe, not with a bare IndexError.
+            continue
+        for instruction in instructions:
             if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(instruction.argval, str):
                 names.add(instruction.argval)
         stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
