@@ -10,7 +10,7 @@ from flask import Blueprint, request
 
 from service.api import dataplane, note_model
 from service.errors import UnsupportedMediaType
-from service.protocols import tfserving
+from service.protocols import parse_json_object, tfserving
 
 bp = Blueprint("tfserving", __name__)
 
@@ -34,7 +34,7 @@ def predict_classify_regress(path: str):
             and not request.mimetype.startswith("text/") and request.mimetype != "application/x-www-form-urlencoded":
         # curl -d sends application/x-www-form-urlencoded; TF Serving reads any body as JSON.
         raise UnsupportedMediaType(f"Content-Type '{request.mimetype}' is not supported; send application/json")
-    body = tfserving.parse_json_object(request.get_data(cache=False))
+    body = parse_json_object(request.get_data(cache=False))
     if target.method == "predict":
         predict_request, columnar = tfserving.decode_predict_body(body, target.request)
         return tfserving.encode_predict(dataplane().predict(predict_request), columnar=columnar)

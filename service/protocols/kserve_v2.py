@@ -10,7 +10,6 @@ values; never calls a model.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor
 from service.preprocessing import STRING_DTYPES
+from service.protocols import parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -187,14 +187,7 @@ def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple
         InvalidInput: malformed JSON, inputs or outputs.
         InvalidTensor: data that does not match its shape or datatype.
     """
-    try:
-        body = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"inference request header is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise InvalidInput("inference request header is nested too deeply") from err
-    if not isinstance(body, dict):
-        raise InvalidInput("inference request must be a JSON object")
+    body = parse_json_object(header, what="inference request header")
     entries = body.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise InvalidInput("'inputs' must be a non-empty list")

@@ -19,7 +19,7 @@ from flask import Request
 from service.classification import DEFAULT_THRESHOLD, ClassScores
 from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.protocols import tfserving
+from service.protocols import parse_json_object, tfserving
 from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
 IMAGE_FIELD = "image"
@@ -53,7 +53,7 @@ def decode_predict(request: Request, target: ServableRequest, *, max_images: int
             raise InvalidInput("the request body is empty; send the image bytes")
         return PredictRequest(target, images=(body,))
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        body = tfserving.parse_json_object(request.get_data(cache=False))
+        body = parse_json_object(request.get_data(cache=False))
         predict_request, _ = tfserving.decode_predict_body(body, target)
         return predict_request
     shown = mimetype or "none"

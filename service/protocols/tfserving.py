@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,23 +78,6 @@ def parse_url(path: str, *, post: bool) -> TfsTarget:
 
 
 # --- JSON tensors ---------------------------------------------------------------------------------
-
-
-def parse_json_object(body: bytes) -> dict:
-    """Parse a request body that must be one JSON object (NaN and Infinity allowed, as in TF Serving).
-
-    Raises:
-        InvalidInput: not JSON, or not an object.
-    """
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"request body is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise InvalidInput("request body is nested too deeply") from err
-    if not isinstance(value, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return value
 
 
 def _is_b64(value: object) -> bool:

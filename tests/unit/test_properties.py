@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from service import preprocessing
+from service import preprocessing, protocols
 from service.errors import InvalidInput, PayloadTooLarge, ServingError
 from service.model_config import PreprocessingConfig
 from service.protocols import kserve_v2, tfserving
@@ -151,7 +151,7 @@ def test_any_json_tensor_parses_or_raises_a_client_error(value: object) -> None:
 def test_any_predict_body_decodes_or_raises_a_client_error(body: object) -> None:
     raw = json.dumps({"instances": body} if not isinstance(body, dict) else body).encode()
     try:
-        parsed = tfserving.parse_json_object(raw)
+        parsed = protocols.parse_json_object(raw)
         request, _ = tfserving.decode_predict_body(parsed, TARGET)
     except ServingError:
         return
@@ -162,7 +162,7 @@ def test_any_predict_body_decodes_or_raises_a_client_error(body: object) -> None
 @given(raw=st.binary(max_size=512))
 def test_any_body_bytes_parse_or_raise_a_client_error(raw: bytes) -> None:
     try:
-        assert isinstance(tfserving.parse_json_object(raw), dict)
+        assert isinstance(protocols.parse_json_object(raw), dict)
     except ServingError:
         pass
 

@@ -10,12 +10,25 @@ import numpy as np
 import pytest
 from flask import Flask
 
+from service import protocols
 from service.dataplane import ModelMetadata, PredictResponse
-from service.errors import InvalidInput, InvalidTensor, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    InvalidInput,
+    InvalidTensor,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from service.examples import encode_example
 from service.preprocessing import UNNAMED
 from service.protocols import kserve_v2, native, tfserving
-from service.servable import ServableId, ServableRequest, ServableState, Signature, TensorInfo
+from service.servable import (
+    ServableId,
+    ServableRequest,
+    ServableState,
+    Signature,
+    TensorInfo,
+)
 
 SIG = Signature(
     "serving_default",
@@ -95,11 +108,11 @@ def test_predict_body_needs_exactly_one_format() -> None:
 
 
 def test_parse_json_object_accepts_nan_and_refuses_non_objects() -> None:
-    assert np.isnan(tfserving.parse_json_object(b'{"instances": [NaN]}')["instances"][0])
+    assert np.isnan(protocols.parse_json_object(b'{"instances": [NaN]}')["instances"][0])
     with pytest.raises(InvalidInput, match="object"):
-        tfserving.parse_json_object(b"[1]")
+        protocols.parse_json_object(b"[1]")
     with pytest.raises(InvalidInput, match="JSON"):
-        tfserving.parse_json_object(b"\xff")
+        protocols.parse_json_object(b"\xff")
 
 
 def test_predict_answers_drop_the_name_of_a_single_output() -> None:
@@ -314,7 +327,7 @@ def test_native_encode_classes_per_output() -> None:
 def test_deeply_nested_json_is_invalid_input() -> None:
     deep = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidInput, match="nested too deeply"):
-        tfserving.parse_json_object(deep)
+        protocols.parse_json_object(deep)
     with pytest.raises(InvalidInput, match="nested too deeply"):
         kserve_v2.decode_infer(deep, b"", ServableRequest("m"))
 
