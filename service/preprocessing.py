@@ -161,8 +161,9 @@ def _resize(image: Image.Image, width: int, height: int, how: str) -> Image.Imag
     """Resize to width x height: stretch, center-crop to the aspect ratio first, or letterbox."""
     if how == "crop":
         scale = max(width / image.width, height / image.height)
-        crop_w, crop_h = width / scale, height / scale
-        left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+        # min/max: float rounding may put the box a hair outside the image, which Pillow refuses.
+        crop_w, crop_h = min(image.width, width / scale), min(image.height, height / scale)
+        left, top = max(0.0, (image.width - crop_w) / 2), max(0.0, (image.height - crop_h) / 2)
         return image.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
     if how == "letterbox":
         scale = min(width / image.width, height / image.height)

@@ -113,6 +113,15 @@ def test_resize_modes() -> None:
     assert stretched[:, 0].max() == 0 and stretched[:, 10].min() == 255
 
 
+@pytest.mark.parametrize(("image_hw", "target_hw"), [((7, 1), (17, 1)), ((7, 1), (34, 3)), ((1, 7), (1, 17))])
+def test_center_crop_works_where_float_rounding_puts_the_box_at_the_edge(image_hw: tuple, target_hw: tuple) -> None:
+    # Found by hypothesis: for these sizes float rounding put the crop box outside the image and Pillow
+    # refused it ("box offset can't be negative").
+    pixels = np.full(image_hw, 200, np.uint8)
+    spec = image_spec(signature(TensorInfo("x", "float32", (None, *target_hw, 1))), PreprocessingConfig(resize="crop"))
+    assert decode_image(encode(pixels), spec, max_pixels=10**6).shape == (*target_hw, 1)
+
+
 def test_too_many_pixels_is_payload_too_large_before_decoding() -> None:
     with pytest.raises(PayloadTooLarge, match="exceeds the limit of 100 pixels"):
         decode_image(encode(np.zeros((20, 20), np.uint8)), image_spec(GRAY28, DEFAULT), max_pixels=100)
