@@ -66,9 +66,9 @@ class Case:
     images: str
     content_type: str
     service_env: dict[str, str]
-    """Environment of the service's main run (the settings this benchmark recommends)."""
+    """Environment of the service's main run."""
     sweep: tuple[dict[str, str], ...]
-    """Alternative settings measured at 16 clients in the full run."""
+    """Changes to `service_env` measured at 16 clients in the full run."""
     limit_batches: tuple[int, ...]
     min_ratio_to_limit: float | None = None
     min_ratio_to_tutorial: float | None = None
@@ -76,6 +76,13 @@ class Case:
 
 
 COMMON_ENV = {"MAX_BATCH_SIZE": "32", "BATCH_TIMEOUT_MS": "2", "LOG_LEVEL": "WARNING"}
+DEFAULTS = {**COMMON_ENV, "WORKERS": "2", "THREADS": "16"}
+"""The service's default settings (service/settings.py), spelled out; TensorFlow's thread pools are
+left on auto: the usable cores divided by the workers (service.runner.tf_thread_counts)."""
+TF_OWN_POOLS = {"TF_INTRA_OP_THREADS": str(os.cpu_count() or 1), "TF_INTER_OP_THREADS": str(os.cpu_count() or 1)}
+"""TensorFlow's own default pools (one thread per core in every worker), the old default."""
+REUSE_PORT = {"GUNICORN_CMD_ARGS": "--reuse-port"}
+"""Each worker gets its own listening socket and the kernel spreads new connections over them."""
 
 CASES = {
     "cnn": Case(
@@ -84,13 +91,15 @@ CASES = {
         file="digits_cnn.keras",
         images="28x28 grayscale PNG",
         content_type="image/png",
-        service_env={**COMMON_ENV, "WORKERS": "2", "THREADS": "16", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1"},
+        service_env=DEFAULTS,
         sweep=(
-            {"WORKERS": "1", "THREADS": "16", "TF_INTRA_OP_THREADS": "0", "TF_INTER_OP_THREADS": "0"},
-            {"WORKERS": "2", "THREADS": "16", "TF_INTRA_OP_THREADS": "0", "TF_INTER_OP_THREADS": "0"},
-            {"WORKERS": "2", "THREADS": "4", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1"},
-            {"WORKERS": "2", "THREADS": "16", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1", "BATCH_TIMEOUT_MS": "0"},
-            {"WORKERS": "4", "THREADS": "8", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1"},
+            TF_OWN_POOLS,
+            {"WORKERS": "1"},
+            {"BATCH_TIMEOUT_MS": "0"},
+            {"THREADS": "8"},
+            REUSE_PORT,
+            {"WORKERS": "4", "THREADS": "8"},
+            {"WORKERS": "4", "THREADS": "8", **REUSE_PORT},
         ),
         limit_batches=(1, 2, 4, 8, 16, 32, 64, 128),
         min_ratio_to_tutorial=30.0,
@@ -102,12 +111,12 @@ CASES = {
         file="mobilenet_v2.keras",
         images="640x480 RGB JPEG",
         content_type="image/jpeg",
-        service_env={**COMMON_ENV, "WORKERS": "1", "THREADS": "16", "TF_INTRA_OP_THREADS": "0", "TF_INTER_OP_THREADS": "0"},
+        service_env=DEFAULTS,
         sweep=(
-            {"WORKERS": "2", "THREADS": "16", "TF_INTRA_OP_THREADS": "1", "TF_INTER_OP_THREADS": "1"},
-            {"WORKERS": "2", "THREADS": "16", "TF_INTRA_OP_THREADS": "0", "TF_INTER_OP_THREADS": "0"},
-            {"WORKERS": "1", "THREADS": "16", "TF_INTRA_OP_THREADS": "2", "TF_INTER_OP_THREADS": "1"},
-            {"WORKERS": "1", "THREADS": "16", "TF_INTRA_OP_THREADS": "0", "TF_INTER_OP_THREADS": "0", "MAX_BATCH_SIZE": "16"},
+            TF_OWN_POOLS,
+            {"WORKERS": "1"},
+            {"MAX_BATCH_SIZE": "8"},
+            {"MAX_BATCH_SIZE": "16"},
         ),
         limit_batches=(1, 2, 4, 8, 16, 32),
         min_ratio_to_limit=0.80,
@@ -186,12 +195,15 @@ def build_models(folder: Path) -> None:
         Image.fromarray(photo, "RGB").save(images / f"photo{i}.jpg", quality=90)
 
 
-def measure_limit(model_path: Path, batches: list[int], seconds: float) -> dict:
-    """Images/s of the compiled forward pass per batch size (all cores, TensorFlow's default threads)."""
+def measure_limit(model_path: Path, batches: list[int], seconds: float, threads: int = 0) -> dict:
+    """Images/s of the compiled forward pass per batch size (TensorFlow's default threads, or `threads`)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = keras.models.load_model(model_path, compile=False)
     shape = tuple(model.input_shape[1:])
     forward = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
@@ -203,17 +215,23 @@ def measure_limit(model_path: Path, batches: list[int], seconds: float) -> dict:
     # Rounds over every batch size, so a burst of load from other jobs on the host spreads over all
     # of them instead of spoiling one; the median round counts.
     samples: dict[int, list[float]] = {batch: [] for batch in batches}
+    cpu_s = {batch: 0.0 for batch in batches}
+    wall_s = {batch: 0.0 for batch in batches}
     host_before, own_before, wall_before = host_busy_ticks(), time.process_time(), time.monotonic()
     for _ in range(LIMIT_ROUNDS):
         for batch, x in inputs.items():
-            calls, started = 0, time.perf_counter()
+            calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
             while calls < 2 or time.perf_counter() - started < seconds / LIMIT_ROUNDS:
                 forward(x).numpy()
                 calls += 1
-            samples[batch].append(batch * calls / (time.perf_counter() - started))
+            elapsed = time.perf_counter() - started
+            samples[batch].append(batch * calls / elapsed)
+            cpu_s[batch] += time.process_time() - cpu_started
+            wall_s[batch] += elapsed
     result = {batch: statistics.median(values) for batch, values in samples.items()}
     other_s = (host_busy_ticks() - host_before) / CLOCK_TICKS - (time.process_time() - own_before)
     return {"images_per_s": result, "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "cores": {batch: round(cpu_s[batch] / wall_s[batch], 2) for batch in batches},
             "cpu_other_cores": round(max(other_s, 0.0) / (time.monotonic() - wall_before), 2)}
 
 
@@ -453,14 +471,18 @@ def log(message: str) -> None:
 def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
     images = sorted((workdir / "images").glob("digit*.png" if case.key == "cnn" else "photo*.jpg"))
     log(f"{case.key}: in-process limit")
-    limit = json.loads(run_python(
+    limits = [json.loads(run_python(
         "limit", str(workdir / f"models-{case.key}" / case.file), ",".join(map(str, case.limit_batches)),
-        str(args.limit_seconds),
-    ).strip().splitlines()[-1])
+        str(args.limit_seconds), str(threads),
+    ).strip().splitlines()[-1]) for threads in (0, 1)]
+    limit, limit_one_thread = limits
     best_batch, best = max(limit["images_per_s"].items(), key=lambda kv: kv[1])
-    log(f"{case.key}: limit {best:.1f} images/s at batch {best_batch}")
+    one_batch, one_best = max(limit_one_thread["images_per_s"].items(), key=lambda kv: kv[1])
+    log(f"{case.key}: limit {best:.1f} images/s at batch {best_batch}; one TF thread: {one_best:.1f} at batch {one_batch}")
 
     result = {"case": asdict(case), "limit": limit, "limit_best": best, "limit_best_batch": int(best_batch),
+              "limit_one_thread": limit_one_thread, "limit_one_thread_best": one_best,
+              "limit_one_thread_best_batch": int(one_batch),
               "service": [], "tutorial": [], "sweep": []}
     warm_s = 2 if args.quick else 4
     settings = dict(case.service_env)
@@ -555,6 +577,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def per_core_ratio(row: dict, result: dict) -> str:
+    """Service requests per server core-second over limit images per core-second: the ratio a host
+    without other jobs would show if both could use the same CPU."""
+    cores = result["limit"].get("cores", {}).get(str(result["limit_best_batch"]))
+    if not cores or not row["cpu_server_cores"]:
+        return "-"
+    return f"{(row['rps'] / row['cpu_server_cores']) / (result['limit_best'] / cores):.2f}x"
+
+
 def cpu(row: dict) -> str:
     return f"{row['cpu_server_cores']:.2f} / {row['cpu_client_cores']:.2f} / {row['cpu_other_cores']:.2f}"
 
@@ -586,7 +617,9 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
         "with the settings shown. **tutorial** is the usual Flask app calling `model.predict` per request under "
         "gunicorn with 2 sync workers (c), `bench/tutorial_app.py`. The client (wrk) shares the CPU with the "
         "server, as it would on a single small host; the in-process limit does not pay for it, nor for HTTP or "
-        "image decoding. The `cores` columns say how much CPU the server, wrk and everything else on the host "
+        "image decoding. **per core** divides each side's throughput by the CPU it used (server processes; "
+        "the limit's process), which cancels out most of the interference of other jobs on a shared host. "
+        "The `cores` columns say how much CPU the server, wrk and everything else on the host "
         "used during each point (from /proc): on a shared host, `other` is the noise in that row.",
         "",
     ]
@@ -597,13 +630,17 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
             "",
             "In-process limit (a), images/s per batch size: "
             + ", ".join(f"{b}: {v:.0f}" for b, v in result["limit"]["images_per_s"].items())
-            + f"; **best {result['limit_best']:.1f} images/s at batch {result['limit_best_batch']}** "
-            f"(other jobs used {result['limit'].get('cpu_other_cores', 0):.2f} cores meanwhile).",
+            + f"; **best {result['limit_best']:.1f} images/s at batch {result['limit_best_batch']}**, using "
+            f"{result['limit'].get('cores', {}).get(str(result['limit_best_batch']), 0):.2f} cores "
+            f"(other jobs used {result['limit'].get('cpu_other_cores', 0):.2f} cores meanwhile). "
+            f"With one TensorFlow thread (intra- and inter-op): **{result['limit_one_thread_best']:.1f} images/s** at "
+            f"batch {result['limit_one_thread_best_batch']}, i.e. per core, the rate each single-threaded "
+            "worker can reach; several such workers can together beat the multi-threaded limit.",
             "",
             f"Service settings: `{env_text(case['service_env'])}`.",
             "",
-            "| clients | service req/s | p50 ms | p99 ms | errors | cores: server / wrk / other | tutorial req/s | p50 ms | p99 ms | errors | other cores | service / limit | service / tutorial |",
-            "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| clients | service req/s | p50 ms | p99 ms | errors | cores: server / wrk / other | tutorial req/s | p50 ms | p99 ms | errors | other cores | service / limit | per core: service / limit | service / tutorial |",
+            "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for service in result["service"]:
             tutorial = at(result["tutorial"], service["concurrency"])
@@ -617,7 +654,8 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
                 t_cols, ratio_t = "- | - | - | - | -", "-"
             lines.append(
                 f"| {service['concurrency']} | {service['rps']:.1f} | {service['p50_ms']:.1f} | {service['p99_ms']:.1f} | "
-                f"{s_err} | {cpu(service)} | {t_cols} | {service['rps'] / result['limit_best']:.2f}x | {ratio_t} |"
+                f"{s_err} | {cpu(service)} | {t_cols} | {service['rps'] / result['limit_best']:.2f}x | "
+                f"{per_core_ratio(service, result)} | {ratio_t} |"
             )
         lines += ["", f"Targets at {TARGET_CONCURRENCY} clients:", ""]
         for text, ok in verdicts(result):
@@ -704,7 +742,7 @@ def main(argv: list[str]) -> int:
         build_models(Path(argv[1]))
         return 0
     if argv and argv[0] == "limit":
-        print(json.dumps(measure_limit(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]))))
+        print(json.dumps(measure_limit(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]), int(argv[4]))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run: concurrency 1,16, 5 s per point, no sweep")

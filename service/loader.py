@@ -1140,8 +1140,9 @@ class Loader:
         tf = _tf()
         graph = tf.Graph()
         session_config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=self._settings.tf_intra_op_threads,
-            inter_op_parallelism_threads=self._settings.tf_inter_op_threads,
+            # The pools configure_tensorflow() chose for this worker (0 where it left TF's default).
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
         )
         session_config.gpu_options.allow_growth = True  # never take the whole GPU for one small graph
         session = tf.compat.v1.Session(graph=graph, config=session_config)

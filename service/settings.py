@@ -98,10 +98,10 @@ class Settings(BaseSettings):
     """Batches that may wait in a model's queue; beyond that requests get 503 with Retry-After."""
 
     tf_intra_op_threads: int = Field(0, ge=0)
-    """TensorFlow intra-op threads per worker; 0 lets TensorFlow choose."""
+    """TensorFlow intra-op threads per worker; 0: on CPU the usable cores (affinity, cgroup quota) divided by `workers`, at least 1; with a GPU TensorFlow's default."""
 
     tf_inter_op_threads: int = Field(0, ge=0)
-    """TensorFlow inter-op threads per worker; 0 lets TensorFlow choose."""
+    """TensorFlow inter-op threads per worker; 0: chosen as for `tf_intra_op_threads`."""
 
     # --- limits and security ------------------------------------------------------------------
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)

@@ -17,11 +17,14 @@ import pytest
 import tensorflow as tf
 
 from service.errors import InvalidInput
+from service import runner
 from service.runner import (
     InferenceRunner,
+    available_cores,
     configure_tensorflow,
     default_allowed_batch_sizes,
     device_scope,
+    tf_thread_counts,
 )
 from service.servable import Signature, TensorInfo
 from service.settings import Settings
@@ -238,6 +241,21 @@ def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() 
     assert configure_tensorflow(Settings(device="cpu")) == expected  # the first answer stands
     with device_scope(device):
         assert tf.constant(1.0).device.endswith("device:" + expected[1:])
+
+
+def test_tf_thread_pools_share_the_cores_between_workers_on_cpu_and_stay_default_on_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(runner, "available_cores", lambda: 8)
+    assert tf_thread_counts(Settings(workers=2), gpu=False) == (4, 4)
+    assert tf_thread_counts(Settings(workers=3), gpu=False) == (2, 2)
+    assert tf_thread_counts(Settings(workers=16), gpu=False) == (1, 1)  # never 0 (= TF's own pools)
+    assert tf_thread_counts(Settings(workers=2, tf_intra_op_threads=3), gpu=False) == (3, 4)  # explicit wins
+    assert tf_thread_counts(Settings(workers=2, tf_inter_op_threads=2), gpu=True) == (0, 2)
+
+
+def test_available_cores_counts_this_process_cores_at_most() -> None:
+    import os
+
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
 
 
 # --- a real Keras model through the loader ------------------------------------------------------
