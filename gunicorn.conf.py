@@ -15,7 +15,9 @@ _settings = _Settings()
 
 wsgi_app = "wsgi:app"
 bind = f"{_settings.host}:{_settings.port}"
-worker_class = "gthread"  # threads of one worker share its servables and batchers
+# gunicorn's gthread worker (threads of one worker share its servables and batchers) that spreads
+# keep-alive connections evenly over the workers; see service/worker.py.
+worker_class = "service.worker.BalancedThreadWorker"
 workers = _settings.workers
 threads = _settings.threads
 preload_app = False  # TensorFlow starts in each worker, after the fork

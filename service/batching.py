@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import InferenceError, InvalidInput, ModelNotReady, Overloaded
-from service.servable import ServableId
+from service.errors import InferenceError, ModelNotReady, Overloaded
+from service.servable import ServableId, row_count
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +115,8 @@ class Batcher:
             Overloaded: the queue is full.
             ModelNotReady: the batcher is closed (the version is being unloaded).
         """
-        rows = -1
-        key = []
-        for name, array in inputs.items():
-            if array.ndim == 0:
-                raise InvalidInput(f"input '{name}' has no row axis")
-            if rows < 0:
-                rows = array.shape[0]
-            elif array.shape[0] != rows:
-                raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
-            key.append((name, array.shape[1:], array.dtype.str))
-        if rows < 1:
-            raise InvalidInput("the request has no rows")
-        key.sort()
+        rows = row_count(inputs)
+        key = sorted((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
         request = _Request(inputs, rows, tuple(key), time.monotonic())
         with self._cond:
             if self._closed:

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from service.errors import InferenceError, InvalidInput
-from service.servable import Signature, TensorInfo
+from service.servable import Signature, TensorInfo, row_count
 from service.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,7 +281,6 @@ class InferenceRunner:
                 f"{' and '.join(p for p in parts if p)}; signature '{self._signature_name}' takes {sorted(self._input_names)}"
             )
         arrays: dict[str, np.ndarray] = {}
-        rows = -1
         for name, value in inputs.items():
             array = np.asarray(value)
             dtype = self._dtypes[name]
@@ -292,10 +291,6 @@ class InferenceRunner:
                     raise InvalidInput(f"input '{name}' cannot be converted to {dtype}: {err}") from err
             if array.ndim == 0:
                 raise InvalidInput(f"input '{name}' has no row axis")
-            if rows < 0:
-                rows = array.shape[0]
-            elif array.shape[0] != rows:
-                raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
             expected = self._row_shapes[name]
             row_shape = array.shape[1:]
             if len(row_shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, row_shape)):
@@ -304,9 +299,7 @@ class InferenceRunner:
                     f"{tuple('?' if d is None else d for d in expected)}"
                 )
             arrays[name] = array
-        if rows < 1:
-            raise InvalidInput("the request has no rows")
-        return arrays, rows
+        return arrays, row_count(arrays)
 
     def _run_batched(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         largest = self.allowed_batch_sizes[-1]

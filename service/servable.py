@@ -15,8 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.errors import InvalidInput
+
 if TYPE_CHECKING:  # pragma: no cover
     from service.model_config import ModelConfig
+
+
+def row_count(arrays: Mapping[str, np.ndarray]) -> int:
+    """The number of rows (axis 0) every array shares.
+
+    Raises:
+        InvalidInput: an array has no row axis, the arrays' row counts differ, or there are no rows.
+    """
+    rows = -1
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise InvalidInput(f"input '{name}' has no row axis")
+        if rows < 0:
+            rows = array.shape[0]
+        elif array.shape[0] != rows:
+            raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
+    if rows < 1:
+        raise InvalidInput("the request has no rows")
+    return rows
 
 
 class ServableState(str, enum.Enum):
