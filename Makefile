@@ -27,5 +27,10 @@ run: $(VENV)/.run-installed
 test: $(VENV)/.test-installed
 	$(PY) -m pytest tests
 
+# The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
+# docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.
+bench: $(VENV)/.test-installed
+	$(PY) bench/benchmark.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

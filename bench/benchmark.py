@@ -697,7 +697,7 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
         "request as soon as the previous answer arrived (closed loop), after a warm-up run; latency is wrk's, "
         "measured from sending to the full response. Errors count non-2xx answers, socket errors and timeouts.",
         "- The service runs as in production: `gunicorn wsgi:app` with the repository's `gunicorn.conf.py` "
-        "(gthread workers, no preload), settings from the environment as listed, `LOG_LEVEL=WARNING`. Every "
+        "(`service.worker.BalancedThreadWorker`: gunicorn's gthread worker that spreads connections evenly over the workers; no preload), settings from the environment as listed, `LOG_LEVEL=WARNING`. Every "
         "worker loads and warms up the model before `/readyz` answers.",
         "- Rows per worker come from the workers' `kerasserve_batch_rows` histograms (prometheus multiprocess "
         "files); connections per worker from the sockets each worker process holds.",

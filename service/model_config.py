@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 FOLDER_CONFIG_NAMES = tuple(f"config{s}" for s in CONFIG_SUFFIXES)
@@ -48,9 +48,19 @@ class BatchingConfig(BaseModel):
 
     max_batch_size: int | None = Field(None, ge=1)
     batch_timeout_ms: float | None = Field(None, ge=0)
+    batch_timeout_micros: int | None = Field(None, ge=0, exclude=True)
+    """TF Serving's name for the same timeout, in microseconds; read into `batch_timeout_ms`."""
     max_enqueued_batches: int | None = Field(None, ge=1)
     allowed_batch_sizes: tuple[int, ...] | None = None
-    """Batch sizes the compiled call sees; a batch is padded up to the next one (default: powers of two)."""
+    """Batch sizes the compiled call sees; a batch is padded up to the next one (default: 1, 2, 3, 4, 6, 8, 12, ...)."""
+
+    @model_validator(mode="after")
+    def _timeout_from_micros(self) -> BatchingConfig:
+        if self.batch_timeout_micros is not None:
+            if self.batch_timeout_ms is not None:
+                raise ValueError("give batch_timeout_ms or batch_timeout_micros, not both")
+            object.__setattr__(self, "batch_timeout_ms", self.batch_timeout_micros / 1000)
+        return self
 
 
 class ModelConfig(BaseModel):

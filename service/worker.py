@@ -11,8 +11,8 @@ other queues. BentoML users report the same (`../shared/ANCHORS-SERVING.md`).
 Each worker publishes how many connections it holds in a small table all workers share (anonymous
 shared memory made by the master when gunicorn imports this module, before it forks). When a new
 connection is waiting, a worker holding more connections than its least-loaded living sibling steps
-back for `YIELD_S` so that sibling takes it; if nobody did within that time (the sibling is busy,
-stuck or gone), it accepts anyway. Balancing can delay an accept by a few milliseconds; it never
+back for `YIELD_S` so that sibling takes it, again while the imbalance lasts; if nobody took it
+within `MAX_WAIT_S` (the sibling is busy, stuck or gone), it accepts anyway. Balancing can delay an accept by a few milliseconds; it never
 refuses one, so a dead or wedged sibling costs nothing but that delay.
 
 Selected by `gunicorn.conf.py`; everything else is gunicorn's own `gthread` worker.
@@ -28,7 +28,11 @@ import time
 from gunicorn.workers.gthread import ThreadWorker
 
 YIELD_S = 0.01
-"""How long a worker holding more connections than a sibling leaves a new connection to it."""
+"""How long a worker holding more connections than a sibling steps back at a time."""
+
+MAX_WAIT_S = 0.05
+"""Longest a waiting connection is left to siblings before this worker accepts it anyway: a sibling
+busy on every core may take a few pauses to get to its accept."""
 
 SLOTS = 256
 """Workers the shared table can hold (gunicorn restarts reuse the slots of dead workers)."""
@@ -67,6 +71,8 @@ class BalancedThreadWorker(ThreadWorker):
         self._slot = -1
         self._resume_at = 0.0
         """While in the future: accepting is paused so a less-loaded sibling takes the connection."""
+        self._waiting_since = 0.0
+        """When this worker first stepped back from the connection now waiting."""
 
     # --- the shared table -------------------------------------------------------------------------
 
@@ -112,11 +118,11 @@ class BalancedThreadWorker(ThreadWorker):
             self._release_slot()
 
     def accept(self, listener):
-        just_paused = self._resume_at and time.monotonic() < self._resume_at + YIELD_S
+        now = time.monotonic()
+        if now > self._resume_at + YIELD_S:  # not right after a pause: a new connection, a new wait
+            self._waiting_since = now
         self._resume_at = 0.0
-        if just_paused:
-            pass  # a connection still waits after this worker stepped back: nobody else took it
-        elif self._slot >= 0:
+        if self._slot >= 0 and now - self._waiting_since < MAX_WAIT_S:
             least = self._least_loaded_sibling()
             if least is not None and self.nr_conns > least:
                 self._pause_accepting()
