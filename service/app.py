@@ -13,6 +13,7 @@ from flask import Flask
 
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
+from service.api.json import FastJSONProvider
 from service.dataplane import DataPlane
 from service.logs import configure_logging
 from service.manager import ServableManager
@@ -32,8 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     atexit.register(manager.stop)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # keep outputs in signature order and keys as documented
-    app.json.compact = True
+    app.json = FastJSONProvider(app)
     app.extensions[EXTENSION] = Runtime(settings, manager, DataPlane(manager, settings))
     register_blueprints(app)
     register_error_handlers(app)
