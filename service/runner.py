@@ -76,9 +76,9 @@ def tf_thread_counts(settings: Settings, gpu: bool) -> tuple[int, int]:
     """(intra-op, inter-op) threads for this worker; 0 leaves TensorFlow's own default.
 
     Explicit settings win. Otherwise on CPU the cores are shared out between the workers
-    (`available_cores() // workers`, at least 1), for both pools: measured on 2 cores with 2 workers,
-    one thread each gave 1.3x the throughput of TensorFlow's defaults on the small CNN and 2x on
-    MobileNetV2, with a third of the p99 (docs/benchmarks.md), because every worker's default pools
+    (`available_cores() // workers`, at least 1), for both pools. Measured on 2 cores with 2 workers
+    against TensorFlow's defaults: equal to 16% more throughput on a quiet host, 1.3x to 2x with a
+    third of the p99 on a busy one (docs/benchmarks.md), because every worker's default pools
     otherwise each claim every core. With a GPU TensorFlow's defaults stay.
     """
     share = 0 if gpu else max(1, available_cores() // settings.workers)

@@ -3,17 +3,19 @@
 gunicorn's workers race to `accept()` on one shared listening socket, and a keep-alive client (a
 load balancer's or ingress' connection pool, a `requests.Session`, wrk) then stays with the worker
 that won, for good. Whoever's event loop wakes first wins, so a burst of new connections often
-lands mostly on one worker: measured with 16 wrk connections and 2 workers, 13 and 3, or 1, 3, 3
-and 9 over 4 workers. With one TensorFlow thread per worker (the CPU default, see
-`service.runner.tf_thread_counts`) the worker holding 3 connections idles half the time while the
-other queues. BentoML users report the same (`../shared/ANCHORS-SERVING.md`).
+lands mostly on one worker: measured with 16 wrk connections and 2 workers, 13 and 3 or 12 and 4;
+with 4 workers, one served 7,631 batch rows while the others served 1, 3 and 3. With one
+TensorFlow thread per worker (the CPU default, see `service.runner.tf_thread_counts`) the worker
+holding few connections idles while the other queues. BentoML 1.4 shows the same on this
+machine: half the time one of its 2 workers took every connection.
 
 Each worker publishes how many connections it holds in a small table all workers share (anonymous
 shared memory made by the master when gunicorn imports this module, before it forks). When a new
 connection is waiting, a worker holding more connections than its least-loaded living sibling steps
 back for `YIELD_S` so that sibling takes it, again while the imbalance lasts; if nobody took it
-within `MAX_WAIT_S` (the sibling is busy, stuck or gone), it accepts anyway. Balancing can delay an accept by a few milliseconds; it never
-refuses one, so a dead or wedged sibling costs nothing but that delay.
+within `MAX_WAIT_S` (the sibling is busy, stuck or gone), it accepts anyway. Balancing can delay
+an accept by up to `MAX_WAIT_S`; it never refuses one, so a dead or wedged sibling costs nothing
+but that delay.
 
 Selected by `gunicorn.conf.py`; everything else is gunicorn's own `gthread` worker.
 """
