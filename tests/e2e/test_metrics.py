@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_until
-from tests.e2e.api_models import build_api_models
+from tests.e2e.api_models import binary_scores, build_api_models
 from tests.e2e.conftest import Server, start_server
 
 REQUESTS = 12
@@ -72,3 +76,36 @@ def test_model_gauges_and_load_times_are_exported(server: Server) -> None:
     current = samples(server)
     assert value(current, "kerasserve_model_versions_available", model="binary") == 2  # one per worker
     assert value(current, "kerasserve_model_load_seconds_count", model="binary") == 2
+
+
+def test_concurrent_requests_are_batched_into_fewer_model_calls_with_their_own_rows(tmp_path_factory) -> None:
+    # One worker, a 50 ms window: 24 requests sent at once must share calls, read from /metrics.
+    built = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
+    models = tmp_path_factory.mktemp("batched_models")
+    shutil.copyfile(built / "binary.keras", models / "binary.keras")
+    inputs = [[0.1 * i, 0.05 * (i % 3), -0.07 * i, 0.02 * i] for i in range(24)]  # no saturated sigmoid
+    with start_server(models, tmp_path_factory.mktemp("batched_logs"), WORKERS="1", BATCH_TIMEOUT_MS="50") as server:
+        def predict(row: list[float]) -> list:
+            response = server.post("/models/binary/predict", json={"instances": [row]})
+            assert response.status_code == 200, response.text
+            return response.json()["predictions"][0]
+
+        alone = [predict(row) for row in inputs]  # one at a time: one call each
+        before = samples(server)
+        barrier = threading.Barrier(len(inputs))
+
+        def concurrent(row: list[float]) -> list:
+            barrier.wait()
+            return predict(row)
+
+        with ThreadPoolExecutor(len(inputs)) as pool:
+            together = list(pool.map(concurrent, inputs))
+        after = samples(server)
+
+    calls = value(after, "kerasserve_batches_total", model="binary") - value(before, "kerasserve_batches_total", model="binary")
+    rows = value(after, "kerasserve_batch_rows_sum", model="binary") - value(before, "kerasserve_batch_rows_sum", model="binary")
+    assert rows == len(inputs)
+    assert 1 <= calls <= len(inputs) / 2, f"{len(inputs)} concurrent requests made {calls} model calls"
+    assert len({json.dumps(a) for a in alone}) == len(inputs)  # distinct inputs, distinct outputs
+    np.testing.assert_allclose(np.array(together, dtype=np.float64), np.array(alone, dtype=np.float64), atol=1e-5)
+    np.testing.assert_allclose(np.array(alone, dtype=np.float64), binary_scores(np.array(inputs)), atol=1e-5)
