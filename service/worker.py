@@ -56,15 +56,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def connections_by_worker() -> dict[int, int]:
-    """pid -> connections held, for every living worker registered in the shared table."""
-    return {
-        _table[2 * slot]: _table[2 * slot + 1]
-        for slot in range(SLOTS)
-        if _table[2 * slot] and _alive(_table[2 * slot])
-    }
-
-
 class BalancedThreadWorker(ThreadWorker):
     """gthread worker that leaves a new connection to a sibling holding fewer connections."""
 
