@@ -1,7 +1,7 @@
 """Keep-alive connections spread over every gunicorn worker (service.worker.BalancedThreadWorker).
 
 Real gunicorn with 2 workers; the connections per worker are read from /proc (the sockets each
-worker process holds), the way `bench/benchmark.py` reports them.
+worker process holds) by the same function `bench/benchmark.py` reports them with.
 """
 
 from __future__ import annotations
@@ -15,37 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.benchmark import connections_per_worker, worker_pids
 from tests.conftest import wait_until
-
-
-def worker_pids(master: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def connections_per_worker(master: int, port: int) -> dict[int, int]:
-    """Established connections to `port` held by each worker of `master`."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            parts = line.split()
-            if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] == "01":  # local port, ESTABLISHED
-                inodes.add(parts[9])
-    counts = {}
-    for pid in worker_pids(master):
-        counts[pid] = sum(
-            1 for fd in Path(f"/proc/{pid}/fd").iterdir()
-            if (target := os.readlink(fd)).startswith("socket:[") and target[8:-1] in inodes
-        )
-    return counts
 
 
 def open_keepalive(port: int) -> socket.socket:
