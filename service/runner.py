@@ -77,8 +77,8 @@ def tf_thread_counts(settings: Settings, gpu: bool) -> tuple[int, int]:
 
     Explicit settings win. Otherwise on CPU the cores are shared out between the workers
     (`available_cores() // workers`, at least 1), for both pools. Measured on 2 cores with 2 workers
-    against TensorFlow's defaults: equal to 16% more throughput on a quiet host, 1.3x to 2x with a
-    third of the p99 on a busy one (docs/benchmarks.md), because every worker's default pools
+    against TensorFlow's defaults: equal to 1.45x the throughput on a quiet host, 1.3x to 2x with
+    a third of the p99 on a busy one (docs/benchmarks.md), because every worker's default pools
     otherwise each claim every core. With a GPU TensorFlow's defaults stay.
     """
     share = 0 if gpu else max(1, available_cores() // settings.workers)
