@@ -7,6 +7,7 @@ plane's responses into that protocol's JSON or bytes. Adapters never call a mode
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from service.errors import InvalidInput
 
@@ -26,3 +27,12 @@ def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object")
     return value
+
+
+def leaves(value: object) -> Iterator[object]:
+    """Yield the leaves of nested JSON lists, row-major."""
+    if isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value

@@ -22,7 +22,7 @@ from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor
 from service.preprocessing import STRING_DTYPES
-from service.protocols import parse_json_object
+from service.protocols import leaves, parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -155,7 +155,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
         raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     data = entry["data"]
     if datatype == "BYTES":
-        flat = list(_flatten(data))
+        flat = list(leaves(data))
         array = np.empty(len(flat), dtype=object)
         for i, value in enumerate(flat):
             if not isinstance(value, str):
@@ -169,15 +169,6 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
     if array.size != count:
         raise InvalidTensor(f"input '{name}': shape {list(shape)} needs {count} values, got {array.size}")
     return name, array.reshape(shape), offset
-
-
-def _flatten(value: object):
-    """Yield the leaves of nested lists, row-major."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _flatten(item)
-    else:
-        yield value
 
 
 def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:

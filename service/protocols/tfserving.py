@@ -20,6 +20,7 @@ from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, 
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.examples import decode_examples_request
 from service.preprocessing import UNNAMED
+from service.protocols import leaves
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,14 +105,6 @@ def _decode_leaf(name: str, value: object) -> object:
     return value
 
 
-def _leaves(value: object):
-    if isinstance(value, list):
-        for item in value:
-            yield from _leaves(item)
-    else:
-        yield value
-
-
 def json_to_array(name: str, value: object) -> np.ndarray:
     """Turn one JSON tensor (nested lists of numbers, bools, strings or `{"b64"}`) into an array.
 
@@ -130,7 +123,7 @@ def json_to_array(name: str, value: object) -> np.ndarray:
         raise InvalidTensor(f"input '{shown}' is ragged: every list at one depth must have the same length") from err
     if array.dtype.kind == "U":
         # numpy turns [1, "a"] into strings too: only all-string tensors are strings.
-        if not all(isinstance(leaf, str) for leaf in _leaves(value)):
+        if not all(isinstance(leaf, str) for leaf in leaves(value)):
             raise InvalidTensor(f"input '{shown}' mixes strings and numbers")
         out = np.empty(array.shape, dtype=object)
         out.reshape(-1)[:] = [s.encode("utf-8") for s in array.reshape(-1).tolist()]

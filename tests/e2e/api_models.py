@@ -25,6 +25,16 @@ BINARY_KERNEL = np.array([[1.0], [-1.0], [0.5], [0.0]], dtype=np.float32)
 KIND_KERNEL = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5]], dtype=np.float32)
 SIZE_KERNEL = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32)
 
+# Limits of the servers the predict and bad-request tests run (small, so tests can cross them).
+MAX_IMAGE_PIXELS = 100_000
+MAX_REQUEST_BYTES = 1_000_000
+MAX_IMAGES = 8
+LIMITS_ENV = {
+    "MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+    "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+    "MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
+}
+
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))

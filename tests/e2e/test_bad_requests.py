@@ -26,13 +26,17 @@ import requests
 from PIL import Image
 
 from tests.conftest import wait_until
-from tests.e2e.api_models import build_api_models, digit_image, encode
+from tests.e2e.api_models import (
+    LIMITS_ENV,
+    MAX_IMAGES,
+    MAX_REQUEST_BYTES,
+    build_api_models,
+    digit_image,
+    encode,
+)
 from tests.e2e.conftest import Server, start_server
 from tests.e2e.figures import record
 
-MAX_IMAGE_PIXELS = 100_000
-MAX_REQUEST_BYTES = 1_000_000
-MAX_IMAGES = 8
 GOOD_ROW = {"instances": [[1.0, 2.0, 3.0, 4.0]]}
 
 
@@ -157,11 +161,7 @@ CASES: list[Case] = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
-    with start_server(
-        models, tmp_path_factory.mktemp("bad_request_logs"),
-        MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS), MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
-        MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
-    ) as running:
+    with start_server(models, tmp_path_factory.mktemp("bad_request_logs"), **LIMITS_ENV) as running:
         yield running
 
 

@@ -13,6 +13,9 @@ from PIL import Image
 from tests.e2e.api_models import (
     BINARY_LABELS,
     DIGIT_LABELS,
+    LIMITS_ENV,
+    MAX_IMAGES,
+    MAX_REQUEST_BYTES,
     binary_scores,
     build_api_models,
     digit_image,
@@ -22,19 +25,12 @@ from tests.e2e.api_models import (
 )
 from tests.e2e.conftest import Server, start_server
 
-MAX_IMAGE_PIXELS = 100_000
-MAX_REQUEST_BYTES = 1_000_000
-MAX_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
-    with start_server(
-        models, tmp_path_factory.mktemp("predict_logs"),
-        MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS), MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
-        MAX_IMAGES_PER_REQUEST=str(MAX_IMAGES),
-    ) as running:
+    with start_server(models, tmp_path_factory.mktemp("predict_logs"), **LIMITS_ENV) as running:
         yield running
 
 
