@@ -5,31 +5,36 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 MODELS_DIR ?= models
+# The stamps name a hash of the requirements' contents, not their mtimes: a fresh clone (every file
+# new) beside an up-to-date .venv does not reinstall, and a changed pin always does. A clone can
+# share an existing virtualenv with `ln -s /path/to/built/.venv .venv` (the tests do).
+RUN_STAMP := $(VENV)/.run-installed-$(shell cat requirements.txt | sha256sum | cut -c1-16)
+TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
 .PHONY: run test venv bench clean
 
-$(VENV)/.run-installed: requirements.txt
+$(RUN_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.run-installed requirements-dev.txt
+$(TEST_STAMP): $(RUN_STAMP)
 	$(PIP) install --quiet -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.run-installed
+venv: $(RUN_STAMP)
 
-run: $(VENV)/.run-installed
+run: $(RUN_STAMP)
 	MODELS_DIR=$(MODELS_DIR) $(PY) -m service default-model --if-empty
 	MODELS_DIR=$(MODELS_DIR) $(VENV)/bin/gunicorn wsgi:app
 
-test: $(VENV)/.test-installed
+test: $(TEST_STAMP)
 	$(PY) -m pytest tests
 
 # The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
 # docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.
-bench: $(VENV)/.test-installed
+bench: $(TEST_STAMP)
 	$(PY) bench/benchmark.py $(BENCH_ARGS)
 
 clean:

@@ -600,7 +600,7 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
         "",
         "Produced by:",
         "",
-        "```",
+        "```sh",
         command,
         "```",
         "",

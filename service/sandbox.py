@@ -164,7 +164,7 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
         ModelLoadError: the child crashed (signal), timed out, exited without an answer, or reported
             a load error (then the same class and message the loader raised there).
     """
-    path = Path(path)
+    path = Path(path).absolute()  # the child runs in a temporary folder
     started = time.monotonic()
     name = path.name
     what = f"Lambda layer(s) {', '.join(repr(n) for n in layers)}" if layers else "its Lambda layers"

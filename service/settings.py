@@ -8,6 +8,7 @@ it in the master process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,8 +55,8 @@ class Settings(BaseSettings):
     """Write logs as one JSON object per line instead of plain text."""
 
     # --- models -------------------------------------------------------------------------------
-    models_dir: Path = Path("models")
-    """Folder watched for model files and version folders; `plugins/` inside it holds plugins."""
+    models_dir: Path = Field(Path("models"), validate_default=True)
+    """Folder watched for model files and version folders; `plugins/` inside it holds plugins. A relative path is taken from the directory the server starts in."""
 
     model_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra plugin modules to import at start (comma-separated import paths), besides `<MODELS_DIR>/plugins/*.py`."""
@@ -123,3 +124,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("models_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Made absolute once, here, against the directory the server was started from: later code
+        # (the Lambda probe's subprocess runs in a temporary folder) never depends on the working
+        # directory. Lexical (abspath), so a symlinked MODELS_DIR keeps its name in logs and paths.
+        return Path(os.path.abspath(value))

@@ -30,8 +30,33 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 30.0, interva
     pytest.fail(f"condition not met within {timeout_s}s (last error: {last_error!r})")
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in CI (`CI=true`, as CI services set it): nothing may skip for lack of data there."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing_corpus_message() -> str:
+    return (
+        f"the model corpus is expected at {CORPUS} (the `shared/corpus` folder beside the repository); "
+        "clone or copy it there"
+    )
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
+    """The corpus folder; every test that needs it asks for this fixture (directly or through another)."""
     if not CORPUS.is_dir():
-        pytest.skip(f"corpus not found at {CORPUS}")
+        pytest.skip(f"corpus test skipped: {missing_corpus_message()}")
     return CORPUS
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the corpus `corpus`; with CI=true, a missing corpus fails the run."""
+    needing = [item for item in items if "corpus" in getattr(item, "fixturenames", ())]
+    for item in needing:
+        item.add_marker(pytest.mark.corpus)
+    if needing and not CORPUS.is_dir() and in_ci():
+        raise pytest.UsageError(
+            f"CI=true and {len(needing)} collected tests need the model corpus, which is missing: "
+            f"{missing_corpus_message()}. Without CI=true these tests are skipped instead."
+        )

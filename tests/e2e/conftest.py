@@ -43,6 +43,37 @@ class Server:
 
 
 @contextmanager
+def serve(command: list[str], *, cwd: Path, env: dict[str, str], url: str, log_path: Path, ready: bool = True,
+          timeout_s: float = 120) -> Iterator[Server]:
+    """Run `command` (a server) in its own process group, wait until `url` answers, stop it afterwards.
+
+    Ready means `/readyz` answers 200 (`ready=False`: `/healthz`). The whole process group gets
+    SIGTERM on the way out (then SIGKILL after 30 s), so `make run` and its gunicorn stop together.
+    """
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(url, process, log_path)
+    try:
+        def up() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"{command} exited with {process.returncode}:\n{server.log()[-4000:]}")
+            path = "/readyz" if ready else "/healthz"
+            return requests.get(server.url + path, timeout=2).status_code == 200
+        wait_until(up, timeout_s=timeout_s, interval_s=0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextmanager
 def start_server(models_dir: Path, log_dir: Path, *, ready: bool = True, timeout_s: float = 120, **env: str) -> Iterator[Server]:
     """Start `gunicorn wsgi:app` with MODELS_DIR/PORT (and `env`), wait for it, stop it afterwards."""
     port = free_port()
@@ -59,29 +90,9 @@ def start_server(models_dir: Path, log_dir: Path, *, ready: bool = True, timeout
         **env,
     }
     environment.pop("PROMETHEUS_MULTIPROC_DIR")
-    log_path = log_dir / f"gunicorn-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [GUNICORN, "wsgi:app"], cwd=REPO, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        def up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {process.returncode}:\n{server.log()[-4000:]}")
-            path = "/readyz" if ready else "/healthz"
-            return requests.get(server.url + path, timeout=2).status_code == 200
-        wait_until(up, timeout_s=timeout_s, interval_s=0.2)
+    with serve([GUNICORN, "wsgi:app"], cwd=REPO, env=environment, url=f"http://127.0.0.1:{port}",
+               log_path=log_dir / f"gunicorn-{port}.log", ready=ready, timeout_s=timeout_s) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture
@@ -90,3 +101,50 @@ def run_server(tmp_path: Path):
     def factory(models_dir: Path, **kwargs):
         return start_server(models_dir, tmp_path, **kwargs)
     return factory
+
+
+# --- the Quickstart, literally: a fresh clone and `make run` ----------------------------------------
+
+
+def clone_repository(dest: Path) -> Path:
+    """Clone the repository's committed HEAD into `dest`, sharing this virtualenv (so nothing reinstalls).
+
+    The clone gets `.venv` as a symlink to the virtualenv running the tests: the Makefile's install
+    stamps name a hash of the requirements, so `make` in the clone finds them and installs nothing.
+    Uncommitted changes are not in the clone: commit before trusting these tests locally.
+    """
+    if sys.prefix == sys.base_prefix:
+        pytest.fail("run the suite from the project's virtualenv (`make test`): the clone shares it")
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(dest)], check=True, timeout=120)
+    (dest / ".venv").symlink_to(Path(sys.prefix))
+    return dest
+
+
+def user_environment(**changes: str) -> dict[str, str]:
+    """This process's environment without the service's settings and make's own variables, plus `changes`.
+
+    What a user's shell would pass: nothing the suite set for itself leaks into the command under test.
+    """
+    from service.settings import Settings
+
+    ours = {name.upper() for name in Settings.model_fields} | {
+        "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PROMETHEUS_MULTIPROC_DIR",
+    }
+    return {**{k: v for k, v in os.environ.items() if k not in ours}, **changes}
+
+
+@dataclass
+class Quickstart:
+    clone: Path
+    server: Server
+    port: int
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    """`make run` in a fresh clone, exactly as the README says (only PORT changed), ready to serve."""
+    clone = clone_repository(tmp_path_factory.mktemp("quickstart") / "kerasserve")
+    port = free_port()
+    with serve(["make", "run"], cwd=clone, env=user_environment(PORT=str(port)), url=f"http://127.0.0.1:{port}",
+               log_path=clone.parent / "make-run.log", timeout_s=900) as server:
+        yield Quickstart(clone, server, port)

@@ -148,7 +148,6 @@ def test_a_replaced_single_file_swaps_without_failed_requests(run_server, tmp_pa
         assert predict(server.url).json()["version"] == 1
 
 
-@pytest.mark.corpus
 def test_half_plus_two_2_versions_serves_124_by_default_and_123_when_asked(run_server, tmp_path: Path, corpus: Path) -> None:
     models = tmp_path / "models"
     # version_policy all: a symlink farm of the corpus folder with a config beside the versions.

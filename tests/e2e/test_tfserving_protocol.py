@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +13,11 @@ from tests.conftest import CORPUS
 from tests.e2e.api_models import binary_scores, build_api_models, digit_image, digits_scores, encode
 from tests.e2e.conftest import Server, start_server
 
-pytestmark = pytest.mark.corpus
 EXPECTED_METADATA = CORPUS / "expected" / "half_plus_two_cpu" / "half_plus_two_model_metadata.json"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not CORPUS.is_dir():
-        pytest.skip(f"corpus not found at {CORPUS}")
+def server(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Iterator[Server]:
     models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     with start_server(models, tmp_path_factory.mktemp("tfs_logs")) as running:
         yield running

@@ -292,7 +292,6 @@ def test_missing_models_folder_gives_no_models(tmp_path: Path, clocks: FakeClock
     assert repo.scan() == {}
 
 
-@pytest.mark.corpus
 def test_half_plus_two_2_versions_serves_124_by_default(tmp_path: Path, corpus: Path, repo: ModelRepository) -> None:
     (tmp_path / "half_plus_two").symlink_to(corpus / "half_plus_two_2_versions")
 

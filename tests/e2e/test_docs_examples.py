@@ -1,0 +1,199 @@
+"""The documentation's examples are tests: every shell example in README.md and docs/*.md is run as
+written against a real server holding the models it names, or listed below as not runnable here
+with the reason; every endpoint and setting the documents name must exist.
+
+The server holds the digits model that `make run` trained in the Quickstart clone (copied) and a
+small two-output `two_heads` model, with DEFAULT_MODEL=digits. Commands run from the repository root
+(so `examples/7.png` resolves) with only `localhost:8000` pointed at the test server's port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.docs_examples import DOCUMENTS, Example, all_examples, same_shape, shown_json
+from tests.e2e.conftest import Quickstart, Server, start_server
+
+# Commands that cannot run on this machine, by prefix, with the reason (and where they are covered).
+NOT_RUNNABLE = {
+    "make run": "run literally, in a fresh clone, by tests/e2e/test_first_run.py (the `quickstart` fixture)",
+    "make test": "the suite itself; its entry point is checked by tests/test_ci_entry.py",
+    "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
+    ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
+    "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
+    "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
+    "POD=$(kubectl ": "no Kubernetes cluster here",
+    "cp ": "copies the user's own model files; landing files by rename in a watched folder is tested in tests/e2e/test_hot_swap.py",
+    "MODELS_DIR=models python -m service inspect": "needs the user's flowers.keras; `python -m service inspect` is tested in tests/unit/test_inspect.py",
+}
+# Values in shown answers that depend on the trained weights beyond the top class (compared by type only).
+MODEL_DEPENDENT = re.compile(r"\.top_k\[[1-9]\d*\]\.(class_id|label)$")
+
+
+def reason_not_runnable(example: Example) -> str | None:
+    return next((why for prefix, why in NOT_RUNNABLE.items() if example.command.startswith(prefix)), None)
+
+
+def is_runnable(example: Example) -> bool:
+    return example.command.startswith(("curl ", "python examples/"))
+
+
+EXAMPLES = all_examples()
+RUNNABLE = [example for example in EXAMPLES if is_runnable(example)]
+
+
+def build_two_heads(path: Path) -> None:
+    """The docs' multi-output model: 4 features in, `kind` (3-way softmax) and `size` (1 unit) out."""
+    import keras
+
+    inputs = keras.Input((4,), name="features")
+    kind = keras.layers.Dense(3, activation="softmax", name="kind")(inputs)
+    size = keras.layers.Dense(1, name="size")(inputs)
+    keras.Model(inputs, {"kind": kind, "size": size}).save(path)
+
+
+@pytest.fixture(scope="module")
+def docs_server(quickstart: Quickstart, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    models = tmp_path_factory.mktemp("docs-models")
+    trained = quickstart.clone / "models"
+    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
+        shutil.copy2(trained / name, models / name)
+    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    build_two_heads(models / "two_heads.keras")
+    with start_server(models, tmp_path_factory.mktemp("docs-logs"), DEFAULT_MODEL="digits", timeout_s=240) as server:
+        yield server
+
+
+def test_every_documented_command_is_run_or_says_why_not() -> None:
+    unclassified = [f"{e.where}: {e.command}" for e in EXAMPLES if not is_runnable(e) and reason_not_runnable(e) is None]
+    assert not unclassified, "documented commands neither run by this test nor listed in NOT_RUNNABLE:\n" + "\n".join(unclassified)
+    assert len(RUNNABLE) >= 8  # the extraction found the examples (guards against a parser that finds none)
+
+
+@pytest.mark.parametrize("example", RUNNABLE, ids=[e.where for e in RUNNABLE])
+def test_documented_example_answers_as_shown(example: Example, docs_server: Server) -> None:
+    port = int(docs_server.url.rsplit(":", 1)[1])
+    command = example.for_port(port)
+    if command.startswith("python examples/client.py"):
+        # The client's default URL is localhost:8000; point it at the test server (the only change).
+        command = command.replace("examples/client.py", f"examples/client.py --url http://localhost:{port}", 1)
+    result = subprocess.run(
+        ["sh", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},  # `python` is the project's venv
+    )
+    assert result.returncode == 0, f"{example.where}: {command}\n{result.stderr}"
+    if command.startswith("python examples/client.py"):
+        digits = [line for line in result.stdout.splitlines() if line.startswith("examples/")]
+        assert digits and all(line == f"examples/{n}.png: {n}" for line, n in zip(digits, range(10))), result.stdout
+        return
+    answer = json.loads(result.stdout)
+    if example.shown:
+        problems = [p for p in same_shape(shown_json(example), answer) if not MODEL_DEPENDENT.search(p.split(":")[0])]
+        assert not problems, f"{example.where}: the answer differs from the document:\n" + "\n".join(problems)
+    else:
+        assert "error" not in answer, f"{example.where}: {answer}"
+
+
+# --- names the documents mention: routes and settings -------------------------------------------
+
+# `/v1/...`, `/v2...`, `/models...`, ... written as a route: in backticks, after an HTTP method, or in a URL.
+ROUTE = re.compile(
+    r"(?:`|\b(?:GET|POST|PUT|DELETE|HEAD) |localhost:\d+)"
+    r"(/(?:v1|v2|models|predict|predict_classes|healthz|readyz|metrics|openapi\.json)(?:[^`\s\"')]*))"
+)
+PLACEHOLDERS = {"name": "digits", "v": "1", "N": "1", "version": "1", "L": "stable", "label": "stable"}
+# Backticked upper-case words in the documents that are not Settings, and what they are.
+NOT_SETTINGS = {
+    **dict.fromkeys(["START", "LOADING", "AVAILABLE", "UNLOADING", "END", "FAILED", "UNKNOWN"], "version states"),
+    **dict.fromkeys(["INT64", "FP32", "BYTES"], "KServe v2 datatypes"),
+    "INFO": "a log level", "OPTIONS": "an HTTP method", "SIGTERM": "a signal", "HEALTHCHECK": "a Dockerfile instruction",
+    "SCALE": "a model-config value in a table", "PROMETHEUS_MULTIPROC_DIR": "prometheus_client's own variable",
+    "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own variable", "CUDA_VISIBLE_DEVICES": "CUDA's own variable",
+    "KERAS_HOME": "Keras' own variable", "STORAGE_URI": "the object-storage sync container's variable",
+    "SYNC_INTERVAL_S": "the object-storage sync container's variable", "SOAK_S": "the soak test's variable",
+}
+
+
+def expand(path: str) -> list[str]:
+    """Concrete paths for a documented pattern: `[optional]` parts, `{a,b}` and `a\\|b` alternatives, `<placeholders>`."""
+    match = re.search(r"\[([^\[\]]*)\]", path)
+    if match:
+        options = ["", *re.split(r"\\?\|", match.group(1))]
+        return [p for option in options for p in expand(path[: match.start()] + option + path[match.end():])]
+    match = re.search(r"\{([^{}]*,[^{}]*)\}", path)
+    if match:
+        return [p for option in match.group(1).split(",") for p in expand(path[: match.start()] + option + path[match.end():])]
+    return [re.sub(r"<(\w+)>", lambda m: PLACEHOLDERS.get(m.group(1), "x"), path).split("?")[0].rstrip(".,;:")]
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    found = set()
+    for document in DOCUMENTS:
+        for match in ROUTE.finditer(document.read_text(encoding="utf-8")):
+            for path in expand(match.group(1)):
+                found.add((str(document.relative_to(REPO)), path))
+    return found
+
+
+def route_exists(app, path: str) -> bool:
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    adapter = app.url_map.bind("localhost")
+    try:
+        adapter.match(path, method="GET")
+    except MethodNotAllowed:
+        return True
+    except NotFound:
+        return False
+    return True
+
+
+def test_every_endpoint_the_documents_name_exists() -> None:
+    from flask import Flask
+
+    from service.api import register_blueprints
+    from service.errors import ServingError
+    from service.protocols.tfserving import parse_url
+
+    def tfserving_path(path: str) -> bool:
+        try:
+            parse_url(path.removeprefix("/v1/models/"), post=":" in path)
+        except ServingError:
+            return False
+        return True
+
+    app = Flask(__name__)
+    register_blueprints(app)
+    routes = documented_routes()
+    assert len(routes) > 20  # the scan found the documents' routes
+    missing = []
+    for document, path in sorted(routes):
+        if not route_exists(app, path):
+            missing.append(f"{document}: {path}")
+        elif path.startswith("/v1/models/") and not tfserving_path(path):
+            missing.append(f"{document}: {path} (not a TensorFlow Serving path)")
+    assert not missing, "documented endpoints that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_setting_the_documents_name_exists() -> None:
+    from service.settings import Settings
+
+    settings = {name.upper() for name in Settings.model_fields}
+    named = {
+        word
+        for document in DOCUMENTS
+        for word in re.findall(r"`([A-Z][A-Z0-9_]{2,})(?:=[^`]*)?`", document.read_text(encoding="utf-8"))
+    }
+    unknown = sorted(named - settings - set(NOT_SETTINGS))
+    assert not unknown, f"the documents name settings that do not exist (or add them to NOT_SETTINGS with what they are): {unknown}"
+    assert named & settings  # the scan found settings at all
