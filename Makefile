@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 MODELS_DIR ?= models
+TESTS ?= tests
 # The stamps name a hash of the requirements' contents, not their mtimes: a fresh clone (every file
 # new) beside an up-to-date .venv does not reinstall, and a changed pin always does. A clone can
 # share an existing virtualenv with `ln -s /path/to/built/.venv .venv` (the tests do).
@@ -30,7 +31,7 @@ run: $(RUN_STAMP)
 	MODELS_DIR=$(MODELS_DIR) $(VENV)/bin/gunicorn wsgi:app
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(TESTS)
 
 # The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
 # docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.
