@@ -44,15 +44,16 @@ class Server:
 
 @contextmanager
 def serve(command: list[str], *, cwd: Path, env: dict[str, str], url: str, log_path: Path, ready: bool = True,
-          timeout_s: float = 120) -> Iterator[Server]:
+          timeout_s: float = 120, **popen: object) -> Iterator[Server]:
     """Run `command` (a server) in its own process group, wait until `url` answers, stop it afterwards.
 
     Ready means `/readyz` answers 200 (`ready=False`: `/healthz`). The whole process group gets
     SIGTERM on the way out (then SIGKILL after 30 s), so `make run` and its gunicorn stop together.
+    `popen` goes to `subprocess.Popen` (e.g. `user=`/`group=` to run as a manifest's user id).
     """
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, **popen
         )
     server = Server(url, process, log_path)
     try:
