@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from service.errors import ModelLoadError
-from service.model_config import CONFIG_SUFFIXES, FOLDER_CONFIG_NAMES, ModelConfig, ModelConfigError, read_model_config
+from service.model_config import (
+    CONFIG_SUFFIXES,
+    FOLDER_CONFIG_NAMES,
+    ForeignConfigFile,
+    ModelConfig,
+    ModelConfigError,
+    read_model_config,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,9 +71,9 @@ def find_config(path: Path) -> ModelConfig | None:
             continue
         try:
             found = read_model_config(candidate)
-        except ModelConfigError:
-            if candidate.suffix == ".json":
-                continue  # an architecture JSON, not a model config
+        except ModelConfigError as err:
+            if isinstance(err, ForeignConfigFile) or candidate.suffix == ".json":
+                continue  # another tool's config file, or an architecture JSON: not a model config
             raise
         config = found if config is None else config.merged(found)
     return config

@@ -1536,6 +1536,8 @@ def _saved_model_call(
     fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # By keyword, whatever the number of inputs: TF2 binds positional arguments of a TF1 signature in
+        # plain string order of its keys (`item_10` before `item_2`), not in our natural order.
         result = fn(**{t.name: _as_tensor(values[t.name], t) for t in inputs})
         return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
 
@@ -1554,6 +1556,7 @@ def _session_call(
     order = sorted(fetches, key=natural_key)  # the signature's output order
 
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Fed by input name too: each signature key is paired with its own graph tensor.
         feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
         result = session.run(fetches, feed_dict=feed)
         return {k: np.asarray(result[k]) for k in order}

@@ -6,6 +6,11 @@ file `<name>.<ext>`, or `config.yaml` / `config.yml` / `config.json` inside a mo
 version). Every key is optional. The same schema serves the loader (plugins, globals, Lambda
 replacements), preprocessing, classification (labels), the batcher and the repository (version
 policy). Documented in docs/model-config.md. Imports neither Flask nor TensorFlow.
+
+Model folders copied from elsewhere often hold another tool's `config.json` (Hugging Face, training
+scripts, an unzipped `.keras`). A folder config file that fails the schema *and* has none of our
+top-level keys is therefore not ours (`ForeignConfigFile`: the model gets the defaults); one with a
+key of ours and a typo fails loudly, and so does any `<name>.yaml` beside a single model file.
 """
 
 from __future__ import annotations
@@ -106,17 +111,30 @@ class ModelConfigError(ValueError):
     """A config file is unreadable or does not match the schema; the message names the file and key."""
 
 
+class ForeignConfigFile(ModelConfigError):
+    """A folder config file that another tool wrote: it fails the schema and holds none of our keys."""
+
+
 def read_model_config(path: Path) -> ModelConfig:
     """Parse one config file (YAML or JSON).
 
     Raises:
-        ModelConfigError: the file cannot be parsed or has unknown or mistyped keys.
+        ForeignConfigFile: a file named like a folder config (`config.yaml`, `.yml`, `.json`) that
+            fails the schema and has no top-level key of ours: not our file (callers ignore it).
+        ModelConfigError: the file cannot be parsed, or has unknown or mistyped keys beside at least
+            one of ours (a typo in our config fails loudly). `<name>.yaml` files are always ours.
     """
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ModelConfigError(f"model config {path.name} is invalid: {err}") from err
+    try:
         return ModelConfig.model_validate(data or {})
-    except (OSError, ValueError, yaml.YAMLError, ValidationError) as err:
+    except ValidationError as err:
+        ours = isinstance(data, dict) and bool(data.keys() & ModelConfig.model_fields.keys())
+        if path.name in FOLDER_CONFIG_NAMES and not ours:
+            raise ForeignConfigFile(f"{path.name} is not a kerasserve model config (none of its keys is ours)") from err
         raise ModelConfigError(f"model config {path.name} is invalid: {err}") from err
 
 

@@ -38,6 +38,7 @@ from service.model_config import (
     CONFIG_SUFFIXES,
     FOLDER_CONFIG_NAMES,
     LABELS_FILE,
+    ForeignConfigFile,
     ModelConfig,
     ModelConfigError,
     read_labels,
@@ -267,7 +268,7 @@ class ModelRepository:
             labels = path.parent / f"{name}.labels.txt"
             candidates = [_Candidate(1, path, [path], [], labels if labels.is_file() else None)]
 
-        model_config, model_error = _read_configs(model_configs)
+        model_config, model_error = self._read_configs(model_configs)
         present: set[int] = set()
         complete: list[_Candidate] = []
         pending: dict[int, str] = {}
@@ -315,7 +316,7 @@ class ModelRepository:
         error = model_error
         config = model_config
         if not error and cand.configs:
-            version_config, error = _read_configs(cand.configs)
+            version_config, error = self._read_configs(cand.configs)
             config = model_config.merged(version_config)
         labels: tuple[str, ...] = tuple(config.labels or ())
         if not labels and cand.labels_file is not None:
@@ -332,6 +333,23 @@ class ModelRepository:
             id=ServableId(name, cand.version), path=cand.path, fingerprint=digest.hexdigest(),
             config=config, labels=labels, error=error,
         )
+
+    def _read_configs(self, paths: list[Path]) -> tuple[ModelConfig, str]:
+        """Read the config file in `paths` (zero or one); return the config and an error message.
+
+        Another tool's `config.json` in a model folder is not ours: the defaults apply, and an info
+        line says so once (a user may have meant it as ours).
+        """
+        if not paths:
+            return ModelConfig(), ""
+        try:
+            return read_model_config(paths[0]), ""
+        except ForeignConfigFile as err:
+            where = paths[0].relative_to(self.models_dir)
+            self._note(f"{paths[0]}:foreign", f"{where}: {err}; ignored, the model gets the default config", logging.INFO)
+            return ModelConfig(), ""
+        except ModelConfigError as err:
+            return ModelConfig(), str(err)
 
     def _note(self, key: str, message: str, level: int = logging.WARNING) -> None:
         """Log `message` once per key until it changes (a scan runs every poll interval)."""
@@ -407,16 +425,6 @@ def _missing_parts(folder: Path, files: list[Path]) -> str:
     if len(have) < expected:
         return f"variables/ holds {len(have)} of {expected} data shards"
     return ""
-
-
-def _read_configs(paths: list[Path]) -> tuple[ModelConfig, str]:
-    """Read the config file in `paths` (zero or one); return the config and an error message."""
-    if not paths:
-        return ModelConfig(), ""
-    try:
-        return read_model_config(paths[0]), ""
-    except ModelConfigError as err:
-        return ModelConfig(), str(err)
 
 
 def _apply_policy(config: ModelConfig, versions: list[int]) -> set[int]:

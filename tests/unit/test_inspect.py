@@ -153,3 +153,11 @@ def test_default_model_command_is_passed_its_own_arguments(capsys: pytest.Captur
         main(["default-model", "--help"])
     assert info.value.code == 0
     assert "--if-empty" in capsys.readouterr().out
+
+
+def test_find_config_skips_another_tools_folder_config_and_keeps_ours(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.yaml").write_text("labels: [a, b]\n")
+    (tmp_path / "m" / "1" / "config.yaml").write_text("trainer: {epochs: 3}\nseed: 1\n")  # a training script's
+
+    assert find_config(tmp_path / "m" / "1").labels == ("a", "b")

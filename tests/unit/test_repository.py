@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.model_config import ModelConfig
 from service.repository import SETTLING, ModelRepository, is_ignored
 from service.servable import ServableId
 
@@ -242,6 +244,50 @@ def test_invalid_config_gives_the_version_an_error(tmp_path: Path, repo: ModelRe
     (version,) = repo.scan()["m"].aspired
 
     assert "m.yaml" in version.error and "no_such_key" in version.error
+
+
+HUB_CONFIG = '{"architectures": ["WideDeep"], "model_type": "wide_deep", "hidden_size": 64, "num_labels": 2}'
+
+
+def test_a_folder_with_another_tools_config_json_gets_the_default_config_and_one_info_line(
+    tmp_path: Path, repo: ModelRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "hub" / "model.keras")
+    write(tmp_path / "hub" / "config.json", HUB_CONFIG)
+    write(tmp_path / "hub" / "README.md", "# a model card")
+
+    with caplog.at_level(logging.INFO, logger="service.repository"):
+        (version,) = repo.scan()["hub"].aspired
+        repo.scan()
+
+    assert version.error == ""
+    assert version.config == ModelConfig()
+    assert version.path == tmp_path / "hub"
+    notes = [r for r in caplog.records if "config.json" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in notes] == [
+        (logging.INFO, "hub/config.json: config.json is not a kerasserve model config (none of its keys is ours); "
+         "ignored, the model gets the default config")
+    ]
+
+
+def test_another_tools_config_json_in_a_version_folder_keeps_the_model_folder_config(tmp_path: Path, repo: ModelRepository) -> None:
+    write(tmp_path / "m" / "config.yaml", "labels: [a, b]\n")
+    write(tmp_path / "m" / "1" / "model.keras")
+    write(tmp_path / "m" / "1" / "config.json", HUB_CONFIG)
+
+    (version,) = repo.scan()["m"].aspired
+
+    assert version.error == ""
+    assert version.labels == ("a", "b")
+
+
+def test_a_mistyped_folder_config_of_ours_still_fails_the_version(tmp_path: Path, repo: ModelRepository) -> None:
+    write(tmp_path / "m" / "model.keras")
+    write(tmp_path / "m" / "config.yaml", "labels: [a, b]\nbatchin:\n  max_batch_size: 8\n")
+
+    (version,) = repo.scan()["m"].aspired
+
+    assert "config.yaml is invalid" in version.error and "batchin" in version.error
 
 
 def test_folder_wins_over_a_file_of_the_same_name(tmp_path: Path, repo: ModelRepository) -> None:
