@@ -29,9 +29,10 @@ from service.errors import (
 )
 from service.servable import Servable, ServableId, ServableRequest, Signature
 from service.settings import Settings
+from service.status import ModelStatus, Readiness
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.manager import ModelStatus, Readiness, ServableManager
+    from service.manager import ServableManager
 
 log = logging.getLogger(__name__)
 

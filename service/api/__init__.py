@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,6 @@ from service.logs import request_id_var
 
 if TYPE_CHECKING:  # pragma: no cover
     from service.dataplane import DataPlane
-    from service.manager import ServableManager
     from service.settings import Settings
 
 EXTENSION = "kerasserve"
@@ -33,11 +33,12 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """The serving components one worker's app uses: settings, manager and data plane."""
+    """The serving components one worker's app uses: settings and data plane (views never see the manager)."""
 
     settings: Settings
-    manager: ServableManager
     dataplane: DataPlane
+    stop: Callable[[], None]
+    """Stops the repository watcher and unloads every version (runs at exit; tests call it)."""
 
 
 def runtime() -> Runtime:
