@@ -20,10 +20,11 @@ import pytest
 
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from service.manager import Builder, ServableManager
-from service.repository import ModelRepository, RepositoryWatcher, VersionSource
+from service.repository import VersionSource
 from service.servable import Servable, ServableInfo, ServableRequest, ServableState, Signature, TensorInfo
 from service.settings import Settings
 from tests.conftest import wait_until
+from tests.unit.fakes import serve
 
 SIGNATURE = Signature("serving_default", (TensorInfo("x", "float32", (None, 1)),), (TensorInfo("y", "float32", (None, 1)),))
 
@@ -104,22 +105,6 @@ def repo(tmp_path: Path) -> Repo:
 @pytest.fixture
 def models() -> NumberModels:
     return NumberModels()
-
-
-def serve(
-    settings: Settings, builder: Builder, on_recycle: Callable[[], None] | None = None
-) -> tuple[ServableManager, Callable[[], None]]:
-    """Wire a manager and its repository watcher as `service.app.create_app` does; return it and its stop."""
-    manager = ServableManager(builder, settings, on_recycle=on_recycle)
-    watcher = RepositoryWatcher(ModelRepository(settings.models_dir, settle_s=settings.settle_s), manager, settings)
-    watcher.start()
-    manager.start()
-
-    def stop() -> None:
-        watcher.stop()
-        manager.stop()
-
-    return manager, stop
 
 
 @pytest.fixture
