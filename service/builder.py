@@ -163,7 +163,6 @@ class ServableBuilder:
             labels=source.labels,
             submit=MappingProxyType(submit),
             close=close,
-            extras=MappingProxyType(dict(getattr(loaded, "extras", {}) or {})),
         )
 
 
