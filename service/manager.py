@@ -93,14 +93,15 @@ class _Published:
 
 
 class ServableManager:
-    """Loads, warms up, publishes, hands out and unloads the versions of every model.
+    """Decides when each version of every model loads (through its builder), publishes, hands out and unloads it.
 
     Lifecycle: `__init__` is cheap; the watcher may call `set_aspired_versions` right away (its
     first scan); `start()` starts the loader thread and takes the models known by then as the
-    start-up models readiness waits for; `stop()` (after the watcher stopped) ends the loader thread
-    and unloads everything. Thread-safe: `handle()` reads the published map without locking; every other method
-    takes one lock for a short, non-blocking moment. Loads are serialised on the loader thread
-    (TensorFlow loading and the loader's Lambda patching are not safe to run concurrently).
+    start-up models readiness waits for; `stop()` (after the watcher stopped) ends the loader
+    thread and unloads everything. Thread-safe: `handle()` reads the published map without
+    locking; every other method takes one lock for a short, non-blocking moment. Builds are
+    serialised on the loader thread (TensorFlow loading and the loader's Lambda patching are not
+    safe to run concurrently).
     """
 
     def __init__(
