@@ -1,9 +1,10 @@
 """Resident memory of one worker across repeated swaps of the same model.
 
-Runs a real `ServableManager` (repository watcher, loader, runners, batchers) over a temporary models
-folder, installs the same Keras model again and again the recommended way (copy, then mv: a new
-file, so a new fingerprint and a full load, warm-up, swap and unload each time), and reads the
-process's resident set size (VmRSS) after each swap has finished unloading the old copy.
+Runs a real `ServableManager` (repository watcher, `ServableBuilder`: loader, runners, batchers),
+wired as `service.app` wires them, over a temporary models folder, installs the same Keras model
+again and again the recommended way (copy, then mv: a new file, so a new fingerprint and a full
+load, warm-up, swap and unload each time), and reads the process's resident set size (VmRSS) after
+each swap has finished unloading the old copy.
 
     .venv/bin/python bench/swap_memory.py [--swaps 50] [--units 256] [--max-growth-mb 64]
 
@@ -59,7 +60,9 @@ def build_model(path: Path, units: int) -> Path:
 
 def measure(swaps: int, units: int) -> dict:
     """Swap the same model `swaps` times; return the RSS series (MiB) and timings."""
+    from service.builder import ServableBuilder
     from service.manager import ServableManager
+    from service.repository import ModelRepository, RepositoryWatcher
     from service.servable import ServableRequest
     from service.settings import Settings
 
@@ -72,7 +75,11 @@ def measure(swaps: int, units: int) -> dict:
         staging.mkdir()
         source = build_model(root / "model.keras", units)
         settings = Settings(models_dir=models, settle_s=0.2, poll_interval_s=0.2, max_batch_size=8)
-        manager = ServableManager(settings)
+        builder = ServableBuilder(settings)
+        builder.start()
+        manager = ServableManager(builder, settings)
+        watcher = RepositoryWatcher(ModelRepository(models, settle_s=settings.settle_s), manager, settings)
+        watcher.start()
         manager.start()
         request = ServableRequest.latest("m")
         series: list[float] = []
@@ -110,6 +117,7 @@ def measure(swaps: int, units: int) -> dict:
             # The old copy has reached END: the manager closed it and ran its own gc.collect().
             series.append(rss_mb())
             print(f"swap {n:3d}: rss {series[-1]:8.1f} MiB", flush=True)
+        watcher.stop()
         manager.stop()
         return {"rss_mb": series, "seconds": time.monotonic() - started}
     finally:

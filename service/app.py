@@ -1,41 +1,77 @@
-"""create_app: build the serving components of one worker once, and the Flask app that exposes them.
+"""create_app: the composition root. Builds the serving components of one worker once, and the Flask app.
 
-The only module that knows every other one. Called in each gunicorn worker after the fork (no
-preload), so TensorFlow and the models start in the worker that serves them.
+The only module that knows every other one, and the only one that wires them: settings -> servable
+builder -> manager <- repository watcher; manager -> data plane -> API blueprints. Nobody else builds
+a collaborator of the manager. Called in each gunicorn worker after the fork (no preload), so
+TensorFlow and the models start in the worker that serves them.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
+import signal
 
 from flask import Flask
 
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
 from service.api.json import FastJSONProvider
+from service.builder import ServableBuilder
 from service.dataplane import DataPlane
 from service.logs import configure_logging
-from service.manager import ServableManager
+from service.manager import Builder, ServableManager
+from service.repository import ModelRepository, RepositoryWatcher
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the manager (which starts loading the models), the data plane and the Flask app."""
+def create_app(settings: Settings | None = None, *, builder: Builder | None = None) -> Flask:
+    """Build the builder, the manager and its watcher (which start loading the models), the data plane and the app.
+
+    Args:
+        settings: default: read from the environment.
+        builder: turns versions on disk into servables; default: a `ServableBuilder` (TensorFlow),
+            started here. Tests pass a started fake to exercise the HTTP layer without TensorFlow.
+    """
     settings = settings or Settings()
     configure_logging(settings)
-    manager = ServableManager(settings)
+    if builder is None:
+        builder = ServableBuilder(settings)
+        builder.start()  # security gate on MODELS_DIR, TensorFlow configuration, gc.freeze
+    manager = ServableManager(builder, settings, on_recycle=recycle_worker)
+    watcher = RepositoryWatcher(ModelRepository(settings.models_dir, settle_s=settings.settle_s), manager, settings)
+    # The watcher scans once before returning, so the manager starts with the start-up models known
+    # and builds its first registry from the plugins that scan saw.
+    watcher.start()
     manager.start()
+
+    def stop() -> None:
+        """Stop watching first (nothing sets aspired versions any more), then unload every version."""
+        watcher.stop()
+        manager.stop()
+
     # Unload on interpreter exit (gunicorn's graceful worker exit): batcher threads stop and
     # in-flight requests have finished by then.
-    atexit.register(manager.stop)
+    atexit.register(stop)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = FastJSONProvider(app)
-    app.extensions[EXTENSION] = Runtime(settings, manager, DataPlane(manager, settings))
+    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings), stop)
     register_blueprints(app)
     register_error_handlers(app)
     log.info("kerasserve app ready to serve %s", settings.models_dir)
     return app
+
+
+def recycle_worker() -> None:
+    """Ask this worker process to exit gracefully, so the gunicorn master forks a fresh one.
+
+    The manager calls it once after SWAPS_BEFORE_RECYCLE unloads: TensorFlow and the allocator keep
+    some memory of every unloaded version, and only a new process gives it all back. It lives here,
+    not in the manager, because it acts on the whole process: SIGTERM is gunicorn's graceful worker
+    exit (in-flight requests finish, `stop()` above runs at exit).
+    """
+    os.kill(os.getpid(), signal.SIGTERM)

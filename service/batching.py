@@ -97,10 +97,6 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
         self._thread.start()
 
-    @property
-    def servable_id(self) -> ServableId:
-        return self._id
-
     def submit(self, inputs: Mapping[str, np.ndarray]) -> Future:
         """Queue one request's rows; the future's result holds exactly these rows' outputs.
 

@@ -20,7 +20,6 @@ it is safe to share between threads. This module owns plugin import; it never lo
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -117,30 +116,12 @@ def _public_names(module: ModuleType) -> dict[str, Any]:
     return {n: getattr(module, n) for n in names if hasattr(module, n)}
 
 
-def _file_digest(paths: Iterable[Path], extra: Iterable[str] = ()) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        digest.update(f"{path.name}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode())
-    for item in extra:
-        digest.update(f"module\0{item}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def plugin_files(models_dir: Path) -> list[Path]:
     """Return the plugin files of a models folder, sorted by name (import order)."""
     folder = Path(models_dir) / PLUGINS_FOLDER
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.py") if p.is_file() and not p.name.startswith((".", "_")))
-
-
-def fingerprint(settings: Settings) -> str:
-    """Return a cheap digest of the plugin files (names, mtimes, sizes) and MODEL_PLUGINS."""
-    return _file_digest(plugin_files(settings.models_dir), settings.model_plugins)
 
 
 class CustomObjectRegistry:
@@ -159,7 +140,6 @@ class CustomObjectRegistry:
         """Plugin module -> why it failed to import (the server keeps running without it)."""
         self.plugin_modules: list[str] = []
         """Plugin modules imported successfully, in import order."""
-        self._fingerprint = ""
 
     # --- building -----------------------------------------------------------------------------
     @classmethod
@@ -170,7 +150,6 @@ class CustomObjectRegistry:
         logged; it never raises here.
         """
         registry = cls()
-        registry._fingerprint = fingerprint(settings)
         for path in plugin_files(settings.models_dir):
             registry.import_plugin_file(path)
         for name in settings.model_plugins:
@@ -313,19 +292,14 @@ class CustomObjectRegistry:
         """Say whether `name` is a registered custom object or Lambda global."""
         return name in self._objects or name in self._globals
 
-    def plugins_fingerprint(self) -> str:
-        """Return the plugin digest this registry was built from (compare with `fingerprint(settings)`)."""
-        return self._fingerprint
-
     def copy(self) -> CustomObjectRegistry:
-        """Return an independent copy (plugin errors and fingerprint included)."""
+        """Return an independent copy (plugin errors included)."""
         other = CustomObjectRegistry()
         other._objects = dict(self._objects)
         other._globals = dict(self._globals)
         other._lambdas = dict(self._lambdas)
         other.plugin_errors = dict(self.plugin_errors)
         other.plugin_modules = list(self.plugin_modules)
-        other._fingerprint = self._fingerprint
         return other
 
     def for_model(self, config: ModelConfig | None, base_dirs: Iterable[Path] = ()) -> CustomObjectRegistry:

@@ -29,9 +29,10 @@ from service.errors import (
 )
 from service.servable import Servable, ServableId, ServableRequest, Signature
 from service.settings import Settings
+from service.status import ModelStatus, Readiness
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.manager import ModelStatus, Readiness, ServableManager
+    from service.manager import ServableManager
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ class PredictResponse:
     """Outputs of one call: output name -> array with one row per input row, in signature order."""
 
     servable_id: ServableId
-    signature: Signature
     outputs: Mapping[str, np.ndarray]
     labels: tuple[str, ...] = ()
 
@@ -131,7 +131,7 @@ class DataPlane:
             # The client sent one value per row to an input of shape (None, 1) (TF Serving's
             # `{"instances": [1.0, 2.0]}`): answer one value per row as well.
             squeezed = {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in response.outputs.items()}
-            response = PredictResponse(response.servable_id, response.signature, squeezed, response.labels)
+            response = PredictResponse(response.servable_id, squeezed, response.labels)
         return response
 
     def _predict(self, request: PredictRequest) -> tuple[PredictResponse, bool]:
@@ -142,7 +142,7 @@ class DataPlane:
             arrays, expanded = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, arrays)
             ordered = self._order(outputs, signature, request.outputs)
-            return PredictResponse(servable.id, signature, ordered, servable.labels), expanded
+            return PredictResponse(servable.id, ordered, servable.labels), expanded
 
     def predict_classes(
         self, request: PredictRequest, *, threshold: float = classification.DEFAULT_THRESHOLD, top_k: int | None = None

@@ -3,7 +3,7 @@
 `detect_format(path)` sniffs magic bytes (`PK\\x03\\x04` for a Keras 3 zip, `\\x89HDF\\r\\n\\x1a\\n` for
 HDF5), reads HDF5 root attributes (`model_config` marks a full model, `layer_names` a weights-only
 file) and folder contents (`saved_model.pb`), and pairs an architecture JSON with its weights file.
-`is_complete(path)` is a cheap check the repository uses before handing a path to the loader.
+Whether a version's files are complete is the repository's business (`service.repository`).
 
 This module never imports TensorFlow or Keras (h5py only), so it is cheap to call while scanning.
 """
@@ -239,58 +239,3 @@ def detect_format(path: Path) -> DetectedModel:
     raise ModelLoadError(
         f"'{path.name}' is not a model file recognised by content (Keras zip, HDF5, architecture JSON or SavedModel)"
     )
-
-
-def _saved_model_complete(path: Path) -> bool:
-    pb = next((path / n for n in SAVED_MODEL_FILES if (path / n).is_file()), None)
-    if pb is None or pb.stat().st_size == 0:
-        return False
-    variables = path / "variables"
-    if not variables.is_dir():
-        return True  # a graph without variables (rare) is complete with its .pb
-    if not (variables / "variables.index").is_file():
-        # An empty variables/ folder is what TF writes for a graph without variables.
-        return not any(variables.iterdir())
-    shards = list(variables.glob("variables.data-*-of-*"))
-    if not shards:
-        return False
-    match = re.search(r"-of-(\d+)$", shards[0].name)
-    return match is not None and len(shards) == int(match.group(1))
-
-
-def _hdf5_complete(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            f.attrs.get("keras_version")
-            return True
-    except OSError:
-        return False
-
-
-def is_complete(path: Path) -> bool:
-    """Say cheaply whether `path` looks fully written (used before loading, never raises).
-
-    A SavedModel needs `saved_model.pb` and every variables shard; a zip needs its central directory
-    (written last); an HDF5 file must open; a folder must hold one complete model.
-    """
-    path = Path(path)
-    try:
-        if path.is_dir():
-            if _is_saved_model_dir(path):
-                return _saved_model_complete(path)
-            found = _detect_dir(path)
-            return all(is_complete(p) for p in (found.path, found.weights) if p is not None)
-        if not path.is_file() or path.stat().st_size == 0:
-            return False
-        magic = _magic(path)
-        if magic.startswith(ZIP_MAGIC):
-            return zipfile.is_zipfile(path)
-        if magic == HDF5_MAGIC:
-            return _hdf5_complete(path)
-        if path.suffix.lower() == ".json":
-            return _json_architecture(path) is not None
-        return False
-    except (OSError, ModelLoadError):
-        return False

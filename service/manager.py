@@ -8,83 +8,50 @@ returned (UNLOADING -> END), on a background thread. A failed load ends in END w
 the version already serving keeps serving (TF Serving's availability-preserving policy). Requests
 borrow a servable through `handle()`; they never wait for a load or a swap.
 
-It never reads the file system itself (that is `service.repository`) and never touches HTTP.
-TensorFlow is reached only through `service.loader` and `service.runner`, imported in `start()`.
+It builds none of its collaborators: `service.app` creates the repository watcher that calls
+`set_aspired_versions`, and the builder (`service.builder.ServableBuilder`) that turns a version on
+disk into a warmed-up servable; the manager only decides when to call it. It never reads the file
+system itself, never imports TensorFlow and never touches HTTP.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from service import metrics
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
-from service.repository import SETTLING, ModelRepository, RepositoryWatcher, VersionSource
-from service.servable import (
-    Arrays,
-    Servable,
-    ServableId,
-    ServableInfo,
-    ServableRequest,
-    ServableState,
-    Signature,
-)
+from service.repository import SETTLING, VersionSource, display_path
+from service.servable import Servable, ServableId, ServableRequest, ServableState
 from service.settings import Settings
+from service.status import ModelStatus, Readiness, VersionStatus
 
 log = logging.getLogger(__name__)
-
-BuildServable = Callable[[VersionSource], Servable]
-"""Turns one complete version on disk into a warmed-up servable; raises ModelLoadError (or anything) on failure."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _DRAIN_LOG_INTERVAL_S = 30.0
 _HANDLE_RETRIES = 8
 
 
-# --- the values the data plane sees ------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class VersionStatus:
-    """State of one version as the status views show it."""
+class Builder(Protocol):
+    """What the manager needs to turn versions into servables: `service.builder.ServableBuilder`,
+    or a test's fake. The manager calls both methods on its loader thread only, one at a time."""
 
-    version: int
-    state: ServableState
-    error: str = ""
-    """Non-empty for a failed load (state END; status views call it FAILED). On an AVAILABLE version:
-    a newer copy of the same version failed to load and the previous copy keeps serving."""
-    info: ServableInfo | None = None
-    signatures: Mapping[str, Signature] = field(default_factory=lambda: _EMPTY)
-    default_signature: str = "serving_default"
+    device: str
+    """Where servables run, for the manager's log lines."""
 
+    def rebuild_registry(self) -> None:
+        """Pick up the current plugins; called before the first load and whenever the plugins change."""
 
-@dataclass(frozen=True, slots=True)
-class ModelStatus:
-    """Every version the manager knows of one model, ascending, with labels."""
-
-    name: str
-    versions: tuple[VersionStatus, ...]
-    version_labels: Mapping[str, int]
-    labels: tuple[str, ...]
-    """Class labels of the serving (latest AVAILABLE) version."""
-
-
-@dataclass(frozen=True, slots=True)
-class Readiness:
-    """Whether the worker should get traffic (`/readyz`), and per model."""
-
-    ready: bool
-    models: Mapping[str, bool]
-    reason: str = ""
+    def build(self, source: VersionSource) -> Servable:
+        """Turn one complete version into a warmed-up servable; raise ModelLoadError (or anything) on failure."""
 
 
 # --- internal bookkeeping (guarded by ServableManager._cond) ---------------------------------------
@@ -126,36 +93,35 @@ class _Published:
 
 
 class ServableManager:
-    """Loads, warms up, publishes, hands out and unloads the versions of every model.
+    """Decides when each version of every model loads (through its builder), publishes, hands out and unloads it.
 
-    Lifecycle: `__init__` is cheap; `start()` (in the gunicorn worker, after the fork) configures
-    TensorFlow, starts the loader thread and the repository watcher; `stop()` ends them and unloads
-    everything. Thread-safe: `handle()` reads the published map without locking; every other method
-    takes one lock for a short, non-blocking moment. Loads are serialised on the loader thread
-    (TensorFlow loading and the loader's Lambda patching are not safe to run concurrently).
+    Lifecycle: `__init__` is cheap; the watcher may call `set_aspired_versions` right away (its
+    first scan); `start()` starts the loader thread and takes the models known by then as the
+    start-up models readiness waits for; `stop()` (after the watcher stopped) ends the loader
+    thread and unloads everything. Thread-safe: `handle()` reads the published map without
+    locking; every other method takes one lock for a short, non-blocking moment. Builds are
+    serialised on the loader thread (TensorFlow loading and the loader's Lambda patching are not
+    safe to run concurrently).
     """
 
     def __init__(
         self,
+        builder: Builder,
         settings: Settings,
         *,
-        build_servable: BuildServable | None = None,
         on_recycle: Callable[[], None] | None = None,
     ) -> None:
         """Prepare an empty manager; nothing loads before `start()`.
 
         Args:
-            settings: the service settings (models folder, settle and poll periods, batching, recycling).
-            build_servable: turns a version on disk into a servable; default: the loader, runners and
-                batchers (`_build_servable`). Tests pass their own.
-            on_recycle: called once `swaps_before_recycle` unloads have happened; default: send this
-                process SIGTERM, which a gunicorn worker treats as a graceful exit (in-flight requests
-                finish) before the master starts a fresh worker.
+            builder: turns a version on disk into a servable (`service.builder.ServableBuilder`).
+            settings: the service settings (models folder, graceful timeout, `swaps_before_recycle`).
+            on_recycle: called once, after `swaps_before_recycle` unloads (`service.app` passes the
+                worker recycling); None: never recycle.
         """
         self._settings = settings
-        self._own_builder = build_servable is None
-        self._build = build_servable or self._build_servable
-        self._on_recycle = on_recycle or _terminate_self
+        self._builder = builder
+        self._on_recycle = on_recycle
         self._cond = threading.Condition(threading.RLock())
         self._models: dict[str, _Model] = {}
         self._serving: Mapping[str, _Published] = _EMPTY
@@ -165,42 +131,20 @@ class ServableManager:
         self._plugins_fp: str | None = None
         self._registry_fp: str | None = None
         self._registry_built = False
-        self._loader: Any = None
-        self._device = "/CPU:0"
         self._unloads = 0
         self._recycling = False
         self._stopping = False
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self._watcher: RepositoryWatcher | None = None
-        self._repository = ModelRepository(settings.models_dir, settle_s=settings.settle_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Configure TensorFlow, start the loader thread and the watcher (which scans once right away).
+        """Start the loader thread; the models known now are the start-up models readiness waits for.
 
-        Raises:
-            InsecureModelsDir: MODELS_DIR is world-writable and ALLOW_WORLD_WRITABLE_MODELS is off
-                (model files and plugins are code; the worker does not boot).
+        Call it after the watcher's first scan (`RepositoryWatcher.start()` scans before returning),
+        so the registry is built from the plugins that scan saw and readiness knows the models.
         """
-        from service import security
-
-        security.check_models_dir(self._settings)
         self._started_at = time.monotonic()
-        if self._own_builder:
-            from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
-
-            self._device = configure_tensorflow(self._settings)
-            import service.batching  # noqa: F401 - imported before freezing, like TensorFlow
-            import service.loader  # noqa: F401
-
-            # Move everything imported so far (TensorFlow, Keras: hundreds of thousands of long-lived
-            # objects) out of the collector's sight, so the gc.collect() after each unload scans only
-            # newer objects (the servables): it pauses the other threads for milliseconds, not tenths.
-            gc.freeze()
-        self._watcher = RepositoryWatcher(self._repository, self, self._settings)
-        self._watcher.start()
-        # Started after the first scan, so the registry is built from the plugins that scan saw.
         self._thread = threading.Thread(target=self._run_loader, name="servable-loader", daemon=True)
         self._thread.start()
         with self._cond:
@@ -208,19 +152,20 @@ class ServableManager:
             self._startup = frozenset(self._models)
             log.info(
                 "start-up scan of %s: %d model(s) %s; loading in the background on %s",
-                self._settings.models_dir, len(self._models), sorted(self._models) or "", self._device,
+                self._settings.models_dir, len(self._models), sorted(self._models) or "", self._builder.device,
             )
             self._check_startup_locked()
 
     def stop(self) -> None:
-        """Stop the watcher and the loader thread, then unload every version; safe to call twice."""
+        """Stop the loader thread, then unload every version; safe to call twice.
+
+        Stop the watcher first, so nothing sets aspired versions while the manager unloads.
+        """
         with self._cond:
             if self._stopped:
                 return
             self._stopped = self._stopping = True
             self._cond.notify_all()
-        if self._watcher is not None:
-            self._watcher.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self._settings.graceful_timeout_s)
         with self._cond:
@@ -396,36 +341,21 @@ class ServableManager:
                 log.exception("loader thread error")
 
     def _registry_outdated_locked(self) -> bool:
-        if not self._own_builder:
-            if self._plugins_fp != self._registry_fp and self._plugins_fp is not None:
-                self._registry_fp = self._plugins_fp  # an injected builder has no registry to rebuild
-            return False
         if not self._registry_built:
             return True
         return self._plugins_fp is not None and self._plugins_fp != self._registry_fp
 
     def _rebuild_registry(self) -> None:
-        from service.custom_objects import CustomObjectRegistry
-        from service.loader import Loader
-
         with self._cond:
             fingerprint = self._plugins_fp
-        started = time.monotonic()
-        loader = None
         try:
-            registry = CustomObjectRegistry.from_plugins(self._settings)
-            for plugin, message in getattr(registry, "plugin_errors", {}).items():
-                log.error("plugin %s failed to import: %s", plugin, message)
-            loader = Loader(registry, self._settings)
-        except Exception:  # noqa: BLE001 - keep the previous registry; retried when plugins change
-            log.exception("building the custom object registry failed; keeping the previous one")
-        with self._cond:
-            # Recorded even on failure, so a broken plugin folder is not rebuilt in a loop.
-            self._loader = loader or self._loader
-            self._registry_fp = fingerprint
-            self._registry_built = True
-        if loader is not None:
-            log.info("custom object registry built in %.2fs", time.monotonic() - started)
+            self._builder.rebuild_registry()
+        finally:
+            with self._cond:
+                # Recorded even on failure, so a broken plugin folder is not rebuilt in a loop; a
+                # new fingerprint also retries the versions that failed with the previous plugins.
+                self._registry_fp = fingerprint
+                self._registry_built = True
 
     def _next_load_locked(self) -> VersionSource | None:
         """Pick the next version to load (highest first) and mark it LOADING."""
@@ -448,12 +378,12 @@ class ServableManager:
 
     def _load(self, source: VersionSource) -> None:
         servable_id = source.id
-        log.info("%s LOADING from %s", servable_id, self._relative(source.path))
+        log.info("%s LOADING from %s", servable_id, display_path(source.path, self._settings.models_dir))
         started = time.monotonic()
         try:
             if source.error:
                 raise ModelLoadError(source.error)
-            servable = self._build(source)
+            servable = self._builder.build(source)
         except Exception as err:  # noqa: BLE001 - every load failure is recorded, none escapes
             message = str(err) or type(err).__name__
             if not isinstance(err, ModelLoadError):
@@ -604,7 +534,7 @@ class ServableManager:
                     version.state = ServableState.END
             self._unloads += 1
             limit = self._settings.swaps_before_recycle
-            if limit and self._unloads >= limit and not self._recycling and not self._stopping:
+            if limit and self._on_recycle is not None and self._unloads >= limit and not self._recycling and not self._stopping:
                 self._recycling = recycle = True
             self._drop_gone_locked()
             self._cond.notify_all()
@@ -614,6 +544,7 @@ class ServableManager:
                 "%d version swaps in this worker (SWAPS_BEFORE_RECYCLE=%d): recycling it to give memory back",
                 self._unloads, self._settings.swaps_before_recycle,
             )
+            assert self._on_recycle is not None
             self._on_recycle()
 
     def _drop_gone_locked(self) -> None:
@@ -711,117 +642,12 @@ class ServableManager:
         available = sum(1 for m in self._models.values() for v in m.versions.values() if v.servable is not None)
         log.info(
             "start-up loading done in %.2fs: %d model(s), %d version(s) AVAILABLE on %s%s",
-            time.monotonic() - self._started_at, len(self._models), available, self._device,
+            time.monotonic() - self._started_at, len(self._models), available, self._builder.device,
             f" ({', '.join(states)})" if states else " (the models folder is empty)",
-        )
-
-    def _relative(self, path: Path) -> str:
-        try:
-            return str(Path(path).relative_to(self._settings.models_dir))
-        except ValueError:
-            return Path(path).name
-
-    # --- building a servable (the default BuildServable) -----------------------------------------------
-    def _build_servable(self, source: VersionSource) -> Servable:
-        """Load a version, build a runner (and batcher) per signature, warm them up; the loader thread calls it.
-
-        Raises:
-            ModelLoadError: the loader could not load it, or warm-up failed on the default signature.
-        """
-        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
-
-        from service import sandbox, security
-
-        settings, batching = self._settings, source.config.batching
-        problem = security.models_dir_problem(settings.models_dir)
-        if problem and not settings.allow_world_writable_models:
-            raise ModelLoadError(f"refused: {problem}; see ALLOW_WORLD_WRITABLE_MODELS in docs/security.md")
-        # Lambda layers hold Python code that can crash the interpreter: run it in a throw-away
-        # process first, so a crash fails this version instead of killing the worker.
-        lambda_layers = sandbox.needs_probe(source.path, source.config, settings)
-        if lambda_layers:
-            sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
-        if self._loader is None:
-            raise ModelLoadError("the custom object registry could not be built (see the log); fix models/plugins/")
-        started = time.monotonic()
-        with device_scope(self._device):
-            loaded = self._loader.load(source.path, source.config)
-        load_s = time.monotonic() - started
-        max_batch_size = batching.max_batch_size or settings.max_batch_size
-        allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
-        if allowed[-1] < max_batch_size:
-            allowed = (*allowed, max_batch_size)
-        closers: list[Callable[[], None]] = []
-        submit: dict[str, Callable[[Arrays], Future]] = {}
-        warnings = list(getattr(loaded, "warnings", ()))
-        warmup_s = 0.0
-        try:
-            for name, signature in loaded.signatures.items():
-                runner = InferenceRunner(loaded, name, device=self._device, allowed_batch_sizes=allowed)
-                try:
-                    warmup_s += runner.warm_up()
-                except Exception as err:
-                    if name == loaded.default_signature:
-                        raise ModelLoadError(f"warm-up of signature '{name}' failed: {err}") from err
-                    warnings.append(f"signature '{name}' failed its warm-up and is not served: {err}")
-                    continue
-                if signature.batched:
-                    from service.batching import Batcher
-
-                    batcher = Batcher(
-                        source.id, runner.run, max_batch_size=max_batch_size,
-                        batch_timeout_ms=batching.batch_timeout_ms if batching.batch_timeout_ms is not None else settings.batch_timeout_ms,
-                        max_enqueued_batches=batching.max_enqueued_batches or settings.max_enqueued_batches,
-                    )
-                    closers.append(batcher.close)
-                    submit[name] = batcher.submit
-                else:
-                    submit[name] = _direct(runner.run)
-        except BaseException:
-            for close in closers:
-                close()
-            loaded.close()
-            raise
-        closers.append(loaded.close)
-
-        def close() -> None:
-            for step in closers:
-                step()
-            closers.clear()
-
-        signatures = dict(loaded.signatures)
-        return Servable(
-            id=source.id,
-            config=source.config,
-            signatures=MappingProxyType(signatures),
-            default_signature=loaded.default_signature,
-            info=ServableInfo(
-                path=self._relative(source.path), format=str(getattr(loaded.format, "value", loaded.format)),
-                loader=str(loaded.loader), device=self._device, load_s=load_s, warmup_s=warmup_s,
-                warnings=tuple(warnings),
-            ),
-            labels=source.labels,
-            submit=MappingProxyType(submit),
-            close=close,
-            extras=MappingProxyType(dict(getattr(loaded, "extras", {}) or {})),
         )
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _direct(run: Callable[[Arrays], dict]) -> Callable[[Arrays], Future]:
-    """Wrap a runner's `run` as a submit function returning a completed Future (unbatched signatures)."""
-
-    def submit(inputs: Arrays) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(run(inputs))
-        except Exception as err:  # noqa: BLE001 - delivered through the future, as a batcher would
-            future.set_exception(err)
-        return future
-
-    return submit
-
-
 def _close(servable: Servable) -> None:
     try:
         servable.close()
@@ -836,7 +662,3 @@ def _describe(version: _Version) -> str:
         return f"version {version.number} is arriving ({version.pending})"
     return f"version {version.number} is {version.state.value}"
 
-
-def _terminate_self() -> None:
-    """Ask this process to exit gracefully (a gunicorn worker finishes in-flight requests first)."""
-    os.kill(os.getpid(), signal.SIGTERM)

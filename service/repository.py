@@ -4,8 +4,8 @@
 versions* (complete versions chosen by the model's version policy), plus the versions present on
 disk and those still arriving. `RepositoryWatcher` calls `scan()` on file-system events (watchdog,
 inotify) and every `poll_interval_s` (the polling fallback that also works on network volumes and
-Kubernetes ConfigMap symlink swaps), and hands each model's list to
-`ServableManager.set_aspired_versions`. A version left out of a list is unloaded, so the watcher
+Kubernetes ConfigMap symlink swaps), and hands each model's list to its target's
+`set_aspired_versions` (the manager's; `app.py` wires them). A version left out of a list is unloaded, so the watcher
 keeps no state between scans; the repository keeps only what settle detection needs.
 
 Layout (see docs/model-repository.md):
@@ -28,11 +28,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from service.model_config import (
     CONFIG_SUFFIXES,
@@ -46,9 +46,6 @@ from service.model_config import (
 )
 from service.servable import ServableId
 from service.settings import Settings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from service.manager import ServableManager
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +66,14 @@ SETTLING = "settling"
 
 _Signature = tuple[int, int, int, int]
 """(size, mtime_ns, inode, device) of a file, following symlinks."""
+
+
+def display_path(path: Path, models_dir: Path) -> str:
+    """Return `path` relative to the models folder, for logs and status views (its name when outside)."""
+    try:
+        return str(Path(path).relative_to(models_dir))
+    except ValueError:
+        return Path(path).name
 
 
 def is_ignored(name: str) -> bool:
@@ -439,6 +444,24 @@ def _apply_policy(config: ModelConfig, versions: list[int]) -> set[int]:
 
 
 # --- the watcher -------------------------------------------------------------------------------
+class AspiredVersionsTarget(Protocol):
+    """What the watcher feeds: `service.manager.ServableManager` (typed here so this module never imports it)."""
+
+    def set_aspired_versions(
+        self,
+        name: str,
+        versions: Sequence[VersionSource],
+        *,
+        present: Collection[int] | None = None,
+        pending: Mapping[int, str] | None = None,
+        version_labels: Mapping[str, int] | None = None,
+    ) -> None: ...
+
+    def set_plugins_fingerprint(self, fingerprint: str) -> None: ...
+
+    def model_names(self) -> list[str]: ...
+
+
 class RepositoryWatcher:
     """Rescans the repository on file-system events and every `poll_interval_s`; feeds the manager.
 
@@ -450,7 +473,7 @@ class RepositoryWatcher:
 
     DEBOUNCE_S = 0.05
 
-    def __init__(self, repository: ModelRepository, manager: ServableManager, settings: Settings) -> None:
+    def __init__(self, repository: ModelRepository, manager: AspiredVersionsTarget, settings: Settings) -> None:
         self.repository = repository
         self.manager = manager
         self.poll_interval_s = settings.poll_interval_s

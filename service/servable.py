@@ -116,9 +116,6 @@ class Signature:
     batched: bool = True
     fixed_batch_size: int | None = None
 
-    def input(self, name: str) -> TensorInfo:
-        return next(t for t in self.inputs if t.name == name)
-
 
 Arrays = Mapping[str, np.ndarray]
 """Tensors between layers: name -> numpy array, batch dimension first."""
@@ -156,15 +153,9 @@ class Servable:
     """Per signature name: `submit(inputs) -> Future[dict[str, np.ndarray]]` (the batcher's, or a direct run)."""
     close: Callable[[], None] = lambda: None
     """Stops batchers and drops references to the TensorFlow objects."""
-    extras: Mapping[str, Any] = field(default_factory=dict)
-    """Format-specific extras (e.g. the raw SavedModel signature callables for :classify/:regress)."""
 
     _borrowers: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def signature(self) -> Signature:
-        return self.signatures[self.default_signature]
 
     def acquire(self) -> None:
         with self._lock:

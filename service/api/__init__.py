@@ -1,9 +1,10 @@
-"""HTTP API: one Blueprint per surface, the request hooks, and the `dataplane()` helper for views.
+"""HTTP API: one Blueprint per surface, and the request hooks.
 
 `register_blueprints(app)` installs the blueprints and the hooks every request passes through:
 request ids (`X-Request-ID`, echoed or generated), the request metrics (REQUESTS and REQUEST_SECONDS,
 observed once, here), and `before_request` hooks: the place where authentication and CORS plug in.
-Views reach the serving components through `current_app.extensions["kerasserve"]`, never globals.
+Views reach the serving components through `current_app.extensions["kerasserve"]`, never globals,
+with the helpers of `service.api.context` (re-exported here for `service.app`).
 """
 
 from __future__ import annotations
@@ -11,48 +12,19 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from service import security
+from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
 from service.metrics import REQUEST_SECONDS, REQUESTS
 from service.logs import request_id_var
 
-if TYPE_CHECKING:  # pragma: no cover
-    from service.dataplane import DataPlane
-    from service.manager import ServableManager
-    from service.settings import Settings
+__all__ = ["EXTENSION", "Runtime", "dataplane", "note_model", "register_blueprints", "runtime"]
 
-EXTENSION = "kerasserve"
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """The serving components one worker's app uses: settings, manager and data plane."""
-
-    settings: Settings
-    manager: ServableManager
-    dataplane: DataPlane
-
-
-def runtime() -> Runtime:
-    """Return the current app's Runtime."""
-    return current_app.extensions[EXTENSION]
-
-
-def dataplane() -> DataPlane:
-    """Return the current app's DataPlane."""
-    return current_app.extensions[EXTENSION].dataplane
-
-
-def note_model(name: str) -> None:
-    """Record which model a request is for, for the request metrics (cleared again on ModelNotFound)."""
-    g.kerasserve_model = name
 
 
 def _start_request() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from service.api import dataplane
+from service.api.context import dataplane
 
 bp = Blueprint("health", __name__)
 

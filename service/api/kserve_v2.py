@@ -10,7 +10,7 @@ import json
 
 from flask import Blueprint, Response, request
 
-from service.api import dataplane, note_model
+from service.api.context import dataplane, note_model
 from service.errors import ModelNotFound, ModelNotReady
 from service.protocols import kserve_v2
 from service.servable import ServableRequest, ServableState

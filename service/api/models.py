@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from service.api import dataplane, note_model
+from service.api.context import dataplane, note_model
 from service.dataplane import ModelMetadata
 from service.errors import ModelNotFound, ModelNotReady
 from service.protocols import native

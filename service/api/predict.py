@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from service.api import dataplane, note_model, runtime
+from service.api.context import dataplane, note_model, runtime
 from service.protocols import native
 from service.servable import ServableRequest
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from service.api import dataplane, note_model
+from service.api.context import dataplane, note_model
 from service.errors import UnsupportedMediaType
 from service.protocols import parse_json_object, tfserving
 

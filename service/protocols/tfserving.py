@@ -24,7 +24,7 @@ from service.protocols import leaves
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.manager import ModelStatus
+    from service.status import ModelStatus
 
 # URL grammar of TF Serving's REST API (http_rest_api_util.cc): case-insensitive, a version is
 # digits, a label is [a-zA-Z0-9_]+. Both are matched here so the conflict can be reported.

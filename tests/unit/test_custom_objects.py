@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from service.custom_objects import CustomObjectRegistry, fingerprint
+from service.custom_objects import CustomObjectRegistry
 from service.model_config import ModelConfig
 from service.settings import Settings
 
@@ -159,18 +157,3 @@ def test_for_model_applies_one_models_globals_lambdas_and_plugin_files(tmp_path:
     assert registry.for_model(None) is registry
     with pytest.raises(ValueError, match="'nowhere' for layer 'lambda_9'"):
         registry.for_model(ModelConfig(lambdas={"lambda_9": "nowhere"}), [model_dir])
-
-
-def test_fingerprint_changes_when_plugins_change(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, {"a.py": "A = 1\n"})
-    before = fingerprint(settings)
-    assert CustomObjectRegistry.from_plugins(settings).plugins_fingerprint() == before
-    assert fingerprint(settings) == before
-    (tmp_path / "plugins" / "b.py").write_text("B = 1\n")
-    after_add = fingerprint(settings)
-    assert after_add != before
-    later = time.time() + 5
-    (tmp_path / "plugins" / "a.py").write_text("A = 22\n")
-    os.utime(tmp_path / "plugins" / "a.py", (later, later))
-    assert fingerprint(settings) != after_add
-    assert fingerprint(Settings(models_dir=tmp_path, model_plugins="x.y")) != fingerprint(settings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.errors import ModelLoadError
-from service.formats import ModelFormat, detect_format, is_complete
+from service.formats import ModelFormat, detect_format
 
 
 def _hdf5_model(path: Path, version: str = "2.4.0") -> Path:
@@ -129,29 +128,3 @@ def test_corpus_formats_are_sniffed(corpus: Path) -> None:
     assert detect_format(corpus / "flownet_ann/final_model.keras").format is ModelFormat.KERAS_ZIP
     assert detect_format(corpus / "half_plus_two_cpu/00000123").format is ModelFormat.SAVED_MODEL
     assert detect_format(corpus / "naoki_behavioral_cloning/model.h5").keras_major == 1
-
-
-def test_is_complete_saved_model_needs_every_shard(tmp_path: Path) -> None:
-    assert is_complete(_saved_model(tmp_path / "full", shards=2))
-    assert not is_complete(_saved_model(tmp_path / "partial", shards=2, write=1))
-    no_pb = _saved_model(tmp_path / "nopb")
-    (no_pb / "saved_model.pb").unlink()
-    assert not is_complete(no_pb)
-
-
-def test_is_complete_detects_truncated_zip_and_hdf5(tmp_path: Path) -> None:
-    good_zip = _keras_zip(tmp_path / "m.keras")
-    good_h5 = _hdf5_model(tmp_path / "m.h5")
-    assert is_complete(good_zip) and is_complete(good_h5)
-    for good in (good_zip, good_h5):
-        cut = tmp_path / f"cut{good.suffix}"
-        shutil.copyfile(good, cut)
-        cut.write_bytes(cut.read_bytes()[: max(8, cut.stat().st_size // 3)])
-        assert not is_complete(cut)
-    (tmp_path / "empty.keras").write_bytes(b"")
-    assert not is_complete(tmp_path / "empty.keras")
-
-
-def test_is_complete_on_corpus_folders(corpus: Path) -> None:
-    for folder in ("half_plus_two_cpu/00000123", "tiny_kws_ref_model", "dl4j_simple_lstm"):
-        assert is_complete(corpus / folder)

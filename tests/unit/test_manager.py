@@ -1,8 +1,9 @@
 """ServableManager: states, swaps, failures, readiness and handles.
 
-Most tests drive the manager through the real repository and watcher over real files, with a small
-builder that turns a file holding a number into a servable multiplying by it (no TensorFlow: these
-tests are about states and swaps). `test_real_keras_model_*` uses the real loader, runner and batcher.
+Most tests drive the manager through the real repository and watcher over real files, wired as
+`service.app` wires them, with a small builder that turns a file holding a number into a servable
+multiplying by it (no TensorFlow: these tests are about states and swaps). `test_real_*` use the real
+`ServableBuilder` (loader, runner and batcher).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -18,11 +19,12 @@ import numpy as np
 import pytest
 
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
-from service.manager import ServableManager
+from service.manager import Builder, ServableManager
 from service.repository import VersionSource
 from service.servable import Servable, ServableInfo, ServableRequest, ServableState, Signature, TensorInfo
 from service.settings import Settings
 from tests.conftest import wait_until
+from tests.unit.fakes import serve
 
 SIGNATURE = Signature("serving_default", (TensorInfo("x", "float32", (None, 1)),), (TensorInfo("y", "float32", (None, 1)),))
 
@@ -30,12 +32,18 @@ SIGNATURE = Signature("serving_default", (TensorInfo("x", "float32", (None, 1)),
 class NumberModels:
     """Builds servables from files holding a number (y = x * number); 'broken' files fail to load."""
 
+    device = "/CPU:0"
+
     def __init__(self) -> None:
         self.built: list[VersionSource] = []
         self.closed: list[tuple[str, int, str]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.needs_plugin: Path | None = None
+        self.registry_builds = 0
+
+    def rebuild_registry(self) -> None:
+        self.registry_builds += 1
 
     def build(self, source: VersionSource) -> Servable:
         self.built.append(source)
@@ -101,23 +109,21 @@ def models() -> NumberModels:
 
 @pytest.fixture
 def make_manager(repo: Repo, models: NumberModels) -> Iterator:
-    started: list[ServableManager] = []
+    stops: list[Callable[[], None]] = []
 
     def make(**settings) -> ServableManager:
         options = {"models_dir": repo.models, "settle_s": 0.3, "poll_interval_s": 0.1, **settings}
         recycled = settings.pop("recycled", None)
         options.pop("recycled", None)
-        manager = ServableManager(
-            Settings(**options), build_servable=models.build,
-            on_recycle=(lambda: recycled.append(True)) if recycled is not None else None,
+        manager, stop = serve(
+            Settings(**options), models, on_recycle=(lambda: recycled.append(True)) if recycled is not None else None
         )
-        manager.start()
-        started.append(manager)
+        stops.append(stop)
         return manager
 
     yield make
-    for manager in started:
-        manager.stop()
+    for stop in stops:
+        stop()
 
 
 def predict(manager: ServableManager, request: ServableRequest, x: float = 1.0) -> float:
@@ -411,6 +417,15 @@ fresh_process_only = pytest.mark.skipif(
 )
 
 
+def real_builder(settings: Settings) -> Builder:
+    """A started `ServableBuilder`: the loader, runners and batchers on TensorFlow."""
+    from service.builder import ServableBuilder
+
+    builder = ServableBuilder(settings)
+    builder.start()
+    return builder
+
+
 @pytest.mark.skipif(os.environ.get(IN_FRESH_PROCESS) == "1", reason="already in the fresh process")
 def test_real_tensorflow_manager_tests_in_a_fresh_process() -> None:
     import subprocess
@@ -434,8 +449,8 @@ def test_real_keras_model_loads_warms_up_serves_and_swaps(repo: Repo, tmp_path: 
     two = save_scaled_model(tmp_path / "two.keras", 2.0)
     three = save_scaled_model(tmp_path / "three.keras", 3.0)
     copy_then_mv(two, repo.models / "m.keras", repo.staging)
-    manager = ServableManager(Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=4))
-    manager.start()
+    settings = Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=4)
+    manager, stop = serve(settings, real_builder(settings))
     try:
         wait_until(lambda: manager.readiness().ready, timeout_s=60)
         assert predict(manager, ServableRequest.latest("m"), 1.5) == 3.0
@@ -448,7 +463,7 @@ def test_real_keras_model_loads_warms_up_serves_and_swaps(repo: Repo, tmp_path: 
         copy_then_mv(three, repo.models / "m.keras", repo.staging)
         wait_until(lambda: predict(manager, ServableRequest.latest("m"), 1.5) == 4.5, timeout_s=60)
     finally:
-        manager.stop()
+        stop()
 
 
 @pytest.mark.slow
@@ -495,8 +510,8 @@ def test_real_plugin_change_rebuilds_the_registry_and_retries_the_failed_model(r
     model = keras.Sequential([keras.Input((1,), name="x"), module.Doubler(name="double")])
     model.save(tmp_path / "training" / "double.keras")
     copy_then_mv(tmp_path / "training" / "double.keras", repo.models / "double.keras", repo.staging)
-    manager = ServableManager(Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=2))
-    manager.start()
+    settings = Settings(models_dir=repo.models, settle_s=0.3, poll_interval_s=0.1, max_batch_size=2)
+    manager, stop = serve(settings, real_builder(settings))
     try:
         wait_until(lambda: states(manager, "double")[1][0] == "END", timeout_s=60)
         assert "Doubler" in states(manager, "double")[1][1]
@@ -507,7 +522,7 @@ def test_real_plugin_change_rebuilds_the_registry_and_retries_the_failed_model(r
         wait_until(lambda: states(manager, "double") == {1: ("AVAILABLE", "")}, timeout_s=60)
         assert predict(manager, ServableRequest.latest("double"), 4.0) == 8.0
     finally:
-        manager.stop()
+        stop()
 
 
 def test_changed_labels_file_loads_the_version_again(repo: Repo, make_manager, models: NumberModels) -> None:

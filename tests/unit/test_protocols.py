@@ -116,10 +116,10 @@ def test_parse_json_object_accepts_nan_and_refuses_non_objects() -> None:
 
 
 def test_predict_answers_drop_the_name_of_a_single_output() -> None:
-    one = PredictResponse(SID, SIG, {"y": np.array([[1.0], [2.0]])})
+    one = PredictResponse(SID, {"y": np.array([[1.0], [2.0]])})
     assert tfserving.encode_predict(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
     assert tfserving.encode_predict(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
-    two = PredictResponse(SID, SIG, {"y": np.array([[1.0], [2.0]]), "z": np.array([7, 8])})
+    two = PredictResponse(SID, {"y": np.array([[1.0], [2.0]]), "z": np.array([7, 8])})
     assert tfserving.encode_predict(two, columnar=False) == {"predictions": [{"y": [1.0], "z": 7}, {"y": [2.0], "z": 8}]}
     assert tfserving.encode_predict(two, columnar=True) == {"outputs": {"y": [[1.0], [2.0]], "z": [7, 8]}}
 
@@ -237,7 +237,7 @@ def test_v2_bad_inputs(inputs: list, error: type, fragment: str) -> None:
 
 
 def test_v2_encode_json_binary_and_classification() -> None:
-    response = PredictResponse(SID, SIG, {"y": np.array([[0.25, 0.75]], np.float32)}, labels=("a", "b"))
+    response = PredictResponse(SID, {"y": np.array([[0.25, 0.75]], np.float32)}, labels=("a", "b"))
     header, binary = kserve_v2.encode_infer(response, kserve_v2.InferOptions(id="1"))
     assert binary == b"" and header == {"model_name": "m", "model_version": "3", "id": "1", "outputs": [
         {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]}

@@ -1,0 +1,180 @@
+"""ServableBuilder: turns one complete version on disk into a warmed-up servable.
+
+It owns everything between "these files should serve" and "this servable can answer": the
+TensorFlow configuration of the worker (device, threads), the custom object registry built from the
+plugins and the `Loader` that uses it, the security gate on the models folder, the Lambda sandbox,
+and the assembly of one `InferenceRunner` (warmed up) and, for batched signatures, one `Batcher` per
+signature. The manager calls `rebuild_registry()` and `build()` on its loader thread and decides
+when; the builder never tracks versions, states or handles, and never touches HTTP.
+
+TensorFlow is imported in `start()` and `build()`, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import MappingProxyType
+from typing import Any
+
+from service import sandbox, security
+from service.errors import ModelLoadError
+from service.repository import VersionSource, display_path
+from service.servable import Arrays, Servable, ServableInfo
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ServableBuilder:
+    """Loads versions, warms them up and wraps them in runners and batchers.
+
+    Lifecycle: `__init__` is cheap; `start()` runs once in the gunicorn worker, after the fork and
+    before the manager starts; `rebuild_registry()` and `build()` are then called by the manager's
+    loader thread only, one at a time (TensorFlow loading and the loader's Lambda patching are not
+    safe to run concurrently), so the builder needs no lock.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._loader: Any = None  # service.loader.Loader once the registry is built
+        self.device = "/CPU:0"
+        """Where models run: `/GPU:0` or `/CPU:0`, chosen by `start()`."""
+
+    def start(self) -> None:
+        """Check the models folder, configure TensorFlow for this worker, then freeze the heap.
+
+        Raises:
+            InsecureModelsDir: MODELS_DIR is world-writable and ALLOW_WORLD_WRITABLE_MODELS is off
+                (model files and plugins are code; the worker does not boot).
+            ValueError: `DEVICE=gpu` but TensorFlow sees no GPU.
+        """
+        security.check_models_dir(self._settings)
+        from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
+
+        self.device = configure_tensorflow(self._settings)
+        import service.batching  # noqa: F401 - imported before freezing, like TensorFlow
+        import service.loader  # noqa: F401
+
+        # Move everything imported so far (TensorFlow, Keras: hundreds of thousands of long-lived
+        # objects) out of the collector's sight, so the gc.collect() the manager runs after each
+        # unload scans only newer objects (the servables): it pauses the other threads for
+        # milliseconds, not tenths. Here, because this is where TensorFlow gets imported; a test
+        # builder that imports no TensorFlow has nothing worth freezing.
+        gc.freeze()
+
+    def rebuild_registry(self) -> None:
+        """Build the custom object registry and the loader from the plugins; keep the previous ones on failure."""
+        from service.custom_objects import CustomObjectRegistry
+        from service.loader import Loader
+
+        started = time.monotonic()
+        try:
+            registry = CustomObjectRegistry.from_plugins(self._settings)
+            for plugin, message in getattr(registry, "plugin_errors", {}).items():
+                log.error("plugin %s failed to import: %s", plugin, message)
+            loader = Loader(registry, self._settings)
+        except Exception:  # noqa: BLE001 - keep the previous registry; retried when plugins change
+            log.exception("building the custom object registry failed; keeping the previous one")
+            return
+        self._loader = loader
+        log.info("custom object registry built in %.2fs", time.monotonic() - started)
+
+    def build(self, source: VersionSource) -> Servable:
+        """Load a version, build a runner (and batcher) per signature, warm them up.
+
+        Raises:
+            ModelLoadError: the models folder is unsafe, the sandbox or the loader refused the
+                version, or warm-up failed on the default signature.
+        """
+        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
+
+        settings, batching = self._settings, source.config.batching
+        problem = security.models_dir_problem(settings.models_dir)
+        if problem and not settings.allow_world_writable_models:
+            raise ModelLoadError(f"refused: {problem}; see ALLOW_WORLD_WRITABLE_MODELS in docs/security.md")
+        # Lambda layers hold Python code that can crash the interpreter: run it in a throw-away
+        # process first, so a crash fails this version instead of killing the worker.
+        lambda_layers = sandbox.needs_probe(source.path, source.config, settings)
+        if lambda_layers:
+            sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
+        if self._loader is None:
+            raise ModelLoadError("the custom object registry could not be built (see the log); fix models/plugins/")
+        started = time.monotonic()
+        with device_scope(self.device):
+            loaded = self._loader.load(source.path, source.config)
+        load_s = time.monotonic() - started
+        max_batch_size = batching.max_batch_size or settings.max_batch_size
+        allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
+        if allowed[-1] < max_batch_size:
+            allowed = (*allowed, max_batch_size)
+        closers: list[Callable[[], None]] = []
+        submit: dict[str, Callable[[Arrays], Future]] = {}
+        warnings = list(getattr(loaded, "warnings", ()))
+        warmup_s = 0.0
+        try:
+            for name, signature in loaded.signatures.items():
+                runner = InferenceRunner(loaded, name, device=self.device, allowed_batch_sizes=allowed)
+                try:
+                    warmup_s += runner.warm_up()
+                except Exception as err:
+                    if name == loaded.default_signature:
+                        raise ModelLoadError(f"warm-up of signature '{name}' failed: {err}") from err
+                    warnings.append(f"signature '{name}' failed its warm-up and is not served: {err}")
+                    continue
+                if signature.batched:
+                    from service.batching import Batcher
+
+                    batcher = Batcher(
+                        source.id, runner.run, max_batch_size=max_batch_size,
+                        batch_timeout_ms=batching.batch_timeout_ms if batching.batch_timeout_ms is not None else settings.batch_timeout_ms,
+                        max_enqueued_batches=batching.max_enqueued_batches or settings.max_enqueued_batches,
+                    )
+                    closers.append(batcher.close)
+                    submit[name] = batcher.submit
+                else:
+                    submit[name] = _direct(runner.run)
+        except BaseException:
+            for close in closers:
+                close()
+            loaded.close()
+            raise
+        closers.append(loaded.close)
+
+        def close() -> None:
+            for step in closers:
+                step()
+            closers.clear()
+
+        return Servable(
+            id=source.id,
+            config=source.config,
+            signatures=MappingProxyType(dict(loaded.signatures)),
+            default_signature=loaded.default_signature,
+            info=ServableInfo(
+                path=display_path(source.path, settings.models_dir),
+                format=str(getattr(loaded.format, "value", loaded.format)),
+                loader=str(loaded.loader), device=self.device, load_s=load_s, warmup_s=warmup_s,
+                warnings=tuple(warnings),
+            ),
+            labels=source.labels,
+            submit=MappingProxyType(submit),
+            close=close,
+        )
+
+
+def _direct(run: Callable[[Arrays], dict]) -> Callable[[Arrays], Future]:
+    """Wrap a runner's `run` as a submit function returning a completed Future (unbatched signatures)."""
+
+    def submit(inputs: Arrays) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(run(inputs))
+        except Exception as err:  # noqa: BLE001 - delivered through the future, as a batcher would
+            future.set_exception(err)
+        return future
+
+    return submit

@@ -1,0 +1,383 @@
+"""HTTP API through Flask's test client: every route, its status and its exact JSON body.
+
+`create_app` wires the real repository, watcher, manager, data plane, adapters and error table; only
+the servables come from `tests.unit.fakes.FakeBuilder` (numpy functions behind real batchers), so
+these tests need neither gunicorn nor TensorFlow. What needs a real server (worker processes,
+connection handling, real models) stays in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+
+from service.api import EXTENSION
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import wait_until
+from tests.unit.fakes import DOUBLE, PIXEL_MEAN, SUM, FakeBuilder
+
+DIGITS_TENSORS = {
+    "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 2, 2, 1]}],
+    "outputs": [{"name": "probs", "dtype": "float32", "shape": [None, 3]}],
+}
+BROKEN = {
+    "name": "broken",
+    "versions": [{"version": 1, "state": "FAILED", "error": "'broken.h5' is truncated or corrupt"}],
+    "version_labels": {},
+    "labels": [],
+    "serving_version": None,
+}
+DIGITS = {
+    "name": "digits",
+    "versions": [{
+        "version": 1, "state": "AVAILABLE", "format": "fake", "loader": "fake", "device": "/CPU:0",
+        "load_s": 0.0, "warmup_s": 0.0, **DIGITS_TENSORS,
+    }],
+    "version_labels": {},
+    "labels": ["cat", "dog", "bird"],
+    "serving_version": 1,
+    "device": "/CPU:0",
+    "default_signature": "serving_default",
+    **DIGITS_TENSORS,
+    "signatures": {"serving_default": {**DIGITS_TENSORS, "method_name": "tensorflow/serving/predict"}},
+}
+
+
+def make_app(models_dir: Path, *, gate: threading.Event | None = None, **options) -> Flask:
+    """Put the fake models into `models_dir` and build the app over them; wait until it is ready (unless gated)."""
+    models_dir.mkdir(exist_ok=True)
+    for name in ("double", "digits", "sum", "broken"):
+        (models_dir / f"{name}.h5").write_text("a fake model file")
+    (models_dir / "digits.labels.txt").write_text("cat\ndog\nbird\n")
+    settings = Settings(models_dir=models_dir, settle_s=0, poll_interval_s=60, **options)
+    builder = FakeBuilder({"double": DOUBLE, "digits": PIXEL_MEAN, "sum": SUM}, settings, gate=gate)
+    app = create_app(settings, builder=builder)
+    if gate is None:
+        client = app.test_client()
+        wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=10)
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
+    app = make_app(tmp_path_factory.mktemp("api") / "models", max_images_per_request=3)
+    yield app.test_client()
+    app.extensions[EXTENSION].stop()
+
+
+def png(pixels: list[list[int]]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.array(pixels, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+THREE_QUARTERS_WHITE = png([[0, 255], [255, 255]])
+"""Mean pixel 0.75 on the unit scale: PIXEL_MEAN scores it (0.75, 0.25, 0.0)."""
+
+
+def assert_error(response, status: int, message: str) -> None:
+    assert (response.status_code, response.get_json()) == (status, {"error": message})
+
+
+# --- probes, metrics, OpenAPI ---------------------------------------------------------------------
+
+def test_healthz_answers_alive(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "alive"})
+
+
+def test_readyz_lists_every_model_and_a_failed_one_does_not_hold_readiness(client: FlaskClient) -> None:
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_json()) == (
+        200, {"ready": True, "models": {"broken": False, "digits": True, "double": True, "sum": True}}
+    )
+
+
+def test_readyz_and_predict_are_503_while_the_start_up_models_load(tmp_path: Path) -> None:
+    gate = threading.Event()
+    app = make_app(tmp_path / "models", gate=gate)
+    client = app.test_client()
+    try:
+        ready = client.get("/readyz")
+        predict = client.post("/models/double/predict", json={"instances": [[1, 2]]})
+        v2_ready = client.get("/v2/health/ready")
+    finally:
+        gate.set()
+        app.extensions[EXTENSION].stop()
+    reason = "loading broken, digits, double, sum"
+    assert (ready.status_code, ready.headers["Retry-After"]) == (503, "5")
+    assert ready.get_json() == {
+        "ready": False, "models": {"broken": False, "digits": False, "double": False, "sum": False},
+        "error": reason, "reason": reason,
+    }
+    assert_error(predict, 503, "model 'double' has no AVAILABLE version yet: version 1 is START")
+    assert v2_ready.status_code == 400
+
+
+def test_metrics_counts_answered_requests_in_prometheus_text(client: FlaskClient) -> None:
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert 'kerasserve_requests_total{code="200",model="",route="health.healthz"}' in response.get_data(as_text=True)
+
+
+def test_openapi_document_is_served_as_json(client: FlaskClient) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["openapi"] == "3.0.3" and "/models/{name}/predict" in body["paths"]
+
+
+# --- native model views ---------------------------------------------------------------------------
+
+def test_models_lists_every_model_with_its_versions_and_serving_signature(client: FlaskClient) -> None:
+    response = client.get("/models")
+    assert response.status_code == 200
+    models = response.get_json()["models"]
+    assert [m["name"] for m in models] == ["broken", "digits", "double", "sum"]
+    assert models[0] == BROKEN and models[1] == DIGITS
+
+
+def test_model_detail_shows_versions_states_signature_labels_and_device(client: FlaskClient) -> None:
+    response = client.get("/models/digits")
+    assert (response.status_code, response.get_json()) == (200, DIGITS)
+
+
+def test_model_detail_shows_a_failed_load_as_failed_with_its_error(client: FlaskClient) -> None:
+    response = client.get("/models/broken")
+    assert (response.status_code, response.get_json()) == (200, BROKEN)
+
+
+def test_model_detail_of_an_unknown_model_is_404(client: FlaskClient) -> None:
+    assert_error(client.get("/models/nope"), 404, "model 'nope' does not exist")
+
+
+# --- native predict -------------------------------------------------------------------------------
+
+def test_predict_json_instances(client: FlaskClient) -> None:
+    response = client.post("/models/double/predict", json={"instances": [[1, 2], [3, 4]]})
+    assert (response.status_code, response.get_json()) == (
+        200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0], [6.0, 8.0]]}
+    )
+
+
+def test_predict_multipart_image_is_decoded_and_scaled_for_the_model(client: FlaskClient) -> None:
+    response = client.post("/models/digits/predict", data={"image": (io.BytesIO(THREE_QUARTERS_WHITE), "a.png")})
+    assert (response.status_code, response.get_json()) == (
+        200, {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]}
+    )
+
+
+def test_predict_raw_image_body(client: FlaskClient) -> None:
+    response = client.post("/models/digits/predict", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"})
+    assert (response.status_code, response.get_json()) == (
+        200, {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]}
+    )
+
+
+def test_predict_takes_the_model_from_the_query_and_the_version_from_the_path(client: FlaskClient) -> None:
+    expected = {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]}
+    by_query = client.post("/predict?model=double", json={"instances": [[1, 2]]})
+    by_version = client.post("/models/double/versions/1/predict", json={"inputs": [[1, 2]]})
+    assert (by_query.status_code, by_query.get_json()) == (200, expected)
+    assert (by_version.status_code, by_version.get_json()) == (200, expected)
+
+
+def test_predict_without_a_model_name_is_404_when_several_models_are_served(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/predict", json={"instances": [[1, 2]]}), 404,
+        "name the model in the URL, or set DEFAULT_MODEL: 4 models are served (broken, digits, double, sum)",
+    )
+
+
+def test_predict_on_a_model_that_failed_to_load_is_503_with_the_reason(client: FlaskClient) -> None:
+    response = client.post("/models/broken/predict", json={"instances": [[1, 2]]})
+    assert_error(
+        response, 503,
+        "model 'broken' has no AVAILABLE version yet: version 1 failed to load: 'broken.h5' is truncated or corrupt",
+    )
+    assert response.headers["Retry-After"] == "5"
+
+
+def test_predict_on_an_unknown_model_or_version_is_404(client: FlaskClient) -> None:
+    assert_error(client.post("/models/nope/predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist")
+    assert_error(
+        client.post("/models/double/versions/7/predict", json={"instances": [[1, 2]]}), 404,
+        "version 7 of model 'double' does not exist",
+    )
+
+
+def test_predict_with_malformed_json_is_400(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/models/double/predict", data="{", content_type="application/json"), 400,
+        "request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+    )
+
+
+def test_predict_with_an_unsupported_content_type_is_415(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/models/double/predict", data="1,2", content_type="text/csv"), 415,
+        "Content-Type 'text/csv' is not supported; send multipart/form-data, image/*, application/octet-stream or application/json",
+    )
+
+
+def test_predict_with_more_images_than_allowed_is_413(client: FlaskClient) -> None:
+    files = [(io.BytesIO(THREE_QUARTERS_WHITE), f"{n}.png") for n in range(4)]
+    assert_error(
+        client.post("/models/digits/predict", data={"image": files}), 413,
+        "4 images exceed the limit of 3 per request (MAX_IMAGES_PER_REQUEST)",
+    )
+
+
+def test_predict_classes_top_k_gives_ids_labels_and_scores(client: FlaskClient) -> None:
+    response = client.post("/models/digits/predict_classes?top_k=2", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"})
+    assert (response.status_code, response.get_json()) == (200, {
+        "model": "digits", "version": 1,
+        "predictions": [{
+            "class_id": 0, "label": "cat", "score": 0.75,
+            "top_k": [{"class_id": 0, "label": "cat", "score": 0.75}, {"class_id": 1, "label": "dog", "score": 0.25}],
+        }],
+    })
+
+
+def test_predict_classes_with_a_bad_top_k_is_400(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/models/digits/predict_classes?top_k=0", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"}),
+        400, "top_k '0' is not a positive integer",
+    )
+
+
+# --- TensorFlow Serving REST ----------------------------------------------------------------------
+
+def test_tfserving_model_status(client: FlaskClient) -> None:
+    response = client.get("/v1/models/double")
+    assert (response.status_code, response.get_json()) == (200, {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    })
+
+
+def test_tfserving_metadata_lists_the_signature_defs(client: FlaskClient) -> None:
+    dims = {"dim": [{"size": "-1", "name": ""}, {"size": "2", "name": ""}], "unknown_rank": False}
+    response = client.get("/v1/models/double/metadata")
+    assert (response.status_code, response.get_json()) == (200, {
+        "model_spec": {"name": "double", "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": {
+            "inputs": {"x": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "x:0"}},
+            "outputs": {"y": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "y:0"}},
+            "method_name": "tensorflow/serving/predict",
+            "defaults": {},
+        }}}},
+    })
+
+
+def test_tfserving_predict_in_row_and_columnar_form(client: FlaskClient) -> None:
+    rows = client.post("/v1/models/double:predict", json={"instances": [[1, 2]]})
+    columns = client.post("/v1/models/double/versions/1:predict", json={"inputs": {"x": [[1, 2]]}})
+    assert (rows.status_code, rows.get_json()) == (200, {"predictions": [[2.0, 4.0]]})
+    assert (columns.status_code, columns.get_json()) == (200, {"outputs": [[2.0, 4.0]]})
+
+
+def test_tfserving_classify_and_regress_feed_features_named_like_inputs(client: FlaskClient) -> None:
+    classify = client.post("/v1/models/double:classify", json={"examples": [{"x": [1, 2]}]})
+    regress = client.post("/v1/models/sum:regress", json={"examples": [{"x": [1, 2]}, {"x": [3, 4]}]})
+    # Every class in index order; the label is "" for a model without labels, as TF Serving answers.
+    assert (classify.status_code, classify.get_json()) == (200, {"results": [[["", 2.0], ["", 4.0]]]})
+    assert (regress.status_code, regress.get_json()) == (200, {"results": [3.0, 7.0]})
+
+
+def test_tfserving_predict_on_an_unknown_model_is_404(client: FlaskClient) -> None:
+    assert_error(client.post("/v1/models/nope:predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist")
+
+
+# --- KServe v2 ------------------------------------------------------------------------------------
+
+def test_v2_server_metadata(client: FlaskClient) -> None:
+    response = client.get("/v2")
+    assert (response.status_code, response.get_json()) == (
+        200, {"name": "kerasserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "classification"]}
+    )
+
+
+def test_v2_health_and_model_readiness_answer_with_empty_bodies(client: FlaskClient) -> None:
+    answers = {
+        url: (r.status_code, r.get_data())
+        for url in ("/v2/health/live", "/v2/health/ready", "/v2/models/double/ready",
+                    "/v2/models/double/versions/1/ready", "/v2/models/broken/ready", "/v2/models/nope/ready")
+        for r in [client.get(url)]
+    }
+    assert answers == {
+        "/v2/health/live": (200, b""), "/v2/health/ready": (200, b""), "/v2/models/double/ready": (200, b""),
+        "/v2/models/double/versions/1/ready": (200, b""), "/v2/models/broken/ready": (400, b""),
+        "/v2/models/nope/ready": (400, b""),
+    }
+
+
+def test_v2_model_metadata(client: FlaskClient) -> None:
+    expected = {
+        "name": "double", "versions": ["1"], "platform": "keras",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    }
+    for url in ("/v2/models/double", "/v2/models/double/versions/1"):
+        response = client.get(url)
+        assert (response.status_code, response.get_json()) == (200, expected)
+
+
+def test_v2_infer_json(client: FlaskClient) -> None:
+    response = client.post(
+        "/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    )
+    assert (response.status_code, response.get_json()) == (200, {
+        "model_name": "double", "model_version": "1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 4.0]}],
+    })
+
+
+def test_v2_infer_on_a_version_that_is_not_a_number_is_404(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/v2/models/double/versions/latest/infer", json={"inputs": []}), 404, "model 'double' does not exist"
+    )
+
+
+# --- what every route shares ----------------------------------------------------------------------
+
+def test_unknown_url_and_wrong_method_answer_json_errors(client: FlaskClient) -> None:
+    assert_error(
+        client.get("/nowhere"), 404,
+        "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others",
+    )
+    response = client.delete("/healthz")
+    assert_error(response, 405, "method not allowed on this URL")
+    assert sorted(response.headers["Allow"].split(", ")) == ["GET", "HEAD", "OPTIONS"]
+
+
+def test_a_plain_client_request_id_is_echoed_and_a_missing_one_generated(client: FlaskClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz", headers={"X-Request-ID": "not plain!"}).headers["X-Request-ID"]
+    assert len(generated) == 32 and generated != "not plain!"
+
+
+def test_with_a_token_configured_predict_needs_it_and_probes_stay_open(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", auth_token="s3cret")
+    client = app.test_client()
+    try:
+        refused = client.post("/models/double/predict", json={"instances": [[1, 2]]})
+        allowed = client.post(
+            "/models/double/predict", json={"instances": [[1, 2]]}, headers={"Authorization": "Bearer s3cret"}
+        )
+        probe = client.get("/healthz")
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    assert (allowed.status_code, allowed.get_json()) == (200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]})
+    assert (probe.status_code, probe.get_json()) == (200, {"status": "alive"})
