@@ -40,6 +40,12 @@ def on_starting(server):
         _shutil.rmtree(folder, ignore_errors=True)
         _os.makedirs(folder, exist_ok=True)
     server.log.info("prometheus multiprocess folder: %s", folder)
+    # Once, in the master: a server reachable from other hosts without a token should say so at start.
+    if _settings.auth_token is None and _settings.host not in {"127.0.0.1", "localhost", "::1"}:
+        server.log.warning(
+            "AUTH_TOKEN is not set: every route answers without a token on %s:%s; set AUTH_TOKEN "
+            "(docs/security.md) unless a proxy in front authenticates", _settings.host, _settings.port,
+        )
 
 
 def child_exit(server, worker):

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     """Largest decoded image (width x height); larger ones get 413."""
 
     auth_token: str | None = None
-    """When set, predict and management routes need `Authorization: Bearer <token>`; probes stay open."""
+    """When set, predict and management routes need `Authorization: Bearer <token>`; probes stay open. Set but empty stops start-up (auth would silently be off)."""
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS (comma-separated); empty turns CORS off."""
@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("auth_token", mode="after")
+    @classmethod
+    def _token_not_blank(cls, value: str | None) -> str | None:
+        # An empty secret (a mistyped Secret key, `AUTH_TOKEN=` in a shell) must not turn auth off unnoticed.
+        if value is not None and not value.strip():
+            raise ValueError("AUTH_TOKEN is set but empty; set a token, or unset AUTH_TOKEN to run without auth")
+        return value
 
     @field_validator("models_dir", mode="after")
     @classmethod

@@ -47,6 +47,8 @@ def test_make_run_writes_the_model_its_config_and_its_plugin_into_the_clone(quic
     assert (models_dir / "plugins" / "digits.py").read_bytes() == (REPO / "models" / "plugins" / "digits.py").read_bytes()
     assert {"digits.keras", "digits.labels.txt", "digits.yaml", "plugins"} <= {p.name for p in models_dir.iterdir()}
     assert "held-out accuracy" in quickstart.server.log()
+    # The README's server binds 0.0.0.0 without a token: it says so once, at start.
+    assert quickstart.server.log().count("AUTH_TOKEN is not set: every route answers without a token on 0.0.0.0") == 1
 
 
 def test_second_run_keeps_the_trained_model(quickstart: Quickstart) -> None:

@@ -32,3 +32,15 @@ def test_models_dir_keeps_a_symlink_name_and_normalises_dots(tmp_path: Path, mon
     (tmp_path / "link").symlink_to(tmp_path / "real")
     monkeypatch.chdir(tmp_path)
     assert Settings(models_dir="./x/../link").models_dir == Path(os.path.abspath("link")) == tmp_path / "link"
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_auth_token_set_but_empty_stops_start_up(token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_TOKEN", token)
+    with pytest.raises(ValueError, match="AUTH_TOKEN is set but empty"):
+        Settings()
+
+
+def test_auth_token_unset_means_no_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTH_TOKEN", raising=False)
+    assert Settings().auth_token is None
