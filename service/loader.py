@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
 from service.formats import DetectedModel, ModelFormat, detect_format
@@ -95,6 +96,8 @@ class LoadedModel:
     custom_objects_used: tuple[str, ...] = ()
     """Names of registered objects or globals the model's config mentions (for `inspect`)."""
     load_s: float = 0.0
+    recognition: Recognition | None = None
+    """Keras Applications architectures found in a Keras model (None for SavedModels: no layers to read)."""
     _calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
     _keep: list[Any] = field(default_factory=list, repr=False)
     """References that keep the TensorFlow objects alive (model, loaded SavedModel, session)."""
@@ -734,6 +737,40 @@ def keras_signature(model: Any) -> tuple[Signature, Callable[[Mapping[str, np.nd
     return signature, call
 
 
+def layer_outline(model: Any) -> tuple[LayerNode, ...]:
+    """List a Keras (3 or 2) model's operations in call order, each nested model's right after it.
+
+    Keras 3 functional models list their ops too (`x[..., ::-1]`, `x - mean` on symbolic tensors),
+    so a `preprocess_input` called inside the model is seen; tf_keras lists them as TFOpLambda layers.
+    """
+    nodes: list[LayerNode] = []
+
+    def walk(container: Any, prefix: str) -> None:
+        members = getattr(container, "operations", None)
+        if members is None:
+            members = getattr(container, "layers", None) or []
+        for op in members:
+            path = prefix + getattr(op, "name", type(op).__name__)
+            is_layer = hasattr(op, "weights")
+            is_model = is_layer and getattr(op, "layers", None) is not None
+            has_weights = is_layer and not is_model and bool(op.weights)
+            nodes.append(LayerNode(path, type(op).__name__, is_model=is_model, is_layer=is_layer, has_weights=has_weights))
+            if is_model:
+                walk(op, path + "/")
+
+    walk(model, "")
+    return tuple(nodes)
+
+
+def _recognise(model: Any) -> Recognition | None:
+    """Recognise Keras Applications architectures in a loaded model; None when its layers cannot be read."""
+    try:
+        return recognise(getattr(model, "name", ""), layer_outline(model))
+    except Exception:  # noqa: BLE001 - recognising is advice: it never fails a load
+        log.debug("cannot read the layers of %s to recognise an architecture", getattr(model, "name", "?"), exc_info=True)
+        return None
+
+
 def _reset_state(layer: Any) -> None:
     for attr in ("reset_states", "reset_state"):
         fn = getattr(layer, attr, None)
@@ -941,6 +978,7 @@ class Loader:
                 default_signature=DEFAULT_SIGNATURE,
                 warnings=tuple(attempt.warnings),
                 custom_objects_used=used,
+                recognition=_recognise(model),
                 _calls={DEFAULT_SIGNATURE: call},
                 _keep=[model],
             )

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from service import metrics
+from service import metrics, preprocessing
 from service.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from service.repository import SETTLING, ModelRepository, RepositoryWatcher, VersionSource
 from service.servable import (
@@ -790,15 +790,17 @@ class ServableManager:
             closers.clear()
 
         signatures = dict(loaded.signatures)
+        choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
+        log.info("%s image preprocessing: %s", source.id, choice)
         return Servable(
             id=source.id,
-            config=source.config,
+            config=source.config.model_copy(update={"preprocessing": choice.config}),
             signatures=MappingProxyType(signatures),
             default_signature=loaded.default_signature,
             info=ServableInfo(
                 path=self._relative(source.path), format=str(getattr(loaded.format, "value", loaded.format)),
                 loader=str(loaded.loader), device=self._device, load_s=load_s, warmup_s=warmup_s,
-                warnings=tuple(warnings),
+                warnings=tuple(warnings), preprocessing=choice,
             ),
             labels=source.labels,
             submit=MappingProxyType(submit),

@@ -35,10 +35,23 @@ class PreprocessingConfig(BaseModel):
     """Channel layout; default: from the input's last dimension (1, 3 or 4)."""
     resize: Literal["stretch", "crop", "letterbox"] = "stretch"
     """Stretch to H x W, center-crop to the aspect ratio first, or pad (letterbox) to it."""
-    scale: Literal["unit", "symmetric", "raw", "mean_std"] = "unit"
-    """Pixel scaling: unit = 0..1, symmetric = -1..1, raw = 0..255, mean_std = (x/255 - mean) / std."""
+    mode: Literal["auto", "caffe", "tf", "torch", "none"] = "auto"
+    """Keras Applications' `preprocess_input` modes: caffe = RGB->BGR minus the ImageNet mean (0..255),
+    tf = -1..1, torch = (x/255 - ImageNet mean) / ImageNet std, none = raw 0..255. `auto` picks the mode
+    of a recognised Keras Applications architecture, else falls back to `scale`."""
+    scale: Literal["unit", "symmetric", "raw", "mean_std"] | None = None
+    """Older RGB-only pixel scaling: unit = 0..1, symmetric = -1..1, raw = 0..255, mean_std =
+    (x/255 - mean) / std. Setting it turns auto-detection off; unset with nothing detected: unit."""
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> PreprocessingConfig:
+        if self.mode != "auto" and self.scale is not None:
+            raise ValueError(
+                f"give preprocessing.mode or preprocessing.scale, not both (mode '{self.mode}', scale '{self.scale}')"
+            )
+        return self
 
 
 class BatchingConfig(BaseModel):

@@ -155,6 +155,11 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
                           "load_s": round(v.info.load_s, 4), "warmup_s": round(v.info.warmup_s, 4)})
             if v.info.warnings:
                 entry["warnings"] = list(v.info.warnings)
+            if v.info.preprocessing is not None:
+                key, value = v.info.preprocessing.pixels
+                entry["preprocessing"] = {
+                    key: value, "chosen_by": v.info.preprocessing.chosen_by, "reason": v.info.preprocessing.reason,
+                }
         if v.signatures:
             signature = v.signatures.get(v.default_signature) or next(iter(v.signatures.values()))
             entry["inputs"] = [tensor_json(t) for t in signature.inputs]
