@@ -295,6 +295,19 @@ def test_native_decodes_multipart_raw_and_json(flask_app: Flask) -> None:
             native.decode_predict(request, target, max_images=1)
 
 
+def test_model_view_shows_how_images_are_preprocessed_and_why() -> None:
+    from service.manager import ModelStatus, VersionStatus
+    from service.model_config import PreprocessingConfig
+    from service.preprocessing import PreprocessingChoice
+    from service.servable import ServableInfo
+
+    choice = PreprocessingChoice(PreprocessingConfig(mode="caffe"), "auto", "Keras Applications ResNet recognised")
+    info = ServableInfo(path="m.keras", format="keras", loader="keras3", preprocessing=choice)
+    status = ModelStatus("m", (VersionStatus(3, ServableState.AVAILABLE, info=info),), {}, ())
+    (version,) = native.encode_model(status, None)["versions"]
+    assert version["preprocessing"] == {"mode": "caffe", "chosen_by": "auto", "reason": "Keras Applications ResNet recognised"}
+
+
 @pytest.mark.parametrize("args,threshold,top_k", [({}, 0.5, None), ({"threshold": "0.9", "top_k": "3"}, 0.9, 3)])
 def test_native_query_parameters(args: dict, threshold: float, top_k: int | None) -> None:
     assert native.parse_threshold(args) == threshold and native.parse_top_k(args) == top_k
