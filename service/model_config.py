@@ -94,6 +94,8 @@ class ModelConfig(BaseModel):
     labels: tuple[str, ...] | None = None
     """Class labels, index order; default: `labels.txt` beside the model."""
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    extra_outputs: tuple[str, ...] = ()
+    """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     version_policy: Literal["latest", "all", "specific"] = "latest"
     """Which versions serve: the highest, all, or those in `versions`."""
@@ -106,6 +108,15 @@ class ModelConfig(BaseModel):
     saved_with: dict[str, str] = Field(default_factory=dict)
     """Versions that wrote the model (`python`, `keras`, `tensorflow`; written by `save_model`). Lambda
     bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
+
+    @model_validator(mode="after")
+    def _distinct_extra_outputs(self) -> ModelConfig:
+        for name in self.extra_outputs:
+            if not name or name.startswith("/") or name.endswith("/") or "//" in name:
+                raise ValueError(f"extra_outputs: '{name}' is not a layer name (`layer` or `outer/inner`)")
+            if self.extra_outputs.count(name) > 1:
+                raise ValueError(f"extra_outputs: '{name}' is listed twice")
+        return self
 
     def merged(self, override: ModelConfig) -> ModelConfig:
         """Return this config with the keys set explicitly in `override` replaced."""
