@@ -20,7 +20,6 @@ VALUE_LAYERS = frozenset({"Rescaling", "Normalization", "Lambda", "TFOpLambda", 
 """Layer classes that change pixel values; before a backbone they mean the model preprocesses itself."""
 RAW_PIXEL_LAYERS = frozenset({"Rescaling", "Normalization"})
 """Keras preprocessing layers, made to take raw 0..255 pixels even in a model of no known family."""
-MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 
 
 @dataclass(frozen=True, slots=True)
