@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import sandbox, security
+from service import preprocessing, sandbox, security
 from service.errors import ModelLoadError
 from service.repository import VersionSource, display_path
 from service.servable import Arrays, Servable, ServableInfo
@@ -149,16 +149,19 @@ class ServableBuilder:
                 step()
             closers.clear()
 
+        # The image preprocessing is decided once, here: explicit config, else the recognised family.
+        choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
+        log.info("%s image preprocessing: %s", source.id, choice)
         return Servable(
             id=source.id,
-            config=source.config,
+            config=source.config.model_copy(update={"preprocessing": choice.config}),
             signatures=MappingProxyType(dict(loaded.signatures)),
             default_signature=loaded.default_signature,
             info=ServableInfo(
                 path=display_path(source.path, settings.models_dir),
                 format=str(getattr(loaded.format, "value", loaded.format)),
                 loader=str(loaded.loader), device=self.device, load_s=load_s, warmup_s=warmup_s,
-                warnings=tuple(warnings),
+                warnings=tuple(warnings), preprocessing=choice,
             ),
             labels=source.labels,
             submit=MappingProxyType(submit),

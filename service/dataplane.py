@@ -10,6 +10,7 @@ never imports Flask or TensorFlow and never holds a servable beyond one call.
 from __future__ import annotations
 
 import concurrent.futures
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class DataPlane:
         with self._manager.handle(request.target) as servable:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
+            self._check_outputs(signature, request.outputs)
             arrays, expanded = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, arrays)
             ordered = self._order(outputs, signature, request.outputs)
@@ -281,6 +283,16 @@ class DataPlane:
         except Exception as err:  # noqa: BLE001 - any other failure is the model's, not the client's
             log.error("%s failed on signature %r: %s", servable.id, signature_name, err, exc_info=True)
             raise InferenceError(f"model '{servable.id}' failed while computing") from err
+
+    @staticmethod
+    def _check_outputs(signature: Signature, wanted: tuple[str, ...] | None) -> None:
+        """Refuse requested outputs the signature lacks, before any computing (close names suggested)."""
+        names = [t.name for t in signature.outputs]
+        for name in wanted or ():
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise InvalidInput(f"unknown output '{name}'; the model's outputs are: {', '.join(names)}{hint}")
 
     @staticmethod
     def _order(

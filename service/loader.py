@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from service import extra_outputs as extra_outputs_
+from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
 from service.formats import DetectedModel, ModelFormat, detect_format
@@ -95,6 +97,8 @@ class LoadedModel:
     custom_objects_used: tuple[str, ...] = ()
     """Names of registered objects or globals the model's config mentions (for `inspect`)."""
     load_s: float = 0.0
+    recognition: Recognition | None = None
+    """Keras Applications architectures found in a Keras model (None for SavedModels: no layers to read)."""
     _calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
     _keep: list[Any] = field(default_factory=list, repr=False)
     """References that keep the TensorFlow objects alive (model, loaded SavedModel, session)."""
@@ -691,8 +695,17 @@ def _keras_output_names(model: Any) -> list[str]:
     return _unique(result)
 
 
-def keras_signature(model: Any) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
-    """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call."""
+def keras_signature(
+    model: Any, extra_outputs: tuple[str, ...] = ()
+) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
+    """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call.
+
+    `extra_outputs` (layer paths, see `service.extra_outputs`) are served after the model's own
+    outputs, named as given.
+
+    Raises:
+        ModelLoadError: no known inputs/outputs, or an extra output that cannot be served.
+    """
     tf = _tf()
     inputs_ = getattr(model, "inputs", None)
     outputs_ = getattr(model, "outputs", None)
@@ -700,19 +713,27 @@ def keras_signature(model: Any) -> tuple[Signature, Callable[[Mapping[str, np.nd
         raise ModelLoadError("the model has no known inputs/outputs (a subclassed model that was never built?)")
     in_names = _keras_input_names(model)
     out_names = _keras_output_names(model)
+    served = model
+    if extra_outputs:
+        clash = sorted(set(extra_outputs) & set(out_names))
+        if clash:
+            raise ModelLoadError(f"extra_outputs: '{clash[0]}' is already an output of the model")
+        served = extra_outputs_.with_extra_outputs(model, extra_outputs)
+        outputs_ = served.outputs
+        out_names = [*out_names, *extra_outputs]
     inputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(in_names, inputs_))
     outputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(out_names, outputs_))
     batched, fixed = _batching(inputs)
     signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
     specs = [tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name)) for t in inputs]
-    structure = getattr(model, "_inputs_struct", None)
+    structure = getattr(served, "_inputs_struct", None)
 
     def forward(*args: Any) -> list[Any]:
         if structure is not None and len(args) > 1:
             x = tf.nest.pack_sequence_as(structure, list(args))
         else:
             x = args[0] if len(args) == 1 else list(args)
-        y = model(x, training=False)
+        y = served(x, training=False)
         return tf.nest.flatten(y)
 
     compiled = tf.function(forward, input_signature=specs, autograph=False, reduce_retracing=True)
@@ -732,6 +753,40 @@ def keras_signature(model: Any) -> tuple[Signature, Callable[[Mapping[str, np.nd
         return {name: np.asarray(value) for name, value in zip(out_names, result)}
 
     return signature, call
+
+
+def layer_outline(model: Any) -> tuple[LayerNode, ...]:
+    """List a Keras (3 or 2) model's operations in call order, each nested model's right after it.
+
+    Keras 3 functional models list their ops too (`x[..., ::-1]`, `x - mean` on symbolic tensors),
+    so a `preprocess_input` called inside the model is seen; tf_keras lists them as TFOpLambda layers.
+    """
+    nodes: list[LayerNode] = []
+
+    def walk(container: Any, prefix: str) -> None:
+        members = getattr(container, "operations", None)
+        if members is None:
+            members = getattr(container, "layers", None) or []
+        for op in members:
+            path = prefix + getattr(op, "name", type(op).__name__)
+            is_layer = hasattr(op, "weights")
+            is_model = is_layer and getattr(op, "layers", None) is not None
+            has_weights = is_layer and not is_model and bool(op.weights)
+            nodes.append(LayerNode(path, type(op).__name__, is_model=is_model, is_layer=is_layer, has_weights=has_weights))
+            if is_model:
+                walk(op, path + "/")
+
+    walk(model, "")
+    return tuple(nodes)
+
+
+def _recognise(model: Any) -> Recognition | None:
+    """Recognise Keras Applications architectures in a loaded model; None when its layers cannot be read."""
+    try:
+        return recognise(getattr(model, "name", ""), layer_outline(model))
+    except Exception:  # noqa: BLE001 - recognising is advice: it never fails a load
+        log.debug("cannot read the layers of %s to recognise an architecture", getattr(model, "name", "?"), exc_info=True)
+        return None
 
 
 def _reset_state(layer: Any) -> None:
@@ -917,7 +972,7 @@ class Loader:
             try:
                 with _lambda_scope(lambda_globals):
                     model, warnings = fn()
-                signature, call = keras_signature(model)
+                signature, call = keras_signature(model, config.extra_outputs if config is not None else ())
             except ModelLoadError:
                 raise
             except Exception as err:  # noqa: BLE001 - every Keras failure is analysed below
@@ -941,6 +996,7 @@ class Loader:
                 default_signature=DEFAULT_SIGNATURE,
                 warnings=tuple(attempt.warnings),
                 custom_objects_used=used,
+                recognition=_recognise(model),
                 _calls={DEFAULT_SIGNATURE: call},
                 _keep=[model],
             )
@@ -1086,6 +1142,12 @@ class Loader:
 
     # --- SavedModel ---------------------------------------------------------------------------
     def _load_saved_model(self, detected: DetectedModel, attempt: _Attempt, config: ModelConfig | None) -> LoadedModel:
+        if config is not None and config.extra_outputs:
+            raise ModelLoadError(
+                f"{detected.path.name}: extra_outputs needs a Keras model file (.keras, .h5); a SavedModel "
+                "serves only its signatures' outputs",
+                format=detected.format.value,
+            )
         for label, fn in (("saved_model", self._tf2_saved_model), ("tf1_session", self._tf1_session)):
             attempt.tried.append(label)
             try:

@@ -16,6 +16,7 @@ key of ours and a typo fails loudly, and so does any `<name>.yaml` beside a sing
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,10 +41,23 @@ class PreprocessingConfig(BaseModel):
     """Channel layout; default: from the input's last dimension (1, 3 or 4)."""
     resize: Literal["stretch", "crop", "letterbox"] = "stretch"
     """Stretch to H x W, center-crop to the aspect ratio first, or pad (letterbox) to it."""
-    scale: Literal["unit", "symmetric", "raw", "mean_std"] = "unit"
-    """Pixel scaling: unit = 0..1, symmetric = -1..1, raw = 0..255, mean_std = (x/255 - mean) / std."""
+    mode: Literal["auto", "caffe", "tf", "torch", "none"] = "auto"
+    """Keras Applications' `preprocess_input` modes: caffe = RGB->BGR minus the ImageNet mean (0..255),
+    tf = -1..1, torch = (x/255 - ImageNet mean) / ImageNet std, none = raw 0..255. `auto` picks the mode
+    of a recognised Keras Applications architecture, else falls back to `scale`."""
+    scale: Literal["unit", "symmetric", "raw", "mean_std"] | None = None
+    """Older RGB-only pixel scaling: unit = 0..1, symmetric = -1..1, raw = 0..255, mean_std =
+    (x/255 - mean) / std. Setting it turns auto-detection off; unset with nothing detected: unit."""
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> PreprocessingConfig:
+        if self.mode != "auto" and self.scale is not None:
+            raise ValueError(
+                f"give preprocessing.mode or preprocessing.scale, not both (mode '{self.mode}', scale '{self.scale}')"
+            )
+        return self
 
 
 class BatchingConfig(BaseModel):
@@ -86,6 +100,8 @@ class ModelConfig(BaseModel):
     labels: tuple[str, ...] | None = None
     """Class labels, index order; default: `labels.txt` beside the model."""
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    extra_outputs: tuple[str, ...] = ()
+    """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     version_policy: Literal["latest", "all", "specific"] = "latest"
     """Which versions serve: the highest, all, or those in `versions`."""
@@ -98,6 +114,15 @@ class ModelConfig(BaseModel):
     saved_with: dict[str, str] = Field(default_factory=dict)
     """Versions that wrote the model (`python`, `keras`, `tensorflow`; written by `save_model`). Lambda
     bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
+
+    @model_validator(mode="after")
+    def _distinct_extra_outputs(self) -> ModelConfig:
+        for name in self.extra_outputs:
+            if not name or name.startswith("/") or name.endswith("/") or "//" in name:
+                raise ValueError(f"extra_outputs: '{name}' is not a layer name (`layer` or `outer/inner`)")
+            if self.extra_outputs.count(name) > 1:
+                raise ValueError(f"extra_outputs: '{name}' is listed twice")
+        return self
 
     def merged(self, override: ModelConfig) -> ModelConfig:
         """Return this config with the keys set explicitly in `override` replaced."""
@@ -144,3 +169,24 @@ def read_labels(path: Path) -> tuple[str, ...]:
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(line.strip() for line in lines)
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessingChoice:
+    """How a version's images are scaled, and why; chosen once at load, logged and shown by GET /models."""
+
+    config: PreprocessingConfig
+    """The model's preprocessing config, with `mode` filled in when auto-detection chose it."""
+    chosen_by: Literal["config", "auto", "default"]
+    reason: str
+
+    @property
+    def pixels(self) -> tuple[str, str]:
+        """("mode", caffe|tf|torch|none) or ("scale", unit|symmetric|raw|mean_std): what images get."""
+        if self.config.mode != "auto":
+            return "mode", self.config.mode
+        return "scale", self.config.scale or "unit"
+
+    def __str__(self) -> str:
+        key, value = self.pixels
+        return f"{key} {value} ({self.chosen_by}: {self.reason})"

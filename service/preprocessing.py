@@ -3,8 +3,13 @@
 Owns image decoding (Pillow: JPEG, PNG, GIF first frame, BMP, WebP), EXIF orientation, channel
 conversion, resizing (stretch, center-crop, letterbox), pixel scaling and dtype casts, plus the
 checks that turn a request's arrays into exactly the dtypes and shapes a signature declares.
-Decoding runs in the request thread (Pillow releases the GIL while decoding). It never imports
-Flask or TensorFlow and never calls a model.
+
+Pixel scaling is either one of Keras Applications' `preprocess_input` modes (`caffe`, `tf`, `torch`,
+`none`), computed exactly as Keras computes them, or one of the older RGB-only scales (`unit`,
+`symmetric`, `raw`, `mean_std`). `choose()` decides which one a version gets, once at load: the
+model config's `mode` or `scale` when set, else the mode of the Keras Applications architecture the
+loader recognised (`service.applications`), else `unit`. Decoding runs in the request thread
+(Pillow releases the GIL while decoding). It never imports Flask or TensorFlow and never calls a model.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.applications import RAW_PIXEL_LAYERS, Recognition
 from service.errors import InvalidInput, InvalidTensor, PayloadTooLarge
-from service.model_config import PreprocessingConfig
+from service.model_config import PreprocessingChoice, PreprocessingConfig
 from service.servable import Signature, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,13 @@ UNNAMED = ""
 CHANNELS_BY_MODE = {"grayscale": 1, "rgb": 3, "rgba": 4}
 PIL_MODE_BY_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 STRING_DTYPES = ("string", "object", "bytes")
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+"""ImageNet mean that Keras' `caffe` mode subtracts, in BGR order, on the 0..255 scale."""
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+"""ImageNet mean and standard deviation of Keras' `torch` mode, RGB order, on the 0..1 scale."""
+RGB_ONLY_MODES = ("caffe", "torch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,43 @@ class ImageSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtype: str
+    mode: str = ""
+    """Keras `preprocess_input` mode (caffe, tf, torch, none); "" applies `scale` instead."""
+
+
+def choose(config: PreprocessingConfig, recognition: Recognition | None) -> PreprocessingChoice:
+    """Decide the pixel scaling of a version: explicit config, else auto-detection, else `unit`.
+
+    Args:
+        config: the model's `preprocessing` section.
+        recognition: what the loader recognised in the model (None when it cannot tell, e.g. a SavedModel).
+    """
+    if config.mode != "auto":
+        return PreprocessingChoice(config, "config", "preprocessing.mode is set in the model config")
+    if config.scale is not None:
+        return PreprocessingChoice(config, "config", "preprocessing.scale is set in the model config")
+    if recognition is None:
+        return PreprocessingChoice(config, "default", "the model's layers cannot be read to recognise an architecture")
+    first = recognition.preprocessed_by
+    found = recognition.architectures
+    if not found:
+        if first is not None and first.class_name in RAW_PIXEL_LAYERS:
+            reason = f"no Keras Applications architecture recognised; the model starts with a {first.class_name} layer ('{first.path}') that takes raw 0..255 pixels"
+            return PreprocessingChoice(config.model_copy(update={"mode": "none"}), "auto", reason)
+        return PreprocessingChoice(config, "default", "no Keras Applications architecture recognised")
+    modes = {a.family.mode for a in found}
+    if len(modes) > 1:
+        shown = ", ".join(f"{a.family.name} ({a.evidence}): {a.family.mode}" for a in found)
+        return PreprocessingChoice(config, "default", f"architectures that want different modes: {shown}; set preprocessing.mode")
+    architecture = found[0]
+    family = architecture.family
+    recognised = f"Keras Applications {family.name} recognised by {architecture.evidence}"
+    if family.mode != "none" and first is not None:
+        what = f"a {first.class_name} {'layer' if first.is_layer else 'op'} ('{first.path}')"
+        reason = f"{recognised}, but the model preprocesses its own input first with {what}"
+        return PreprocessingChoice(config.model_copy(update={"mode": "none"}), "auto", reason)
+    reason = f"{recognised}; keras.applications.{family.module}.preprocess_input uses mode '{family.mode}'"
+    return PreprocessingChoice(config.model_copy(update={"mode": family.mode}), "auto", reason)
 
 
 def image_input(signature: Signature, config: PreprocessingConfig) -> TensorInfo | None:
@@ -89,10 +140,15 @@ def image_spec(signature: Signature, config: PreprocessingConfig) -> ImageSpec:
     if config.size is not None:
         height, width = config.size
     dtype = tensor.dtype if tensor.dtype not in STRING_DTYPES else "float32"
+    mode = config.mode if config.mode != "auto" else ""
+    if mode in RGB_ONLY_MODES and channels != 3:
+        raise InvalidInput(
+            f"preprocessing mode '{mode}' needs RGB images, but input '{tensor.name}' takes {channels} channel(s)"
+        )
     return ImageSpec(
         input=tensor.name, height=height, width=width, channels=channels, channels_first=channels_first,
-        keep_channel_axis=keep_channel_axis, resize=config.resize, scale=config.scale,
-        mean=tuple(config.mean), std=tuple(config.std), dtype=dtype,
+        keep_channel_axis=keep_channel_axis, resize=config.resize, scale=config.scale or "unit",
+        mean=tuple(config.mean), std=tuple(config.std), dtype=dtype, mode=mode,
     )
 
 
@@ -176,9 +232,13 @@ def _resize(image: Image.Image, width: int, height: int, how: str) -> Image.Imag
 
 
 def scale_pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
-    """Scale an uint8 batch (N, H, W, C) as configured and cast it to the input's dtype."""
+    """Scale an uint8 batch (N, H, W, C), RGB, as configured and cast it to the input's dtype."""
     dtype = np.dtype(spec.dtype)
-    if spec.scale == "raw" or not np.issubdtype(dtype, np.floating):
+    if not np.issubdtype(dtype, np.floating):
+        return pixels.astype(dtype, copy=False)
+    if spec.mode:
+        return keras_preprocess(pixels, spec.mode, dtype)
+    if spec.scale == "raw":
         return pixels.astype(dtype, copy=False)
     out = pixels.astype(dtype)
     if spec.scale == "unit":
@@ -190,6 +250,31 @@ def scale_pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
         out *= dtype.type(1.0 / 255.0)
         out -= np.asarray(spec.mean, dtype=dtype)
         out /= np.asarray(spec.std, dtype=dtype)
+    return out
+
+
+def keras_preprocess(pixels: np.ndarray, mode: str, dtype: np.dtype) -> np.ndarray:
+    """Compute `keras.applications.<family>.preprocess_input` of RGB pixels (N, H, W, C), in `dtype`.
+
+    The same operations in the same order as Keras' numpy path (`imagenet_utils._preprocess_numpy_input`,
+    channels last), so the result is bit for bit Keras' own: caffe flips RGB to BGR and subtracts the
+    ImageNet mean; tf divides by 127.5 and subtracts 1; torch divides by 255, subtracts the mean and
+    divides by the standard deviation; none passes the 0..255 values through.
+    """
+    if mode == "none":
+        return pixels.astype(dtype)
+    if mode == "caffe":
+        out = pixels[..., ::-1].astype(dtype)  # RGB -> BGR; astype makes it contiguous
+        out -= np.asarray(CAFFE_MEAN_BGR, dtype=dtype)
+        return out
+    out = pixels.astype(dtype)
+    if mode == "tf":
+        out /= dtype.type(127.5)
+        out -= dtype.type(1.0)
+    else:  # torch
+        out /= dtype.type(255.0)
+        out -= np.asarray(TORCH_MEAN, dtype=dtype)
+        out /= np.asarray(TORCH_STD, dtype=dtype)
     return out
 
 
@@ -215,11 +300,13 @@ def decode_images(images: Sequence[bytes], spec: ImageSpec, *, max_pixels: int) 
             "send one image per request or set preprocessing.size in the model config"
         )
     batch = np.stack(arrays) if len(arrays) > 1 else arrays[0][np.newaxis]
+    # Scale while channels are last (per-channel means and BGR order index the last axis), then lay out.
+    batch = scale_pixels(batch, spec)
     if not spec.keep_channel_axis:
         batch = batch[..., 0]
     elif spec.channels_first:
-        batch = batch.transpose(0, 3, 1, 2)
-    return scale_pixels(batch, spec)
+        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return batch
 
 
 def is_encoded(array: np.ndarray) -> bool:

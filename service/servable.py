@@ -19,6 +19,7 @@ from service.errors import InvalidInput
 
 if TYPE_CHECKING:  # pragma: no cover
     from service.model_config import ModelConfig
+    from service.model_config import PreprocessingChoice
 
 
 def row_count(arrays: Mapping[str, np.ndarray]) -> int:
@@ -132,6 +133,8 @@ class ServableInfo:
     load_s: float = 0.0
     warmup_s: float = 0.0
     warnings: tuple[str, ...] = ()
+    preprocessing: PreprocessingChoice | None = None
+    """How uploaded images are scaled for this version, and why (None: not decided, e.g. a test double)."""
 
 
 @dataclass(eq=False)

@@ -10,6 +10,7 @@ values; never calls a model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -30,11 +31,40 @@ ACCEPTED = "multipart/form-data, image/*, application/octet-stream or applicatio
 def decode_predict(request: Request, target: ServableRequest, *, max_images: int) -> PredictRequest:
     """Turn a native predict request into a PredictRequest.
 
+    `?outputs=a,b` (or repeated `?outputs=`) picks the outputs answered, in that order, whatever the
+    body; a JSON body may say `output_filter` instead, as in TF Serving.
+
     Raises:
         UnsupportedMediaType: a Content-Type other than multipart, image/*, octet-stream or JSON.
-        InvalidInput: no image in a multipart body, an empty body, bad JSON.
+        InvalidInput: no image in a multipart body, an empty body, bad JSON, bad `outputs`.
         PayloadTooLarge: more than `max_images` files.
     """
+    outputs = parse_outputs(request.args)
+    predict_request = _decode_body(request, target, max_images=max_images)
+    if outputs is None:
+        return predict_request
+    return dataclasses.replace(predict_request, outputs=outputs)
+
+
+def parse_outputs(args: Mapping[str, str]) -> tuple[str, ...] | None:
+    """Read `?outputs=` (comma-separated, may repeat); None when absent.
+
+    Raises:
+        InvalidInput: an empty name, or one output named twice.
+    """
+    values = args.getlist("outputs") if hasattr(args, "getlist") else ([args["outputs"]] if "outputs" in args else [])
+    if not values:
+        return None
+    names = [name.strip() for value in values for name in value.split(",")]
+    if not all(names):
+        raise InvalidInput("'outputs' holds an empty output name; give names separated by commas")
+    if len(set(names)) != len(names):
+        raise InvalidInput("'outputs' names an output twice")
+    return tuple(names)
+
+
+def _decode_body(request: Request, target: ServableRequest, *, max_images: int) -> PredictRequest:
+    """The body of a native predict request: multipart files, a raw image, or TF Serving JSON."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = [f for key in request.files for f in request.files.getlist(key)]
@@ -155,6 +185,11 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
                           "load_s": round(v.info.load_s, 4), "warmup_s": round(v.info.warmup_s, 4)})
             if v.info.warnings:
                 entry["warnings"] = list(v.info.warnings)
+            if v.info.preprocessing is not None:
+                key, value = v.info.preprocessing.pixels
+                entry["preprocessing"] = {
+                    key: value, "chosen_by": v.info.preprocessing.chosen_by, "reason": v.info.preprocessing.reason,
+                }
         if v.signatures:
             signature = v.signatures.get(v.default_signature) or next(iter(v.signatures.values()))
             entry["inputs"] = [tensor_json(t) for t in signature.inputs]

@@ -180,8 +180,11 @@ def decode_columnar(inputs: object) -> dict[str, np.ndarray]:
 def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> tuple[PredictRequest, bool]:
     """Turn a TF Serving predict body into a PredictRequest; True when it used the columnar format.
 
+    `output_filter` (the name TF Serving's PredictRequest gives it) lists the outputs to answer, in
+    that order; absent, every output of the signature is answered.
+
     Raises:
-        InvalidInput: neither or both of `instances` and `inputs`, a bad `signature_name`.
+        InvalidInput: neither or both of `instances` and `inputs`, a bad `signature_name` or `output_filter`.
     """
     has_rows, has_columns = "instances" in body, "inputs" in body
     if has_rows == has_columns:
@@ -189,8 +192,24 @@ def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> 
     signature_name = body.get("signature_name")
     if signature_name is not None and not isinstance(signature_name, str):
         raise InvalidInput("'signature_name' must be a string")
+    outputs = decode_output_filter(body.get("output_filter"))
     inputs = decode_instances(body["instances"]) if has_rows else decode_columnar(body["inputs"])
-    return PredictRequest(target, inputs, signature_name=signature_name or None), has_columns
+    return PredictRequest(target, inputs, signature_name=signature_name or None, outputs=outputs), has_columns
+
+
+def decode_output_filter(value: object) -> tuple[str, ...] | None:
+    """Read `output_filter`: a non-empty list of distinct output names (None when absent).
+
+    Raises:
+        InvalidInput: not a list of strings, empty, or naming an output twice.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InvalidInput("'output_filter' must be a non-empty list of output names")
+    if len(set(value)) != len(value):
+        raise InvalidInput("'output_filter' names an output twice")
+    return tuple(value)
 
 
 def array_to_json(name: str, array: np.ndarray) -> object:

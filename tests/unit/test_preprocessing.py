@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from service import preprocessing
+from service.applications import FAMILIES, Architecture, Family, LayerNode, Recognition
 from service.errors import InvalidInput, InvalidTensor, PayloadTooLarge
 from service.model_config import PreprocessingConfig
 from service.preprocessing import UNNAMED, decode_image, decode_images, image_spec, scale_pixels, to_model_inputs
@@ -242,3 +243,99 @@ def test_string_inputs_pass_bytes_through() -> None:
     encoded = np.array([b"a", b"bc"], dtype=object)
     assert prepare({UNNAMED: encoded}, sig)["text"].tolist() == [b"a", b"bc"]
     assert preprocessing.is_encoded(encoded)
+
+
+# --- Keras Applications modes and how a version's mode is chosen ---------------------------------
+
+RGB8 = signature(TensorInfo("image", "float32", (None, 1, 1, 3)))
+PIXEL = np.array([[[[255, 0, 51]]]], np.uint8)  # one RGB pixel: R=255, G=0, B=51
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("caffe", [51 - 103.939, 0 - 116.779, 255 - 123.68]),  # BGR order, ImageNet mean subtracted
+    ("tf", [1.0, -1.0, 51 / 127.5 - 1.0]),
+    ("torch", [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]),
+    ("none", [255.0, 0.0, 51.0]),
+])
+def test_keras_modes_compute_preprocess_input_on_a_known_pixel(mode: str, expected: list[float]) -> None:
+    out = scale_pixels(PIXEL, image_spec(RGB8, PreprocessingConfig(mode=mode)))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.reshape(-1), expected, rtol=1e-6)
+
+
+def test_torch_mode_on_a_channels_first_input_scales_each_channel() -> None:
+    rgb = np.random.default_rng(3).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    config = PreprocessingConfig(mode="torch")
+    last = decode_images([encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 8, 6, 3))), config), max_pixels=10**6)
+    first = decode_images([encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 3, 8, 6))), config), max_pixels=10**6)
+    assert first.shape == (1, 3, 8, 6) and first.flags.c_contiguous
+    np.testing.assert_array_equal(first, last.transpose(0, 3, 1, 2))
+
+
+def test_rgb_only_modes_refuse_a_grayscale_input() -> None:
+    with pytest.raises(InvalidInput, match="mode 'caffe' needs RGB images"):
+        image_spec(GRAY28, PreprocessingConfig(mode="caffe"))
+    assert image_spec(GRAY28, PreprocessingConfig(mode="tf")).mode == "tf"
+
+
+def test_mode_and_scale_together_are_refused_but_scale_alone_still_works(tmp_path) -> None:
+    from service.model_config import ModelConfigError, read_model_config
+
+    both = tmp_path / "both.yaml"
+    both.write_text("preprocessing:\n  mode: caffe\n  scale: unit\n")
+    with pytest.raises(ModelConfigError, match="mode or preprocessing.scale, not both"):
+        read_model_config(both)
+    old = tmp_path / "old.yaml"
+    old.write_text("preprocessing:\n  scale: symmetric\n")
+    config = read_model_config(old).preprocessing
+    assert (config.mode, config.scale) == ("auto", "symmetric")
+    np.testing.assert_allclose(scale_pixels(PIXEL, image_spec(RGB8, config)).reshape(-1), [1.0, -1.0, 51 / 127.5 - 1.0], rtol=1e-6)
+
+
+def family(name: str) -> Family:
+    return next(f for f in FAMILIES if f.name == name)
+
+
+RESNET_NESTED = Recognition((Architecture(family("ResNet"), "nested model 'resnet50'", "resnet50"),))
+
+
+def test_choose_takes_the_recognised_family_mode_and_says_why() -> None:
+    choice = preprocessing.choose(DEFAULT, RESNET_NESTED)
+    assert (choice.pixels, choice.chosen_by, choice.config.mode) == (("mode", "caffe"), "auto", "caffe")
+    assert "ResNet" in choice.reason and "nested model 'resnet50'" in choice.reason
+    assert str(choice).startswith("mode caffe (auto: ")
+
+
+def test_explicit_config_wins_over_auto_detection() -> None:
+    by_mode = preprocessing.choose(PreprocessingConfig(mode="tf"), RESNET_NESTED)
+    assert (by_mode.pixels, by_mode.chosen_by) == (("mode", "tf"), "config")
+    by_scale = preprocessing.choose(PreprocessingConfig(scale="unit"), RESNET_NESTED)
+    assert (by_scale.pixels, by_scale.chosen_by, by_scale.config.mode) == (("scale", "unit"), "config", "auto")
+
+
+def test_without_a_recognised_family_images_keep_the_unit_default() -> None:
+    for recognition in (None, Recognition()):
+        choice = preprocessing.choose(DEFAULT, recognition)
+        assert (choice.pixels, choice.chosen_by) == (("scale", "unit"), "default")
+        assert image_spec(RGB8, choice.config).mode == "" and image_spec(RGB8, choice.config).scale == "unit"
+
+
+def test_a_model_that_preprocesses_its_own_input_gets_raw_pixels() -> None:
+    inside = Recognition(RESNET_NESTED.architectures, LayerNode("lambda", "Lambda"))
+    choice = preprocessing.choose(DEFAULT, inside)
+    assert (choice.pixels, choice.chosen_by) == (("mode", "none"), "auto")
+    assert "Lambda layer ('lambda')" in choice.reason
+    rescaling_only = preprocessing.choose(DEFAULT, Recognition((), LayerNode("rescaling", "Rescaling")))
+    assert (rescaling_only.pixels, rescaling_only.chosen_by) == (("mode", "none"), "auto")
+    unknown_lambda = preprocessing.choose(DEFAULT, Recognition((), LayerNode("lambda", "Lambda")))
+    assert unknown_lambda.pixels == ("scale", "unit")
+
+
+def test_architectures_wanting_different_modes_fall_back_to_the_default_naming_both() -> None:
+    both = Recognition((
+        Architecture(family("ResNet"), "nested model 'resnet50'", "resnet50"),
+        Architecture(family("DenseNet"), "nested model 'densenet121'", "densenet121"),
+    ))
+    choice = preprocessing.choose(DEFAULT, both)
+    assert (choice.pixels, choice.chosen_by) == (("scale", "unit"), "default")
+    assert "caffe" in choice.reason and "torch" in choice.reason and "set preprocessing.mode" in choice.reason

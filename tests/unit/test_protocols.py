@@ -295,6 +295,41 @@ def test_native_decodes_multipart_raw_and_json(flask_app: Flask) -> None:
             native.decode_predict(request, target, max_images=1)
 
 
+def test_outputs_are_chosen_by_output_filter_in_tf_serving_and_outputs_natively(flask_app: Flask) -> None:
+    from flask import request
+
+    body = {"instances": [[1, 2]], "output_filter": ["backbone/avg_pool", "y"]}
+    predict_request, _ = tfserving.decode_predict_body(body, ServableRequest("m"))
+    assert predict_request.outputs == ("backbone/avg_pool", "y")
+    assert tfserving.decode_predict_body({"instances": [[1, 2]]}, ServableRequest("m"))[0].outputs is None
+    for bad in ([], "y", ["y", "y"], [1]):
+        with pytest.raises(InvalidInput, match="output_filter"):
+            tfserving.decode_predict_body({"instances": [[1]], "output_filter": bad}, ServableRequest("m"))
+    target = ServableRequest("m")
+    with flask_app.test_request_context("/?outputs=backbone/avg_pool,y&outputs=z", method="POST", data=b"raw",
+                                        content_type="image/jpeg"):
+        chosen = native.decode_predict(request, target, max_images=1)
+        assert (chosen.images, chosen.outputs) == ((b"raw",), ("backbone/avg_pool", "y", "z"))
+    with flask_app.test_request_context("/", method="POST", json={"instances": [[1, 2]], "output_filter": ["y"]}):
+        assert native.decode_predict(request, target, max_images=1).outputs == ("y",)
+    with flask_app.test_request_context("/?outputs=y,,z", method="POST", data=b"raw", content_type="image/jpeg"):
+        with pytest.raises(InvalidInput, match="empty output name"):
+            native.decode_predict(request, target, max_images=1)
+
+
+def test_model_view_shows_how_images_are_preprocessed_and_why() -> None:
+    from service.manager import ModelStatus, VersionStatus
+    from service.model_config import PreprocessingConfig
+    from service.preprocessing import PreprocessingChoice
+    from service.servable import ServableInfo
+
+    choice = PreprocessingChoice(PreprocessingConfig(mode="caffe"), "auto", "Keras Applications ResNet recognised")
+    info = ServableInfo(path="m.keras", format="keras", loader="keras3", preprocessing=choice)
+    status = ModelStatus("m", (VersionStatus(3, ServableState.AVAILABLE, info=info),), {}, ())
+    (version,) = native.encode_model(status, None)["versions"]
+    assert version["preprocessing"] == {"mode": "caffe", "chosen_by": "auto", "reason": "Keras Applications ResNet recognised"}
+
+
 @pytest.mark.parametrize("args,threshold,top_k", [({}, 0.5, None), ({"threshold": "0.9", "top_k": "3"}, 0.9, 3)])
 def test_native_query_parameters(args: dict, threshold: float, top_k: int | None) -> None:
     assert native.parse_threshold(args) == threshold and native.parse_top_k(args) == top_k
