@@ -20,6 +20,7 @@ from PIL import Image
 
 from service import preprocessing
 from service.applications import recognise
+from service.builder import ServableBuilder
 from service.dataplane import DataPlane, PredictRequest
 from service.loader import layer_outline
 from service.manager import ServableManager
@@ -27,6 +28,7 @@ from service.model_config import PreprocessingConfig
 from service.servable import ServableRequest
 from service.settings import Settings
 from tests.conftest import wait_until
+from tests.unit.fakes import serve
 
 keras = pytest.importorskip("keras")
 APPS = keras.applications
@@ -155,13 +157,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         built[name].save(models_dir / f"{name}.keras")
     # workers=1: TensorFlow keeps every core of this test process (its thread share is cores / workers).
     settings = Settings(models_dir=models_dir, workers=1, max_batch_size=2, settle_s=0.1, poll_interval_s=0.2)
-    manager = ServableManager(settings)
-    manager.start()
+    builder = ServableBuilder(settings)
+    builder.start()
+    manager, stop = serve(settings, builder)  # wired as service.app.create_app wires them
     try:
         wait_until(lambda: manager.readiness().ready, timeout_s=300, interval_s=0.2)
         yield Served(DataPlane(manager, settings), manager, built, models_dir)
     finally:
-        manager.stop()
+        stop()
 
 
 @pytest.mark.parametrize("name", list(SERVED))
@@ -189,7 +192,7 @@ def test_an_uploaded_jpeg_scores_like_preprocess_input_in_process(served: Served
 def test_the_chosen_mode_is_logged_with_the_version(
     served: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="service.manager"):
+    with caplog.at_level(logging.INFO, logger="service.builder"):
         served.models["finetuned"].save(tmp_path / "finetuned.keras")
         (tmp_path / "finetuned.keras").replace(served.models_dir / "again.keras")
         wait_until(lambda: "again:1 image preprocessing" in caplog.text, timeout_s=120, interval_s=0.2)
