@@ -34,6 +34,7 @@ NOT_RUNNABLE = {
     "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
     "POD=$(kubectl ": "no Kubernetes cluster here",
     "cp ": "copies the user's own model files; landing files by rename in a watched folder is tested in tests/e2e/test_hot_swap.py",
+    "curl -F image=@rose.jpg": "the worked fine-tuned ResNet50 example (the user's flowers model and photo); the same requests (caffe auto-detected, extra outputs, ?outputs=) run against a fine-tuned ResNet50 in tests/e2e/test_transfer_learning.py",
     "MODELS_DIR=models python -m service inspect": "needs the user's flowers.keras; `python -m service inspect` is tested in tests/unit/test_inspect.py",
 }
 # Values in shown answers that depend on the trained weights beyond the top class (compared by type only).
