@@ -101,6 +101,13 @@ class PendingRequest:
         return self.head_end >= 0 and (self.to_thread or self.body_end >= 0)
 
     @property
+    def read_size(self) -> int:
+        """Bytes to ask for next: while the headers are incomplete, no more than one over MAX_HEAD_BYTES."""
+        if self.head_end < 0:
+            return max(1, min(READ_BYTES, MAX_HEAD_BYTES + 1 - len(self.data)))
+        return READ_BYTES
+
+    @property
     def head_too_large(self) -> bool:
         return self.head_end < 0 and len(self.data) > MAX_HEAD_BYTES
 

@@ -202,7 +202,7 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _on_readable(self, pending: PendingRequest, _sock) -> None:
         try:
-            chunk = pending.conn.sock.recv(READ_BYTES)
+            chunk = pending.conn.sock.recv(pending.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

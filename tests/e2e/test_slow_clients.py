@@ -202,6 +202,9 @@ def test_large_bodies_read_by_request_threads_get_408_and_probes_answer_meanwhil
         health = [timed(lambda: requests.get(server.url + "/healthz", timeout=10)) for _ in range(3)]
         answers = tricklers.answers(timeout_s=2 * BODY_TIMEOUT_S + 10)
     assert all(response.status_code == 200 for response, _ in health)
+    latest = max(answer.answered_after_s for answer in answers)
+    record("slow_large_bodies", tricklers=THREADS + 2, threads=THREADS,
+           healthz_max_s=round(max(elapsed for _, elapsed in health), 3), latest_408_s=round(latest, 2))
     assert max(elapsed for _, elapsed in health) < ANSWER_WITHIN_S, health
     # Answered by the application (the DeadlineSocket raises RequestTimeout, api/errors.py maps it):
     # THREADS of them at their deadline, the other two as soon as a thread is free, i.e. just after.
