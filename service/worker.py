@@ -274,8 +274,12 @@ class BalancedThreadWorker(ThreadWorker):
     def _linger(self, sock: socket.socket) -> None:
         """Close `sock` as RFC 9112 section 9.6 asks, without blocking: FIN first, then drain, then close.
 
-        Closing with unread bytes would send a reset, which can destroy the answer just sent.
+        Closing with unread bytes would send a reset, which can destroy the answer just sent. Well-behaved
+        clients close at once; at most `worker_connections` others linger, so file descriptors stay bounded.
         """
+        if len(self._lingering) >= self.worker_connections:
+            util.close(sock)
+            return
         try:
             sock.setblocking(False)
             sock.shutdown(socket.SHUT_WR)

@@ -242,6 +242,28 @@ def test_pipelined_requests_on_one_connection_are_all_answered_in_order(server: 
     assert received.count(b"6.0") == 2 and received.count(b'"alive"') == 2, received
 
 
+def test_a_client_expecting_100_continue_gets_it_and_is_served(server: Server) -> None:
+    head = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(ROW)).encode() + b"\r\n\r\n")
+    with socket.create_connection(address(server), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(ROW)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert b"6.0" in answer
+
+
+def test_headers_over_64_kib_get_431(server: Server) -> None:
+    with socket.create_connection(address(server), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 431 "), received[:300]
+    assert b'{"error":"request line and headers are over 65536 bytes"}' in received
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(server: Server) -> None:
     with socket.create_connection(address(server), timeout=30) as sock:
         started = time.monotonic()
