@@ -116,6 +116,17 @@ class Tricklers:
             sock.close()
 
 
+def read_answer(sock: socket.socket, received: bytes = b"") -> bytes:
+    """Read one whole HTTP answer (headers and its Content-Length body) from `sock`."""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536) or pytest.fail(f"closed before the headers: {received!r}")
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536) or pytest.fail(f"closed before the body: {received + body!r}")
+    return head + b"\r\n\r\n" + body
+
+
 def timed(call) -> tuple[requests.Response, float]:
     started = time.monotonic()
     response = call()
@@ -221,7 +232,7 @@ def test_a_request_sent_in_pieces_within_the_deadlines_is_served(server: Server)
         for start in range(0, len(request), 40):
             sock.sendall(request[start:start + 40])
             time.sleep(0.1)
-        answer = sock.recv(65536)
+        answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert b"6.0" in answer
 
@@ -247,9 +258,12 @@ def test_a_client_expecting_100_continue_gets_it_and_is_served(server: Server) -
             b"Expect: 100-continue\r\nContent-Length: " + str(len(ROW)).encode() + b"\r\n\r\n")
     with socket.create_connection(address(server), timeout=10) as sock:
         sock.sendall(head)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
+        interim = b""
+        while b"\r\n\r\n" not in interim:  # the server answers nothing else before the body
+            interim += sock.recv(65536) or pytest.fail(f"closed: {interim!r}")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
         sock.sendall(ROW)
-        answer = sock.recv(65536)
+        answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert b"6.0" in answer
 
