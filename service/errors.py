@@ -24,6 +24,13 @@ class PayloadTooLarge(ServingError):
     """The request body, batch or image is larger than a configured limit (HTTP 413)."""
 
 
+class RequestTimeout(ServingError):
+    """The client did not send its request headers or body within the configured time (HTTP 408)."""
+
+    def __init__(self, part: str, timeout_s: float, setting: str) -> None:
+        super().__init__(f"request {part} not received within {timeout_s:g} s ({setting}); the connection is closed")
+
+
 class UnsupportedMediaType(ServingError):
     """The request's Content-Type is not one the route accepts (HTTP 415)."""
 

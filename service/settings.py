@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     """Longest a request waits for its batch result before failing with 503."""
 
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Longest a client may take to send a request's headers (from its connection or first byte) before it gets 408 and is closed."""
+
+    body_timeout_s: float = Field(60.0, gt=0)
+    """Longest a client may take to send a request's body once its headers are in, before it gets 408 and is closed."""
+
     log_level: str = "INFO"
     """Python log level of the service's loggers."""
 

@@ -17,6 +17,10 @@ within `MAX_WAIT_S` (the sibling is busy, stuck or gone), it accepts anyway. Bal
 an accept by up to `MAX_WAIT_S`; it never refuses one, so a dead or wedged sibling costs nothing
 but that delay.
 
+It also reads every request on its event loop before a thread sees it, under `HEADER_TIMEOUT_S` and
+`BODY_TIMEOUT_S`, and answers probes on threads of their own: slow clients never hold a request
+thread (see `service.slow_clients`).
+
 Selected by `gunicorn.conf.py`; everything else is gunicorn's own `gthread` worker.
 """
 
@@ -24,10 +28,31 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import selectors
+import socket
 import threading
 import time
+from concurrent import futures
+from functools import partial
 
+from gunicorn import http, util
 from gunicorn.workers.gthread import ThreadWorker
+
+from service.errors import RequestTimeout
+from service.settings import Settings
+from service.slow_clients import (
+    BODY_TIMEOUT_SETTING,
+    BUFFERED_BYTES_PER_WORKER,
+    HEADER_TIMEOUT_SETTING,
+    LINGER_BYTES,
+    LINGER_S,
+    MAX_HEAD_BYTES,
+    PROBE_THREADS,
+    READ_BYTES,
+    DeadlineSocket,
+    PendingRequest,
+    error_answer,
+)
 
 YIELD_S = 0.01
 """How long a worker holding more connections than a sibling steps back at a time."""
@@ -66,6 +91,19 @@ class BalancedThreadWorker(ThreadWorker):
         """While in the future: accepting is paused so a less-loaded sibling takes the connection."""
         self._waiting_since = 0.0
         """When this worker first stepped back from the connection now waiting."""
+        settings = Settings()
+        self._header_timeout_s = settings.header_timeout_s
+        self._body_timeout_s = settings.body_timeout_s
+        # The event loop reads plain HTTP/1.1 bytes itself; TLS and HTTP/2 connections keep gunicorn's
+        # own handling (the service is run behind a TLS-terminating ingress, with neither enabled).
+        self._reads_in_loop = not self.cfg.is_ssl and "h2" not in getattr(self.cfg, "http_protocols", "h1")
+        self._pending: dict[object, PendingRequest] = {}
+        """Requests the event loop is reading, by connection (TConn)."""
+        self._reserved_bytes = 0
+        """Body bytes the pending requests may buffer together (see BUFFERED_BYTES_PER_WORKER)."""
+        self._probe_pool: futures.ThreadPoolExecutor | None = None
+        self._lingering: dict[socket.socket, tuple[float, int]] = {}
+        """Closing sockets being drained: (when to close them anyway, bytes drained so far)."""
 
     # --- the shared table -------------------------------------------------------------------------
 
@@ -103,12 +141,19 @@ class BalancedThreadWorker(ThreadWorker):
 
     # --- gthread hooks ----------------------------------------------------------------------------
 
+    def init_process(self):
+        # Before super(): gunicorn's init_process ends by running the event loop.
+        self._probe_pool = futures.ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="probe")
+        super().init_process()
+
     def run(self):
         self._claim_slot()
         try:
             super().run()
         finally:
             self._release_slot()
+            if self._probe_pool is not None:
+                self._probe_pool.shutdown(wait=False)
 
     def accept(self, listener):
         now = time.monotonic()
@@ -134,6 +179,177 @@ class BalancedThreadWorker(ThreadWorker):
         super().notify()
         self._publish()
 
+    # --- slow clients: requests are read by the event loop (see service.slow_clients) --------------
+
+    def enqueue_req(self, conn):
+        """Read the connection's next request on the event loop; a thread gets it once it is in.
+
+        gunicorn calls this for a new connection, a kept-alive one that became readable, and one
+        whose previous request was followed by more bytes (pipelining).
+        """
+        if not self._reads_in_loop:
+            return super().enqueue_req(conn)
+        # Buffered bytes the parser read ahead (pipelining) start the next request.
+        received = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        now = time.monotonic()
+        pending = PendingRequest(conn, received, deadline=now + self._header_timeout_s)
+        self._pending[conn] = pending
+        conn.sock.setblocking(False)
+        if received:
+            self._advance(pending, b"", now)
+        if conn in self._pending:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, pending))
+
+    def _on_readable(self, pending: PendingRequest, _sock) -> None:
+        try:
+            chunk = pending.conn.sock.recv(pending.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client went away before finishing its request
+            self._drop(pending)
+            return
+        self._advance(pending, chunk, time.monotonic())
+
+    def _advance(self, pending: PendingRequest, chunk: bytes, now: float) -> None:
+        was_reserved = pending.reserved
+        budget = BUFFERED_BYTES_PER_WORKER - self._reserved_bytes
+        pending.feed(chunk, now=now, body_timeout_s=self._body_timeout_s, budget=budget)
+        self._reserved_bytes += pending.reserved - was_reserved
+        if pending.head_too_large:
+            self.log.info("client %s: request headers over %d bytes: 431", _peer(pending.conn), MAX_HEAD_BYTES)
+            self._drop(pending, error_answer(
+                431, "Request Header Fields Too Large", f"request line and headers are over {MAX_HEAD_BYTES} bytes"))
+        elif pending.ready:
+            self._hand_over(pending)
+
+    def _hand_over(self, pending: PendingRequest) -> None:
+        """Give the request, its buffered bytes pushed back into gunicorn's parser, to a thread."""
+        conn = self._forget(pending)
+        if conn.parser is None:
+            # Built here rather than in TConn.init() so that it reads through a DeadlineSocket.
+            conn.parser = http.get_parser(
+                self.cfg, DeadlineSocket(conn.sock, body_timeout_s=self._body_timeout_s), conn.client)
+        conn.parser.unreader.unread(bytes(pending.data))
+        source = conn.parser.unreader.sock
+        source.deadline = pending.deadline
+        source.on_expiry = partial(_close_after_answer, conn)
+        conn.data_ready = True  # gunicorn's handle() need not wait for data
+        pool = self._probe_pool if pending.is_probe else self.tpool
+        fs = pool.submit(self.handle, conn)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+
+    def _forget(self, pending: PendingRequest):
+        conn = pending.conn
+        del self._pending[conn]
+        self._reserved_bytes -= pending.reserved
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass  # not registered (yet)
+        return conn
+
+    def _drop(self, pending: PendingRequest, answer: bytes = b"") -> None:
+        """Close the connection of a request that will not be served, after `answer` if any."""
+        conn = self._forget(pending)
+        self.nr_conns -= 1
+        if answer:
+            try:
+                conn.sock.send(answer)  # a few hundred bytes into an empty send buffer: never blocks
+            except OSError:
+                pass
+        self._linger(conn.sock)
+
+    def finish_request(self, conn, fs):
+        # gunicorn closes a connection it will not keep alive with util.close_graceful(), which waits
+        # on the event loop for up to 2 s while the client keeps its socket open: one trickler per
+        # 2 s stalls every connection and probe. It is drained here without blocking instead.
+        if self._reads_in_loop and not fs.cancelled() and fs.exception() is None and not fs.result():
+            self.nr_conns -= 1
+            self._linger(conn.sock)
+            return
+        super().finish_request(conn, fs)
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Close `sock` as RFC 9112 section 9.6 asks, without blocking: FIN first, then drain, then close.
+
+        Closing with unread bytes would send a reset, which can destroy the answer just sent. Well-behaved
+        clients close at once; at most `worker_connections` others linger, so file descriptors stay bounded.
+        """
+        if len(self._lingering) >= self.worker_connections:
+            util.close(sock)
+            return
+        try:
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering[sock] = (time.monotonic() + LINGER_S, 0)
+
+    def _drain(self, sock: socket.socket) -> None:
+        deadline, drained = self._lingering[sock]
+        try:
+            chunk = sock.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        drained += len(chunk)
+        if chunk and drained < LINGER_BYTES:
+            self._lingering[sock] = (deadline, drained)
+        else:
+            self._close_lingering(sock)
+
+    def _close_lingering(self, sock: socket.socket) -> None:
+        del self._lingering[sock]
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        util.close(sock)
+
+    def murder_keepalived(self, force=False):
+        # Called on every turn of the event loop (about once a second), and with force=True at exit.
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for pending in [p for p in self._pending.values() if force or p.deadline <= now]:
+            if not pending.started:
+                self._drop(pending)  # connected, sent nothing: closed like an idle keep-alive connection
+                continue
+            part, timeout_s, setting = (("headers", self._header_timeout_s, HEADER_TIMEOUT_SETTING) if pending.head_end < 0
+                                        else ("body", self._body_timeout_s, BODY_TIMEOUT_SETTING))
+            message = str(RequestTimeout(part, timeout_s, setting))
+            self.log.info("client %s: %s: 408", _peer(pending.conn), message)
+            self._drop(pending, error_answer(408, "Request Timeout", message))
+        for sock in [s for s, (deadline, _) in self._lingering.items() if force or deadline <= now]:
+            self._close_lingering(sock)
+
+    def _keepalive_after(self, conn, keepalive):
+        # A body read that ran out of time leaves the rest of the body on the socket: close.
+        source = getattr(conn.parser.unreader, "sock", None)
+        if isinstance(source, DeadlineSocket) and source.expired:
+            return False
+        try:
+            return super()._keepalive_after(conn, keepalive)
+        except RequestTimeout:  # the unread body could not be drained by the deadline
+            return False
+
+    def handle_error(self, req, client, addr, exc):
+        # A deadline missed outside the application (gunicorn reading a request): 408, no traceback.
+        if not isinstance(exc, RequestTimeout):
+            return super().handle_error(req, client, addr, exc)
+        self.log.info("client %s: %s: 408", (addr or ("",))[0], exc)
+        try:
+            util.write(client, error_answer(408, "Request Timeout", str(exc)))
+        except OSError:
+            pass
+        return None
+
+    # --- balancing, continued ---------------------------------------------------------------------
+
     def _pause_accepting(self) -> None:
         self._resume_at = time.monotonic() + YIELD_S
         super().set_accept_enabled(False)
@@ -141,6 +357,17 @@ class BalancedThreadWorker(ThreadWorker):
         timer = threading.Timer(YIELD_S, self.method_queue.defer, args=(_nothing,))
         timer.daemon = True
         timer.start()
+
+
+def _close_after_answer(conn) -> None:
+    """Make the answer to the connection's current request say `Connection: close` (its body is unread)."""
+    if conn.parser.mesg is not None:
+        conn.parser.mesg.must_close = True
+
+
+def _peer(conn) -> str:
+    client = getattr(conn, "client", None)
+    return str(client[0]) if isinstance(client, tuple) else str(client)
 
 
 def _nothing() -> None:
