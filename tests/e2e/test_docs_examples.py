@@ -46,7 +46,7 @@ def reason_not_runnable(example: Example) -> str | None:
 
 
 def is_runnable(example: Example) -> bool:
-    return example.command.startswith(("curl ", "python examples/"))
+    return example.command.startswith(("curl ", "python examples/")) and reason_not_runnable(example) is None
 
 
 EXAMPLES = all_examples()

@@ -9,6 +9,8 @@ makes "no request ever meets a new shape after warm-up" observable.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -231,6 +233,21 @@ def test_constructor_refuses_allowed_sizes_that_do_not_increase() -> None:
 
 
 def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() -> None:
+    # The first configuration of a process stands, and other tests of this process (a started
+    # ServableBuilder) may have made it: the check runs in a fresh interpreter.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if os.environ.get("KERASSERVE_FRESH_RUNNER_TEST") != "1":
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "KERASSERVE_FRESH_RUNNER_TEST": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        return
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if not has_gpu:
         with pytest.raises(ValueError, match="DEVICE=gpu"):
