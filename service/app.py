@@ -12,9 +12,11 @@ import atexit
 import logging
 import os
 import signal
+import threading
 
 from flask import Flask
 
+from service import pod_readiness
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
 from service.api.json import FastJSONProvider
@@ -47,9 +49,13 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     # and builds its first registry from the plugins that scan saw.
     watcher.start()
     manager.start()
+    # Keep this worker's readiness in the table its sibling workers read (service/pod_readiness.py).
+    stopped = threading.Event()
+    pod_readiness.start_publisher(lambda: manager.readiness().ready, stopped)
 
     def stop() -> None:
         """Stop watching first (nothing sets aspired versions any more), then unload every version."""
+        stopped.set()
         watcher.stop()
         manager.stop()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service import classification, examples, preprocessing
+from service import classification, examples, pod_readiness, preprocessing
 from service.errors import (
     InferenceError,
     InvalidInput,
@@ -217,8 +217,18 @@ class DataPlane:
         return self._manager.statuses()
 
     def readiness(self) -> Readiness:
-        """Return whether the service is ready, and per model."""
-        return self._manager.readiness()
+        """Return whether the service is ready, and per model: this worker's models, and every worker ready.
+
+        A worker whose own models are ready still answers not ready while a sibling worker is
+        loading (see `service.pod_readiness`): a probe must not put the pod into service early.
+        """
+        readiness = self._manager.readiness()
+        pod_readiness.publish(readiness.ready)
+        if readiness.ready:
+            waiting = pod_readiness.others_not_ready()
+            if waiting:
+                return Readiness(ready=False, models=readiness.models, reason=waiting)
+        return readiness
 
     def default_model(self) -> str:
         """Return the model answering requests that name none (raises ModelNotFound when ambiguous)."""

@@ -38,6 +38,7 @@ from functools import partial
 from gunicorn import http, util
 from gunicorn.workers.gthread import ThreadWorker
 
+from service import pod_readiness  # imported here, in the master: its shared table must exist before the fork
 from service.errors import RequestTimeout
 from service.settings import Settings
 from service.slow_clients import (
@@ -148,9 +149,11 @@ class BalancedThreadWorker(ThreadWorker):
 
     def run(self):
         self._claim_slot()
+        pod_readiness.join(self.cfg.workers)
         try:
             super().run()
         finally:
+            pod_readiness.leave()
             self._release_slot()
             if self._probe_pool is not None:
                 self._probe_pool.shutdown(wait=False)

@@ -84,3 +84,16 @@ def test_ready_despite_a_failed_start_up_model_and_stays_200_through_a_swap_and_
             thread.join()
         assert len(codes) > 10 and set(codes) == {200}
         assert server.post("/models/m/predict", json={"instances": [[1.0]]}).json()["version"] == 2
+
+
+def test_ready_only_when_every_worker_is_ready(run_server, tmp_path: Path, scaled: dict[int, Path]) -> None:
+    # Two workers load the same model on their own; the first /readyz 200 must mean both can answer.
+    models = tmp_path / "models"
+    copy_then_mv(scaled[2], models / "m.keras", tmp_path / "staging")
+    with run_server(models, ready=False, WORKERS="2") as server:
+        wait_until(lambda: server.get("/readyz", timeout=5).status_code == 200, timeout_s=180, interval_s=0.05)
+        # New connections, spread over both workers by the balancing worker class.
+        statuses = [server.post("/models/m/predict", json={"instances": [[1.0]]}).status_code for _ in range(30)]
+        assert statuses == [200] * 30, statuses
+        body = server.get("/readyz").json()
+        assert body == {"ready": True, "models": {"m": True}}
