@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
-from tests.conftest import REPO, wait_until
-from tests.e2e.conftest import Server, free_port, serve
+from tests.conftest import REPO
+from tests.e2e.conftest import free_port, serve
 
 DEPLOY = REPO / "deploy"
 KSERVE_MODEL_MOUNT = "/mnt/models"  # KServe's storage initializer: an emptyDir, read-only in the predictor
@@ -210,15 +209,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
-def predict_tiny(server: Server) -> requests.Response | None:
-    """The prediction's response once it is 200; None while a worker answers 503 (still loading)."""
-    response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
-    if response.status_code == 503:
-        return None
-    assert response.status_code == 200, response.text
-    return response
-
-
 @pytest.mark.parametrize("container", [c for c in CONTAINERS if not c.gpus], ids=lambda c: c.manifest)
 def test_manifest_starts_the_server_and_it_answers_a_prediction(
     container: ServerContainer, mounted_models, tmp_path: Path
@@ -228,9 +218,9 @@ def test_manifest_starts_the_server_and_it_answers_a_prediction(
     port = free_port()
     with serve(container.command, cwd=REPO, env=environment(container, models, port), url=f"http://127.0.0.1:{port}",
                log_path=tmp_path / "server.log", timeout_s=300, **identity(container)) as server:
-        # /readyz answered by one worker says nothing of the others (WORKERS=2 here): each loads the
-        # model on its own, so a prediction may meet a worker still loading for a moment.
-        response = wait_until(lambda: predict_tiny(server), timeout_s=120, interval_s=0.2)
+        # Ready means every worker is (WORKERS=2 here): the first prediction must succeed.
+        response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+        assert response.status_code == 200, response.text
         (scores,) = response.json()["predictions"]
         assert len(scores) == 2 and abs(sum(scores) - 1.0) < 1e-5
     if container.read_only:
@@ -248,7 +238,8 @@ def test_gpu_manifest_serves_on_a_gpu_or_says_clearly_there_is_none(
     if gpu_visible():
         with serve(container.command, cwd=REPO, env=env, url=f"http://127.0.0.1:{port}",
                    log_path=tmp_path / "server.log", timeout_s=300, **identity(container)) as server:
-            wait_until(lambda: predict_tiny(server), timeout_s=120, interval_s=0.2)
+            response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+            assert response.status_code == 200, response.text
         return
     # No GPU here: the manifest's DEVICE=gpu must stop the server with a message saying so, not serve on CPU.
     result = subprocess.run(container.command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
