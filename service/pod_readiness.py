@@ -34,7 +34,8 @@ _expected = 1
 _ready = False
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still exists (worker tables keep the pids of killed workers)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def join(expected_workers: int) -> None:
     with _lock:
         for slot in range(SLOTS):
             owner = _table[2 * slot]
-            if owner == 0 or owner == pid or not _alive(owner):
+            if owner == 0 or owner == pid or not alive(owner):
                 _table[2 * slot], _table[2 * slot + 1] = pid, int(_ready)
                 _slot, _expected = slot, max(1, expected_workers)
                 return
@@ -80,7 +81,7 @@ def others_not_ready() -> str:
         return ""
     ready = sum(
         1 for slot in range(SLOTS)
-        if _table[2 * slot] and _table[2 * slot + 1] and (slot == _slot or _alive(_table[2 * slot]))
+        if _table[2 * slot] and _table[2 * slot + 1] and (slot == _slot or alive(_table[2 * slot]))
     )
     if ready >= _expected:
         return ""

@@ -39,6 +39,7 @@ from gunicorn import http, util
 from gunicorn.workers.gthread import ThreadWorker
 
 from service import pod_readiness  # imported here, in the master: its shared table must exist before the fork
+from service.pod_readiness import alive
 from service.errors import RequestTimeout
 from service.settings import Settings
 from service.slow_clients import (
@@ -72,16 +73,6 @@ _table = multiprocessing.RawArray("q", 2 * SLOTS)
 _table_lock = multiprocessing.Lock()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - exists, owned by someone else
-        return True
-    return True
-
-
 class BalancedThreadWorker(ThreadWorker):
     """gthread worker that leaves a new connection to a sibling holding fewer connections."""
 
@@ -113,7 +104,7 @@ class BalancedThreadWorker(ThreadWorker):
         with _table_lock:
             for slot in range(SLOTS):
                 owner = _table[2 * slot]
-                if owner == 0 or owner == pid or not _alive(owner):
+                if owner == 0 or owner == pid or not alive(owner):
                     _table[2 * slot], _table[2 * slot + 1] = pid, 0
                     self._slot = slot
                     return
@@ -136,7 +127,7 @@ class BalancedThreadWorker(ThreadWorker):
             pid = _table[2 * slot]
             if pid and slot != self._slot:
                 held = _table[2 * slot + 1]
-                if (least is None or held < least) and _alive(pid):
+                if (least is None or held < least) and alive(pid):
                     least = held
         return least
 
