@@ -14,9 +14,10 @@ paths that fit it, in order, until one works:
 - SavedModel directory: `tf.saved_model.load` and its signatures (`saved_model`), or a TF1
   `Session` for graphs TF2 cannot prune (`tf1_session`).
 
-While Keras rebuilds Lambda layers, `python_utils.func_load` is wrapped so the code sees the
-registry's globals (Keras never passes custom objects to it) and gets its defaults as a tuple
-(KERAS-LOADING-FACTS facts 5-7). The wrapper is process-wide, so every load holds `_LOAD_LOCK`.
+While Keras rebuilds Lambda layers, `python_utils.func_load` is wrapped (`service.lambda_code`) so
+the code sees the registry's globals (Keras never passes custom objects to it) and gets its defaults
+as a tuple (KERAS-LOADING-FACTS facts 5-7). The wrapper is process-wide, so every load holds
+`_LOAD_LOCK`.
 
 Errors: every failure becomes a `ModelLoadError` (or `MissingCustomObject`, `UnsafeModelRefused`)
 naming the file (never the server's absolute path), the detected format, the loaders tried and each
@@ -26,13 +27,10 @@ missing object, parsed from the whole exception chain. The model is never called
 
 from __future__ import annotations
 
-import base64
-import builtins
 import contextlib
 import copy
 import json
 import logging
-import marshal
 import re
 import shutil
 import tempfile
@@ -47,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from service import extra_outputs as extra_outputs_
+from service import lambda_code
 from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
@@ -165,57 +164,6 @@ def keras2_hard_sigmoid(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Lambda globals: the func_load wrapper (facts 5-7)
-# --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _lambda_scope(lambda_globals: dict[str, Any]) -> Iterator[None]:
-    """Make every Lambda rebuilt inside see `lambda_globals` and get tuple defaults.
-
-    Keras gives Lambda code the globals of its own utility module and never the custom objects
-    (KERAS-LOADING-FACTS facts 5-6), and passes saved defaults as a list (fact 7). There is no
-    public hook for either, so the module attribute Keras calls is replaced while one load runs,
-    under `_LOAD_LOCK`, and restored afterwards.
-    """
-    from keras.src.utils import python_utils
-
-    original = python_utils.func_load
-    globs = {"__builtins__": builtins, **lambda_globals}
-
-    def func_load(code: Any, defaults: Any = None, closure: Any = None, globs_: Any = None) -> Any:
-        if isinstance(code, (tuple, list)):
-            code, defaults, closure = code
-        if isinstance(defaults, list):
-            defaults = tuple(defaults)
-        return original(code, defaults=defaults, closure=closure, globs=globs)
-
-    patched: list[tuple[Any, str, Any]] = [(python_utils, "func_load", original)]
-    python_utils.func_load = func_load
-    import sys
-
-    tfk_utils = sys.modules.get("tf_keras.src.utils.generic_utils")
-    if tfk_utils is not None:
-        tfk_original = tfk_utils.func_load
-
-        def tfk_func_load(code: Any, defaults: Any = None, closure: Any = None, globs: Any = None) -> Any:
-            merged = dict(globs or {})
-            merged.update(lambda_globals)
-            merged.setdefault("__builtins__", builtins)
-            if isinstance(code, (tuple, list)):
-                code, defaults, closure = code
-            if isinstance(defaults, list):
-                defaults = tuple(defaults)
-            return tfk_original(code, defaults=defaults, closure=closure, globs=merged)
-
-        tfk_utils.func_load = tfk_func_load
-        patched.append((tfk_utils, "func_load", tfk_original))
-    try:
-        yield
-    finally:
-        for module, name, value in patched:
-            setattr(module, name, value)
-
-
-# --------------------------------------------------------------------------------------------------
 # Config inspection and repair
 # --------------------------------------------------------------------------------------------------
 @dataclass
@@ -240,62 +188,6 @@ class _ConfigReport:
 
 
 _INITIALIZER_KEYS = re.compile(r".*_initializer$")
-
-
-def _bytecode_readable(code: Any) -> bool:
-    """Say whether marshalled function bytecode (base64 text) can be read by this Python."""
-    if isinstance(code, (list, tuple)):
-        code = code[0] if code else None
-    if not isinstance(code, str):
-        return True
-    try:
-        raw = base64.decodebytes(code.encode("ascii"))
-        marshal.loads(raw)
-    except (ValueError, EOFError, TypeError, UnicodeError):
-        return False
-    return True
-
-
-def _global_names(code: Any) -> set[str]:
-    """Names a marshalled function loads as globals (empty when the bytecode cannot be read)."""
-    import dis
-    import types
-
-    if isinstance(code, (list, tuple)):
-        code = code[0] if code else None
-    if not isinstance(code, str):
-        return set()
-    try:
-        obj = marshal.loads(base64.decodebytes(code.encode("ascii")))
-    except (ValueError, EOFError, TypeError, UnicodeError):
-        return set()
-    names: set[str] = set()
-    stack = [obj]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, types.CodeType):
-            continue
-        try:
-            instructions = list(dis.get_instructions(current))
-        except (IndexError, ValueError, TypeError, KeyError):
-            # Corrupted bytecode (e.g. an out-of-range constant index): nothing to name here; loading
-            # it fails later with a named error, or in the sandbox probe, not with a bare IndexError.
-            continue
-        for instruction in instructions:
-            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(instruction.argval, str):
-                names.add(instruction.argval)
-        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    return names
-
-
-def _lambda_code(layer_config: dict) -> Any | None:
-    """Return the stored bytecode of a Lambda config (Keras 2 list or Keras 3 dict), or None."""
-    fn = layer_config.get("function")
-    if isinstance(fn, dict) and fn.get("class_name") == "__lambda__":
-        return fn.get("config", {}).get("code")
-    if isinstance(fn, (list, tuple)) and layer_config.get("function_type", "lambda") == "lambda":
-        return fn
-    return None
 
 
 # Keras 1 argument names -> Keras 2 names (the Keras 2.0 legacy interfaces did this conversion).
@@ -482,20 +374,20 @@ def _visit_lambda(node: dict, cfg: dict, report: _ConfigReport, registry: Custom
         report.replaced_lambdas.append(name)
         report.repaired(f"Lambda '{name}' replaced by a registered function")
         return
-    code = _lambda_code(cfg)
+    code = lambda_code.stored_code(cfg)
     if code is None:
         return  # a named function (function_type "function"): resolved through custom objects
     report.code_lambdas.append(name)
-    if not _bytecode_readable(code):
+    if not lambda_code.bytecode_readable(code):
         report.unreadable_lambdas.append(name)
         return
-    report.lambda_global_names |= _global_names(code)
+    report.lambda_global_names |= lambda_code.global_names(code)
     output_code = None
     if cfg.get("output_shape_type") == "lambda" or (
         isinstance(cfg.get("output_shape"), dict) and cfg["output_shape"].get("class_name") == "__lambda__"
     ):
         output_code = cfg.get("output_shape")
-    if output_code is not None and not _bytecode_readable(output_code):
+    if output_code is not None and not lambda_code.bytecode_readable(output_code):
         # Keras 3 infers the output shape by calling the function; drop the unreadable shape code.
         cfg["output_shape"] = None
         cfg["output_shape_type"] = "raw"
@@ -970,7 +862,7 @@ class Loader:
             if label == "tf_keras":
                 _tf_keras()  # imported before the scope, so its func_load gets wrapped too
             try:
-                with _lambda_scope(lambda_globals):
+                with lambda_code.lambda_scope(lambda_globals):
                     model, warnings = fn()
                 signature, call = keras_signature(model, config.extra_outputs if config is not None else ())
             except ModelLoadError:

@@ -18,11 +18,8 @@ imports neither Flask nor TensorFlow; the child imports the loader and the runne
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import marshal
 import os
 import signal
 import subprocess
@@ -35,8 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service import errors
+from service import errors, lambda_code
 from service.errors import ModelLoadError
+from service.formats import HDF5_MAGIC, ZIP_MAGIC
 from service.model_config import ModelConfig
 from service.settings import Settings
 
@@ -46,8 +44,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """Folder holding the `service` package: the child's PYTHONPATH."""
 _RESULT_ERRORS = {cls.__name__: cls for cls in (ModelLoadError, errors.MissingCustomObject, errors.UnsafeModelRefused)}
 _STDERR_TAIL_BYTES = 4000
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 # --- is a probe needed? ----------------------------------------------------------------------------
@@ -62,29 +58,10 @@ def lambda_layers(path: Path) -> tuple[str, ...]:
     names: list[str] = []
     for config in _model_configs(Path(path)):
         for layer in _walk_dicts(config):
-            if layer.get("class_name") == "Lambda" and _stores_code(layer.get("config")):
+            if layer.get("class_name") == "Lambda" and lambda_code.runs_stored_code(layer.get("config")):
                 cfg = layer.get("config") or {}
                 names.append(str(cfg.get("name") or layer.get("name") or "?"))
     return tuple(dict.fromkeys(names))
-
-
-def _stores_code(cfg: object) -> bool:
-    """Tell whether a Lambda layer config holds bytecode this Python can read (and so would run)."""
-    if not isinstance(cfg, dict):
-        return False
-    fn = cfg.get("function")
-    if isinstance(fn, dict) and fn.get("class_name") == "__lambda__":  # Keras 3: {"config": {"code": ...}}
-        code = (fn.get("config") or {}).get("code")
-    elif isinstance(fn, (list, tuple)) and fn and cfg.get("function_type", "lambda") == "lambda":  # Keras 2
-        code = fn[0]
-    else:
-        return False
-    # Bytecode this Python cannot unmarshal never runs: the loader refuses it and asks for a replacement.
-    try:
-        marshal.loads(base64.b64decode(str(code).encode("ascii")))
-    except (ValueError, EOFError, TypeError, UnicodeError, binascii.Error):
-        return False
-    return True
 
 
 def _walk_dicts(value: Any) -> Iterator[dict]:
@@ -112,12 +89,12 @@ def _model_configs(path: Path) -> list[Any]:
 def _file_config(file: Path) -> list[Any]:
     with file.open("rb") as stream:
         magic = stream.read(8)
-    if magic.startswith(_ZIP_MAGIC):
+    if magic.startswith(ZIP_MAGIC):
         with zipfile.ZipFile(file) as archive:
             if "config.json" not in archive.namelist():
                 return []
             return [json.loads(archive.read("config.json"))]
-    if magic == _HDF5_MAGIC:
+    if magic == HDF5_MAGIC:
         import h5py
 
         with h5py.File(file, "r") as handle:
