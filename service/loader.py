@@ -28,7 +28,6 @@ missing object, parsed from the whole exception chain. The model is never called
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import re
@@ -50,6 +49,14 @@ from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
 from service.formats import DetectedModel, ModelFormat, detect_format
+from service.keras_config import (
+    HARD_SIGMOID_KERAS2,
+    KERAS1_CLASSES,
+    ConfigReport,
+    looks_keras3,
+    read_keras_config,
+    repair_config,
+)
 from service.model_config import ModelConfig
 from service.servable import Signature, TensorInfo
 from service.settings import Settings
@@ -58,8 +65,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
-HARD_SIGMOID_KERAS2 = "kerasserve_keras2_hard_sigmoid"
-"""Custom-object name of Keras 2's hard_sigmoid (0.2x + 0.5), which Keras 3 changed to x/6 + 0.5."""
 
 _LOAD_LOCK = threading.RLock()
 """Held during every load: the func_load wrapper and Keras' global scopes are process-wide."""
@@ -161,277 +166,6 @@ def keras2_hard_sigmoid(x: Any) -> Any:
     """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1) (Keras 3's is clip(x / 6 + 0.5, 0, 1))."""
     ops = _keras().ops
     return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Config inspection and repair
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class _ConfigReport:
-    """What a walk over a model config found and changed."""
-
-    lambdas: list[str] = field(default_factory=list)
-    """Names of every Lambda layer."""
-    code_lambdas: list[str] = field(default_factory=list)
-    """Lambda layers whose stored Python code would run (no replacement registered)."""
-    unreadable_lambdas: list[str] = field(default_factory=list)
-    """Lambda layers whose bytecode this Python cannot read, with no replacement."""
-    replaced_lambdas: list[str] = field(default_factory=list)
-    class_names: set[str] = field(default_factory=set)
-    repairs: list[str] = field(default_factory=list)
-    lambda_global_names: set[str] = field(default_factory=set)
-    """Global names the readable Lambda code loads (LOAD_GLOBAL), e.g. tf, H, W."""
-
-    def repaired(self, what: str) -> None:
-        if what not in self.repairs:
-            self.repairs.append(what)
-
-
-_INITIALIZER_KEYS = re.compile(r".*_initializer$")
-
-
-# Keras 1 argument names -> Keras 2 names (the Keras 2.0 legacy interfaces did this conversion).
-_KERAS1_RENAMES = {
-    "output_dim": "units",
-    "init": "kernel_initializer",
-    "inner_init": "recurrent_initializer",
-    "W_regularizer": "kernel_regularizer",
-    "b_regularizer": "bias_regularizer",
-    "U_regularizer": "recurrent_regularizer",
-    "W_constraint": "kernel_constraint",
-    "b_constraint": "bias_constraint",
-    "U_constraint": "recurrent_constraint",
-    "bias": "use_bias",
-    "nb_filter": "filters",
-    "border_mode": "padding",
-    "subsample": "strides",
-    "inner_activation": "recurrent_activation",
-    "dropout_W": "dropout",
-    "dropout_U": "recurrent_dropout",
-    "p": "rate",
-    "gamma_init": "gamma_initializer",
-    "beta_init": "beta_initializer",
-    "input_length": None,
-    "input_dtype": "dtype",
-    "W_learning_rate_multiplier": None,
-    "b_learning_rate_multiplier": None,
-    "consume_less": None,
-    "mode": None,
-    "dim_ordering": "data_format",
-    "forget_bias_init": None,
-    "activity_regularizer": "activity_regularizer",
-}
-_KERAS1_CLASSES = {
-    "Convolution1D": "Conv1D",
-    "Convolution2D": "Conv2D",
-    "Convolution3D": "Conv3D",
-    "AtrousConvolution2D": "Conv2D",
-    "Deconvolution2D": "Conv2DTranspose",
-    "SeparableConvolution2D": "SeparableConv2D",
-}
-
-
-def _keras1_layer(class_name: str, cfg: dict, report: _ConfigReport) -> str:
-    """Convert one Keras 1 layer config to Keras 2 names in place; return the new class name."""
-    new_class = _KERAS1_CLASSES.get(class_name, class_name)
-    if "nb_row" in cfg and "nb_col" in cfg:
-        cfg["kernel_size"] = [cfg.pop("nb_row"), cfg.pop("nb_col")]
-    if "filter_length" in cfg:
-        cfg["kernel_size"] = [cfg.pop("filter_length")]
-    if "subsample_length" in cfg:
-        cfg["strides"] = [cfg.pop("subsample_length")]
-    if "pool_length" in cfg:
-        cfg["pool_size"] = [cfg.pop("pool_length")]
-    if "stride" in cfg and class_name.endswith("Pooling1D"):
-        cfg["strides"] = [cfg.pop("stride")] if cfg["stride"] is not None else cfg.pop("stride")
-    if "atrous_rate" in cfg:
-        cfg["dilation_rate"] = cfg.pop("atrous_rate")
-    for old, new in _KERAS1_RENAMES.items():
-        if old in cfg and old != new:
-            value = cfg.pop(old)
-            if new is not None and new not in cfg:
-                cfg[new] = value
-    if cfg.get("data_format") in ("tf", "th"):
-        cfg["data_format"] = "channels_last" if cfg["data_format"] == "tf" else "channels_first"
-    for key in list(cfg):
-        if key.endswith("_initializer") and isinstance(cfg[key], str):
-            cfg[key] = {"class_name": _initializer_class(cfg[key]), "config": {}}
-    if class_name in ("BatchNormalization",):
-        for key in ("mode", "beta_regularizer", "gamma_regularizer"):
-            cfg.pop(key, None) if cfg.get(key) is None else None
-    report.repaired("Keras 1 layer arguments")
-    return new_class
-
-
-def _initializer_class(name: str) -> str:
-    table = {
-        "glorot_uniform": "GlorotUniform",
-        "glorot_normal": "GlorotNormal",
-        "he_normal": "HeNormal",
-        "he_uniform": "HeUniform",
-        "lecun_uniform": "LecunUniform",
-        "lecun_normal": "LecunNormal",
-        "zero": "Zeros",
-        "zeros": "Zeros",
-        "one": "Ones",
-        "ones": "Ones",
-        "orthogonal": "Orthogonal",
-        "identity": "Identity",
-        "normal": "RandomNormal",
-        "uniform": "RandomUniform",
-    }
-    return table.get(name, name)
-
-
-def _walk(obj: Any, visit: Callable[[dict], None]) -> None:
-    """Call `visit` on every `{"class_name", "config"}` dict in a nested config, outermost first."""
-    if isinstance(obj, dict):
-        if "class_name" in obj and "config" in obj:
-            visit(obj)
-        for value in list(obj.values()):
-            _walk(value, visit)
-    elif isinstance(obj, list):
-        for value in obj:
-            _walk(value, visit)
-
-
-def repair_config(
-    config: dict,
-    *,
-    keras_major: int | None,
-    registry: CustomObjectRegistry,
-    target: str = "keras3",
-) -> tuple[dict, _ConfigReport]:
-    """Return a repaired deep copy of a model config, and what was found and changed.
-
-    Args:
-        config: `{"class_name", "config"}` model config (HDF5 `model_config`, JSON, `config.json`).
-        keras_major: major version of the Keras that wrote it (1, 2, 3; None = unknown).
-        registry: supplies Lambda replacements (by layer name).
-        target: "keras3" or "tf_keras": which library will build the result.
-    """
-    config = copy.deepcopy(config)
-    report = _ConfigReport()
-    legacy = keras_major is not None and keras_major < 3
-
-    # Keras 1 / 2.0-2.1 Sequential: `config` is the list of layers.
-    if config.get("class_name") == "Sequential" and isinstance(config.get("config"), list):
-        config["config"] = {"name": "sequential", "layers": config["config"]}
-        report.repaired("list-style Sequential config")
-
-    def visit(node: dict) -> None:
-        class_name = node.get("class_name")
-        cfg = node.get("config")
-        if not isinstance(cfg, dict) or not isinstance(class_name, str):
-            return
-        if keras_major == 1 and "name" in cfg and class_name not in ("Sequential", "Model"):
-            node["class_name"] = class_name = _keras1_layer(class_name, cfg, report)
-        report.class_names.add(node.get("registered_name") or class_name)
-        if class_name == "Lambda":
-            _visit_lambda(node, cfg, report, registry, target, legacy)
-        if legacy and target == "keras3":
-            if class_name == "DepthwiseConv2D" and "groups" in cfg:
-                cfg.pop("groups")
-                report.repaired("'groups' argument of DepthwiseConv2D")
-            if "time_major" in cfg and not cfg["time_major"]:
-                cfg.pop("time_major")  # tf.keras 2 RNNs; Keras 3 is always batch-major
-                report.repaired("'time_major' argument of RNN layers")
-            for key, value in list(cfg.items()):
-                if _INITIALIZER_KEYS.match(key) and isinstance(value, dict) and isinstance(value.get("config"), dict):
-                    if value["config"].pop("dtype", None) is not None:
-                        report.repaired("'dtype' argument of initializers")
-                if value == "hard_sigmoid" and key in ("activation", "recurrent_activation", "inner_activation"):
-                    cfg[key] = HARD_SIGMOID_KERAS2
-                    report.repaired("Keras 2 hard_sigmoid kept (0.2x+0.5)")
-        if class_name == "Sequential" and target == "keras3":
-            _add_input_layer(cfg, report)
-
-    _walk(config, visit)
-    return config, report
-
-
-def _visit_lambda(node: dict, cfg: dict, report: _ConfigReport, registry: CustomObjectRegistry, target: str, legacy: bool) -> None:
-    name = cfg.get("name", "?")
-    report.lambdas.append(name)
-    replacement = registry.lambda_replacement(name)
-    if replacement is not None:
-        key = LAMBDA_OBJECT_PREFIX + name
-        if target == "tf_keras":
-            # tf_keras' legacy deserialiser swaps custom-object names in configs for the objects
-            # themselves, so a "raw" function arrives as the registered function.
-            cfg["function"] = key
-            cfg["function_type"] = "raw"
-        else:
-            cfg["function"] = {"module": None, "class_name": "function", "config": key, "registered_name": key}
-        if cfg.get("output_shape_type") == "lambda" or isinstance(cfg.get("output_shape"), dict):
-            cfg["output_shape"] = None
-            cfg["output_shape_type"] = "raw"
-        if target == "keras3":
-            for key in ("function_type", "output_shape_type", "module", "output_shape_module"):
-                cfg.pop(key, None)
-            if cfg.get("output_shape") is None:
-                cfg.pop("output_shape", None)
-        report.replaced_lambdas.append(name)
-        report.repaired(f"Lambda '{name}' replaced by a registered function")
-        return
-    code = lambda_code.stored_code(cfg)
-    if code is None:
-        return  # a named function (function_type "function"): resolved through custom objects
-    report.code_lambdas.append(name)
-    if not lambda_code.bytecode_readable(code):
-        report.unreadable_lambdas.append(name)
-        return
-    report.lambda_global_names |= lambda_code.global_names(code)
-    output_code = None
-    if cfg.get("output_shape_type") == "lambda" or (
-        isinstance(cfg.get("output_shape"), dict) and cfg["output_shape"].get("class_name") == "__lambda__"
-    ):
-        output_code = cfg.get("output_shape")
-    if output_code is not None and not lambda_code.bytecode_readable(output_code):
-        # Keras 3 infers the output shape by calling the function; drop the unreadable shape code.
-        cfg["output_shape"] = None
-        cfg["output_shape_type"] = "raw"
-    if target == "keras3" and isinstance(cfg.get("function"), (list, tuple)):
-        fn = cfg["function"]
-        cfg["function"] = {"class_name": "__lambda__", "config": {"code": fn[0], "defaults": fn[1], "closure": fn[2]}}
-        if cfg.get("output_shape_type") == "lambda" and isinstance(cfg.get("output_shape"), (list, tuple)):
-            shape_fn = cfg["output_shape"]
-            cfg["output_shape"] = {
-                "class_name": "__lambda__",
-                "config": {"code": shape_fn[0], "defaults": shape_fn[1], "closure": shape_fn[2]},
-            }
-        for key in ("function_type", "output_shape_type", "module", "output_shape_module"):
-            cfg.pop(key, None)
-        if cfg.get("output_shape") is None:
-            cfg.pop("output_shape", None)
-
-
-def _add_input_layer(cfg: dict, report: _ConfigReport) -> None:
-    """Give a Keras 2 Sequential without InputLayer an explicit one (Keras 3 guesses its shape wrong)."""
-    layers = cfg.get("layers")
-    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
-        return
-    first = layers[0]
-    if first.get("class_name") == "InputLayer":
-        return
-    first_cfg = first.get("config", {})
-    shape = first_cfg.get("batch_input_shape") or first_cfg.get("batch_shape")
-    if shape is None and first_cfg.get("input_shape") is not None:
-        shape = [None, *first_cfg["input_shape"]]
-    if shape is None and cfg.get("build_input_shape"):
-        shape = cfg["build_input_shape"]
-    if shape is None:
-        return
-    for key in ("batch_input_shape", "batch_shape", "input_shape"):
-        first_cfg.pop(key, None)
-    if first.get("class_name") != "Embedding":
-        first_cfg.pop("input_dim", None)
-    dtype = first_cfg.get("dtype") if isinstance(first_cfg.get("dtype"), str) else None
-    input_cfg: dict[str, Any] = {"batch_shape": list(shape), "name": f"{first_cfg.get('name', 'input')}_input"}
-    if dtype:
-        input_cfg["dtype"] = dtype
-    layers.insert(0, {"class_name": "InputLayer", "config": input_cfg})
-    report.repaired("explicit InputLayer for a Sequential without one")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,7 +453,7 @@ class _Attempt:
     tried: list[str] = field(default_factory=list)
     errors: list[tuple[str, BaseException]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    report: _ConfigReport | None = None
+    report: ConfigReport | None = None
 
 
 class Loader:
@@ -796,10 +530,10 @@ class Loader:
     def _load_keras(
         self, detected: DetectedModel, attempt: _Attempt, registry: CustomObjectRegistry, config: ModelConfig | None
     ) -> LoadedModel:
-        raw_config, training_config = _read_model_config(detected)
+        raw_config, training_config = read_keras_config(detected)
         keras_major = detected.keras_major
         if keras_major is None and detected.format is not ModelFormat.KERAS_ZIP:
-            keras_major = 3 if _looks_keras3(raw_config) else 2
+            keras_major = 3 if looks_keras3(raw_config) else 2
         elif detected.format is ModelFormat.KERAS_ZIP and keras_major is None:
             keras_major = 3
         repaired, report = repair_config(raw_config, keras_major=keras_major, registry=registry, target="keras3")
@@ -930,7 +664,7 @@ class Loader:
         return error
 
     def _keras3_zip(
-        self, detected: DetectedModel, repaired: dict, report: _ConfigReport, custom_objects: dict, safe_mode: bool
+        self, detected: DetectedModel, repaired: dict, report: ConfigReport, custom_objects: dict, safe_mode: bool
     ) -> tuple[Any, list[str]]:
         keras = _keras()
         with tempfile.TemporaryDirectory(prefix="kerasserve-") as tmp:
@@ -983,7 +717,7 @@ class Loader:
         if compile_config:
             warnings.append("compile=False: architecture JSON's compile_config ignored (serving never needs it)")
         with serialization_lib.SafeModeScope(safe_mode), object_registration.CustomObjectScope(custom_objects):
-            if keras_major == 3 or (keras_major is None and _looks_keras3(repaired)):
+            if keras_major == 3 or (keras_major is None and looks_keras3(repaired)):
                 model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=safe_mode)
             else:
                 with saving_options.keras_option_scope(use_legacy_config=True):
@@ -1128,7 +862,7 @@ class Loader:
         )
 
 
-def _config_missing(report: _ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _config_missing(report: ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Unknown class names and undefined Lambda globals found in a config walk, not yet in `known`."""
     import builtins as builtins_module
 
@@ -1164,7 +898,7 @@ def _keras_knows(name: str) -> bool:
     plain = name.split(">", 1)[-1]
     if name.startswith("Custom>") and any(hasattr(ns, plain) for ns in namespaces):
         return True  # Keras 2.11+ optimizers: "Custom>Adam"
-    return name in _KERAS1_CLASSES or keras.saving.get_registered_object(name) is not None
+    return name in KERAS1_CLASSES or keras.saving.get_registered_object(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1194,8 +928,8 @@ def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config
     if detected.format is ModelFormat.SAVED_MODEL:
         return ModelNeeds(detected.format.value)
     registry = (registry or CustomObjectRegistry()).for_model(config, [detected.path.parent])
-    raw, training = _read_model_config(detected)
-    major = detected.keras_major or (3 if _looks_keras3(raw) else 2)
+    raw, training = read_keras_config(detected)
+    major = detected.keras_major or (3 if looks_keras3(raw) else 2)
     _, report = repair_config(raw, keras_major=major, registry=registry)
     compile_config = training or (raw.get("compile_config") if isinstance(raw, dict) else None)
     keras = _keras()
@@ -1233,7 +967,7 @@ def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, a
     loaded.default_signature = default if default in loaded.signatures else sorted(loaded.signatures, key=natural_key)[0]
 
 
-def _check_saved_with(detected: DetectedModel, report: _ConfigReport, config: ModelConfig | None) -> None:
+def _check_saved_with(detected: DetectedModel, report: ConfigReport, config: ModelConfig | None) -> None:
     """Refuse Lambda bytecode written by another Python minor version (it may crash this process)."""
     import platform
 
@@ -1272,41 +1006,11 @@ def _python_version() -> str:
     return platform.python_version()
 
 
-def _looks_keras3(config: Any) -> bool:
-    """Keras 3 configs carry `module` / `registered_name` keys on layers."""
-    text = json.dumps(config)[:20000] if not isinstance(config, str) else config[:20000]
-    return '"registered_name"' in text or '"module": "keras' in text
-
-
-def _read_model_config(detected: DetectedModel) -> tuple[dict, dict | None]:
-    """Return (model config, training config or None) of a Keras file, without importing Keras."""
-    if detected.format is ModelFormat.HDF5:
-        import h5py
-
-        with h5py.File(detected.path, "r") as f:
-            model_config = _attr_json(f.attrs.get("model_config"))
-            training_config = _attr_json(f.attrs.get("training_config"))
-        return model_config or {}, training_config
-    if detected.format is ModelFormat.KERAS_ZIP:
-        with zipfile.ZipFile(detected.path) as archive:
-            return json.loads(archive.read("config.json")), None
-    data = json.loads(detected.path.read_text(encoding="utf-8"))
-    return data, None
-
-
 def _has_training_config(path: Path) -> bool:
     import h5py
 
     with h5py.File(path, "r") as f:
         return f.attrs.get("training_config") is not None
-
-
-def _attr_json(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    return json.loads(value)
 
 
 def _zip_compile_config(path: Path) -> dict | None:
