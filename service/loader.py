@@ -51,11 +51,19 @@ from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefus
 from service.formats import DetectedModel, ModelFormat, detect_format
 from service.keras_config import (
     HARD_SIGMOID_KERAS2,
-    KERAS1_CLASSES,
     ConfigReport,
     looks_keras3,
     read_keras_config,
     repair_config,
+)
+from service.load_errors import (
+    LAMBDA_HINT,
+    PLUGIN_HINT,
+    LoadAttempt,
+    keras_knows,
+    load_failure,
+    missing_names,
+    root_cause,
 )
 from service.model_config import ModelConfig
 from service.servable import Signature, TensorInfo
@@ -68,15 +76,6 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 
 _LOAD_LOCK = threading.RLock()
 """Held during every load: the func_load wrapper and Keras' global scopes are process-wide."""
-
-PLUGIN_HINT = (
-    "put the module that defines it (the training script's layers, losses and globals) into "
-    "<MODELS_DIR>/plugins/ or name it in MODEL_PLUGINS (see docs/plugins.md)"
-)
-LAMBDA_HINT = (
-    "it was saved by another Python version and its code cannot be read here: register a replacement "
-    "with register_lambda('<layer name>', fn) in a plugin, or `lambdas:` in the model's config file"
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,70 +165,6 @@ def keras2_hard_sigmoid(x: Any) -> Any:
     """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1) (Keras 3's is clip(x / 6 + 0.5, 0, 1))."""
     ops = _keras().ops
     return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Error analysis
-# --------------------------------------------------------------------------------------------------
-_MISSING_PATTERNS = (
-    (re.compile(r"Could not locate (?:class|function) '([^']+)'"), "object"),
-    (re.compile(r"Unknown (?:layer|loss|metric|activation|initializer|regularizer|constraint|optimizer|object)(?: type)?: '?([^'\s.,]+)'?"), "object"),
-    (re.compile(r"Could not interpret (?:loss|metric|activation|initializer) identifier: '?([^'\s]+?)'?$", re.M), "object"),
-    (re.compile(r"name '([^']+)' is not defined"), "global"),
-)
-
-
-def exception_chain(err: BaseException) -> list[BaseException]:
-    """Return `err` and every exception in its `__cause__` / `__context__` chain."""
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    stack = [err]
-    while stack:
-        current = stack.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        stack.extend([current.__cause__, current.__context__])
-    return chain
-
-
-def missing_names(err: BaseException) -> list[tuple[str, str]]:
-    """Return (name, kind) of every missing object named anywhere in the exception chain.
-
-    kind is "object" (layer, function, loss...) or "global" (a name a Lambda's code uses).
-    """
-    found: list[tuple[str, str]] = []
-    for exc in exception_chain(err):
-        text = str(exc)
-        for pattern, kind in _MISSING_PATTERNS:
-            for match in pattern.finditer(text):
-                name = match.group(1).strip("'\"")
-                if name.startswith(LAMBDA_OBJECT_PREFIX):
-                    continue
-                if (name, kind) not in found:
-                    found.append((name, kind))
-    return found
-
-
-def _root_cause(err: BaseException) -> str:
-    """One line: the deepest informative message in the chain, without absolute paths."""
-    chain = exception_chain(err)
-    candidates = [e for e in chain if str(e).strip()] or chain
-    deepest = candidates[-1]
-    first_line = str(deepest).strip().splitlines()[0] if str(deepest).strip() else ""
-    # Keras appends the whole layer config and generic advice; the name is in the first sentence.
-    for noise in (" Full object config:", " Make sure custom classes", " Please ensure you are using"):
-        first_line = first_line.split(noise, 1)[0]
-    return _strip_paths(f"{type(deepest).__name__}: {first_line}"[:400])
-
-
-_PATH_RE = re.compile(r"(?:/[\w.\-+@]+){2,}/?")
-
-
-def _strip_paths(text: str) -> str:
-    """Replace absolute paths in a message by their last component."""
-    return _PATH_RE.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,17 +380,6 @@ def _as_tensor(value: Any, info: TensorInfo) -> Any:
 # --------------------------------------------------------------------------------------------------
 # Loader
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class _Attempt:
-    """Bookkeeping of one `load()` call: loaders tried, their errors, warnings."""
-
-    detected: DetectedModel
-    tried: list[str] = field(default_factory=list)
-    errors: list[tuple[str, BaseException]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    report: ConfigReport | None = None
-
-
 class Loader:
     """Turns one model path into a `LoadedModel`; cheap to build, `load()` does the work.
 
@@ -487,13 +411,13 @@ class Loader:
         except ModelLoadError:
             raise
         except Exception as err:  # noqa: BLE001 - unreadable files (permissions, h5py errors)
-            raise ModelLoadError(f"cannot read '{path.name}': {_root_cause(err)}") from err
+            raise ModelLoadError(f"cannot read '{path.name}': {root_cause(err)}") from err
         base_dirs = [path if path.is_dir() else path.parent, path.parent, path.parent.parent]
         try:
             registry = self._registry.for_model(config, base_dirs)
         except ValueError as err:
             raise MissingCustomObject(f"{path.name}: {err}", format=detected.format.value) from err
-        attempt = _Attempt(detected)
+        attempt = LoadAttempt(detected)
         with _LOAD_LOCK:
             try:
                 if detected.format is ModelFormat.SAVED_MODEL:
@@ -505,7 +429,7 @@ class Loader:
             except Exception as err:  # noqa: BLE001 - e.g. a config Keras never wrote; never raw
                 log.debug("%s: unexpected load failure", path.name, exc_info=True)
                 raise ModelLoadError(
-                    f"cannot load {detected.path.name} ({detected.format.value}): {_root_cause(err)}",
+                    f"cannot load {detected.path.name} ({detected.format.value}): {root_cause(err)}",
                     format=detected.format.value,
                     tried=tuple(attempt.tried),
                 ) from err
@@ -528,7 +452,7 @@ class Loader:
         return self._settings.allow_lambda
 
     def _load_keras(
-        self, detected: DetectedModel, attempt: _Attempt, registry: CustomObjectRegistry, config: ModelConfig | None
+        self, detected: DetectedModel, attempt: LoadAttempt, registry: CustomObjectRegistry, config: ModelConfig | None
     ) -> LoadedModel:
         raw_config, training_config = read_keras_config(detected)
         keras_major = detected.keras_major
@@ -611,7 +535,7 @@ class Loader:
                     "loaded by "
                     + label
                     + " after "
-                    + ", ".join(f"{lbl} failed ({_root_cause(e)[:160]})" for lbl, e in attempt.errors)
+                    + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors)
                 )
             used = tuple(sorted(n for n in report.class_names if registry.knows(n)))
             return LoadedModel(
@@ -626,42 +550,7 @@ class Loader:
                 _calls={DEFAULT_SIGNATURE: call},
                 _keep=[model],
             )
-        raise self._failure(attempt, registry)
-
-    def _failure(self, attempt: _Attempt, registry: CustomObjectRegistry) -> ModelLoadError:
-        detected = attempt.detected
-        name = detected.path.name
-        where = f"{name} ({detected.format.value}" + (f", Keras {detected.keras_version}" if detected.keras_version else "") + ")"
-        tried = ", ".join(attempt.tried)
-        missing: list[tuple[str, str]] = []
-        for _, err in attempt.errors:
-            for item in missing_names(err):
-                if item not in missing and not registry.knows(item[0]):
-                    missing.append(item)
-        if missing and attempt.report is not None:
-            # Keras stops at the first unknown name; the config names every one.
-            missing.extend(_config_missing(attempt.report, registry, missing))
-        if missing:
-            parts = []
-            objects = [n for n, k in missing if k == "object"]
-            globals_ = [n for n, k in missing if k == "global"]
-            if objects:
-                parts.append("custom object(s) " + ", ".join(f"'{n}'" for n in objects) + " not registered")
-            if globals_:
-                parts.append("Lambda global(s) " + ", ".join(f"'{n}'" for n in globals_) + " not defined")
-            errors = "; ".join(f"{lbl}: {_root_cause(e)}" for lbl, e in attempt.errors)
-            message = f"cannot load {where}: {'; '.join(parts)}; {PLUGIN_HINT}. Loaders tried: {tried} ({errors})"
-            if registry.plugin_errors:
-                message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
-            return MissingCustomObject(
-                message, missing=tuple(n for n, _ in missing), format=detected.format.value, tried=tuple(attempt.tried)
-            )
-        errors = "; ".join(f"{lbl}: {_root_cause(e)}" for lbl, e in attempt.errors)
-        message = f"cannot load {where}. Loaders tried: {tried}. {errors}"
-        if registry.plugin_errors:
-            message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
-        error = ModelLoadError(message, format=detected.format.value, tried=tuple(attempt.tried))
-        return error
+        raise load_failure(attempt, registry)
 
     def _keras3_zip(
         self, detected: DetectedModel, repaired: dict, report: ConfigReport, custom_objects: dict, safe_mode: bool
@@ -767,7 +656,7 @@ class Loader:
         return model, ["compile=False: the tf_keras path serves the model uncompiled"] if compiled else []
 
     # --- SavedModel ---------------------------------------------------------------------------
-    def _load_saved_model(self, detected: DetectedModel, attempt: _Attempt, config: ModelConfig | None) -> LoadedModel:
+    def _load_saved_model(self, detected: DetectedModel, attempt: LoadAttempt, config: ModelConfig | None) -> LoadedModel:
         if config is not None and config.extra_outputs:
             raise ModelLoadError(
                 f"{detected.path.name}: extra_outputs needs a Keras model file (.keras, .h5); a SavedModel "
@@ -785,10 +674,10 @@ class Loader:
             if attempt.errors:
                 loaded.warnings = (
                     *loaded.warnings,
-                    f"loaded by {label} after " + ", ".join(f"{lbl} failed ({_root_cause(e)[:160]})" for lbl, e in attempt.errors),
+                    f"loaded by {label} after " + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors),
                 )
             return loaded
-        raise self._failure(attempt, self._registry)
+        raise load_failure(attempt, self._registry)
 
     def _tf2_saved_model(self, detected: DetectedModel) -> LoadedModel:
         tf = _tf()
@@ -862,45 +751,9 @@ class Loader:
         )
 
 
-def _config_missing(report: ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Unknown class names and undefined Lambda globals found in a config walk, not yet in `known`."""
-    import builtins as builtins_module
-
-    found: list[tuple[str, str]] = []
-    seen = {name for name, _ in known}
-    for name in sorted(report.class_names):
-        if name not in seen and not registry.knows(name) and not _keras_knows(name):
-            found.append((name, "object"))
-    available = set(registry.lambda_globals()) | set(dir(builtins_module))
-    for name in sorted(report.lambda_global_names - available - seen):
-        found.append((name, "global"))
-    return found
-
-
 # --------------------------------------------------------------------------------------------------
 # What a model needs (for `python -m service inspect`)
 # --------------------------------------------------------------------------------------------------
-_STRUCTURAL_NAMES = frozenset(
-    {"Functional", "Model", "Sequential", "InputLayer", "__lambda__", "function", "method", "DTypePolicy",
-     "FloatDTypePolicy", "__tensor__", "__numpy__", "__tuple__", "__keras_tensor__", "__bytes__", "__typespec__"}
-)
-
-
-def _keras_knows(name: str) -> bool:
-    """Say whether Keras 3 (or Keras 2 under the same name) ships `name` itself."""
-    keras = _keras()
-    if name in _STRUCTURAL_NAMES or name == HARD_SIGMOID_KERAS2:
-        return True
-    namespaces = (keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.optimizers,
-                  keras.losses, keras.metrics, keras.activations, keras.models, keras.dtype_policies)
-    if any(hasattr(ns, name) for ns in namespaces):
-        return True
-    plain = name.split(">", 1)[-1]
-    if name.startswith("Custom>") and any(hasattr(ns, plain) for ns in namespaces):
-        return True  # Keras 2.11+ optimizers: "Custom>Adam"
-    return name in KERAS1_CLASSES or keras.saving.get_registered_object(name) is not None
-
-
 @dataclass(frozen=True, slots=True)
 class ModelNeeds:
     """What a model file needs beyond Keras, read from its config without building it."""
@@ -935,7 +788,7 @@ def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config
     keras = _keras()
     objects = registry.custom_objects()
     losses = tuple(n for n in _unresolved_names(keras, compile_config, objects)) if compile_config else ()
-    names = sorted(n for n in report.class_names if not _keras_knows(n))
+    names = sorted(n for n in report.class_names if not keras_knows(n))
     if config is not None:
         names = sorted({*names, *config.custom_objects})
     return ModelNeeds(
@@ -952,7 +805,7 @@ def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config
 # --------------------------------------------------------------------------------------------------
 # Helpers for the load paths
 # --------------------------------------------------------------------------------------------------
-def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: _Attempt) -> None:
+def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: LoadAttempt) -> None:
     """Set the default signature: the config's `signature_name`, else `serving_default`, else the first."""
     wanted = config.signature_name if config is not None and config.signature_name else None
     if wanted is not None and wanted not in loaded.signatures:
@@ -1065,7 +918,7 @@ def _compile_warning(err: BaseException, compile_config: Any) -> str:
     names = [n for n, _ in missing_names(err)]
     if not names:
         names = _loss_names(compile_config)
-    what = ", ".join(f"'{n}'" for n in names) if names else _root_cause(err)
+    what = ", ".join(f"'{n}'" for n in names) if names else root_cause(err)
     message = f"compile=False: loss/metric {what} not resolved (serving does not need the compiled state)"
     log.warning("%s", message)
     return message
@@ -1109,7 +962,7 @@ def _compile_keras3(keras: Any, model: Any, training_config: dict | None, custom
         try:
             model.compile(**saving_utils.compile_args_from_training_config(training_config, custom_objects))
         except Exception as err:  # noqa: BLE001 - serving never needs the compiled state
-            message = f"compile=False: {_root_cause(err)[:200]}"
+            message = f"compile=False: {root_cause(err)[:200]}"
             log.warning("%s (serving does not need the compiled state)", message)
             return [message]
     return []

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from service import errors, lambda_code
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, strip_paths
 from service.formats import HDF5_MAGIC, ZIP_MAGIC
 from service.model_config import ModelConfig
 from service.settings import Settings
@@ -235,7 +235,7 @@ def _last_line(path: Path) -> str:
         return ""
     if not lines:
         return ""
-    return " ".join(part if "/" not in part else part.rsplit("/", 1)[-1] for part in lines[-1].split(" "))[:300]
+    return strip_paths(lines[-1])[:300]
 
 
 # --- the child -----------------------------------------------------------------------------------
