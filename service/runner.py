@@ -41,7 +41,7 @@ from service.servable import Signature, TensorInfo, row_count
 from service.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.loader import LoadedModel
+    from service.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 
