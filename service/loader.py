@@ -30,20 +30,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service import extra_outputs as extra_outputs_
 from service import lambda_code
 from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
@@ -67,13 +65,22 @@ from service.load_errors import (
 )
 from service.loaded_model import LoadedModel
 from service.model_config import ModelConfig
-from service.servable import Signature, TensorInfo
+from service.runner import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    batch_layout,
+    keras_signature,
+    natural_key,
+    saved_model_call,
+    session_call,
+    tensor_info,
+    tensor_info_from_proto,
+)
+from service.servable import Signature
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 
 _LOAD_LOCK = threading.RLock()
 """Held during every load: the func_load wrapper and Keras' global scopes are process-wide."""
@@ -105,155 +112,6 @@ def keras2_hard_sigmoid(x: Any) -> Any:
     """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1) (Keras 3's is clip(x / 6 + 0.5, 0, 1))."""
     ops = _keras().ops
     return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Signatures and calls
-# --------------------------------------------------------------------------------------------------
-def _dtype_name(dtype: Any) -> str:
-    tf = _tf()
-    try:
-        dt = tf.as_dtype(dtype)
-    except TypeError:
-        return str(dtype)
-    return "string" if dt == tf.string else dt.name
-
-
-def _info(name: str, dtype: Any, shape: Any, graph_name: str = "") -> TensorInfo:
-    """TensorInfo from a TF dtype and shape; an unknown rank becomes `()` with `unknown_rank`."""
-    rank = getattr(shape, "rank", 0)
-    return TensorInfo(name, _dtype_name(dtype), _shape(shape), graph_name=graph_name, unknown_rank=rank is None)
-
-
-def _shape(shape: Any) -> tuple[int | None, ...]:
-    try:
-        dims = list(shape)
-    except (TypeError, ValueError):  # unknown rank
-        return ()
-    return tuple(None if d is None else int(d) for d in dims)
-
-
-def _batching(inputs: tuple[TensorInfo, ...]) -> tuple[bool, int | None]:
-    """(batched, fixed_batch_size) from the input shapes (unknown-rank inputs count as batched)."""
-    if inputs and all(t.unknown_rank or (len(t.shape) >= 1 and t.shape[0] is None) for t in inputs):
-        return True, None
-    firsts = {t.shape[0] if t.shape else None for t in inputs}
-    if len(firsts) == 1:
-        (first,) = firsts
-        return False, first
-    return False, None
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that puts `output_2` before `output_10`."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            result.append(f"{name}_{seen[name]}")
-        else:
-            seen[name] = 0
-            result.append(name)
-    return result
-
-
-def _iter_layers(model: Any) -> Iterator[Any]:
-    for layer in getattr(model, "layers", []) or []:
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _iter_layers(layer)
-        inner = getattr(layer, "layer", None)
-        if inner is not None:
-            yield inner
-
-
-def _keras_input_names(model: Any) -> list[str]:
-    names = getattr(model, "input_names", None)
-    if names:
-        return list(names)
-    result = []
-    for i, tensor in enumerate(model.inputs):
-        history = getattr(tensor, "_keras_history", None)
-        op = history[0] if history else None
-        result.append(getattr(op, "name", None) or getattr(tensor, "name", None) or f"input_{i}")
-    return result
-
-
-def _keras_output_names(model: Any) -> list[str]:
-    names = getattr(model, "output_names", None)
-    if names and len(names) == len(model.outputs):
-        return _unique(list(names))
-    result = []
-    for i, tensor in enumerate(model.outputs):
-        history = getattr(tensor, "_keras_history", None)
-        op = history[0] if history else None
-        result.append(getattr(op, "name", None) or f"output_{i}")
-    return _unique(result)
-
-
-def keras_signature(
-    model: Any, extra_outputs: tuple[str, ...] = ()
-) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
-    """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call.
-
-    `extra_outputs` (layer paths, see `service.extra_outputs`) are served after the model's own
-    outputs, named as given.
-
-    Raises:
-        ModelLoadError: no known inputs/outputs, or an extra output that cannot be served.
-    """
-    tf = _tf()
-    inputs_ = getattr(model, "inputs", None)
-    outputs_ = getattr(model, "outputs", None)
-    if not inputs_ or not outputs_:
-        raise ModelLoadError("the model has no known inputs/outputs (a subclassed model that was never built?)")
-    in_names = _keras_input_names(model)
-    out_names = _keras_output_names(model)
-    served = model
-    if extra_outputs:
-        clash = sorted(set(extra_outputs) & set(out_names))
-        if clash:
-            raise ModelLoadError(f"extra_outputs: '{clash[0]}' is already an output of the model")
-        served = extra_outputs_.with_extra_outputs(model, extra_outputs)
-        outputs_ = served.outputs
-        out_names = [*out_names, *extra_outputs]
-    inputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(in_names, inputs_))
-    outputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(out_names, outputs_))
-    batched, fixed = _batching(inputs)
-    signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
-    specs = [tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name)) for t in inputs]
-    structure = getattr(served, "_inputs_struct", None)
-
-    def forward(*args: Any) -> list[Any]:
-        if structure is not None and len(args) > 1:
-            x = tf.nest.pack_sequence_as(structure, list(args))
-        else:
-            x = args[0] if len(args) == 1 else list(args)
-        y = served(x, training=False)
-        return tf.nest.flatten(y)
-
-    compiled = tf.function(forward, input_signature=specs, autograph=False, reduce_retracing=True)
-    stateful = [layer for layer in _iter_layers(model) if getattr(layer, "stateful", False)]
-    lock = threading.Lock()
-
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [_as_tensor(values[t.name], t) for t in inputs]
-        if stateful:
-            # Stateful RNNs carry state between calls; serve each call from the initial state.
-            with lock:
-                for layer in stateful:
-                    _reset_state(layer)
-                result = compiled(*args)
-        else:
-            result = compiled(*args)
-        return {name: np.asarray(value) for name, value in zip(out_names, result)}
-
-    return signature, call
 
 
 def layer_outline(model: Any) -> tuple[LayerNode, ...]:
@@ -288,33 +146,6 @@ def _recognise(model: Any) -> Recognition | None:
     except Exception:  # noqa: BLE001 - recognising is advice: it never fails a load
         log.debug("cannot read the layers of %s to recognise an architecture", getattr(model, "name", "?"), exc_info=True)
         return None
-
-
-def _reset_state(layer: Any) -> None:
-    for attr in ("reset_states", "reset_state"):
-        fn = getattr(layer, attr, None)
-        if callable(fn):
-            fn()
-            return
-
-
-def _spec_name(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
-    return clean if re.match(r"[A-Za-z0-9.]", clean) else f"x{clean}"
-
-
-def _as_array(value: Any, info: TensorInfo) -> np.ndarray:
-    """Cast one input to the dtype its signature declares (strings stay numpy object arrays of bytes)."""
-    if info.dtype == "string":
-        return np.asarray(value, dtype=object)
-    return np.asarray(value, dtype=np.dtype(info.dtype))
-
-
-def _as_tensor(value: Any, info: TensorInfo) -> Any:
-    tf = _tf()
-    if info.dtype == "string":
-        return tf.constant(_as_array(value, info), dtype=tf.string)
-    return tf.convert_to_tensor(_as_array(value, info))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,12 +463,12 @@ class Loader:
             sig_def = defs.get(name)
             in_names = {k: v.name for k, v in sig_def.inputs.items()} if sig_def is not None else {}
             out_names = {k: v.name for k, v in sig_def.outputs.items()} if sig_def is not None else {}
-            inputs = tuple(_info(k, s.dtype, s.shape, in_names.get(k, "")) for k, s in in_specs)
-            outputs = tuple(_info(k, s.dtype, s.shape, out_names.get(k, "")) for k, s in out_specs)
-            batched, fixed = _batching(inputs)
+            inputs = tuple(tensor_info(k, s.dtype, s.shape, in_names.get(k, "")) for k, s in in_specs)
+            outputs = tuple(tensor_info(k, s.dtype, s.shape, out_names.get(k, "")) for k, s in out_specs)
+            batched, fixed = batch_layout(inputs)
             method = sig_def.method_name if sig_def is not None and sig_def.method_name else PREDICT_METHOD
             signatures[name] = Signature(name, inputs, outputs, method, batched, fixed)
-            calls[name] = _saved_model_call(fn, inputs, outputs)
+            calls[name] = saved_model_call(fn, inputs, outputs)
         if not signatures:
             raise ModelLoadError(
                 f"{detected.path.name}: the SavedModel has no signatures (save it with signatures, or use model.export())",
@@ -669,13 +500,13 @@ class Loader:
         signatures: dict[str, Signature] = {}
         calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
         for name, sig in meta.signature_def.items():
-            inputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
-            outputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
-            batched, fixed = _batching(inputs)
+            inputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
+            outputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
+            batched, fixed = batch_layout(inputs)
             signatures[name] = Signature(name, inputs, outputs, sig.method_name or PREDICT_METHOD, batched, fixed)
             feeds = {k: graph.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
             fetches = {k: graph.get_tensor_by_name(v.name) for k, v in sig.outputs.items()}
-            calls[name] = _session_call(session, feeds, fetches, inputs)
+            calls[name] = session_call(session, feeds, fetches, inputs)
         if not signatures:
             session.close()
             raise ModelLoadError(f"{detected.path.name}: the TF1 graph has no signatures", format=detected.format.value)
@@ -971,45 +802,3 @@ def _saved_model_tags(path: Path) -> list[str]:
     return ["serve"]
 
 
-def _tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
-    # The graph tensor's dtype is what a feed must have (half_plus_three's regress SignatureDef says
-    # DT_FLOAT for a string placeholder).
-    dtype = _dtype_name(graph.get_tensor_by_name(info.name).dtype)
-    if info.tensor_shape.unknown_rank or not info.HasField("tensor_shape"):
-        # The signature does not say; the graph tensor usually does.
-        tensor = graph.get_tensor_by_name(info.name)
-        return _info(name, tensor.dtype, tensor.shape, info.name)
-    shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
-    return TensorInfo(name, dtype, shape, graph_name=info.name)
-
-
-def _saved_model_call(
-    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
-) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # By keyword, whatever the number of inputs: TF2 binds positional arguments of a TF1 signature in
-        # plain string order of its keys (`item_10` before `item_2`), not in our natural order.
-        result = fn(**{t.name: _as_tensor(values[t.name], t) for t in inputs})
-        return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
-
-    return call
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    return np.asarray(array)
-
-
-def _session_call(
-    session: Any, feeds: dict[str, Any], fetches: dict[str, Any], inputs: tuple[TensorInfo, ...]
-) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    infos = {t.name: t for t in inputs}
-    order = sorted(fetches, key=natural_key)  # the signature's output order
-
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Fed by input name too: each signature key is paired with its own graph tensor.
-        feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
-        result = session.run(fetches, feed_dict=feed)
-        return {k: np.asarray(result[k]) for k in order}
-
-    return call
