@@ -36,7 +36,6 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,6 @@ from service.load_errors import (
     LAMBDA_HINT,
     PLUGIN_HINT,
     LoadAttempt,
-    keras_knows,
     load_failure,
     missing_names,
     root_cause,
@@ -523,57 +521,6 @@ class Loader:
 
 
 # --------------------------------------------------------------------------------------------------
-# What a model needs (for `python -m service inspect`)
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ModelNeeds:
-    """What a model file needs beyond Keras, read from its config without building it."""
-
-    format: str
-    keras_version: str | None = None
-    custom_objects: tuple[str, ...] = ()
-    """Layer / object class names Keras does not ship."""
-    lambdas: tuple[str, ...] = ()
-    """Lambda layers whose stored Python code would run."""
-    replaced_lambdas: tuple[str, ...] = ()
-    unreadable_lambdas: tuple[str, ...] = ()
-    """Lambda layers whose bytecode this Python cannot read and nobody replaced."""
-    losses: tuple[str, ...] = ()
-    """Losses / metrics given by a name Keras 3 does not resolve."""
-
-
-def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None) -> ModelNeeds:
-    """Read what the model at `path` needs (custom objects, Lambdas, losses); never builds it.
-
-    Raises:
-        ModelLoadError: nothing recognisable at `path`.
-    """
-    detected = detect_format(Path(path))
-    if detected.format is ModelFormat.SAVED_MODEL:
-        return ModelNeeds(detected.format.value)
-    registry = (registry or CustomObjectRegistry()).for_model(config, [detected.path.parent])
-    raw, training = read_keras_config(detected)
-    major = detected.keras_major or (3 if looks_keras3(raw) else 2)
-    _, report = repair_config(raw, keras_major=major, registry=registry)
-    compile_config = training or (raw.get("compile_config") if isinstance(raw, dict) else None)
-    keras = _keras()
-    objects = registry.custom_objects()
-    losses = tuple(n for n in _unresolved_names(keras, compile_config, objects)) if compile_config else ()
-    names = sorted(n for n in report.class_names if not keras_knows(n))
-    if config is not None:
-        names = sorted({*names, *config.custom_objects})
-    return ModelNeeds(
-        format=detected.format.value,
-        keras_version=detected.keras_version,
-        custom_objects=tuple(names),
-        lambdas=tuple(report.code_lambdas),
-        replaced_lambdas=tuple(report.replaced_lambdas),
-        unreadable_lambdas=tuple(report.unreadable_lambdas),
-        losses=losses,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
 # Helpers for the load paths
 # --------------------------------------------------------------------------------------------------
 def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: LoadAttempt) -> None:
@@ -695,7 +642,7 @@ def _compile_warning(err: BaseException, compile_config: Any) -> str:
     return message
 
 
-def _unresolved_names(keras: Any, training_config: Any, custom_objects: dict) -> list[str]:
+def unresolved_names(keras: Any, training_config: Any, custom_objects: dict) -> list[str]:
     """Names of losses/metrics given as plain strings or functions that Keras 3 cannot resolve."""
     unresolved = []
     for name in _loss_names(training_config, strings_only=True):
@@ -725,7 +672,7 @@ def _compile_keras3(keras: Any, model: Any, training_config: dict | None, custom
     from keras.src.saving import object_registration
 
     with object_registration.CustomObjectScope(custom_objects):
-        unresolved = _unresolved_names(keras, training_config, custom_objects)
+        unresolved = unresolved_names(keras, training_config, custom_objects)
         if unresolved:
             message = "compile=False: loss/metric " + ", ".join(f"'{n}'" for n in unresolved) + " not resolved"
             log.warning("%s (serving does not need the compiled state)", message)
