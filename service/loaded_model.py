@@ -34,8 +34,6 @@ class LoadedModel:
     signatures: dict[str, Signature]
     default_signature: str
     warnings: tuple[str, ...] = ()
-    custom_objects_used: tuple[str, ...] = ()
-    """Names of registered objects or globals the model's config mentions (for `inspect`)."""
     load_s: float = 0.0
     recognition: Recognition | None = None
     """Keras Applications architectures found in a Keras model (None for SavedModels: no layers to read)."""

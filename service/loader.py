@@ -306,7 +306,6 @@ class Loader:
                     + " after "
                     + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors)
                 )
-            used = tuple(sorted(n for n in report.class_names if registry.knows(n)))
             return LoadedModel(
                 path=detected.path,
                 format=detected.format.value,
@@ -314,7 +313,6 @@ class Loader:
                 signatures={DEFAULT_SIGNATURE: signature},
                 default_signature=DEFAULT_SIGNATURE,
                 warnings=tuple(attempt.warnings),
-                custom_objects_used=used,
                 recognition=_recognise(model),
                 _calls={DEFAULT_SIGNATURE: call},
                 _keep=[model],
