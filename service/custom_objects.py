@@ -33,14 +33,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from service.settings import PLUGINS_FOLDER
+
 if TYPE_CHECKING:  # pragma: no cover
     from service.model_config import ModelConfig
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PLUGINS_FOLDER = "plugins"
-"""Folder inside MODELS_DIR whose `*.py` files are imported as plugins."""
 
 LAMBDA_OBJECT_PREFIX = "kerasserve_lambda__"
 """Prefix of the custom-object name under which a Lambda replacement is handed to Keras."""
