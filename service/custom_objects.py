@@ -10,7 +10,7 @@ the registry being built while the plugin is imported (and replayed when a modul
 imported is named again).
 
 Classes are registered under their plain name and under their Keras registered name
-(`package>Name`), because Keras 3 saves a registered class under the latter (KERAS-LOADING-FACTS
+(`package>Name`), because Keras 3 saves a registered class under the latter (docs/keras-loading.md,
 fact 10). A plugin that fails to import never stops the server: the error is recorded in
 `plugin_errors` and logged, and only models that need the plugin's objects fail to load.
 

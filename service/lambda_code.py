@@ -2,7 +2,7 @@
 
 A Lambda layer that wraps a Python `lambda` stores `base64(marshal.dumps(fn.__code__))` with its
 defaults and closure: Keras 3 as `{"class_name": "__lambda__", "config": {"code", ...}}`, tf_keras as
-`[code, defaults, closure]` with `"function_type": "lambda"` (KERAS-LOADING-FACTS fact 4). This
+`[code, defaults, closure]` with `"function_type": "lambda"` (docs/keras-loading.md, fact 4). This
 module reads that code without running it (`stored_code`, `bytecode_readable`, `global_names`,
 `runs_stored_code`), for the loader's config walk and the sandbox's cheap "is a probe needed?"
 test, and holds `lambda_scope`, the wrapper that gives rebuilt Lambdas the registry's globals.
@@ -27,7 +27,7 @@ def lambda_scope(lambda_globals: dict[str, Any]) -> Iterator[None]:
     """Make every Lambda rebuilt inside see `lambda_globals` and get tuple defaults.
 
     Keras gives Lambda code the globals of its own utility module and never the custom objects
-    (KERAS-LOADING-FACTS facts 5-6), and passes saved defaults as a list (fact 7). There is no
+    (docs/keras-loading.md, facts 5-6), and passes saved defaults as a list (fact 7). There is no
     public hook for either, so the module attribute Keras calls is replaced while one load runs,
     under the loader's `_LOAD_LOCK`, and restored afterwards.
     """

@@ -1,7 +1,7 @@
 """Load errors: why a model did not load, in words that name each missing object and how to provide it.
 
 Keras reports a missing custom object differently per format, often only deep in the exception
-chain (KERAS-LOADING-FACTS fact 9), and stops at the first one. `missing_names` reads every name
+chain (docs/keras-loading.md, fact 9), and stops at the first one. `missing_names` reads every name
 from the whole chain, `config_missing` adds the others a config walk found (unknown class names,
 undefined Lambda globals), and `load_failure` turns a `LoadAttempt` (the loaders tried and how each
 failed) into one `ModelLoadError` or `MissingCustomObject`. `root_cause` is the one-line reason

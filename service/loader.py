@@ -16,7 +16,7 @@ paths that fit it, in order, until one works:
 
 While Keras rebuilds Lambda layers, `python_utils.func_load` is wrapped (`service.lambda_code`) so
 the code sees the registry's globals (Keras never passes custom objects to it) and gets its defaults
-as a tuple (KERAS-LOADING-FACTS facts 5-7). The wrapper is process-wide, so every load holds
+as a tuple (docs/keras-loading.md, facts 5-7). The wrapper is process-wide, so every load holds
 `_LOAD_LOCK`.
 
 Errors: every failure becomes a `ModelLoadError` (or `MissingCustomObject`, `UnsafeModelRefused`)

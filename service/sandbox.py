@@ -2,7 +2,7 @@
 
 A Lambda layer stores the marshalled bytecode of a Python function, and loading the model runs it
 (Keras calls every Lambda while it rebuilds a functional model). Bytecode written by another Python
-version, or crafted, can crash the interpreter (SIGSEGV) instead of raising (KERAS-LOADING-FACTS
+version, or crafted, can crash the interpreter (SIGSEGV) instead of raising (docs/keras-loading.md,
 fact 4), which would kill the gunicorn worker and every request in it. So before the worker loads
 such a file, `probe()` loads it, and calls it once on zeros, in a child Python process
 (`python -m service.sandbox`) with the same settings, plugins and model config. When the child dies
