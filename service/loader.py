@@ -6,8 +6,9 @@ paths that fit it, in order, until one works:
 - `.keras` zip: Keras 3 (`keras3`), with the config repaired in a temporary copy when a Lambda
   replacement applies (`keras3-repaired`).
 - full-model HDF5 and architecture JSON + weights: the model config is read and repaired first
-  (Keras 1/2 list-style Sequential, Sequential without InputLayer, `groups` in DepthwiseConv2D,
-  initializer `dtype`, Keras 2 `hard_sigmoid`, Keras 1 argument names, Lambda replacements), then
+  (`service.keras_config`: Keras 1/2 list-style Sequential, Sequential without InputLayer, `groups`
+  in DepthwiseConv2D, initializer `dtype`, Keras 2 `hard_sigmoid`, Keras 1 argument names, Lambda
+  replacements), then
   built by Keras 3 (`keras3` / `keras3-repaired`); when Keras 3 cannot build it, tf_keras builds it
   (`tf_keras`). Weights are read by the matching library's HDF5 reader (by name when the layer
   counts differ).
@@ -19,10 +20,11 @@ the code sees the registry's globals (Keras never passes custom objects to it) a
 as a tuple (docs/keras-loading.md, facts 5-7). The wrapper is process-wide, so every load holds
 `_LOAD_LOCK`.
 
-Errors: every failure becomes a `ModelLoadError` (or `MissingCustomObject`, `UnsafeModelRefused`)
-naming the file (never the server's absolute path), the detected format, the loaders tried and each
-missing object, parsed from the whole exception chain. The model is never called with
-`training=True` and never through `predict()`.
+Each model's signatures and compiled calls are built by the runner (`runner.keras_signature`,
+`saved_model_call`, `session_call`). Errors: every failure becomes a `ModelLoadError` (or
+`MissingCustomObject`, `UnsafeModelRefused`) naming the file (never the server's absolute path), the
+detected format, the loaders tried and each missing object, parsed from the whole exception chain
+(`service.load_errors`). The model is never called with `training=True` and never through `predict()`.
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ from service.servable import Signature
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 _LOAD_LOCK = threading.RLock()
 """Held during every load: the func_load wrapper and Keras' global scopes are process-wide."""
