@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m service", description="kerasserve command line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    from service import inspect as inspect_command
+    from service import model_inspect as inspect_command
 
     inspect_command.build_parser(
         commands.add_parser("inspect", help="show how model files load and what they need; exit 1 if any fails")

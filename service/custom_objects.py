@@ -10,7 +10,7 @@ the registry being built while the plugin is imported (and replayed when a modul
 imported is named again).
 
 Classes are registered under their plain name and under their Keras registered name
-(`package>Name`), because Keras 3 saves a registered class under the latter (KERAS-LOADING-FACTS
+(`package>Name`), because Keras 3 saves a registered class under the latter (docs/keras-loading.md,
 fact 10). A plugin that fails to import never stops the server: the error is recorded in
 `plugin_errors` and logged, and only models that need the plugin's objects fail to load.
 
@@ -33,14 +33,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from service.settings import PLUGINS_FOLDER
+
 if TYPE_CHECKING:  # pragma: no cover
     from service.model_config import ModelConfig
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PLUGINS_FOLDER = "plugins"
-"""Folder inside MODELS_DIR whose `*.py` files are imported as plugins."""
 
 LAMBDA_OBJECT_PREFIX = "kerasserve_lambda__"
 """Prefix of the custom-object name under which a Lambda replacement is handed to Keras."""

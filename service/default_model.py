@@ -38,7 +38,7 @@ import yaml
 from service.logs import configure_logging
 from service.model_config import ModelConfig
 from service.repository import ModelRepository
-from service.settings import Settings
+from service.settings import PLUGINS_FOLDER, Settings
 
 if TYPE_CHECKING:
     import keras
@@ -67,7 +67,7 @@ TARGET_ACCURACY = 0.95
 """Held-out accuracy the default model must reach; below it a warning is logged."""
 
 PLUGIN_FILE = "digits.py"
-PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "models" / "plugins" / PLUGIN_FILE
+PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "models" / PLUGINS_FOLDER / PLUGIN_FILE
 """The plugin in the repository (and in the image), copied into MODELS_DIR/plugins/ when missing."""
 
 LABELS = tuple(str(digit) for digit in range(10))
@@ -143,7 +143,7 @@ def has_model(models_dir: Path) -> bool:
 
 def install_plugin(models_dir: Path) -> Path:
     """Copy the digits plugin into `<models_dir>/plugins/` unless it is already there; return its path."""
-    target = models_dir / "plugins" / PLUGIN_FILE
+    target = models_dir / PLUGINS_FOLDER / PLUGIN_FILE
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(target, PLUGIN_SOURCE.read_bytes())

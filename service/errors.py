@@ -7,6 +7,8 @@ a file-system path. This module imports neither Flask nor TensorFlow.
 
 from __future__ import annotations
 
+import re
+
 
 class ServingError(Exception):
     """Base of every error a client may be told about; the message is shown to the client."""
@@ -104,3 +106,11 @@ class InsecureModelsDir(Exception):
 
     Not a request error: raised at start-up (the worker does not boot) and before each load.
     """
+
+
+_PATH_RE = re.compile(r"(?:/[\w.\-+@]+){2,}/?")
+
+
+def strip_paths(text: str) -> str:
+    """Replace absolute paths in a message by their last component (messages never show the server's paths)."""
+    return _PATH_RE.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)

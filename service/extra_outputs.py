@@ -8,7 +8,7 @@ in a path is called as a model that also returns the inner layer's output, so on
 computes the model's outputs and the extra ones together. Only Keras 3 functional and Sequential
 models have a graph to read; any other model, an unknown name (the message lists close names), a
 layer called more than once or one with several outputs fails the version with `ModelLoadError`.
-Used by the loader only; imports Keras lazily, like the loader.
+Used only by `runner.keras_signature`, when the loader builds a model's signature; imports Keras lazily.
 """
 
 from __future__ import annotations

@@ -6,134 +6,83 @@ paths that fit it, in order, until one works:
 - `.keras` zip: Keras 3 (`keras3`), with the config repaired in a temporary copy when a Lambda
   replacement applies (`keras3-repaired`).
 - full-model HDF5 and architecture JSON + weights: the model config is read and repaired first
-  (Keras 1/2 list-style Sequential, Sequential without InputLayer, `groups` in DepthwiseConv2D,
-  initializer `dtype`, Keras 2 `hard_sigmoid`, Keras 1 argument names, Lambda replacements), then
+  (`service.keras_config`: Keras 1/2 list-style Sequential, Sequential without InputLayer, `groups`
+  in DepthwiseConv2D, initializer `dtype`, Keras 2 `hard_sigmoid`, Keras 1 argument names, Lambda
+  replacements), then
   built by Keras 3 (`keras3` / `keras3-repaired`); when Keras 3 cannot build it, tf_keras builds it
   (`tf_keras`). Weights are read by the matching library's HDF5 reader (by name when the layer
   counts differ).
 - SavedModel directory: `tf.saved_model.load` and its signatures (`saved_model`), or a TF1
   `Session` for graphs TF2 cannot prune (`tf1_session`).
 
-While Keras rebuilds Lambda layers, `python_utils.func_load` is wrapped so the code sees the
-registry's globals (Keras never passes custom objects to it) and gets its defaults as a tuple
-(KERAS-LOADING-FACTS facts 5-7). The wrapper is process-wide, so every load holds `_LOAD_LOCK`.
+While Keras rebuilds Lambda layers, `python_utils.func_load` is wrapped (`service.lambda_code`) so
+the code sees the registry's globals (Keras never passes custom objects to it) and gets its defaults
+as a tuple (docs/keras-loading.md, facts 5-7). The wrapper is process-wide, so every load holds
+`_LOAD_LOCK`.
 
-Errors: every failure becomes a `ModelLoadError` (or `MissingCustomObject`, `UnsafeModelRefused`)
-naming the file (never the server's absolute path), the detected format, the loaders tried and each
-missing object, parsed from the whole exception chain. The model is never called with
-`training=True` and never through `predict()`.
+Each model's signatures and compiled calls are built by the runner (`runner.keras_signature`,
+`saved_model_call`, `session_call`). Errors: every failure becomes a `ModelLoadError` (or
+`MissingCustomObject`, `UnsafeModelRefused`) naming the file (never the server's absolute path), the
+detected format, the loaders tried and each missing object, parsed from the whole exception chain
+(`service.load_errors`). The model is never called with `training=True` and never through `predict()`.
 """
 
 from __future__ import annotations
 
-import base64
-import builtins
 import contextlib
-import copy
 import json
 import logging
-import marshal
-import re
 import shutil
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service import extra_outputs as extra_outputs_
+from service import lambda_code
 from service.applications import LayerNode, Recognition, recognise
 from service.custom_objects import LAMBDA_OBJECT_PREFIX, CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
 from service.formats import DetectedModel, ModelFormat, detect_format
+from service.keras_config import (
+    HARD_SIGMOID_KERAS2,
+    ConfigReport,
+    looks_keras3,
+    read_keras_config,
+    repair_config,
+)
+from service.load_errors import (
+    LAMBDA_HINT,
+    PLUGIN_HINT,
+    LoadAttempt,
+    load_failure,
+    missing_names,
+    root_cause,
+)
+from service.loaded_model import LoadedModel
 from service.model_config import ModelConfig
-from service.servable import Signature, TensorInfo
+from service.runner import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    batch_layout,
+    keras_signature,
+    natural_key,
+    saved_model_call,
+    session_call,
+    tensor_info,
+    tensor_info_from_proto,
+)
+from service.servable import Signature
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-HARD_SIGMOID_KERAS2 = "kerasserve_keras2_hard_sigmoid"
-"""Custom-object name of Keras 2's hard_sigmoid (0.2x + 0.5), which Keras 3 changed to x/6 + 0.5."""
-
 _LOAD_LOCK = threading.RLock()
 """Held during every load: the func_load wrapper and Keras' global scopes are process-wide."""
-
-PLUGIN_HINT = (
-    "put the module that defines it (the training script's layers, losses and globals) into "
-    "<MODELS_DIR>/plugins/ or name it in MODEL_PLUGINS (see docs/plugins.md)"
-)
-LAMBDA_HINT = (
-    "it was saved by another Python version and its code cannot be read here: register a replacement "
-    "with register_lambda('<layer name>', fn) in a plugin, or `lambdas:` in the model's config file"
-)
-
-
-# --------------------------------------------------------------------------------------------------
-# LoadedModel
-# --------------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class LoadedModel:
-    """One loaded model version: its signatures and a compiled call per signature.
-
-    `call` is thread-safe: Keras models run through a `tf.function` with a fixed input signature,
-    SavedModels through their concrete signature functions, TF1 graphs through `Session.run`
-    (thread-safe in TensorFlow). Stateful models (stateful RNNs) reset their state before each call,
-    under a lock, so every call sees the same start state.
-    """
-
-    path: Path
-    format: str
-    loader: str
-    signatures: dict[str, Signature]
-    default_signature: str
-    warnings: tuple[str, ...] = ()
-    custom_objects_used: tuple[str, ...] = ()
-    """Names of registered objects or globals the model's config mentions (for `inspect`)."""
-    load_s: float = 0.0
-    recognition: Recognition | None = None
-    """Keras Applications architectures found in a Keras model (None for SavedModels: no layers to read)."""
-    _calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
-    _keep: list[Any] = field(default_factory=list, repr=False)
-    """References that keep the TensorFlow objects alive (model, loaded SavedModel, session)."""
-    _close: Callable[[], None] | None = field(default=None, repr=False)
-
-    @property
-    def signature(self) -> Signature:
-        """The default signature."""
-        return self.signatures[self.default_signature]
-
-    def call(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one compiled inference call (training=False) and return outputs keyed by name.
-
-        Raises:
-            KeyError: unknown signature name or a missing input (the caller validates beforehand).
-        """
-        try:
-            fn = self._calls[signature_name]
-        except KeyError:
-            raise KeyError(f"signature '{signature_name}' does not exist; have {sorted(self.signatures)}") from None
-        return fn(inputs)
-
-    @property
-    def model(self) -> Any:
-        """The underlying Keras model or SavedModel object (for tools and tests, not for serving)."""
-        return self._keep[0] if self._keep else None
-
-    def close(self) -> None:
-        """Drop the references to the TensorFlow objects (and close a TF1 session)."""
-        if self._close is not None:
-            with contextlib.suppress(Exception):
-                self._close()
-            self._close = None
-        self._calls.clear()
-        self._keep.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,597 +111,6 @@ def keras2_hard_sigmoid(x: Any) -> Any:
     """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1) (Keras 3's is clip(x / 6 + 0.5, 0, 1))."""
     ops = _keras().ops
     return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Lambda globals: the func_load wrapper (facts 5-7)
-# --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _lambda_scope(lambda_globals: dict[str, Any]) -> Iterator[None]:
-    """Make every Lambda rebuilt inside see `lambda_globals` and get tuple defaults.
-
-    Keras gives Lambda code the globals of its own utility module and never the custom objects
-    (KERAS-LOADING-FACTS facts 5-6), and passes saved defaults as a list (fact 7). There is no
-    public hook for either, so the module attribute Keras calls is replaced while one load runs,
-    under `_LOAD_LOCK`, and restored afterwards.
-    """
-    from keras.src.utils import python_utils
-
-    original = python_utils.func_load
-    globs = {"__builtins__": builtins, **lambda_globals}
-
-    def func_load(code: Any, defaults: Any = None, closure: Any = None, globs_: Any = None) -> Any:
-        if isinstance(code, (tuple, list)):
-            code, defaults, closure = code
-        if isinstance(defaults, list):
-            defaults = tuple(defaults)
-        return original(code, defaults=defaults, closure=closure, globs=globs)
-
-    patched: list[tuple[Any, str, Any]] = [(python_utils, "func_load", original)]
-    python_utils.func_load = func_load
-    import sys
-
-    tfk_utils = sys.modules.get("tf_keras.src.utils.generic_utils")
-    if tfk_utils is not None:
-        tfk_original = tfk_utils.func_load
-
-        def tfk_func_load(code: Any, defaults: Any = None, closure: Any = None, globs: Any = None) -> Any:
-            merged = dict(globs or {})
-            merged.update(lambda_globals)
-            merged.setdefault("__builtins__", builtins)
-            if isinstance(code, (tuple, list)):
-                code, defaults, closure = code
-            if isinstance(defaults, list):
-                defaults = tuple(defaults)
-            return tfk_original(code, defaults=defaults, closure=closure, globs=merged)
-
-        tfk_utils.func_load = tfk_func_load
-        patched.append((tfk_utils, "func_load", tfk_original))
-    try:
-        yield
-    finally:
-        for module, name, value in patched:
-            setattr(module, name, value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Config inspection and repair
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class _ConfigReport:
-    """What a walk over a model config found and changed."""
-
-    lambdas: list[str] = field(default_factory=list)
-    """Names of every Lambda layer."""
-    code_lambdas: list[str] = field(default_factory=list)
-    """Lambda layers whose stored Python code would run (no replacement registered)."""
-    unreadable_lambdas: list[str] = field(default_factory=list)
-    """Lambda layers whose bytecode this Python cannot read, with no replacement."""
-    replaced_lambdas: list[str] = field(default_factory=list)
-    class_names: set[str] = field(default_factory=set)
-    repairs: list[str] = field(default_factory=list)
-    lambda_global_names: set[str] = field(default_factory=set)
-    """Global names the readable Lambda code loads (LOAD_GLOBAL), e.g. tf, H, W."""
-
-    def repaired(self, what: str) -> None:
-        if what not in self.repairs:
-            self.repairs.append(what)
-
-
-_INITIALIZER_KEYS = re.compile(r".*_initializer$")
-
-
-def _bytecode_readable(code: Any) -> bool:
-    """Say whether marshalled function bytecode (base64 text) can be read by this Python."""
-    if isinstance(code, (list, tuple)):
-        code = code[0] if code else None
-    if not isinstance(code, str):
-        return True
-    try:
-        raw = base64.decodebytes(code.encode("ascii"))
-        marshal.loads(raw)
-    except (ValueError, EOFError, TypeError, UnicodeError):
-        return False
-    return True
-
-
-def _global_names(code: Any) -> set[str]:
-    """Names a marshalled function loads as globals (empty when the bytecode cannot be read)."""
-    import dis
-    import types
-
-    if isinstance(code, (list, tuple)):
-        code = code[0] if code else None
-    if not isinstance(code, str):
-        return set()
-    try:
-        obj = marshal.loads(base64.decodebytes(code.encode("ascii")))
-    except (ValueError, EOFError, TypeError, UnicodeError):
-        return set()
-    names: set[str] = set()
-    stack = [obj]
-    while stack:
-        current = stack.pop()
-        if not isinstance(current, types.CodeType):
-            continue
-        try:
-            instructions = list(dis.get_instructions(current))
-        except (IndexError, ValueError, TypeError, KeyError):
-            # Corrupted bytecode (e.g. an out-of-range constant index): nothing to name here; loading
-            # it fails later with a named error, or in the sandbox probe, not with a bare IndexError.
-            continue
-        for instruction in instructions:
-            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(instruction.argval, str):
-                names.add(instruction.argval)
-        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    return names
-
-
-def _lambda_code(layer_config: dict) -> Any | None:
-    """Return the stored bytecode of a Lambda config (Keras 2 list or Keras 3 dict), or None."""
-    fn = layer_config.get("function")
-    if isinstance(fn, dict) and fn.get("class_name") == "__lambda__":
-        return fn.get("config", {}).get("code")
-    if isinstance(fn, (list, tuple)) and layer_config.get("function_type", "lambda") == "lambda":
-        return fn
-    return None
-
-
-# Keras 1 argument names -> Keras 2 names (the Keras 2.0 legacy interfaces did this conversion).
-_KERAS1_RENAMES = {
-    "output_dim": "units",
-    "init": "kernel_initializer",
-    "inner_init": "recurrent_initializer",
-    "W_regularizer": "kernel_regularizer",
-    "b_regularizer": "bias_regularizer",
-    "U_regularizer": "recurrent_regularizer",
-    "W_constraint": "kernel_constraint",
-    "b_constraint": "bias_constraint",
-    "U_constraint": "recurrent_constraint",
-    "bias": "use_bias",
-    "nb_filter": "filters",
-    "border_mode": "padding",
-    "subsample": "strides",
-    "inner_activation": "recurrent_activation",
-    "dropout_W": "dropout",
-    "dropout_U": "recurrent_dropout",
-    "p": "rate",
-    "gamma_init": "gamma_initializer",
-    "beta_init": "beta_initializer",
-    "input_length": None,
-    "input_dtype": "dtype",
-    "W_learning_rate_multiplier": None,
-    "b_learning_rate_multiplier": None,
-    "consume_less": None,
-    "mode": None,
-    "dim_ordering": "data_format",
-    "forget_bias_init": None,
-    "activity_regularizer": "activity_regularizer",
-}
-_KERAS1_CLASSES = {
-    "Convolution1D": "Conv1D",
-    "Convolution2D": "Conv2D",
-    "Convolution3D": "Conv3D",
-    "AtrousConvolution2D": "Conv2D",
-    "Deconvolution2D": "Conv2DTranspose",
-    "SeparableConvolution2D": "SeparableConv2D",
-}
-
-
-def _keras1_layer(class_name: str, cfg: dict, report: _ConfigReport) -> str:
-    """Convert one Keras 1 layer config to Keras 2 names in place; return the new class name."""
-    new_class = _KERAS1_CLASSES.get(class_name, class_name)
-    if "nb_row" in cfg and "nb_col" in cfg:
-        cfg["kernel_size"] = [cfg.pop("nb_row"), cfg.pop("nb_col")]
-    if "filter_length" in cfg:
-        cfg["kernel_size"] = [cfg.pop("filter_length")]
-    if "subsample_length" in cfg:
-        cfg["strides"] = [cfg.pop("subsample_length")]
-    if "pool_length" in cfg:
-        cfg["pool_size"] = [cfg.pop("pool_length")]
-    if "stride" in cfg and class_name.endswith("Pooling1D"):
-        cfg["strides"] = [cfg.pop("stride")] if cfg["stride"] is not None else cfg.pop("stride")
-    if "atrous_rate" in cfg:
-        cfg["dilation_rate"] = cfg.pop("atrous_rate")
-    for old, new in _KERAS1_RENAMES.items():
-        if old in cfg and old != new:
-            value = cfg.pop(old)
-            if new is not None and new not in cfg:
-                cfg[new] = value
-    if cfg.get("data_format") in ("tf", "th"):
-        cfg["data_format"] = "channels_last" if cfg["data_format"] == "tf" else "channels_first"
-    for key in list(cfg):
-        if key.endswith("_initializer") and isinstance(cfg[key], str):
-            cfg[key] = {"class_name": _initializer_class(cfg[key]), "config": {}}
-    if class_name in ("BatchNormalization",):
-        for key in ("mode", "beta_regularizer", "gamma_regularizer"):
-            cfg.pop(key, None) if cfg.get(key) is None else None
-    report.repaired("Keras 1 layer arguments")
-    return new_class
-
-
-def _initializer_class(name: str) -> str:
-    table = {
-        "glorot_uniform": "GlorotUniform",
-        "glorot_normal": "GlorotNormal",
-        "he_normal": "HeNormal",
-        "he_uniform": "HeUniform",
-        "lecun_uniform": "LecunUniform",
-        "lecun_normal": "LecunNormal",
-        "zero": "Zeros",
-        "zeros": "Zeros",
-        "one": "Ones",
-        "ones": "Ones",
-        "orthogonal": "Orthogonal",
-        "identity": "Identity",
-        "normal": "RandomNormal",
-        "uniform": "RandomUniform",
-    }
-    return table.get(name, name)
-
-
-def _walk(obj: Any, visit: Callable[[dict], None]) -> None:
-    """Call `visit` on every `{"class_name", "config"}` dict in a nested config, outermost first."""
-    if isinstance(obj, dict):
-        if "class_name" in obj and "config" in obj:
-            visit(obj)
-        for value in list(obj.values()):
-            _walk(value, visit)
-    elif isinstance(obj, list):
-        for value in obj:
-            _walk(value, visit)
-
-
-def repair_config(
-    config: dict,
-    *,
-    keras_major: int | None,
-    registry: CustomObjectRegistry,
-    target: str = "keras3",
-) -> tuple[dict, _ConfigReport]:
-    """Return a repaired deep copy of a model config, and what was found and changed.
-
-    Args:
-        config: `{"class_name", "config"}` model config (HDF5 `model_config`, JSON, `config.json`).
-        keras_major: major version of the Keras that wrote it (1, 2, 3; None = unknown).
-        registry: supplies Lambda replacements (by layer name).
-        target: "keras3" or "tf_keras": which library will build the result.
-    """
-    config = copy.deepcopy(config)
-    report = _ConfigReport()
-    legacy = keras_major is not None and keras_major < 3
-
-    # Keras 1 / 2.0-2.1 Sequential: `config` is the list of layers.
-    if config.get("class_name") == "Sequential" and isinstance(config.get("config"), list):
-        config["config"] = {"name": "sequential", "layers": config["config"]}
-        report.repaired("list-style Sequential config")
-
-    def visit(node: dict) -> None:
-        class_name = node.get("class_name")
-        cfg = node.get("config")
-        if not isinstance(cfg, dict) or not isinstance(class_name, str):
-            return
-        if keras_major == 1 and "name" in cfg and class_name not in ("Sequential", "Model"):
-            node["class_name"] = class_name = _keras1_layer(class_name, cfg, report)
-        report.class_names.add(node.get("registered_name") or class_name)
-        if class_name == "Lambda":
-            _visit_lambda(node, cfg, report, registry, target, legacy)
-        if legacy and target == "keras3":
-            if class_name == "DepthwiseConv2D" and "groups" in cfg:
-                cfg.pop("groups")
-                report.repaired("'groups' argument of DepthwiseConv2D")
-            if "time_major" in cfg and not cfg["time_major"]:
-                cfg.pop("time_major")  # tf.keras 2 RNNs; Keras 3 is always batch-major
-                report.repaired("'time_major' argument of RNN layers")
-            for key, value in list(cfg.items()):
-                if _INITIALIZER_KEYS.match(key) and isinstance(value, dict) and isinstance(value.get("config"), dict):
-                    if value["config"].pop("dtype", None) is not None:
-                        report.repaired("'dtype' argument of initializers")
-                if value == "hard_sigmoid" and key in ("activation", "recurrent_activation", "inner_activation"):
-                    cfg[key] = HARD_SIGMOID_KERAS2
-                    report.repaired("Keras 2 hard_sigmoid kept (0.2x+0.5)")
-        if class_name == "Sequential" and target == "keras3":
-            _add_input_layer(cfg, report)
-
-    _walk(config, visit)
-    return config, report
-
-
-def _visit_lambda(node: dict, cfg: dict, report: _ConfigReport, registry: CustomObjectRegistry, target: str, legacy: bool) -> None:
-    name = cfg.get("name", "?")
-    report.lambdas.append(name)
-    replacement = registry.lambda_replacement(name)
-    if replacement is not None:
-        key = LAMBDA_OBJECT_PREFIX + name
-        if target == "tf_keras":
-            # tf_keras' legacy deserialiser swaps custom-object names in configs for the objects
-            # themselves, so a "raw" function arrives as the registered function.
-            cfg["function"] = key
-            cfg["function_type"] = "raw"
-        else:
-            cfg["function"] = {"module": None, "class_name": "function", "config": key, "registered_name": key}
-        if cfg.get("output_shape_type") == "lambda" or isinstance(cfg.get("output_shape"), dict):
-            cfg["output_shape"] = None
-            cfg["output_shape_type"] = "raw"
-        if target == "keras3":
-            for key in ("function_type", "output_shape_type", "module", "output_shape_module"):
-                cfg.pop(key, None)
-            if cfg.get("output_shape") is None:
-                cfg.pop("output_shape", None)
-        report.replaced_lambdas.append(name)
-        report.repaired(f"Lambda '{name}' replaced by a registered function")
-        return
-    code = _lambda_code(cfg)
-    if code is None:
-        return  # a named function (function_type "function"): resolved through custom objects
-    report.code_lambdas.append(name)
-    if not _bytecode_readable(code):
-        report.unreadable_lambdas.append(name)
-        return
-    report.lambda_global_names |= _global_names(code)
-    output_code = None
-    if cfg.get("output_shape_type") == "lambda" or (
-        isinstance(cfg.get("output_shape"), dict) and cfg["output_shape"].get("class_name") == "__lambda__"
-    ):
-        output_code = cfg.get("output_shape")
-    if output_code is not None and not _bytecode_readable(output_code):
-        # Keras 3 infers the output shape by calling the function; drop the unreadable shape code.
-        cfg["output_shape"] = None
-        cfg["output_shape_type"] = "raw"
-    if target == "keras3" and isinstance(cfg.get("function"), (list, tuple)):
-        fn = cfg["function"]
-        cfg["function"] = {"class_name": "__lambda__", "config": {"code": fn[0], "defaults": fn[1], "closure": fn[2]}}
-        if cfg.get("output_shape_type") == "lambda" and isinstance(cfg.get("output_shape"), (list, tuple)):
-            shape_fn = cfg["output_shape"]
-            cfg["output_shape"] = {
-                "class_name": "__lambda__",
-                "config": {"code": shape_fn[0], "defaults": shape_fn[1], "closure": shape_fn[2]},
-            }
-        for key in ("function_type", "output_shape_type", "module", "output_shape_module"):
-            cfg.pop(key, None)
-        if cfg.get("output_shape") is None:
-            cfg.pop("output_shape", None)
-
-
-def _add_input_layer(cfg: dict, report: _ConfigReport) -> None:
-    """Give a Keras 2 Sequential without InputLayer an explicit one (Keras 3 guesses its shape wrong)."""
-    layers = cfg.get("layers")
-    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
-        return
-    first = layers[0]
-    if first.get("class_name") == "InputLayer":
-        return
-    first_cfg = first.get("config", {})
-    shape = first_cfg.get("batch_input_shape") or first_cfg.get("batch_shape")
-    if shape is None and first_cfg.get("input_shape") is not None:
-        shape = [None, *first_cfg["input_shape"]]
-    if shape is None and cfg.get("build_input_shape"):
-        shape = cfg["build_input_shape"]
-    if shape is None:
-        return
-    for key in ("batch_input_shape", "batch_shape", "input_shape"):
-        first_cfg.pop(key, None)
-    if first.get("class_name") != "Embedding":
-        first_cfg.pop("input_dim", None)
-    dtype = first_cfg.get("dtype") if isinstance(first_cfg.get("dtype"), str) else None
-    input_cfg: dict[str, Any] = {"batch_shape": list(shape), "name": f"{first_cfg.get('name', 'input')}_input"}
-    if dtype:
-        input_cfg["dtype"] = dtype
-    layers.insert(0, {"class_name": "InputLayer", "config": input_cfg})
-    report.repaired("explicit InputLayer for a Sequential without one")
-
-
-# --------------------------------------------------------------------------------------------------
-# Error analysis
-# --------------------------------------------------------------------------------------------------
-_MISSING_PATTERNS = (
-    (re.compile(r"Could not locate (?:class|function) '([^']+)'"), "object"),
-    (re.compile(r"Unknown (?:layer|loss|metric|activation|initializer|regularizer|constraint|optimizer|object)(?: type)?: '?([^'\s.,]+)'?"), "object"),
-    (re.compile(r"Could not interpret (?:loss|metric|activation|initializer) identifier: '?([^'\s]+?)'?$", re.M), "object"),
-    (re.compile(r"name '([^']+)' is not defined"), "global"),
-)
-
-
-def exception_chain(err: BaseException) -> list[BaseException]:
-    """Return `err` and every exception in its `__cause__` / `__context__` chain."""
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    stack = [err]
-    while stack:
-        current = stack.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        stack.extend([current.__cause__, current.__context__])
-    return chain
-
-
-def missing_names(err: BaseException) -> list[tuple[str, str]]:
-    """Return (name, kind) of every missing object named anywhere in the exception chain.
-
-    kind is "object" (layer, function, loss...) or "global" (a name a Lambda's code uses).
-    """
-    found: list[tuple[str, str]] = []
-    for exc in exception_chain(err):
-        text = str(exc)
-        for pattern, kind in _MISSING_PATTERNS:
-            for match in pattern.finditer(text):
-                name = match.group(1).strip("'\"")
-                if name.startswith(LAMBDA_OBJECT_PREFIX):
-                    continue
-                if (name, kind) not in found:
-                    found.append((name, kind))
-    return found
-
-
-def _root_cause(err: BaseException) -> str:
-    """One line: the deepest informative message in the chain, without absolute paths."""
-    chain = exception_chain(err)
-    candidates = [e for e in chain if str(e).strip()] or chain
-    deepest = candidates[-1]
-    first_line = str(deepest).strip().splitlines()[0] if str(deepest).strip() else ""
-    # Keras appends the whole layer config and generic advice; the name is in the first sentence.
-    for noise in (" Full object config:", " Make sure custom classes", " Please ensure you are using"):
-        first_line = first_line.split(noise, 1)[0]
-    return _strip_paths(f"{type(deepest).__name__}: {first_line}"[:400])
-
-
-_PATH_RE = re.compile(r"(?:/[\w.\-+@]+){2,}/?")
-
-
-def _strip_paths(text: str) -> str:
-    """Replace absolute paths in a message by their last component."""
-    return _PATH_RE.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
-
-
-# --------------------------------------------------------------------------------------------------
-# Signatures and calls
-# --------------------------------------------------------------------------------------------------
-def _dtype_name(dtype: Any) -> str:
-    tf = _tf()
-    try:
-        dt = tf.as_dtype(dtype)
-    except TypeError:
-        return str(dtype)
-    return "string" if dt == tf.string else dt.name
-
-
-def _info(name: str, dtype: Any, shape: Any, graph_name: str = "") -> TensorInfo:
-    """TensorInfo from a TF dtype and shape; an unknown rank becomes `()` with `unknown_rank`."""
-    rank = getattr(shape, "rank", 0)
-    return TensorInfo(name, _dtype_name(dtype), _shape(shape), graph_name=graph_name, unknown_rank=rank is None)
-
-
-def _shape(shape: Any) -> tuple[int | None, ...]:
-    try:
-        dims = list(shape)
-    except (TypeError, ValueError):  # unknown rank
-        return ()
-    return tuple(None if d is None else int(d) for d in dims)
-
-
-def _batching(inputs: tuple[TensorInfo, ...]) -> tuple[bool, int | None]:
-    """(batched, fixed_batch_size) from the input shapes (unknown-rank inputs count as batched)."""
-    if inputs and all(t.unknown_rank or (len(t.shape) >= 1 and t.shape[0] is None) for t in inputs):
-        return True, None
-    firsts = {t.shape[0] if t.shape else None for t in inputs}
-    if len(firsts) == 1:
-        (first,) = firsts
-        return False, first
-    return False, None
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key that puts `output_2` before `output_10`."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            result.append(f"{name}_{seen[name]}")
-        else:
-            seen[name] = 0
-            result.append(name)
-    return result
-
-
-def _iter_layers(model: Any) -> Iterator[Any]:
-    for layer in getattr(model, "layers", []) or []:
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _iter_layers(layer)
-        inner = getattr(layer, "layer", None)
-        if inner is not None:
-            yield inner
-
-
-def _keras_input_names(model: Any) -> list[str]:
-    names = getattr(model, "input_names", None)
-    if names:
-        return list(names)
-    result = []
-    for i, tensor in enumerate(model.inputs):
-        history = getattr(tensor, "_keras_history", None)
-        op = history[0] if history else None
-        result.append(getattr(op, "name", None) or getattr(tensor, "name", None) or f"input_{i}")
-    return result
-
-
-def _keras_output_names(model: Any) -> list[str]:
-    names = getattr(model, "output_names", None)
-    if names and len(names) == len(model.outputs):
-        return _unique(list(names))
-    result = []
-    for i, tensor in enumerate(model.outputs):
-        history = getattr(tensor, "_keras_history", None)
-        op = history[0] if history else None
-        result.append(getattr(op, "name", None) or f"output_{i}")
-    return _unique(result)
-
-
-def keras_signature(
-    model: Any, extra_outputs: tuple[str, ...] = ()
-) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
-    """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call.
-
-    `extra_outputs` (layer paths, see `service.extra_outputs`) are served after the model's own
-    outputs, named as given.
-
-    Raises:
-        ModelLoadError: no known inputs/outputs, or an extra output that cannot be served.
-    """
-    tf = _tf()
-    inputs_ = getattr(model, "inputs", None)
-    outputs_ = getattr(model, "outputs", None)
-    if not inputs_ or not outputs_:
-        raise ModelLoadError("the model has no known inputs/outputs (a subclassed model that was never built?)")
-    in_names = _keras_input_names(model)
-    out_names = _keras_output_names(model)
-    served = model
-    if extra_outputs:
-        clash = sorted(set(extra_outputs) & set(out_names))
-        if clash:
-            raise ModelLoadError(f"extra_outputs: '{clash[0]}' is already an output of the model")
-        served = extra_outputs_.with_extra_outputs(model, extra_outputs)
-        outputs_ = served.outputs
-        out_names = [*out_names, *extra_outputs]
-    inputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(in_names, inputs_))
-    outputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(out_names, outputs_))
-    batched, fixed = _batching(inputs)
-    signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
-    specs = [tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name)) for t in inputs]
-    structure = getattr(served, "_inputs_struct", None)
-
-    def forward(*args: Any) -> list[Any]:
-        if structure is not None and len(args) > 1:
-            x = tf.nest.pack_sequence_as(structure, list(args))
-        else:
-            x = args[0] if len(args) == 1 else list(args)
-        y = served(x, training=False)
-        return tf.nest.flatten(y)
-
-    compiled = tf.function(forward, input_signature=specs, autograph=False, reduce_retracing=True)
-    stateful = [layer for layer in _iter_layers(model) if getattr(layer, "stateful", False)]
-    lock = threading.Lock()
-
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [_as_tensor(values[t.name], t) for t in inputs]
-        if stateful:
-            # Stateful RNNs carry state between calls; serve each call from the initial state.
-            with lock:
-                for layer in stateful:
-                    _reset_state(layer)
-                result = compiled(*args)
-        else:
-            result = compiled(*args)
-        return {name: np.asarray(value) for name, value in zip(out_names, result)}
-
-    return signature, call
 
 
 def layer_outline(model: Any) -> tuple[LayerNode, ...]:
@@ -789,47 +147,9 @@ def _recognise(model: Any) -> Recognition | None:
         return None
 
 
-def _reset_state(layer: Any) -> None:
-    for attr in ("reset_states", "reset_state"):
-        fn = getattr(layer, attr, None)
-        if callable(fn):
-            fn()
-            return
-
-
-def _spec_name(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
-    return clean if re.match(r"[A-Za-z0-9.]", clean) else f"x{clean}"
-
-
-def _as_array(value: Any, info: TensorInfo) -> np.ndarray:
-    """Cast one input to the dtype its signature declares (strings stay numpy object arrays of bytes)."""
-    if info.dtype == "string":
-        return np.asarray(value, dtype=object)
-    return np.asarray(value, dtype=np.dtype(info.dtype))
-
-
-def _as_tensor(value: Any, info: TensorInfo) -> Any:
-    tf = _tf()
-    if info.dtype == "string":
-        return tf.constant(_as_array(value, info), dtype=tf.string)
-    return tf.convert_to_tensor(_as_array(value, info))
-
-
 # --------------------------------------------------------------------------------------------------
 # Loader
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class _Attempt:
-    """Bookkeeping of one `load()` call: loaders tried, their errors, warnings."""
-
-    detected: DetectedModel
-    tried: list[str] = field(default_factory=list)
-    errors: list[tuple[str, BaseException]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    report: _ConfigReport | None = None
-
-
 class Loader:
     """Turns one model path into a `LoadedModel`; cheap to build, `load()` does the work.
 
@@ -861,13 +181,13 @@ class Loader:
         except ModelLoadError:
             raise
         except Exception as err:  # noqa: BLE001 - unreadable files (permissions, h5py errors)
-            raise ModelLoadError(f"cannot read '{path.name}': {_root_cause(err)}") from err
+            raise ModelLoadError(f"cannot read '{path.name}': {root_cause(err)}") from err
         base_dirs = [path if path.is_dir() else path.parent, path.parent, path.parent.parent]
         try:
             registry = self._registry.for_model(config, base_dirs)
         except ValueError as err:
             raise MissingCustomObject(f"{path.name}: {err}", format=detected.format.value) from err
-        attempt = _Attempt(detected)
+        attempt = LoadAttempt(detected)
         with _LOAD_LOCK:
             try:
                 if detected.format is ModelFormat.SAVED_MODEL:
@@ -879,7 +199,7 @@ class Loader:
             except Exception as err:  # noqa: BLE001 - e.g. a config Keras never wrote; never raw
                 log.debug("%s: unexpected load failure", path.name, exc_info=True)
                 raise ModelLoadError(
-                    f"cannot load {detected.path.name} ({detected.format.value}): {_root_cause(err)}",
+                    f"cannot load {detected.path.name} ({detected.format.value}): {root_cause(err)}",
                     format=detected.format.value,
                     tried=tuple(attempt.tried),
                 ) from err
@@ -902,12 +222,12 @@ class Loader:
         return self._settings.allow_lambda
 
     def _load_keras(
-        self, detected: DetectedModel, attempt: _Attempt, registry: CustomObjectRegistry, config: ModelConfig | None
+        self, detected: DetectedModel, attempt: LoadAttempt, registry: CustomObjectRegistry, config: ModelConfig | None
     ) -> LoadedModel:
-        raw_config, training_config = _read_model_config(detected)
+        raw_config, training_config = read_keras_config(detected)
         keras_major = detected.keras_major
         if keras_major is None and detected.format is not ModelFormat.KERAS_ZIP:
-            keras_major = 3 if _looks_keras3(raw_config) else 2
+            keras_major = 3 if looks_keras3(raw_config) else 2
         elif detected.format is ModelFormat.KERAS_ZIP and keras_major is None:
             keras_major = 3
         repaired, report = repair_config(raw_config, keras_major=keras_major, registry=registry, target="keras3")
@@ -970,7 +290,7 @@ class Loader:
             if label == "tf_keras":
                 _tf_keras()  # imported before the scope, so its func_load gets wrapped too
             try:
-                with _lambda_scope(lambda_globals):
+                with lambda_code.lambda_scope(lambda_globals):
                     model, warnings = fn()
                 signature, call = keras_signature(model, config.extra_outputs if config is not None else ())
             except ModelLoadError:
@@ -985,9 +305,8 @@ class Loader:
                     "loaded by "
                     + label
                     + " after "
-                    + ", ".join(f"{lbl} failed ({_root_cause(e)[:160]})" for lbl, e in attempt.errors)
+                    + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors)
                 )
-            used = tuple(sorted(n for n in report.class_names if registry.knows(n)))
             return LoadedModel(
                 path=detected.path,
                 format=detected.format.value,
@@ -995,50 +314,14 @@ class Loader:
                 signatures={DEFAULT_SIGNATURE: signature},
                 default_signature=DEFAULT_SIGNATURE,
                 warnings=tuple(attempt.warnings),
-                custom_objects_used=used,
                 recognition=_recognise(model),
                 _calls={DEFAULT_SIGNATURE: call},
                 _keep=[model],
             )
-        raise self._failure(attempt, registry)
-
-    def _failure(self, attempt: _Attempt, registry: CustomObjectRegistry) -> ModelLoadError:
-        detected = attempt.detected
-        name = detected.path.name
-        where = f"{name} ({detected.format.value}" + (f", Keras {detected.keras_version}" if detected.keras_version else "") + ")"
-        tried = ", ".join(attempt.tried)
-        missing: list[tuple[str, str]] = []
-        for _, err in attempt.errors:
-            for item in missing_names(err):
-                if item not in missing and not registry.knows(item[0]):
-                    missing.append(item)
-        if missing and attempt.report is not None:
-            # Keras stops at the first unknown name; the config names every one.
-            missing.extend(_config_missing(attempt.report, registry, missing))
-        if missing:
-            parts = []
-            objects = [n for n, k in missing if k == "object"]
-            globals_ = [n for n, k in missing if k == "global"]
-            if objects:
-                parts.append("custom object(s) " + ", ".join(f"'{n}'" for n in objects) + " not registered")
-            if globals_:
-                parts.append("Lambda global(s) " + ", ".join(f"'{n}'" for n in globals_) + " not defined")
-            errors = "; ".join(f"{lbl}: {_root_cause(e)}" for lbl, e in attempt.errors)
-            message = f"cannot load {where}: {'; '.join(parts)}; {PLUGIN_HINT}. Loaders tried: {tried} ({errors})"
-            if registry.plugin_errors:
-                message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
-            return MissingCustomObject(
-                message, missing=tuple(n for n, _ in missing), format=detected.format.value, tried=tuple(attempt.tried)
-            )
-        errors = "; ".join(f"{lbl}: {_root_cause(e)}" for lbl, e in attempt.errors)
-        message = f"cannot load {where}. Loaders tried: {tried}. {errors}"
-        if registry.plugin_errors:
-            message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
-        error = ModelLoadError(message, format=detected.format.value, tried=tuple(attempt.tried))
-        return error
+        raise load_failure(attempt, registry)
 
     def _keras3_zip(
-        self, detected: DetectedModel, repaired: dict, report: _ConfigReport, custom_objects: dict, safe_mode: bool
+        self, detected: DetectedModel, repaired: dict, report: ConfigReport, custom_objects: dict, safe_mode: bool
     ) -> tuple[Any, list[str]]:
         keras = _keras()
         with tempfile.TemporaryDirectory(prefix="kerasserve-") as tmp:
@@ -1091,7 +374,7 @@ class Loader:
         if compile_config:
             warnings.append("compile=False: architecture JSON's compile_config ignored (serving never needs it)")
         with serialization_lib.SafeModeScope(safe_mode), object_registration.CustomObjectScope(custom_objects):
-            if keras_major == 3 or (keras_major is None and _looks_keras3(repaired)):
+            if keras_major == 3 or (keras_major is None and looks_keras3(repaired)):
                 model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=safe_mode)
             else:
                 with saving_options.keras_option_scope(use_legacy_config=True):
@@ -1141,7 +424,7 @@ class Loader:
         return model, ["compile=False: the tf_keras path serves the model uncompiled"] if compiled else []
 
     # --- SavedModel ---------------------------------------------------------------------------
-    def _load_saved_model(self, detected: DetectedModel, attempt: _Attempt, config: ModelConfig | None) -> LoadedModel:
+    def _load_saved_model(self, detected: DetectedModel, attempt: LoadAttempt, config: ModelConfig | None) -> LoadedModel:
         if config is not None and config.extra_outputs:
             raise ModelLoadError(
                 f"{detected.path.name}: extra_outputs needs a Keras model file (.keras, .h5); a SavedModel "
@@ -1159,10 +442,10 @@ class Loader:
             if attempt.errors:
                 loaded.warnings = (
                     *loaded.warnings,
-                    f"loaded by {label} after " + ", ".join(f"{lbl} failed ({_root_cause(e)[:160]})" for lbl, e in attempt.errors),
+                    f"loaded by {label} after " + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors),
                 )
             return loaded
-        raise self._failure(attempt, self._registry)
+        raise load_failure(attempt, self._registry)
 
     def _tf2_saved_model(self, detected: DetectedModel) -> LoadedModel:
         tf = _tf()
@@ -1177,12 +460,12 @@ class Loader:
             sig_def = defs.get(name)
             in_names = {k: v.name for k, v in sig_def.inputs.items()} if sig_def is not None else {}
             out_names = {k: v.name for k, v in sig_def.outputs.items()} if sig_def is not None else {}
-            inputs = tuple(_info(k, s.dtype, s.shape, in_names.get(k, "")) for k, s in in_specs)
-            outputs = tuple(_info(k, s.dtype, s.shape, out_names.get(k, "")) for k, s in out_specs)
-            batched, fixed = _batching(inputs)
+            inputs = tuple(tensor_info(k, s.dtype, s.shape, in_names.get(k, "")) for k, s in in_specs)
+            outputs = tuple(tensor_info(k, s.dtype, s.shape, out_names.get(k, "")) for k, s in out_specs)
+            batched, fixed = batch_layout(inputs)
             method = sig_def.method_name if sig_def is not None and sig_def.method_name else PREDICT_METHOD
             signatures[name] = Signature(name, inputs, outputs, method, batched, fixed)
-            calls[name] = _saved_model_call(fn, inputs, outputs)
+            calls[name] = saved_model_call(fn, inputs, outputs)
         if not signatures:
             raise ModelLoadError(
                 f"{detected.path.name}: the SavedModel has no signatures (save it with signatures, or use model.export())",
@@ -1214,13 +497,13 @@ class Loader:
         signatures: dict[str, Signature] = {}
         calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
         for name, sig in meta.signature_def.items():
-            inputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
-            outputs = tuple(_tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
-            batched, fixed = _batching(inputs)
+            inputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
+            outputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
+            batched, fixed = batch_layout(inputs)
             signatures[name] = Signature(name, inputs, outputs, sig.method_name or PREDICT_METHOD, batched, fixed)
             feeds = {k: graph.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
             fetches = {k: graph.get_tensor_by_name(v.name) for k, v in sig.outputs.items()}
-            calls[name] = _session_call(session, feeds, fetches, inputs)
+            calls[name] = session_call(session, feeds, fetches, inputs)
         if not signatures:
             session.close()
             raise ModelLoadError(f"{detected.path.name}: the TF1 graph has no signatures", format=detected.format.value)
@@ -1236,97 +519,10 @@ class Loader:
         )
 
 
-def _config_missing(report: _ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Unknown class names and undefined Lambda globals found in a config walk, not yet in `known`."""
-    import builtins as builtins_module
-
-    found: list[tuple[str, str]] = []
-    seen = {name for name, _ in known}
-    for name in sorted(report.class_names):
-        if name not in seen and not registry.knows(name) and not _keras_knows(name):
-            found.append((name, "object"))
-    available = set(registry.lambda_globals()) | set(dir(builtins_module))
-    for name in sorted(report.lambda_global_names - available - seen):
-        found.append((name, "global"))
-    return found
-
-
-# --------------------------------------------------------------------------------------------------
-# What a model needs (for `python -m service inspect`)
-# --------------------------------------------------------------------------------------------------
-_STRUCTURAL_NAMES = frozenset(
-    {"Functional", "Model", "Sequential", "InputLayer", "__lambda__", "function", "method", "DTypePolicy",
-     "FloatDTypePolicy", "__tensor__", "__numpy__", "__tuple__", "__keras_tensor__", "__bytes__", "__typespec__"}
-)
-
-
-def _keras_knows(name: str) -> bool:
-    """Say whether Keras 3 (or Keras 2 under the same name) ships `name` itself."""
-    keras = _keras()
-    if name in _STRUCTURAL_NAMES or name == HARD_SIGMOID_KERAS2:
-        return True
-    namespaces = (keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.optimizers,
-                  keras.losses, keras.metrics, keras.activations, keras.models, keras.dtype_policies)
-    if any(hasattr(ns, name) for ns in namespaces):
-        return True
-    plain = name.split(">", 1)[-1]
-    if name.startswith("Custom>") and any(hasattr(ns, plain) for ns in namespaces):
-        return True  # Keras 2.11+ optimizers: "Custom>Adam"
-    return name in _KERAS1_CLASSES or keras.saving.get_registered_object(name) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelNeeds:
-    """What a model file needs beyond Keras, read from its config without building it."""
-
-    format: str
-    keras_version: str | None = None
-    custom_objects: tuple[str, ...] = ()
-    """Layer / object class names Keras does not ship."""
-    lambdas: tuple[str, ...] = ()
-    """Lambda layers whose stored Python code would run."""
-    replaced_lambdas: tuple[str, ...] = ()
-    unreadable_lambdas: tuple[str, ...] = ()
-    """Lambda layers whose bytecode this Python cannot read and nobody replaced."""
-    losses: tuple[str, ...] = ()
-    """Losses / metrics given by a name Keras 3 does not resolve."""
-
-
-def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None) -> ModelNeeds:
-    """Read what the model at `path` needs (custom objects, Lambdas, losses); never builds it.
-
-    Raises:
-        ModelLoadError: nothing recognisable at `path`.
-    """
-    detected = detect_format(Path(path))
-    if detected.format is ModelFormat.SAVED_MODEL:
-        return ModelNeeds(detected.format.value)
-    registry = (registry or CustomObjectRegistry()).for_model(config, [detected.path.parent])
-    raw, training = _read_model_config(detected)
-    major = detected.keras_major or (3 if _looks_keras3(raw) else 2)
-    _, report = repair_config(raw, keras_major=major, registry=registry)
-    compile_config = training or (raw.get("compile_config") if isinstance(raw, dict) else None)
-    keras = _keras()
-    objects = registry.custom_objects()
-    losses = tuple(n for n in _unresolved_names(keras, compile_config, objects)) if compile_config else ()
-    names = sorted(n for n in report.class_names if not _keras_knows(n))
-    if config is not None:
-        names = sorted({*names, *config.custom_objects})
-    return ModelNeeds(
-        format=detected.format.value,
-        keras_version=detected.keras_version,
-        custom_objects=tuple(names),
-        lambdas=tuple(report.code_lambdas),
-        replaced_lambdas=tuple(report.replaced_lambdas),
-        unreadable_lambdas=tuple(report.unreadable_lambdas),
-        losses=losses,
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # Helpers for the load paths
 # --------------------------------------------------------------------------------------------------
-def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: _Attempt) -> None:
+def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, attempt: LoadAttempt) -> None:
     """Set the default signature: the config's `signature_name`, else `serving_default`, else the first."""
     wanted = config.signature_name if config is not None and config.signature_name else None
     if wanted is not None and wanted not in loaded.signatures:
@@ -1341,7 +537,7 @@ def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, a
     loaded.default_signature = default if default in loaded.signatures else sorted(loaded.signatures, key=natural_key)[0]
 
 
-def _check_saved_with(detected: DetectedModel, report: _ConfigReport, config: ModelConfig | None) -> None:
+def _check_saved_with(detected: DetectedModel, report: ConfigReport, config: ModelConfig | None) -> None:
     """Refuse Lambda bytecode written by another Python minor version (it may crash this process)."""
     import platform
 
@@ -1380,41 +576,11 @@ def _python_version() -> str:
     return platform.python_version()
 
 
-def _looks_keras3(config: Any) -> bool:
-    """Keras 3 configs carry `module` / `registered_name` keys on layers."""
-    text = json.dumps(config)[:20000] if not isinstance(config, str) else config[:20000]
-    return '"registered_name"' in text or '"module": "keras' in text
-
-
-def _read_model_config(detected: DetectedModel) -> tuple[dict, dict | None]:
-    """Return (model config, training config or None) of a Keras file, without importing Keras."""
-    if detected.format is ModelFormat.HDF5:
-        import h5py
-
-        with h5py.File(detected.path, "r") as f:
-            model_config = _attr_json(f.attrs.get("model_config"))
-            training_config = _attr_json(f.attrs.get("training_config"))
-        return model_config or {}, training_config
-    if detected.format is ModelFormat.KERAS_ZIP:
-        with zipfile.ZipFile(detected.path) as archive:
-            return json.loads(archive.read("config.json")), None
-    data = json.loads(detected.path.read_text(encoding="utf-8"))
-    return data, None
-
-
 def _has_training_config(path: Path) -> bool:
     import h5py
 
     with h5py.File(path, "r") as f:
         return f.attrs.get("training_config") is not None
-
-
-def _attr_json(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    return json.loads(value)
 
 
 def _zip_compile_config(path: Path) -> dict | None:
@@ -1469,13 +635,13 @@ def _compile_warning(err: BaseException, compile_config: Any) -> str:
     names = [n for n, _ in missing_names(err)]
     if not names:
         names = _loss_names(compile_config)
-    what = ", ".join(f"'{n}'" for n in names) if names else _root_cause(err)
+    what = ", ".join(f"'{n}'" for n in names) if names else root_cause(err)
     message = f"compile=False: loss/metric {what} not resolved (serving does not need the compiled state)"
     log.warning("%s", message)
     return message
 
 
-def _unresolved_names(keras: Any, training_config: Any, custom_objects: dict) -> list[str]:
+def unresolved_names(keras: Any, training_config: Any, custom_objects: dict) -> list[str]:
     """Names of losses/metrics given as plain strings or functions that Keras 3 cannot resolve."""
     unresolved = []
     for name in _loss_names(training_config, strings_only=True):
@@ -1505,7 +671,7 @@ def _compile_keras3(keras: Any, model: Any, training_config: dict | None, custom
     from keras.src.saving import object_registration
 
     with object_registration.CustomObjectScope(custom_objects):
-        unresolved = _unresolved_names(keras, training_config, custom_objects)
+        unresolved = unresolved_names(keras, training_config, custom_objects)
         if unresolved:
             message = "compile=False: loss/metric " + ", ".join(f"'{n}'" for n in unresolved) + " not resolved"
             log.warning("%s (serving does not need the compiled state)", message)
@@ -1513,7 +679,7 @@ def _compile_keras3(keras: Any, model: Any, training_config: dict | None, custom
         try:
             model.compile(**saving_utils.compile_args_from_training_config(training_config, custom_objects))
         except Exception as err:  # noqa: BLE001 - serving never needs the compiled state
-            message = f"compile=False: {_root_cause(err)[:200]}"
+            message = f"compile=False: {root_cause(err)[:200]}"
             log.warning("%s (serving does not need the compiled state)", message)
             return [message]
     return []
@@ -1582,45 +748,3 @@ def _saved_model_tags(path: Path) -> list[str]:
     return ["serve"]
 
 
-def _tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
-    # The graph tensor's dtype is what a feed must have (half_plus_three's regress SignatureDef says
-    # DT_FLOAT for a string placeholder).
-    dtype = _dtype_name(graph.get_tensor_by_name(info.name).dtype)
-    if info.tensor_shape.unknown_rank or not info.HasField("tensor_shape"):
-        # The signature does not say; the graph tensor usually does.
-        tensor = graph.get_tensor_by_name(info.name)
-        return _info(name, tensor.dtype, tensor.shape, info.name)
-    shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
-    return TensorInfo(name, dtype, shape, graph_name=info.name)
-
-
-def _saved_model_call(
-    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
-) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # By keyword, whatever the number of inputs: TF2 binds positional arguments of a TF1 signature in
-        # plain string order of its keys (`item_10` before `item_2`), not in our natural order.
-        result = fn(**{t.name: _as_tensor(values[t.name], t) for t in inputs})
-        return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
-
-    return call
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    return np.asarray(array)
-
-
-def _session_call(
-    session: Any, feeds: dict[str, Any], fetches: dict[str, Any], inputs: tuple[TensorInfo, ...]
-) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    infos = {t.name: t for t in inputs}
-    order = sorted(fetches, key=natural_key)  # the signature's output order
-
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Fed by input name too: each signature key is paired with its own graph tensor.
-        feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
-        result = session.run(fetches, feed_dict=feed)
-        return {k: np.asarray(result[k]) for k in order}
-
-    return call

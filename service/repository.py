@@ -34,6 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from service.formats import SAVED_MODEL_FILES
 from service.model_config import (
     CONFIG_SUFFIXES,
     FOLDER_CONFIG_NAMES,
@@ -45,19 +46,17 @@ from service.model_config import (
     read_model_config,
 )
 from service.servable import ServableId
-from service.settings import Settings
+from service.settings import PLUGINS_FOLDER, Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 """Suffixes of single-file models at the top of the models folder."""
-PLUGINS_DIR = "plugins"
 IGNORED_SUFFIXES = (".tmp", ".part", ".crdownload", ".swp", ".swx", ".partial", "~")
 IGNORED_NAMES = frozenset({"__pycache__", "lost+found"})
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 """Safe model names: they appear in URLs, metric labels and file names."""
 VERSION_DIR = re.compile(r"^[0-9]{1,18}$")
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _SHARD = re.compile(r"^variables\.data-(\d+)-of-(\d+)$")
 _MAX_DEPTH = 8
 
@@ -207,7 +206,7 @@ class ModelRepository:
             claimed: dict[str, list[Path]] = {}
             for entry in entries:
                 name = entry.name
-                if is_ignored(name) or name == PLUGINS_DIR:
+                if is_ignored(name) or name == PLUGINS_FOLDER:
                     continue
                 path = Path(entry.path)
                 if path.is_dir():
@@ -240,7 +239,7 @@ class ModelRepository:
         return self._plugins
 
     def _scan_plugins(self, now: float, now_wall: float, seen: dict) -> str | None:
-        folder = self.models_dir / PLUGINS_DIR
+        folder = self.models_dir / PLUGINS_FOLDER
         digest = hashlib.sha1()
         settled = True
         for file in _walk_files(folder) if folder.is_dir() else []:

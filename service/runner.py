@@ -17,6 +17,11 @@ Arrays handed to `run()` always carry a leading row axis (one row per example, a
   row with the row axis removed, and the outputs stacked back along a new row axis.
 
 It never batches requests together (that is `service.batching`) and never decodes requests.
+
+It also builds what it calls: the loader asks it for each loaded model's signatures and compiled
+calls (`keras_signature`: a `tf.function` with a fixed input signature over `training=False`;
+`saved_model_call` for SavedModel signature functions; `session_call` for TF1 graphs), so the
+loader reads files and this module owns every call into a model.
 """
 
 from __future__ import annotations
@@ -28,23 +33,28 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 
-from service.errors import InferenceError, InvalidInput
+from service import extra_outputs as extra_outputs_
+from service.errors import InferenceError, InvalidInput, ModelLoadError
 from service.servable import Signature, TensorInfo, row_count
 from service.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.loader import LoadedModel
+    from service.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SIGNATURE = "serving_default"
+"""Name of the default signature, as in TensorFlow Serving."""
+PREDICT_METHOD = "tensorflow/serving/predict"
+"""`method_name` of a predict signature (Keras models, and SavedModel signatures that do not say)."""
 STRING_DTYPE = "string"
 """`TensorInfo.dtype` of TF string tensors; such inputs are passed through uncast and never warmed up."""
 
@@ -371,3 +381,220 @@ def _first_line(text: str) -> str:
             continue
         return re.sub(r"\s*\[\[\{\{node [^]]*\]\]|\s*\[Op:[^]]*\]", "", line).strip() or "invalid argument"
     return "invalid argument"
+
+
+# --------------------------------------------------------------------------------------------------
+# Signatures and compiled calls: built by the loader for each signature of a model it loads
+# --------------------------------------------------------------------------------------------------
+def _dtype_name(dtype: Any) -> str:
+    try:
+        dt = tf.as_dtype(dtype)
+    except TypeError:
+        return str(dtype)
+    return "string" if dt == tf.string else dt.name
+
+
+def tensor_info(name: str, dtype: Any, shape: Any, graph_name: str = "") -> TensorInfo:
+    """TensorInfo from a TF dtype and shape; an unknown rank becomes `()` with `unknown_rank`."""
+    rank = getattr(shape, "rank", 0)
+    return TensorInfo(name, _dtype_name(dtype), _shape(shape), graph_name=graph_name, unknown_rank=rank is None)
+
+
+def _shape(shape: Any) -> tuple[int | None, ...]:
+    try:
+        dims = list(shape)
+    except (TypeError, ValueError):  # unknown rank
+        return ()
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+def batch_layout(inputs: tuple[TensorInfo, ...]) -> tuple[bool, int | None]:
+    """(batched, fixed_batch_size) from the input shapes (unknown-rank inputs count as batched)."""
+    if inputs and all(t.unknown_rank or (len(t.shape) >= 1 and t.shape[0] is None) for t in inputs):
+        return True, None
+    firsts = {t.shape[0] if t.shape else None for t in inputs}
+    if len(firsts) == 1:
+        (first,) = firsts
+        return False, first
+    return False, None
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key that puts `output_2` before `output_10`."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        if name in seen:
+            seen[name] += 1
+            result.append(f"{name}_{seen[name]}")
+        else:
+            seen[name] = 0
+            result.append(name)
+    return result
+
+
+def _iter_layers(model: Any) -> Iterator[Any]:
+    for layer in getattr(model, "layers", []) or []:
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _iter_layers(layer)
+        inner = getattr(layer, "layer", None)
+        if inner is not None:
+            yield inner
+
+
+def _keras_input_names(model: Any) -> list[str]:
+    names = getattr(model, "input_names", None)
+    if names:
+        return list(names)
+    result = []
+    for i, tensor in enumerate(model.inputs):
+        history = getattr(tensor, "_keras_history", None)
+        op = history[0] if history else None
+        result.append(getattr(op, "name", None) or getattr(tensor, "name", None) or f"input_{i}")
+    return result
+
+
+def _keras_output_names(model: Any) -> list[str]:
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(model.outputs):
+        return _unique(list(names))
+    result = []
+    for i, tensor in enumerate(model.outputs):
+        history = getattr(tensor, "_keras_history", None)
+        op = history[0] if history else None
+        result.append(getattr(op, "name", None) or f"output_{i}")
+    return _unique(result)
+
+
+def keras_signature(
+    model: Any, extra_outputs: tuple[str, ...] = ()
+) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
+    """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call.
+
+    `extra_outputs` (layer paths, see `service.extra_outputs`) are served after the model's own
+    outputs, named as given.
+
+    Raises:
+        ModelLoadError: no known inputs/outputs, or an extra output that cannot be served.
+    """
+    inputs_ = getattr(model, "inputs", None)
+    outputs_ = getattr(model, "outputs", None)
+    if not inputs_ or not outputs_:
+        raise ModelLoadError("the model has no known inputs/outputs (a subclassed model that was never built?)")
+    in_names = _keras_input_names(model)
+    out_names = _keras_output_names(model)
+    served = model
+    if extra_outputs:
+        clash = sorted(set(extra_outputs) & set(out_names))
+        if clash:
+            raise ModelLoadError(f"extra_outputs: '{clash[0]}' is already an output of the model")
+        served = extra_outputs_.with_extra_outputs(model, extra_outputs)
+        outputs_ = served.outputs
+        out_names = [*out_names, *extra_outputs]
+    inputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(in_names, inputs_))
+    outputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(out_names, outputs_))
+    batched, fixed = batch_layout(inputs)
+    signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
+    specs = [tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name)) for t in inputs]
+    structure = getattr(served, "_inputs_struct", None)
+
+    def forward(*args: Any) -> list[Any]:
+        if structure is not None and len(args) > 1:
+            x = tf.nest.pack_sequence_as(structure, list(args))
+        else:
+            x = args[0] if len(args) == 1 else list(args)
+        y = served(x, training=False)
+        return tf.nest.flatten(y)
+
+    compiled = tf.function(forward, input_signature=specs, autograph=False, reduce_retracing=True)
+    stateful = [layer for layer in _iter_layers(model) if getattr(layer, "stateful", False)]
+    lock = threading.Lock()
+
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [_as_tensor(values[t.name], t) for t in inputs]
+        if stateful:
+            # Stateful RNNs carry state between calls; serve each call from the initial state.
+            with lock:
+                for layer in stateful:
+                    _reset_state(layer)
+                result = compiled(*args)
+        else:
+            result = compiled(*args)
+        return {name: np.asarray(value) for name, value in zip(out_names, result)}
+
+    return signature, call
+
+
+def _reset_state(layer: Any) -> None:
+    for attr in ("reset_states", "reset_state"):
+        fn = getattr(layer, attr, None)
+        if callable(fn):
+            fn()
+            return
+
+
+def _spec_name(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+    return clean if re.match(r"[A-Za-z0-9.]", clean) else f"x{clean}"
+
+
+def _as_array(value: Any, info: TensorInfo) -> np.ndarray:
+    """Cast one input to the dtype its signature declares (strings stay numpy object arrays of bytes)."""
+    if info.dtype == "string":
+        return np.asarray(value, dtype=object)
+    return np.asarray(value, dtype=np.dtype(info.dtype))
+
+
+def _as_tensor(value: Any, info: TensorInfo) -> Any:
+    if info.dtype == "string":
+        return tf.constant(_as_array(value, info), dtype=tf.string)
+    return tf.convert_to_tensor(_as_array(value, info))
+
+
+def tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
+    # The graph tensor's dtype is what a feed must have (half_plus_three's regress SignatureDef says
+    # DT_FLOAT for a string placeholder).
+    dtype = _dtype_name(graph.get_tensor_by_name(info.name).dtype)
+    if info.tensor_shape.unknown_rank or not info.HasField("tensor_shape"):
+        # The signature does not say; the graph tensor usually does.
+        tensor = graph.get_tensor_by_name(info.name)
+        return tensor_info(name, tensor.dtype, tensor.shape, info.name)
+    shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    return TensorInfo(name, dtype, shape, graph_name=info.name)
+
+
+def saved_model_call(
+    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # By keyword, whatever the number of inputs: TF2 binds positional arguments of a TF1 signature in
+        # plain string order of its keys (`item_10` before `item_2`), not in our natural order.
+        result = fn(**{t.name: _as_tensor(values[t.name], t) for t in inputs})
+        return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
+
+    return call
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    return np.asarray(array)
+
+
+def session_call(
+    session: Any, feeds: dict[str, Any], fetches: dict[str, Any], inputs: tuple[TensorInfo, ...]
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    infos = {t.name: t for t in inputs}
+    order = sorted(fetches, key=natural_key)  # the signature's output order
+
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Fed by input name too: each signature key is paired with its own graph tensor.
+        feed = {tensor: _as_array(values[k], infos[k]) for k, tensor in feeds.items()}
+        result = session.run(fetches, feed_dict=feed)
+        return {k: np.asarray(result[k]) for k in order}
+
+    return call

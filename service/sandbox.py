@@ -2,7 +2,7 @@
 
 A Lambda layer stores the marshalled bytecode of a Python function, and loading the model runs it
 (Keras calls every Lambda while it rebuilds a functional model). Bytecode written by another Python
-version, or crafted, can crash the interpreter (SIGSEGV) instead of raising (KERAS-LOADING-FACTS
+version, or crafted, can crash the interpreter (SIGSEGV) instead of raising (docs/keras-loading.md,
 fact 4), which would kill the gunicorn worker and every request in it. So before the worker loads
 such a file, `probe()` loads it, and calls it once on zeros, in a child Python process
 (`python -m service.sandbox`) with the same settings, plugins and model config. When the child dies
@@ -18,11 +18,8 @@ imports neither Flask nor TensorFlow; the child imports the loader and the runne
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import marshal
 import os
 import signal
 import subprocess
@@ -35,8 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service import errors
-from service.errors import ModelLoadError
+from service import errors, lambda_code
+from service.errors import ModelLoadError, strip_paths
+from service.formats import HDF5_MAGIC, ZIP_MAGIC
 from service.model_config import ModelConfig
 from service.settings import Settings
 
@@ -46,8 +44,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """Folder holding the `service` package: the child's PYTHONPATH."""
 _RESULT_ERRORS = {cls.__name__: cls for cls in (ModelLoadError, errors.MissingCustomObject, errors.UnsafeModelRefused)}
 _STDERR_TAIL_BYTES = 4000
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 # --- is a probe needed? ----------------------------------------------------------------------------
@@ -62,29 +58,10 @@ def lambda_layers(path: Path) -> tuple[str, ...]:
     names: list[str] = []
     for config in _model_configs(Path(path)):
         for layer in _walk_dicts(config):
-            if layer.get("class_name") == "Lambda" and _stores_code(layer.get("config")):
+            if layer.get("class_name") == "Lambda" and lambda_code.runs_stored_code(layer.get("config")):
                 cfg = layer.get("config") or {}
                 names.append(str(cfg.get("name") or layer.get("name") or "?"))
     return tuple(dict.fromkeys(names))
-
-
-def _stores_code(cfg: object) -> bool:
-    """Tell whether a Lambda layer config holds bytecode this Python can read (and so would run)."""
-    if not isinstance(cfg, dict):
-        return False
-    fn = cfg.get("function")
-    if isinstance(fn, dict) and fn.get("class_name") == "__lambda__":  # Keras 3: {"config": {"code": ...}}
-        code = (fn.get("config") or {}).get("code")
-    elif isinstance(fn, (list, tuple)) and fn and cfg.get("function_type", "lambda") == "lambda":  # Keras 2
-        code = fn[0]
-    else:
-        return False
-    # Bytecode this Python cannot unmarshal never runs: the loader refuses it and asks for a replacement.
-    try:
-        marshal.loads(base64.b64decode(str(code).encode("ascii")))
-    except (ValueError, EOFError, TypeError, UnicodeError, binascii.Error):
-        return False
-    return True
 
 
 def _walk_dicts(value: Any) -> Iterator[dict]:
@@ -112,12 +89,12 @@ def _model_configs(path: Path) -> list[Any]:
 def _file_config(file: Path) -> list[Any]:
     with file.open("rb") as stream:
         magic = stream.read(8)
-    if magic.startswith(_ZIP_MAGIC):
+    if magic.startswith(ZIP_MAGIC):
         with zipfile.ZipFile(file) as archive:
             if "config.json" not in archive.namelist():
                 return []
             return [json.loads(archive.read("config.json"))]
-    if magic == _HDF5_MAGIC:
+    if magic == HDF5_MAGIC:
         import h5py
 
         with h5py.File(file, "r") as handle:
@@ -258,7 +235,7 @@ def _last_line(path: Path) -> str:
         return ""
     if not lines:
         return ""
-    return " ".join(part if "/" not in part else part.rsplit("/", 1)[-1] for part in lines[-1].split(" "))[:300]
+    return strip_paths(lines[-1])[:300]
 
 
 # --- the child -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from service.errors import InsecureModelsDir, InvalidInput, Unauthorized
-from service.settings import Settings
+from service.settings import PLUGINS_FOLDER, Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "Inference-Header-Content
 """Response headers a cross-origin script may read."""
 CORS_MAX_AGE_S = 600
 
-_PLUGINS_DIR = "plugins"
 _MAX_SHOWN_NAME = 64
 
 
@@ -143,7 +142,7 @@ def models_dir_problem(models_dir: Path) -> str:
         folder = Path(models_dir).resolve()
     except OSError:
         return ""
-    for candidate, what in ((folder, "MODELS_DIR"), (folder / _PLUGINS_DIR, "its plugins folder")):
+    for candidate, what in ((folder, "MODELS_DIR"), (folder / PLUGINS_FOLDER, "its plugins folder")):
         mode = _mode(candidate)
         if mode is not None and stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
             return f"{what} ({candidate.name}) is writable by every user (mode {stat.S_IMODE(mode):o})"

@@ -1,6 +1,6 @@
 """Servable: the identity, state, signature and borrowing of one loaded model version.
 
-Vocabulary (see STYLE.md): a *model* is a name clients use; a *version* a positive integer; a
+Vocabulary (docs/architecture.md, section 6): a *model* is a name clients use; a *version* a positive integer; a
 *servable* one loaded, callable version. This module holds the values passed between layers and the
 `Servable` object the manager publishes. It imports neither Flask nor TensorFlow.
 """

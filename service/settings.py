@@ -15,6 +15,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+PLUGINS_FOLDER = "plugins"
+"""Folder inside MODELS_DIR whose `*.py` files are plugins (imported by the registry, never a model)."""
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):

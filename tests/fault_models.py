@@ -5,7 +5,7 @@ TensorFlow), once per folder.
 The crashing bytecode is the Lambda's own code object with its instructions replaced by
 `EXTENDED_ARG 0x40 (x3); JUMP_FORWARD 0; RETURN_VALUE`: a jump 2 GiB past the code, which CPython
 3.11 does not check, so calling it dies with SIGSEGV, the way Lambda bytecode from another Python
-version does (KERAS-LOADING-FACTS fact 4). `dis` still reads it (the loader disassembles Lambda code
+version does (docs/keras-loading.md, fact 4). `dis` still reads it (the loader disassembles Lambda code
 to find the globals it uses), so the crash happens only when Keras calls the Lambda.
 """
 

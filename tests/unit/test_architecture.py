@@ -129,6 +129,29 @@ def test_only_the_composition_root_is_imported_by_no_one_in_service() -> None:
     assert {"service.builder", "service.manager", "service.repository", "service.dataplane", "service.api"} <= graph["service.app"]
 
 
+TF_FREE = ("service.formats", "service.keras_config")
+"""Modules that read and repair model configs without TensorFlow or Keras, not even lazily."""
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports (at any level)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_config_reading_modules_never_import_tensorflow_or_keras() -> None:
+    modules = service_modules()
+
+    offenders = {name: sorted(third_party_imports(modules[name]) & {"tensorflow", "keras", "tf_keras"}) for name in TF_FREE}
+
+    assert offenders == {name: [] for name in TF_FREE}
+
+
 def documented_imports() -> dict[str, set[str]]:
     """The module table of docs/architecture.md: module -> the `service` modules it says it imports."""
     table: dict[str, set[str]] = {}

@@ -15,7 +15,7 @@ import yaml
 
 from service.__main__ import main
 from service.custom_objects import CustomObjectRegistry
-from service.inspect import find_config
+from service.model_inspect import find_config
 from service.loader import Loader
 from service.saving import save_model
 from service.settings import Settings

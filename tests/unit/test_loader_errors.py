@@ -12,7 +12,8 @@ import pytest
 
 from service.custom_objects import CustomObjectRegistry
 from service.errors import MissingCustomObject, ModelLoadError, UnsafeModelRefused
-from service.loader import Loader, missing_names
+from service.load_errors import missing_names
+from service.loader import Loader
 from service.model_config import ModelConfig
 from service.settings import Settings
 from tests.unit.tutorial_models import BLOG_MODULE, import_blog

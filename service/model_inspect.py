@@ -6,6 +6,10 @@ whether compile fell back to `compile=False`. The exit status is non-zero when a
 loaded, so the command works as a pre-deployment check in CI. Plugins come from the same settings as
 the server's (`MODELS_DIR/plugins`, `MODEL_PLUGINS`) plus `--plugin` / `--models-dir` options; a
 model's config beside it (`<name>.yaml`, `config.yaml`) is read like the repository reads it.
+
+What a model needs (`model_needs`) is read from its config without building it, so the report
+names every missing object even when the load stops at the first. (Named `model_inspect`, not
+`inspect`, so it never shadows the standard library's `inspect` module.)
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from service.custom_objects import CustomObjectRegistry
 from service.errors import ModelLoadError
+from service.formats import ModelFormat, detect_format
+from service.keras_config import looks_keras3, read_keras_config, repair_config
+from service.load_errors import keras_knows
 from service.model_config import (
     CONFIG_SUFFIXES,
     FOLDER_CONFIG_NAMES,
@@ -56,6 +64,57 @@ class InspectResult:
     load_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ModelNeeds:
+    """What a model file needs beyond Keras, read from its config without building it."""
+
+    format: str
+    keras_version: str | None = None
+    custom_objects: tuple[str, ...] = ()
+    """Layer / object class names Keras does not ship."""
+    lambdas: tuple[str, ...] = ()
+    """Lambda layers whose stored Python code would run."""
+    replaced_lambdas: tuple[str, ...] = ()
+    unreadable_lambdas: tuple[str, ...] = ()
+    """Lambda layers whose bytecode this Python cannot read and nobody replaced."""
+    losses: tuple[str, ...] = ()
+    """Losses / metrics given by a name Keras 3 does not resolve."""
+
+
+def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None) -> ModelNeeds:
+    """Read what the model at `path` needs (custom objects, Lambdas, losses) from its config; never builds it.
+
+    Raises:
+        ModelLoadError: nothing recognisable at `path`.
+    """
+    detected = detect_format(Path(path))
+    if detected.format is ModelFormat.SAVED_MODEL:
+        return ModelNeeds(detected.format.value)
+    registry = (registry or CustomObjectRegistry()).for_model(config, [detected.path.parent])
+    raw, training = read_keras_config(detected)
+    major = detected.keras_major or (3 if looks_keras3(raw) else 2)
+    _, report = repair_config(raw, keras_major=major, registry=registry)
+    compile_config = training or (raw.get("compile_config") if isinstance(raw, dict) else None)
+    import keras
+
+    from service.loader import unresolved_names
+
+    objects = registry.custom_objects()
+    losses = tuple(n for n in unresolved_names(keras, compile_config, objects)) if compile_config else ()
+    names = sorted(n for n in report.class_names if not keras_knows(n))
+    if config is not None:
+        names = sorted({*names, *config.custom_objects})
+    return ModelNeeds(
+        format=detected.format.value,
+        keras_version=detected.keras_version,
+        custom_objects=tuple(names),
+        lambdas=tuple(report.code_lambdas),
+        replaced_lambdas=tuple(report.replaced_lambdas),
+        unreadable_lambdas=tuple(report.unreadable_lambdas),
+        losses=losses,
+    )
+
+
 def find_config(path: Path) -> ModelConfig | None:
     """Read the model config the repository would use for `path` (`<name>.yaml` or `config.yaml`)."""
     candidates: list[Path] = []
@@ -81,8 +140,6 @@ def find_config(path: Path) -> ModelConfig | None:
 
 def inspect_path(path: Path, loader: Any, registry: Any) -> InspectResult:
     """Load one path and describe it; never raises for a model that fails to load."""
-    from service.loader import model_needs
-
     result = InspectResult(path=path.name)
     result.plugin_errors = dict(registry.plugin_errors)
     started = time.monotonic()
@@ -175,7 +232,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Inspect `args.paths`; return 0 when every one loads, 1 otherwise."""
     out = out or sys.stdout
-    from service.custom_objects import CustomObjectRegistry
     from service.loader import Loader
 
     overrides: dict[str, Any] = {}
