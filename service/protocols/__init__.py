@@ -7,6 +7,7 @@ plane's responses into that protocol's JSON or bytes. Adapters never call a mode
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from service.errors import InvalidInput
@@ -27,6 +28,34 @@ def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object")
     return value
+
+
+_ASCII_INT = re.compile(r"[0-9]+")
+_ASCII_FLOAT = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE
+)
+
+
+def parse_int(text: str, *, max_digits: int = 18) -> int | None:
+    """Read a non-negative integer written in ASCII digits only (at most `max_digits`); None for anything else.
+
+    The one way numbers are read from URLs, query strings and headers. `int()` alone also takes
+    '\u0661' (Arabic-Indic one), ' 7', '+7' and '1_0', and `str.isdigit()` passes '\u00b2', which
+    `int()` then refuses: neither is a rule a client can rely on.
+    """
+    if len(text) > max_digits or not _ASCII_INT.fullmatch(text):
+        return None
+    return int(text)
+
+
+def parse_float(text: str) -> float | None:
+    """Read a decimal number written in ASCII only (`-1.5e-3`, `inf`, `nan`); None for anything else.
+
+    `float()` alone also takes Unicode digits, surrounding spaces and '_' between digits.
+    """
+    if len(text) > 64 or not _ASCII_FLOAT.fullmatch(text):
+        return None
+    return float(text)
 
 
 def leaves(value: object) -> Iterator[object]:

@@ -20,9 +20,9 @@ import numpy as np
 from service import __version__
 from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
-from service.errors import InvalidInput, InvalidTensor
-from service.preprocessing import STRING_DTYPES
-from service.protocols import leaves, parse_json_object
+from service.errors import InvalidInput, InvalidTensor, ModelNotFound
+from service.preprocessing import STRING_DTYPES, cast_tensor
+from service.protocols import leaves, parse_int, parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -62,19 +62,32 @@ def v2_datatype(dtype: str) -> str:
     return NUMPY_TO_V2.get(dtype, dtype.upper())
 
 
+def parse_version(name: str, version: str | None) -> ServableRequest:
+    """The version a v2 URL names: the latest when absent; ASCII digits otherwise.
+
+    Raises:
+        ModelNotFound: a version that is not a positive integer in ASCII digits names no version.
+    """
+    if version is None or version == "":
+        return ServableRequest.latest(name)
+    number = parse_int(version)
+    if number is None or number < 1:
+        raise ModelNotFound(name)
+    return ServableRequest.specific(name, number)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """Split a request body into its JSON header and the binary tensor data after it.
 
     Raises:
-        InvalidInput: a header length that is not a number or is longer than the body.
+        InvalidInput: a header length that is not ASCII digits or is longer than the body.
     """
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError as err:
-        raise InvalidInput(f"{HEADER_LENGTH} '{header_length}' is not a number") from err
-    if length < 0 or length > len(body):
+    length = parse_int(header_length.strip(" \t"))
+    if length is None:
+        raise InvalidInput(f"{HEADER_LENGTH} '{header_length}' is not a number")
+    if length > len(body):
         raise InvalidInput(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
     return body[:length], body[length:]
 
@@ -162,13 +175,23 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
                 raise InvalidTensor(f"input '{name}': BYTES data must be strings")
             array[i] = value.encode("utf-8")
     else:
-        try:
-            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype]).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape") from err
+        array = _numbers(name, datatype, data)
     if array.size != count:
         raise InvalidTensor(f"input '{name}': shape {list(shape)} needs {count} values, got {array.size}")
     return name, array.reshape(shape), offset
+
+
+def _numbers(name: str, datatype: str, data: object) -> np.ndarray:
+    """JSON data of a numeric datatype as a flat array: numbers only (numpy would also read '1' or '\u0661' as 1)."""
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape") from err
+    if raw.dtype.kind not in "biuf":
+        if raw.dtype.kind in "US" or any(isinstance(v, str) or v is None for v in leaves(data)):
+            raise InvalidTensor(f"input '{name}': {datatype} data must be numbers, not strings or null")
+        raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape")
+    return cast_tensor(raw.reshape(-1), TensorInfo(name, V2_TO_NUMPY[datatype], (None,)))
 
 
 def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:

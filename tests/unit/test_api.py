@@ -381,3 +381,65 @@ def test_with_a_token_configured_predict_needs_it_and_probes_stay_open(tmp_path:
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
     assert (allowed.status_code, allowed.get_json()) == (200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]})
     assert (probe.status_code, probe.get_json()) == (200, {"status": "alive"})
+
+
+# --- hardening: requests of ordinary size that used to answer 500 -----------------------------------
+# Numbers in URLs, headers and query strings are ASCII digits only ('²' passes str.isdigit() but not
+# int(); int('١') is 1, yet a version is not written in Arabic-Indic digits).
+UNICODE_DIGITS = ("²", "١", "３")
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_a_version_in_unicode_digits_is_400_on_tfserving_urls(client: FlaskClient, digit: str) -> None:
+    message = f"version '{digit}' is not a positive integer"
+    assert_error(client.get(f"/v1/models/double/versions/{digit}"), 400, message)
+    assert_error(client.get(f"/v1/models/double/versions/{digit}/metadata"), 400, message)
+    assert_error(client.post(f"/v1/models/double/versions/{digit}:predict", json={"instances": [[1, 2]]}), 400, message)
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_a_version_in_unicode_digits_is_an_unknown_version_on_kserve_and_native_urls(client: FlaskClient, digit: str) -> None:
+    assert_error(client.get(f"/v2/models/double/versions/{digit}"), 404, "model 'double' does not exist")
+    assert_error(client.post(f"/v2/models/double/versions/{digit}/infer", json={"inputs": []}), 404, "model 'double' does not exist")
+    ready = client.get(f"/v2/models/double/versions/{digit}/ready")
+    assert (ready.status_code, ready.get_data()) == (400, b"")
+    assert_error(
+        client.post(f"/models/double/versions/{digit}/predict", json={"instances": [[1, 2]]}), 404,
+        "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others",
+    )
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_query_numbers_in_unicode_digits_are_400(client: FlaskClient, digit: str) -> None:
+    image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
+    assert_error(client.post(f"/models/digits/predict_classes?top_k={digit}", **image), 400, f"top_k '{digit}' is not a positive integer")
+    assert_error(client.post(f"/models/digits/predict_classes?threshold=0.{digit}", **image), 400, f"threshold '0.{digit}' is not a number")
+
+
+def test_query_numbers_take_no_spaces_underscores_or_signs_python_would_accept(client: FlaskClient) -> None:
+    image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
+    for top_k in ("+2", " 2", "1_0"):
+        assert_error(client.post("/models/digits/predict_classes", query_string={"top_k": top_k}, **image), 400,
+                     f"top_k '{top_k}' is not a positive integer")
+    for threshold in ("1_0", " 0.5", "0x1p-1"):
+        assert_error(client.post("/models/digits/predict_classes", query_string={"threshold": threshold}, **image), 400,
+                     f"threshold '{threshold}' is not a number")
+    good = client.post("/models/digits/predict_classes", query_string={"threshold": "-1.5e-1", "top_k": "02"}, **image)
+    assert good.status_code == 200
+
+
+@pytest.mark.parametrize("length", ["²", "١", "+5", "-1", "0x5", "1_0"])
+def test_a_kserve_header_length_in_anything_but_ascii_digits_is_400(client: FlaskClient, length: str) -> None:
+    header = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
+    assert_error(
+        client.post("/v2/models/double/infer", data=header, headers={"Inference-Header-Content-Length": length}), 400,
+        f"Inference-Header-Content-Length '{length}' is not a number",
+    )
+
+
+def test_kserve_numbers_sent_as_json_strings_are_422(client: FlaskClient) -> None:
+    for data in (["١", "2"], ["1", "2"], [None, 2]):
+        assert_error(
+            client.post("/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]}),
+            422, "input 'x': FP32 data must be numbers, not strings or null",
+        )
