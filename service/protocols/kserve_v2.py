@@ -36,6 +36,12 @@ V2_TO_NUMPY = {
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
 
+MAX_RANK = 32
+"""Most dimensions a request tensor may declare (numpy's own limit is 64; models rarely pass 6)."""
+MAX_ELEMENTS = 2**31 - 1
+"""Most elements a request tensor may declare, and the largest dimension: far more than a body under
+MAX_REQUEST_BYTES can carry, far from the int64 overflow numpy fails on."""
+
 
 @dataclass(frozen=True, slots=True)
 class RequestedOutput:
@@ -129,9 +135,23 @@ def encode_bytes_elements(array: np.ndarray) -> bytes:
 
 
 def _shape(value: object, name: str) -> tuple[int, ...]:
-    """Check a request shape: a list of non-negative integers."""
+    """Check a request shape before anything is allocated for it: rank, every dimension and the element count.
+
+    Raises:
+        InvalidInput: not a list of non-negative integers, more than MAX_RANK dimensions, a dimension
+            or a product over MAX_ELEMENTS (numpy refuses more than 64 dimensions and int64 overflows).
+    """
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': shape has {len(value)} dimensions; at most {MAX_RANK}")
+    largest = max(value, default=0)
+    if largest > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape dimension {largest} is larger than {MAX_ELEMENTS}")
+    # Zero dimensions aside: numpy refuses a shape like [2**31, 2**31, 0] too. At most 32 factors
+    # below 2**31 make a small Python integer.
+    if math.prod(d for d in value if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {value} is too large: its dimensions multiply to more than {MAX_ELEMENTS}")
     return tuple(value)
 
 
@@ -146,7 +166,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
     if datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
     shape = _shape(entry.get("shape"), name)
-    count = math.prod(shape)  # Python integers: no overflow for absurd shapes
+    count = math.prod(shape)  # bounded by _shape
     params = _parameters(entry.get("parameters"), f"input '{name}'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]

@@ -9,6 +9,7 @@ connection handling, real models) stays in tests/e2e.
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -443,3 +444,28 @@ def test_kserve_numbers_sent_as_json_strings_are_422(client: FlaskClient) -> Non
             client.post("/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]}),
             422, "input 'x': FP32 data must be numbers, not strings or null",
         )
+
+
+def v2_input(shape: object, **fields: object) -> dict:
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", **fields}]}
+
+
+@pytest.mark.parametrize("shape,message", [
+    ([0, 2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+    ([2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+    ([2**64, 0], "input 'x': shape dimension 18446744073709551616 is larger than 2147483647"),
+    ([2**20, 2**20], "input 'x': shape [1048576, 1048576] is too large: its dimensions multiply to more than 2147483647"),
+    ([2**31 - 1, 2**31 - 1, 0],
+     "input 'x': shape [2147483647, 2147483647, 0] is too large: its dimensions multiply to more than 2147483647"),
+    ([1] * 33, "input 'x': shape has 33 dimensions; at most 32"),
+    ([1] * 64, "input 'x': shape has 64 dimensions; at most 32"),
+    ([0] * 65, "input 'x': shape has 65 dimensions; at most 32"),
+    ([-1, 2], "input 'x': 'shape' must be a list of non-negative integers"),
+])
+def test_kserve_shapes_out_of_bounds_are_400_before_any_allocation(client: FlaskClient, shape: list, message: str) -> None:
+    as_json = client.post("/v2/models/double/infer", json=v2_input(shape, data=[]))
+    binary_header = json.dumps(v2_input(shape, parameters={"binary_data_size": 0})).encode()
+    as_binary = client.post("/v2/models/double/infer", data=binary_header,
+                            headers={"Inference-Header-Content-Length": str(len(binary_header))})
+    assert_error(as_json, 400, message)
+    assert_error(as_binary, 400, message)
