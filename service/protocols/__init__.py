@@ -13,11 +13,21 @@ from collections.abc import Iterator
 from service.errors import InvalidInput
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A `\\uD800`..`\\uDFFF` escape: JSON may spell a lone UTF-16 surrogate, which no UTF-8 text can hold."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
     """Parse a body that must be one JSON object (NaN and Infinity allowed, as in TF Serving).
 
+    Every string (keys too) must be valid Unicode: JSON's `\\ud800` escape decodes to a lone
+    surrogate that cannot be encoded as UTF-8, so it is refused here, once, rather than wherever a
+    string is later encoded (tensors of bytes, tf.Example features, echoed ids).
+
     Raises:
-        InvalidInput: not JSON, nested too deeply, or not an object; the message names `what`.
+        InvalidInput: not JSON, nested too deeply, not an object, or a string holding a lone
+            surrogate; the message names `what`.
     """
     try:
         value = json.loads(body)
@@ -27,7 +37,30 @@ def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
         raise InvalidInput(f"{what} is nested too deeply") from err
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body):  # rare: only then walk every string (a valid pair is one character by now)
+        surrogate = _lone_surrogate(value)
+        if surrogate:
+            raise InvalidInput(
+                f"{what} holds a string with a lone UTF-16 surrogate ('\\u{ord(surrogate):04x}'); strings must be valid Unicode"
+            )
     return value
+
+
+def _lone_surrogate(value: object) -> str:
+    """Return the first lone surrogate in any string or key of parsed JSON ("" when none); iterative, any depth."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return ""
 
 
 _ASCII_INT = re.compile(r"[0-9]+")

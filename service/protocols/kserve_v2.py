@@ -163,7 +163,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
     if not isinstance(name, str) or not name:
         raise InvalidInput("every input needs a 'name'")
     datatype = entry.get("datatype")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
     shape = _shape(entry.get("shape"), name)
     count = math.prod(shape)  # bounded by _shape

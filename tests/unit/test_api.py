@@ -469,3 +469,43 @@ def test_kserve_shapes_out_of_bounds_are_400_before_any_allocation(client: Flask
                             headers={"Inference-Header-Content-Length": str(len(binary_header))})
     assert_error(as_json, 400, message)
     assert_error(as_binary, 400, message)
+
+
+SURROGATE_MESSAGE = "request body holds a string with a lone UTF-16 surrogate ('\\ud800'); strings must be valid Unicode"
+
+
+@pytest.mark.parametrize("url,body", [
+    ("/models/double/predict", b'{"instances": [["\\ud800", "a"]]}'),
+    ("/v1/models/double:predict", b'{"instances": [["\\ud800", "a"]]}'),
+    ("/v1/models/double:predict", b'{"inputs": {"x": [["a", "b\\ud800"]]}}'),
+    ("/v1/models/double:predict", b'{"instances": [[1, 2]], "signature_name": "\\ud800"}'),
+    ("/v1/models/double:predict", b'{"\\ud800": 1, "instances": [[1, 2]]}'),
+    ("/v1/models/double:classify", b'{"examples": [{"x": "\\ud800"}]}'),
+    ("/v1/models/double:classify", b'{"examples": [{"x": [1, 2]}], "context": {"\\ud800": 1}}'),
+    ("/v1/models/digits:classify", b'{"examples": [{"image": "\\ud800"}]}'),
+])
+def test_a_lone_surrogate_in_a_json_string_is_400(client: FlaskClient, url: str, body: bytes) -> None:
+    assert_error(client.post(url, data=body, content_type="application/json"), 400, SURROGATE_MESSAGE)
+
+
+def test_a_lone_surrogate_in_a_kserve_header_is_400(client: FlaskClient) -> None:
+    for body in ('{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["\\udfff\\ud800"]}]}',
+                 '{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "\\uDBFF"}'):
+        response = client.post("/v2/models/double/infer", data=body, content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("inference request header holds a string with a lone UTF-16 surrogate")
+
+
+def test_a_surrogate_pair_is_one_character_and_stays_valid(client: FlaskClient) -> None:
+    response = client.post("/v2/models/double/infer", data='{"id": "\\ud83d\\ude00", "inputs": ['
+                           '{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}', content_type="application/json")
+    assert (response.status_code, response.get_json()["id"]) == (200, "\N{GRINNING FACE}")
+
+
+def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> None:
+    for datatype in (["FP32"], {"FP32": 1}, 32):
+        assert_error(
+            client.post("/v2/models/double/infer", json=v2_input([1, 2], datatype=datatype, data=[1, 2])), 400,
+            f"input 'x': datatype '{datatype}' is not supported; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, "
+            "INT32, INT64, FP16, FP32, FP64, BYTES",
+        )
