@@ -320,14 +320,8 @@ class DataPlane:
                 merged = {**request.context, **example}
                 if tensor.name not in merged:
                     raise InvalidInput(f"example {index} has no feature '{tensor.name}' (the model's input)")
-                values = examples.json_feature_values(tensor.name, merged[tensor.name])
-                rows.append(values if len(values) != 1 else values[0])
-            try:
-                columns[tensor.name] = np.asarray(rows)
-            except ValueError as err:
-                raise InvalidTensor(f"feature '{tensor.name}' has values of different lengths") from err
-            if columns[tensor.name].dtype.kind in "SU":
-                columns[tensor.name] = columns[tensor.name].astype(object)
+                rows.append(examples.json_feature_values(tensor.name, merged[tensor.name]))
+            columns[tensor.name] = examples.feature_column(tensor.name, rows)
         return columns
 
     def _run_examples(

@@ -8,6 +8,7 @@ connection handling, real models) stays in tests/e2e.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -509,3 +510,29 @@ def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> N
             f"input 'x': datatype '{datatype}' is not supported; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, "
             "INT32, INT64, FP16, FP32, FP64, BYTES",
         )
+
+
+@pytest.mark.parametrize("feature", ['"abc"', '["abc", "de"]', '[{"b64": "AAAA"}, "x"]'])
+def test_string_features_sent_to_classify_for_an_image_input_are_400(client: FlaskClient, feature: str) -> None:
+    response = client.post("/v1/models/digits:classify", data=f'{{"examples": [{{"image": {feature}}}]}}', content_type="application/json")
+    assert response.status_code == 400
+    assert "cannot decode image: not a JPEG, PNG, GIF, BMP or WebP file" in response.get_json()["error"]
+
+
+def test_features_that_mix_strings_and_numbers_are_422(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, "a"]}]}), 422,
+        "feature 'x' mixes strings and numbers",
+    )
+    assert_error(
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, 2]}, {"x": "a"}]}), 422,
+        "feature 'x' mixes strings and numbers",
+    )
+
+
+def test_a_b64_image_feature_keeps_its_trailing_zero_bytes(client: FlaskClient) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(buffer, "BMP")  # black pixels: the file ends in zero bytes
+    body = {"examples": [{"image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}]}
+    response = client.post("/v1/models/digits:classify", json=body)  # numpy's 'S' arrays would cut the zeros off
+    assert (response.status_code, response.get_json()) == (200, {"results": [[["cat", 0.0], ["dog", 1.0], ["bird", 0.0]]]})
