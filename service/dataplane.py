@@ -22,7 +22,6 @@ from service import classification, examples, preprocessing
 from service.errors import (
     InferenceError,
     InvalidInput,
-    InvalidTensor,
     Overloaded,
     PayloadTooLarge,
     ServingError,

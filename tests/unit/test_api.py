@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -516,7 +517,7 @@ def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> N
 def test_string_features_sent_to_classify_for_an_image_input_are_400(client: FlaskClient, feature: str) -> None:
     response = client.post("/v1/models/digits:classify", data=f'{{"examples": [{{"image": {feature}}}]}}', content_type="application/json")
     assert response.status_code == 400
-    assert "cannot decode image: not a JPEG, PNG, GIF, BMP or WebP file" in response.get_json()["error"]
+    assert "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file" in response.get_json()["error"]
 
 
 def test_features_that_mix_strings_and_numbers_are_422(client: FlaskClient) -> None:
@@ -536,3 +537,38 @@ def test_a_b64_image_feature_keeps_its_trailing_zero_bytes(client: FlaskClient) 
     body = {"examples": [{"image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}]}
     response = client.post("/v1/models/digits:classify", json=body)  # numpy's 'S' arrays would cut the zeros off
     assert (response.status_code, response.get_json()) == (200, {"results": [[["cat", 0.0], ["dog", 1.0], ["bird", 0.0]]]})
+
+
+def with_malformed_exif(fmt: str) -> bytes:
+    """An image Pillow opens whose EXIF turns it (Orientation 6), with XResolution re-typed from RATIONAL to UNDEFINED.
+
+    Pillow reads the image and the orientation, turns the pixels, then fails writing the EXIF back
+    (`TypeError: bad operand type for abs(): 'bytes'`): a file it recognises but cannot decode.
+    """
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A] = 6, 72.0  # Orientation, XResolution
+    raw = bytearray(exif.tobytes())
+    order = "<" if raw[6:8] == b"II" else ">"
+    entry = raw.index(struct.pack(f"{order}HH", 0x011A, 5))
+    raw[entry + 2:entry + 4] = struct.pack(f"{order}H", 7)
+    buffer = io.BytesIO()
+    Image.new("L", (2, 2), 255).save(buffer, fmt, exif=bytes(raw))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_image_with_malformed_exif_is_400(client: FlaskClient, fmt: str) -> None:
+    assert_error(
+        client.post("/models/digits/predict", data=with_malformed_exif(fmt), headers={"Content-Type": "image/png"}), 400,
+        "cannot decode image: TypeError: bad operand type for abs(): 'bytes'",
+    )
+
+
+def test_images_in_formats_outside_the_documented_ones_are_400(client: FlaskClient) -> None:
+    for fmt in ("ICO", "TGA", "PCX", "PPM", "SGI"):
+        buffer = io.BytesIO()
+        Image.new("L", (2, 2), 255).save(buffer, fmt)
+        assert_error(
+            client.post("/models/digits/predict", data=buffer.getvalue(), headers={"Content-Type": "image/png"}), 400,
+            "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file",
+        )
