@@ -219,6 +219,10 @@ class DataPlane:
         """Return whether the service is ready, and per model."""
         return self._manager.readiness()
 
+    def knows_model(self, name: str) -> bool:
+        """Tell whether the repository knows model `name`, in any state."""
+        return name in self._manager.model_names()
+
     def default_model(self) -> str:
         """Return the model answering requests that name none (raises ModelNotFound when ambiguous)."""
         return self._manager.default_model()

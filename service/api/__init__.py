@@ -20,7 +20,7 @@ from service import security
 from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
 from service.logs import request_id_var
-from service.metrics import REQUEST_SECONDS, REQUESTS
+from service.metrics import REQUEST_SECONDS, REQUESTS, UNKNOWN_MODEL
 from service.protocols import parse_int
 
 __all__ = ["EXTENSION", "Runtime", "dataplane", "note_model", "register_blueprints", "runtime"]
@@ -59,6 +59,10 @@ def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id
     route = request.endpoint or "unmatched"
     model = g.get("kerasserve_model", "")
+    if model and not dataplane().knows_model(model):
+        # Only models that exist become label values, whether the request failed before the lookup
+        # (400, 415) or at it (404): made-up names would grow the metric files without bound.
+        model = UNKNOWN_MODEL
     REQUESTS.labels(route=route, model=model, code=str(response.status_code)).inc()
     started = g.get("kerasserve_started")
     if started is not None:

@@ -148,7 +148,8 @@ CASES: list[Case] = [
     Case("unsafe name", "GET", "/models/%2e%2e", 400, "not valid"),
     Case("unsafe name", "GET", "/models/.hidden", 400, "not valid"),
     Case("unsafe name", "POST", "/predict?model=..%2F..%2Fetc%2Fpasswd", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
-    Case("unsafe name", "POST", "/v1/models/..:predict", 404, "does not exist", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/v1/models/..:predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "GET", "/v1/models/%ED%A0%80/metadata", 400, "not valid"),
     Case("unsafe name", "GET", "/v2/models/%2e%2e/ready", 400, "not valid"),
     Case("unsafe name", "POST", "/models/" + "a" * 300 + "/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
     # non-UTF-8

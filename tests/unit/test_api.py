@@ -572,3 +572,41 @@ def test_images_in_formats_outside_the_documented_ones_are_400(client: FlaskClie
             client.post("/models/digits/predict", data=buffer.getvalue(), headers={"Content-Type": "image/png"}), 400,
             "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file",
         )
+
+
+# --- metrics labels: only models that exist --------------------------------------------------------
+
+def test_made_up_model_names_never_become_metric_labels(client: FlaskClient) -> None:
+    names = [f"madeup{n}" for n in range(6)]
+    answers = set()
+    for name in names:
+        for response in (
+            client.post(f"/models/{name}/predict", data="1,2", content_type="text/csv"),  # 415 before the lookup
+            client.post(f"/models/{name}/predict_classes?top_k=x", json={"instances": [[1, 2]]}),  # 400 before it
+            client.post(f"/v1/models/{name}:predict", data="{", content_type="application/json"),
+            client.post(f"/v1/models/{name}/versions/x:predict", json={"instances": [[1, 2]]}),
+            client.post(f"/v2/models/{name}/infer", data="{", content_type="application/json"),
+            client.get(f"/v2/models/{name}"),  # 404 at the lookup
+            client.post("/predict", query_string={"model": name}, data="1,2", content_type="text/csv"),
+        ):
+            answers.add(response.status_code)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert answers == {400, 404, 415}
+    assert [name for name in names if name in text] == []
+    assert 'model="_unknown"' in text
+
+
+def test_requests_for_a_model_that_exists_keep_its_label_when_they_fail_early(client: FlaskClient) -> None:
+    client.post("/v1/models/double:predict", data="{", content_type="application/json")
+    client.post("/models/double/versions/9/predict", json={"instances": [[1, 2]]})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'kerasserve_requests_total{code="400",model="double",route="tfserving.predict_classify_regress"}' in text
+    assert 'kerasserve_requests_total{code="404",model="double",route="predict.predict"}' in text
+
+
+@pytest.mark.parametrize("path", ["..", ".hidden", "a%20b", "%ED%A0%80", "x" * 200, "²"])
+def test_tfserving_model_names_are_validated_like_the_others(client: FlaskClient, path: str) -> None:
+    for response in (client.get(f"/v1/models/{path}"), client.get(f"/v1/models/{path}/versions/1/metadata"),
+                     client.post(f"/v1/models/{path}:predict", json={"instances": [[1, 2]]})):
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("model name '")
