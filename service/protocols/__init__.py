@@ -63,6 +63,10 @@ def _lone_surrogate(value: object) -> str:
     return ""
 
 
+MAX_RANK = 32
+"""Most dimensions a request tensor may have (numpy's limit is 64, some of its functions stop at 32;
+models rarely pass 6)."""
+
 _ASCII_INT = re.compile(r"[0-9]+")
 _ASCII_FLOAT = re.compile(
     r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE

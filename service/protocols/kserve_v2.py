@@ -22,7 +22,7 @@ from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.preprocessing import STRING_DTYPES, cast_tensor
-from service.protocols import leaves, parse_int, parse_json_object
+from service.protocols import MAX_RANK, leaves, parse_int, parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -36,8 +36,6 @@ V2_TO_NUMPY = {
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
 
-MAX_RANK = 32
-"""Most dimensions a request tensor may declare (numpy's own limit is 64; models rarely pass 6)."""
 MAX_ELEMENTS = 2**31 - 1
 """Most elements a request tensor may declare, and the largest dimension: far more than a body under
 MAX_REQUEST_BYTES can carry, far from the int64 overflow numpy fails on."""

@@ -20,7 +20,7 @@ from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, 
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.examples import decode_examples_request
 from service.preprocessing import UNNAMED
-from service.protocols import leaves, parse_int
+from service.protocols import MAX_RANK, leaves, parse_int
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,11 +113,16 @@ def json_to_array(name: str, value: object) -> np.ndarray:
     array of bytes. The data plane casts to the model's dtype.
 
     Raises:
-        InvalidTensor: ragged lists, nulls, stray objects, strings mixed with numbers, integers
-            outside 64 bits.
+        InvalidTensor: nested deeper than MAX_RANK, ragged lists, nulls, stray objects, strings mixed
+            with numbers, integers outside 64 bits.
         InvalidInput: invalid base64.
     """
     shown = name or "instances"
+    depth, first = 0, value
+    while isinstance(first, list) and first:
+        depth, first = depth + 1, first[0]
+    if depth > MAX_RANK:  # before numpy builds it: some of its functions stop at 32 dimensions, all at 64
+        raise InvalidTensor(f"input '{shown}' is nested {depth} lists deep; tensors have at most {MAX_RANK} dimensions")
     try:
         array = np.asarray(value)
     except (ValueError, OverflowError) as err:

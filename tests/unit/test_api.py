@@ -610,3 +610,17 @@ def test_tfserving_model_names_are_validated_like_the_others(client: FlaskClient
                      client.post(f"/v1/models/{path}:predict", json={"instances": [[1, 2]]})):
         assert response.status_code == 400
         assert response.get_json()["error"].startswith("model name '")
+
+
+@pytest.mark.parametrize("leaf", ["null", '{"b64": "AAAA"}', "1", '"a"'])
+def test_tfserving_tensors_deeper_than_32_dimensions_are_422(client: FlaskClient, leaf: str) -> None:
+    for depth in (33, 65, 500):
+        tensor = "[" * depth + leaf + "]" * depth
+        for url, body in (("/v1/models/double:predict", f'{{"instances": {tensor}}}'),
+                          ("/v1/models/double:predict", f'{{"inputs": {{"x": {tensor}}}}}'),
+                          ("/models/double/predict", f'{{"instances": {tensor}}}')):
+            response = client.post(url, data=body, content_type="application/json")
+            name = "x" if '"x"' in body else "instances"
+            assert (response.status_code, response.get_json()) == (
+                422, {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"}
+            ), (url, depth, leaf)

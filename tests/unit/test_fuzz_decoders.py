@@ -169,7 +169,7 @@ def test_kserve_infer_decodes_or_raises_a_client_error(entries: list, binary: by
     if decoded is not None:
         request, _ = decoded  # type: ignore[misc]
         for array in request.inputs.values():
-            assert isinstance(array, np.ndarray) and array.ndim <= kserve_v2.MAX_RANK
+            assert isinstance(array, np.ndarray) and array.ndim <= protocols.MAX_RANK
 
 
 @FUZZ
