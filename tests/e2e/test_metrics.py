@@ -77,7 +77,8 @@ def test_made_up_model_names_never_become_label_values(server: Server) -> None:
     for name in names:
         assert server.post(f"/models/{name}/predict", data=b"1,2", headers={"Content-Type": "text/csv"}).status_code == 415
         assert server.post(f"/v1/models/{name}:predict", data=b"{", headers={"Content-Type": "application/json"}).status_code == 400
-        assert server.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 404
+        assert server.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 400
+        assert server.get(f"/v2/models/{name}").status_code == 404
     assert server.get("/v1/models/%2e%2e").status_code == 400
     current = samples(server)
     labels = {dict(labels).get("model") for _, labels in current}
