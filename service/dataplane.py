@@ -22,7 +22,6 @@ from service import classification, examples, pod_readiness, preprocessing
 from service.errors import (
     InferenceError,
     InvalidInput,
-    InvalidTensor,
     Overloaded,
     PayloadTooLarge,
     ServingError,
@@ -230,6 +229,10 @@ class DataPlane:
                 return Readiness(ready=False, models=readiness.models, reason=waiting)
         return readiness
 
+    def knows_model(self, name: str) -> bool:
+        """Tell whether the repository knows model `name`, in any state."""
+        return name in self._manager.model_names()
+
     def default_model(self) -> str:
         """Return the model answering requests that name none (raises ModelNotFound when ambiguous)."""
         return self._manager.default_model()
@@ -330,14 +333,8 @@ class DataPlane:
                 merged = {**request.context, **example}
                 if tensor.name not in merged:
                     raise InvalidInput(f"example {index} has no feature '{tensor.name}' (the model's input)")
-                values = examples.json_feature_values(tensor.name, merged[tensor.name])
-                rows.append(values if len(values) != 1 else values[0])
-            try:
-                columns[tensor.name] = np.asarray(rows)
-            except ValueError as err:
-                raise InvalidTensor(f"feature '{tensor.name}' has values of different lengths") from err
-            if columns[tensor.name].dtype.kind in "SU":
-                columns[tensor.name] = columns[tensor.name].astype(object)
+                rows.append(examples.json_feature_values(tensor.name, merged[tensor.name]))
+            columns[tensor.name] = examples.feature_column(tensor.name, rows)
         return columns
 
     def _run_examples(

@@ -16,7 +16,9 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 
-from service.errors import InvalidInput
+import numpy as np
+
+from service.errors import InvalidInput, InvalidTensor
 
 FeatureValue = bool | int | float | str | bytes
 
@@ -62,6 +64,35 @@ def json_feature_values(name: str, value: object) -> list[FeatureValue]:
         else:
             raise InvalidInput(f"feature '{name}': values must be numbers, strings or {{\"b64\"}} objects, not {type(item).__name__ if item is not None else 'null'}")
     return values
+
+
+def feature_column(name: str, rows: Sequence[Sequence[FeatureValue]]) -> np.ndarray:
+    """Turn one feature's values in every example into an input column: one row per example.
+
+    A single value per example makes a column of shape (examples,), several of (examples, values).
+    Strings and b64 values become an object array of bytes (kept whole: numpy's `S` arrays would cut
+    trailing zero bytes off encoded images); numbers keep numpy's inference for the data plane to cast.
+
+    Raises:
+        InvalidTensor: strings mixed with numbers, examples with different counts of values, or
+            integers outside 64 bits.
+    """
+    cells = [list(row) for row in rows]
+    kinds = {isinstance(v, (str, bytes)) for row in cells for v in row}
+    if kinds == {True, False}:
+        raise InvalidTensor(f"feature '{name}' mixes strings and numbers")
+    widths = {len(row) for row in cells}
+    if len(widths) > 1:
+        raise InvalidTensor(f"feature '{name}' has values of different lengths")
+    width = widths.pop() if widths else 0
+    if kinds == {True}:
+        out = np.empty((len(cells),) if width == 1 else (len(cells), width), dtype=object)
+        out.reshape(-1)[:] = [v.encode("utf-8") if isinstance(v, str) else v for row in cells for v in row]
+        return out
+    array = np.asarray([row[0] for row in cells] if width == 1 else cells)
+    if array.dtype == object:
+        raise InvalidTensor(f"feature '{name}' has an integer outside the int64 range")
+    return array
 
 
 def encode_feature(name: str, values: Sequence[FeatureValue]) -> bytes:

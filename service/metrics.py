@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+UNKNOWN_MODEL = "_unknown"
+"""The `model` label of requests naming a model the repository does not know (no model name starts with '_'):
+client-chosen names never become label values, so the metric files stay bounded."""
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -1,6 +1,6 @@
 """Preprocessing: encoded images and loosely typed arrays -> tensors shaped and scaled for a Signature.
 
-Owns image decoding (Pillow: JPEG, PNG, GIF first frame, BMP, WebP), EXIF orientation, channel
+Owns image decoding (Pillow: JPEG, PNG, GIF first frame, BMP, WebP, TIFF; no other format), EXIF orientation, channel
 conversion, resizing (stretch, center-crop, letterbox), pixel scaling and dtype casts, plus the
 checks that turn a request's arrays into exactly the dtypes and shapes a signature declares.
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,6 +45,13 @@ TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 """ImageNet mean and standard deviation of Keras' `torch` mode, RGB order, on the 0..1 scale."""
 RGB_ONLY_MODES = ("caffe", "torch")
+
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+"""The formats Pillow may open (docs/api.md): its other plugins (ICO, TGA, EPS, ...) are not offered to clients."""
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)
+"""What Pillow raises for files it cannot read (truncated, corrupt, unsupported modes)."""
+MALFORMED = (TypeError, struct.error, IndexError, KeyError, ZeroDivisionError, zlib.error)
+"""What escapes Pillow's parsers on malformed fields of a file it did recognise (EXIF and TIFF tags above all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +168,11 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         PayloadTooLarge: width x height exceeds `max_pixels` (or Pillow's decompression-bomb guard).
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge(f"image is too large to decode: {err}") from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise InvalidInput("cannot decode image: not a JPEG, PNG, GIF, BMP or WebP file") from err
+    except (UnidentifiedImageError, *UNREADABLE, *MALFORMED) as err:
+        raise InvalidInput("cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file") from err
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(
@@ -200,8 +208,10 @@ def decode_image(data: bytes, spec: ImageSpec, *, max_pixels: int) -> np.ndarray
         array = np.asarray(image, dtype=np.uint8)
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge(f"image is too large to decode: {err}") from err
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
+    except UNREADABLE as err:
         raise InvalidInput(f"cannot decode image: {_short(err)}") from err
+    except MALFORMED as err:  # e.g. EXIF whose tags hold the wrong types: exif_transpose fails rewriting it
+        raise InvalidInput(f"cannot decode image: {type(err).__name__}: {_short(err)}") from err
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     return array

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,14 +119,21 @@ def check_model_name(name: str) -> None:
 
 
 def check_view_args(view_args: Mapping[str, object] | None, query_model: str | None) -> None:
-    """Check the model name a route matched (`<name>`) and the `?model=` query parameter, when present.
+    """Check the model name a route matched and the `?model=` query parameter, when present.
+
+    The name is `<name>` in the native and KServe v2 routes, and the start of TF Serving's
+    `<path:path>` (up to the first '/' or ':': `resnet/versions/2:predict`).
 
     Raises:
         InvalidInput: see `check_model_name`.
     """
-    name = (view_args or {}).get("name")
+    args = view_args or {}
+    name = args.get("name")
     if isinstance(name, str):
         check_model_name(name)
+    path = args.get("path")
+    if isinstance(path, str):
+        check_model_name(re.split("[/:]", path, maxsplit=1)[0])
     if query_model:
         check_model_name(query_model)
 

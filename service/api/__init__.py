@@ -14,17 +14,34 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from werkzeug.routing import BaseConverter, ValidationError
 
 from service import security
 from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
-from service.metrics import REQUEST_SECONDS, REQUESTS
 from service.logs import request_id_var
+from service.metrics import REQUEST_SECONDS, REQUESTS, UNKNOWN_MODEL
+from service.protocols import parse_int
 
 __all__ = ["EXTENSION", "Runtime", "dataplane", "note_model", "register_blueprints", "runtime"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class VersionConverter(BaseConverter):
+    """`<version:v>` in URLs: a version number in ASCII digits (Werkzeug's `int` takes any Unicode digit, '\u0661' too)."""
+
+    regex = "[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        number = parse_int(value)
+        if number is None:
+            raise ValidationError()
+        return number
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
 
 
 def _start_request() -> None:
@@ -42,6 +59,10 @@ def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id
     route = request.endpoint or "unmatched"
     model = g.get("kerasserve_model", "")
+    if model and not dataplane().knows_model(model):
+        # Only models that exist become label values, whether the request failed before the lookup
+        # (400, 415) or at it (404): made-up names would grow the metric files without bound.
+        model = UNKNOWN_MODEL
     REQUESTS.labels(route=route, model=model, code=str(response.status_code)).inc()
     started = g.get("kerasserve_started")
     if started is not None:
@@ -91,6 +112,7 @@ def register_blueprints(app: Flask) -> None:
     from service.api import health, kserve_v2, models, openapi, predict, tfserving
     from service.api import metrics as metrics_api
 
+    app.url_map.converters["version"] = VersionConverter  # before the blueprints' rules are bound
     app.before_request(_start_request)
     app.before_request(_guard_request)
     app.after_request(_finish_request)

@@ -42,5 +42,5 @@ def dataplane() -> DataPlane:
 
 
 def note_model(name: str) -> None:
-    """Record which model a request is for, for the request metrics (cleared again on ModelNotFound)."""
+    """Record which model a request is for, for the request metrics (labelled `_unknown` unless the model exists)."""
     g.kerasserve_model = name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from service.errors import (
@@ -61,8 +61,6 @@ def error_response(message: str, status: int) -> Response:
 def handle_serving_error(error: ServingError) -> Response:
     """Answer a domain error with its status from HTTP_STATUS (plus Retry-After on 503)."""
     status = status_for(error)
-    if isinstance(error, ModelNotFound):
-        g.kerasserve_model = ""  # keep unknown names out of the metrics' label values
     if status >= 500:
         log.warning("%s answered %d: %s", type(error).__name__, status, error)
     message = str(error) if not isinstance(error, InferenceError) else (str(error) or "the model failed while computing")

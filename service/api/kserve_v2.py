@@ -19,13 +19,9 @@ bp = Blueprint("kserve_v2", __name__)
 
 
 def _target(name: str, version: str | None) -> ServableRequest:
-    """The version a v2 URL names (a non-numeric version is an unknown one)."""
+    """The version a v2 URL names (a version not in ASCII digits is an unknown one)."""
     note_model(name)
-    if version is None or version == "":
-        return ServableRequest.latest(name)
-    if not version.isdigit() or len(version) > 18 or int(version) < 1:
-        raise ModelNotFound(name)
-    return ServableRequest.specific(name, int(version))
+    return kserve_v2.parse_version(name, version)
 
 
 def _empty(ok: bool) -> Response:

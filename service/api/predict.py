@@ -20,7 +20,7 @@ def _target(name: str | None, version: int | None) -> ServableRequest:
 
 @bp.post("/predict")
 @bp.post("/models/<name>/predict")
-@bp.post("/models/<name>/versions/<int:version>/predict")
+@bp.post("/models/<name>/versions/<version:version>/predict")
 def predict(name: str | None = None, version: int | None = None):
     """Predict: one entry per image or row, keyed by output name for multi-output models."""
     target = _target(name, version)
@@ -30,7 +30,7 @@ def predict(name: str | None = None, version: int | None = None):
 
 @bp.post("/predict_classes")
 @bp.post("/models/<name>/predict_classes")
-@bp.post("/models/<name>/versions/<int:version>/predict_classes")
+@bp.post("/models/<name>/versions/<version:version>/predict_classes")
 def predict_classes(name: str | None = None, version: int | None = None):
     """Predict classes: argmax, or ?threshold= for one sigmoid unit; ?top_k= adds the best K with labels."""
     threshold = native.parse_threshold(request.args)

@@ -7,16 +7,27 @@ plane's responses into that protocol's JSON or bytes. Adapters never call a mode
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from service.errors import InvalidInput
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A `\\uD800`..`\\uDFFF` escape: JSON may spell a lone UTF-16 surrogate, which no UTF-8 text can hold."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
     """Parse a body that must be one JSON object (NaN and Infinity allowed, as in TF Serving).
 
+    Every string (keys too) must be valid Unicode: JSON's `\\ud800` escape decodes to a lone
+    surrogate that cannot be encoded as UTF-8, so it is refused here, once, rather than wherever a
+    string is later encoded (tensors of bytes, tf.Example features, echoed ids).
+
     Raises:
-        InvalidInput: not JSON, nested too deeply, or not an object; the message names `what`.
+        InvalidInput: not JSON, nested too deeply, not an object, or a string holding a lone
+            surrogate; the message names `what`.
     """
     try:
         value = json.loads(body)
@@ -26,7 +37,62 @@ def parse_json_object(body: bytes, *, what: str = "request body") -> dict:
         raise InvalidInput(f"{what} is nested too deeply") from err
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body):  # rare: only then walk every string (a valid pair is one character by now)
+        surrogate = _lone_surrogate(value)
+        if surrogate:
+            raise InvalidInput(
+                f"{what} holds a string with a lone UTF-16 surrogate ('\\u{ord(surrogate):04x}'); strings must be valid Unicode"
+            )
     return value
+
+
+def _lone_surrogate(value: object) -> str:
+    """Return the first lone surrogate in any string or key of parsed JSON ("" when none); iterative, any depth."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return ""
+
+
+MAX_RANK = 32
+"""Most dimensions a request tensor may have (numpy's limit is 64, some of its functions stop at 32;
+models rarely pass 6)."""
+
+_ASCII_INT = re.compile(r"[0-9]+")
+_ASCII_FLOAT = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE
+)
+
+
+def parse_int(text: str, *, max_digits: int = 18) -> int | None:
+    """Read a non-negative integer written in ASCII digits only (at most `max_digits`); None for anything else.
+
+    The one way numbers are read from URLs, query strings and headers. `int()` alone also takes
+    '\u0661' (Arabic-Indic one), ' 7', '+7' and '1_0', and `str.isdigit()` passes '\u00b2', which
+    `int()` then refuses: neither is a rule a client can rely on.
+    """
+    if len(text) > max_digits or not _ASCII_INT.fullmatch(text):
+        return None
+    return int(text)
+
+
+def parse_float(text: str) -> float | None:
+    """Read a decimal number written in ASCII only (`-1.5e-3`, `inf`, `nan`); None for anything else.
+
+    `float()` alone also takes Unicode digits, surrounding spaces and '_' between digits.
+    """
+    if len(text) > 64 or not _ASCII_FLOAT.fullmatch(text):
+        return None
+    return float(text)
 
 
 def leaves(value: object) -> Iterator[object]:

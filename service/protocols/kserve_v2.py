@@ -20,9 +20,9 @@ import numpy as np
 from service import __version__
 from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
-from service.errors import InvalidInput, InvalidTensor
-from service.preprocessing import STRING_DTYPES
-from service.protocols import leaves, parse_json_object
+from service.errors import InvalidInput, InvalidTensor, ModelNotFound
+from service.preprocessing import STRING_DTYPES, cast_tensor
+from service.protocols import MAX_RANK, leaves, parse_int, parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -35,6 +35,10 @@ V2_TO_NUMPY = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
+
+MAX_ELEMENTS = 2**31 - 1
+"""Most elements a request tensor may declare, and the largest dimension: far more than a body under
+MAX_REQUEST_BYTES can carry, far from the int64 overflow numpy fails on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +66,32 @@ def v2_datatype(dtype: str) -> str:
     return NUMPY_TO_V2.get(dtype, dtype.upper())
 
 
+def parse_version(name: str, version: str | None) -> ServableRequest:
+    """The version a v2 URL names: the latest when absent; ASCII digits otherwise.
+
+    Raises:
+        ModelNotFound: a version that is not a positive integer in ASCII digits names no version.
+    """
+    if version is None or version == "":
+        return ServableRequest.latest(name)
+    number = parse_int(version)
+    if number is None or number < 1:
+        raise ModelNotFound(name)
+    return ServableRequest.specific(name, number)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """Split a request body into its JSON header and the binary tensor data after it.
 
     Raises:
-        InvalidInput: a header length that is not a number or is longer than the body.
+        InvalidInput: a header length that is not ASCII digits or is longer than the body.
     """
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError as err:
-        raise InvalidInput(f"{HEADER_LENGTH} '{header_length}' is not a number") from err
-    if length < 0 or length > len(body):
+    length = parse_int(header_length.strip(" \t"))
+    if length is None:
+        raise InvalidInput(f"{HEADER_LENGTH} '{header_length}' is not a number")
+    if length > len(body):
         raise InvalidInput(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
     return body[:length], body[length:]
 
@@ -116,9 +133,23 @@ def encode_bytes_elements(array: np.ndarray) -> bytes:
 
 
 def _shape(value: object, name: str) -> tuple[int, ...]:
-    """Check a request shape: a list of non-negative integers."""
+    """Check a request shape before anything is allocated for it: rank, every dimension and the element count.
+
+    Raises:
+        InvalidInput: not a list of non-negative integers, more than MAX_RANK dimensions, a dimension
+            or a product over MAX_ELEMENTS (numpy refuses more than 64 dimensions and int64 overflows).
+    """
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': shape has {len(value)} dimensions; at most {MAX_RANK}")
+    largest = max(value, default=0)
+    if largest > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape dimension {largest} is larger than {MAX_ELEMENTS}")
+    # Zero dimensions aside: numpy refuses a shape like [2**31, 2**31, 0] too. At most 32 factors
+    # below 2**31 make a small Python integer.
+    if math.prod(d for d in value if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {value} is too large: its dimensions multiply to more than {MAX_ELEMENTS}")
     return tuple(value)
 
 
@@ -130,10 +161,10 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
     if not isinstance(name, str) or not name:
         raise InvalidInput("every input needs a 'name'")
     datatype = entry.get("datatype")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
     shape = _shape(entry.get("shape"), name)
-    count = math.prod(shape)  # Python integers: no overflow for absurd shapes
+    count = math.prod(shape)  # bounded by _shape
     params = _parameters(entry.get("parameters"), f"input '{name}'")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -162,13 +193,23 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
                 raise InvalidTensor(f"input '{name}': BYTES data must be strings")
             array[i] = value.encode("utf-8")
     else:
-        try:
-            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype]).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape") from err
+        array = _numbers(name, datatype, data)
     if array.size != count:
         raise InvalidTensor(f"input '{name}': shape {list(shape)} needs {count} values, got {array.size}")
     return name, array.reshape(shape), offset
+
+
+def _numbers(name: str, datatype: str, data: object) -> np.ndarray:
+    """JSON data of a numeric datatype as a flat array: numbers only (numpy would also read '1' or '\u0661' as 1)."""
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape") from err
+    if raw.dtype.kind not in "biuf":
+        if raw.dtype.kind in "US" or any(isinstance(v, str) or v is None for v in leaves(data)):
+            raise InvalidTensor(f"input '{name}': {datatype} data must be numbers, not strings or null")
+        raise InvalidTensor(f"input '{name}': data does not hold {datatype} values of one shape")
+    return cast_tensor(raw.reshape(-1), TensorInfo(name, V2_TO_NUMPY[datatype], (None,)))
 
 
 def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:

@@ -20,7 +20,7 @@ from flask import Request
 from service.classification import DEFAULT_THRESHOLD, ClassScores
 from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.protocols import parse_json_object, tfserving
+from service.protocols import parse_float, parse_int, parse_json_object, tfserving
 from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
 IMAGE_FIELD = "image"
@@ -104,23 +104,23 @@ def parse_threshold(args: Mapping[str, str]) -> float:
     raw = args.get("threshold")
     if raw is None or raw == "":
         return DEFAULT_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError as err:
-        raise InvalidInput(f"threshold '{raw}' is not a number") from err
+    value = parse_float(raw)
+    if value is None:
+        raise InvalidInput(f"threshold '{raw}' is not a number")
     if not math.isfinite(value):
         raise InvalidInput(f"threshold '{raw}' is not a finite number")
     return value
 
 
 def parse_top_k(args: Mapping[str, str]) -> int | None:
-    """Read `?top_k=` (absent: no top-k); raises InvalidInput unless it is a positive integer."""
+    """Read `?top_k=` (absent: no top-k); raises InvalidInput unless it is a positive integer (ASCII digits)."""
     raw = args.get("top_k")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+    value = parse_int(raw, max_digits=9)
+    if value is None or value < 1:
         raise InvalidInput(f"top_k '{raw}' is not a positive integer")
-    return int(raw)
+    return value
 
 
 def _classes_of_row(scores: ClassScores, row: int) -> dict:

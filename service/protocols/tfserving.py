@@ -20,7 +20,7 @@ from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, 
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.examples import decode_examples_request
 from service.preprocessing import UNNAMED
-from service.protocols import leaves
+from service.protocols import MAX_RANK, leaves, parse_int
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,9 +65,10 @@ def parse_url(path: str, *, post: bool) -> TfsTarget:
     if version is not None and label is not None:
         raise InvalidInput("a request may not name both a version and a version label")
     if version is not None:
-        if not version.isdigit() or int(version) < 1 or len(version) > 18:
+        number = parse_int(version)
+        if number is None or number < 1:
             raise InvalidInput(f"version '{version}' is not a positive integer")
-        request = ServableRequest.specific(name, int(version))
+        request = ServableRequest.specific(name, number)
     elif label is not None:
         if not LABEL.match(label):
             raise InvalidInput(f"version label '{label}' may only contain letters, digits and '_'")
@@ -112,11 +113,16 @@ def json_to_array(name: str, value: object) -> np.ndarray:
     array of bytes. The data plane casts to the model's dtype.
 
     Raises:
-        InvalidTensor: ragged lists, nulls, stray objects, strings mixed with numbers, integers
-            outside 64 bits.
+        InvalidTensor: nested deeper than MAX_RANK, ragged lists, nulls, stray objects, strings mixed
+            with numbers, integers outside 64 bits.
         InvalidInput: invalid base64.
     """
     shown = name or "instances"
+    depth, first = 0, value
+    while isinstance(first, list) and first:
+        depth, first = depth + 1, first[0]
+    if depth > MAX_RANK:  # before numpy builds it: some of its functions stop at 32 dimensions, all at 64
+        raise InvalidTensor(f"input '{shown}' is nested {depth} lists deep; tensors have at most {MAX_RANK} dimensions")
     try:
         array = np.asarray(value)
     except (ValueError, OverflowError) as err:

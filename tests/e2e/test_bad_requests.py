@@ -57,6 +57,20 @@ def jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def malformed_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF turns it (Orientation 6) and holds XResolution as UNDEFINED: Pillow fails rewriting the EXIF."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A] = 6, 72.0
+    raw = bytearray(exif.tobytes())
+    order = "<" if raw[6:8] == b"II" else ">"
+    entry = raw.index(struct.pack(f"{order}HH", 0x011A, 5))
+    raw[entry + 2:entry + 4] = struct.pack(f"{order}H", 7)
+    buffer = io.BytesIO()
+    Image.fromarray(digit_image(3)).save(buffer, "JPEG", exif=bytes(raw))
+    return buffer.getvalue()
+
+
+MALFORMED_EXIF_JPEG = malformed_exif_jpeg()
 PNG = encode(digit_image(1))
 JPEG = jpeg(digit_image(2))
 RAW_PNG = {"Content-Type": "image/png"}
@@ -148,13 +162,44 @@ CASES: list[Case] = [
     Case("unsafe name", "GET", "/models/%2e%2e", 400, "not valid"),
     Case("unsafe name", "GET", "/models/.hidden", 400, "not valid"),
     Case("unsafe name", "POST", "/predict?model=..%2F..%2Fetc%2Fpasswd", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
-    Case("unsafe name", "POST", "/v1/models/..:predict", 404, "does not exist", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "POST", "/v1/models/..:predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
+    Case("unsafe name", "GET", "/v1/models/%ED%A0%80/metadata", 400, "not valid"),
     Case("unsafe name", "GET", "/v2/models/%2e%2e/ready", 400, "not valid"),
     Case("unsafe name", "POST", "/models/" + "a" * 300 + "/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
     # non-UTF-8
     Case("non-UTF-8", "POST", "/models/binary/predict", 400, "not valid JSON", b'{"instances": "\xff\xfe"}', {"Content-Type": "application/json"}),
     Case("non-UTF-8", "POST", "/models/%ff%fe/predict", 400, "not valid", json.dumps(GOOD_ROW).encode(), {"Content-Type": "application/json"}),
     Case("non-UTF-8", "POST", "/v1/models/binary:predict", 400, "not valid JSON", b"\xff\xfe\x00{", {"Content-Type": "application/json; charset=latin-1"}),
+    # numbers in Unicode digits ('²' passes str.isdigit() but not int(); int('١') is 1)
+    Case("Unicode digits", "GET", "/v1/models/binary/versions/%C2%B2", 400, "not a positive integer"),
+    Case("Unicode digits", "GET", "/v1/models/binary/versions/%D9%A1/metadata", 400, "not a positive integer"),
+    Case("Unicode digits", "GET", "/v2/models/binary/versions/%C2%B2", 404, "'binary' does not exist"),
+    Case("Unicode digits", "POST", "/models/binary/versions/%D9%A1/predict", 404, "no such URL", json.dumps(GOOD_ROW).encode(),
+         {"Content-Type": "application/json"}),
+    Case("Unicode digits", "POST", "/models/binary/predict_classes?top_k=%C2%B2", 400, "top_k", json.dumps(GOOD_ROW).encode(),
+         {"Content-Type": "application/json"}),
+    Case("Unicode digits", "POST", "/v2/models/binary/infer", 400, "Inference-Header-Content-Length", b"{}",
+         {"Content-Type": "application/json", "Inference-Header-Content-Length": "\u00b2"}),
+    # absurd KServe v2 shapes and deep tensors
+    Case("absurd shape", "POST", "/v2/models/binary/infer", 400, "larger than 2147483647",
+         json.dumps({"inputs": [{"name": "features", "shape": [0, 2**63], "datatype": "FP32", "data": []}]}).encode(),
+         {"Content-Type": "application/json"}),
+    Case("absurd shape", "POST", "/v2/models/binary/infer", 400, "at most 32",
+         json.dumps({"inputs": [{"name": "features", "shape": [0] * 65, "datatype": "FP32", "data": []}]}).encode(),
+         {"Content-Type": "application/json"}),
+    Case("absurd shape", "POST", "/v1/models/binary:predict", 422, "at most 32 dimensions",
+         b'{"instances": ' + b"[" * 33 + b"null" + b"]" * 33 + b"}", {"Content-Type": "application/json"}),
+    # lone UTF-16 surrogates in JSON strings
+    Case("lone surrogate", "POST", "/v1/models/binary:predict", 400, "surrogate", b'{"instances": [["\\ud800", "a", "b", "c"]]}',
+         {"Content-Type": "application/json"}),
+    Case("lone surrogate", "POST", "/v2/models/binary/infer", 400, "surrogate",
+         b'{"inputs": [{"name": "features", "shape": [1], "datatype": "BYTES", "data": ["\\udfff"]}]}', {"Content-Type": "application/json"}),
+    Case("lone surrogate", "POST", "/v1/models/binary:classify", 400, "surrogate", b'{"examples": [{"features": "\\ud800"}]}',
+         {"Content-Type": "application/json"}),
+    # a string feature to :classify for an image input; an image Pillow recognises but cannot decode
+    Case("undecodable image", "POST", "/v1/models/digits:classify", 400, "cannot decode image", b'{"examples": [{"image": "abc"}]}',
+         {"Content-Type": "application/json"}),
+    Case("undecodable image", "POST", "/models/digits/predict", 400, "cannot decode image", MALFORMED_EXIF_JPEG, {"Content-Type": "image/jpeg"}),
 ]
 
 

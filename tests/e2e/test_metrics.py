@@ -60,7 +60,7 @@ def test_request_and_batch_metrics_move(server: Server) -> None:
 
     # Requests are counted by route, model and status, over both workers.
     assert moved("kerasserve_requests_total", route="predict.predict", model="binary", code="200") == REQUESTS
-    assert moved("kerasserve_requests_total", route="predict.predict", model="", code="404") == 1
+    assert moved("kerasserve_requests_total", route="predict.predict", model="_unknown", code="404") == 1
     assert moved("kerasserve_request_duration_seconds_count", route="predict.predict", model="binary") == REQUESTS
     assert moved("kerasserve_request_duration_seconds_sum", route="predict.predict", model="binary") > 0
     # Every request became (part of) a device call of 2 rows or more.
@@ -70,6 +70,20 @@ def test_request_and_batch_metrics_move(server: Server) -> None:
     assert moved("kerasserve_batch_rows_sum", model="binary") == 2 * REQUESTS
     assert moved("kerasserve_batch_queue_seconds_count", model="binary") == REQUESTS
     assert moved("kerasserve_batch_compute_seconds_count", model="binary") == batches
+
+
+def test_made_up_model_names_never_become_label_values(server: Server) -> None:
+    names = [f"madeup{n}" for n in range(20)]
+    for name in names:
+        assert server.post(f"/models/{name}/predict", data=b"1,2", headers={"Content-Type": "text/csv"}).status_code == 415
+        assert server.post(f"/v1/models/{name}:predict", data=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+        assert server.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 400
+        assert server.get(f"/v2/models/{name}").status_code == 404
+    assert server.get("/v1/models/%2e%2e").status_code == 400
+    current = samples(server)
+    labels = {dict(labels).get("model") for _, labels in current}
+    assert [name for name in names if name in labels] == []
+    assert value(current, "kerasserve_requests_total", route="predict.predict", model="_unknown", code="415") >= len(names)
 
 
 def test_model_gauges_and_load_times_are_exported(server: Server) -> None:

@@ -8,7 +8,10 @@ connection handling, real models) stays in tests/e2e.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,3 +384,243 @@ def test_with_a_token_configured_predict_needs_it_and_probes_stay_open(tmp_path:
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
     assert (allowed.status_code, allowed.get_json()) == (200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]})
     assert (probe.status_code, probe.get_json()) == (200, {"status": "alive"})
+
+
+# --- hardening: requests of ordinary size that used to answer 500 -----------------------------------
+# Numbers in URLs, headers and query strings are ASCII digits only ('²' passes str.isdigit() but not
+# int(); int('١') is 1, yet a version is not written in Arabic-Indic digits).
+UNICODE_DIGITS = ("²", "١", "３")
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_a_version_in_unicode_digits_is_400_on_tfserving_urls(client: FlaskClient, digit: str) -> None:
+    message = f"version '{digit}' is not a positive integer"
+    assert_error(client.get(f"/v1/models/double/versions/{digit}"), 400, message)
+    assert_error(client.get(f"/v1/models/double/versions/{digit}/metadata"), 400, message)
+    assert_error(client.post(f"/v1/models/double/versions/{digit}:predict", json={"instances": [[1, 2]]}), 400, message)
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_a_version_in_unicode_digits_is_an_unknown_version_on_kserve_and_native_urls(client: FlaskClient, digit: str) -> None:
+    assert_error(client.get(f"/v2/models/double/versions/{digit}"), 404, "model 'double' does not exist")
+    assert_error(client.post(f"/v2/models/double/versions/{digit}/infer", json={"inputs": []}), 404, "model 'double' does not exist")
+    ready = client.get(f"/v2/models/double/versions/{digit}/ready")
+    assert (ready.status_code, ready.get_data()) == (400, b"")
+    assert_error(
+        client.post(f"/models/double/versions/{digit}/predict", json={"instances": [[1, 2]]}), 404,
+        "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others",
+    )
+
+
+@pytest.mark.parametrize("digit", UNICODE_DIGITS)
+def test_query_numbers_in_unicode_digits_are_400(client: FlaskClient, digit: str) -> None:
+    image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
+    assert_error(client.post(f"/models/digits/predict_classes?top_k={digit}", **image), 400, f"top_k '{digit}' is not a positive integer")
+    assert_error(client.post(f"/models/digits/predict_classes?threshold=0.{digit}", **image), 400, f"threshold '0.{digit}' is not a number")
+
+
+def test_query_numbers_take_no_spaces_underscores_or_signs_python_would_accept(client: FlaskClient) -> None:
+    image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
+    for top_k in ("+2", " 2", "1_0"):
+        assert_error(client.post("/models/digits/predict_classes", query_string={"top_k": top_k}, **image), 400,
+                     f"top_k '{top_k}' is not a positive integer")
+    for threshold in ("1_0", " 0.5", "0x1p-1"):
+        assert_error(client.post("/models/digits/predict_classes", query_string={"threshold": threshold}, **image), 400,
+                     f"threshold '{threshold}' is not a number")
+    good = client.post("/models/digits/predict_classes", query_string={"threshold": "-1.5e-1", "top_k": "02"}, **image)
+    assert good.status_code == 200
+
+
+@pytest.mark.parametrize("length", ["²", "١", "+5", "-1", "0x5", "1_0"])
+def test_a_kserve_header_length_in_anything_but_ascii_digits_is_400(client: FlaskClient, length: str) -> None:
+    header = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
+    assert_error(
+        client.post("/v2/models/double/infer", data=header, headers={"Inference-Header-Content-Length": length}), 400,
+        f"Inference-Header-Content-Length '{length}' is not a number",
+    )
+
+
+def test_kserve_numbers_sent_as_json_strings_are_422(client: FlaskClient) -> None:
+    for data in (["١", "2"], ["1", "2"], [None, 2]):
+        assert_error(
+            client.post("/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]}),
+            422, "input 'x': FP32 data must be numbers, not strings or null",
+        )
+
+
+def v2_input(shape: object, **fields: object) -> dict:
+    return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", **fields}]}
+
+
+@pytest.mark.parametrize("shape,message", [
+    ([0, 2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+    ([2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+    ([2**64, 0], "input 'x': shape dimension 18446744073709551616 is larger than 2147483647"),
+    ([2**20, 2**20], "input 'x': shape [1048576, 1048576] is too large: its dimensions multiply to more than 2147483647"),
+    ([2**31 - 1, 2**31 - 1, 0],
+     "input 'x': shape [2147483647, 2147483647, 0] is too large: its dimensions multiply to more than 2147483647"),
+    ([1] * 33, "input 'x': shape has 33 dimensions; at most 32"),
+    ([1] * 64, "input 'x': shape has 64 dimensions; at most 32"),
+    ([0] * 65, "input 'x': shape has 65 dimensions; at most 32"),
+    ([-1, 2], "input 'x': 'shape' must be a list of non-negative integers"),
+])
+def test_kserve_shapes_out_of_bounds_are_400_before_any_allocation(client: FlaskClient, shape: list, message: str) -> None:
+    as_json = client.post("/v2/models/double/infer", json=v2_input(shape, data=[]))
+    binary_header = json.dumps(v2_input(shape, parameters={"binary_data_size": 0})).encode()
+    as_binary = client.post("/v2/models/double/infer", data=binary_header,
+                            headers={"Inference-Header-Content-Length": str(len(binary_header))})
+    assert_error(as_json, 400, message)
+    assert_error(as_binary, 400, message)
+
+
+SURROGATE_MESSAGE = "request body holds a string with a lone UTF-16 surrogate ('\\ud800'); strings must be valid Unicode"
+
+
+@pytest.mark.parametrize("url,body", [
+    ("/models/double/predict", b'{"instances": [["\\ud800", "a"]]}'),
+    ("/v1/models/double:predict", b'{"instances": [["\\ud800", "a"]]}'),
+    ("/v1/models/double:predict", b'{"inputs": {"x": [["a", "b\\ud800"]]}}'),
+    ("/v1/models/double:predict", b'{"instances": [[1, 2]], "signature_name": "\\ud800"}'),
+    ("/v1/models/double:predict", b'{"\\ud800": 1, "instances": [[1, 2]]}'),
+    ("/v1/models/double:classify", b'{"examples": [{"x": "\\ud800"}]}'),
+    ("/v1/models/double:classify", b'{"examples": [{"x": [1, 2]}], "context": {"\\ud800": 1}}'),
+    ("/v1/models/digits:classify", b'{"examples": [{"image": "\\ud800"}]}'),
+])
+def test_a_lone_surrogate_in_a_json_string_is_400(client: FlaskClient, url: str, body: bytes) -> None:
+    assert_error(client.post(url, data=body, content_type="application/json"), 400, SURROGATE_MESSAGE)
+
+
+def test_a_lone_surrogate_in_a_kserve_header_is_400(client: FlaskClient) -> None:
+    for body in ('{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["\\udfff\\ud800"]}]}',
+                 '{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "\\uDBFF"}'):
+        response = client.post("/v2/models/double/infer", data=body, content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("inference request header holds a string with a lone UTF-16 surrogate")
+
+
+def test_a_surrogate_pair_is_one_character_and_stays_valid(client: FlaskClient) -> None:
+    response = client.post("/v2/models/double/infer", data='{"id": "\\ud83d\\ude00", "inputs": ['
+                           '{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}', content_type="application/json")
+    assert (response.status_code, response.get_json()["id"]) == (200, "\N{GRINNING FACE}")
+
+
+def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> None:
+    for datatype in (["FP32"], {"FP32": 1}, 32):
+        assert_error(
+            client.post("/v2/models/double/infer", json=v2_input([1, 2], datatype=datatype, data=[1, 2])), 400,
+            f"input 'x': datatype '{datatype}' is not supported; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, "
+            "INT32, INT64, FP16, FP32, FP64, BYTES",
+        )
+
+
+@pytest.mark.parametrize("feature", ['"abc"', '["abc", "de"]', '[{"b64": "AAAA"}, "x"]'])
+def test_string_features_sent_to_classify_for_an_image_input_are_400(client: FlaskClient, feature: str) -> None:
+    response = client.post("/v1/models/digits:classify", data=f'{{"examples": [{{"image": {feature}}}]}}', content_type="application/json")
+    assert response.status_code == 400
+    assert "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file" in response.get_json()["error"]
+
+
+def test_features_that_mix_strings_and_numbers_are_422(client: FlaskClient) -> None:
+    assert_error(
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, "a"]}]}), 422,
+        "feature 'x' mixes strings and numbers",
+    )
+    assert_error(
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, 2]}, {"x": "a"}]}), 422,
+        "feature 'x' mixes strings and numbers",
+    )
+
+
+def test_a_b64_image_feature_keeps_its_trailing_zero_bytes(client: FlaskClient) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(buffer, "BMP")  # black pixels: the file ends in zero bytes
+    body = {"examples": [{"image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}]}
+    response = client.post("/v1/models/digits:classify", json=body)  # numpy's 'S' arrays would cut the zeros off
+    assert (response.status_code, response.get_json()) == (200, {"results": [[["cat", 0.0], ["dog", 1.0], ["bird", 0.0]]]})
+
+
+def with_malformed_exif(fmt: str) -> bytes:
+    """An image Pillow opens whose EXIF turns it (Orientation 6), with XResolution re-typed from RATIONAL to UNDEFINED.
+
+    Pillow reads the image and the orientation, turns the pixels, then fails writing the EXIF back
+    (`TypeError: bad operand type for abs(): 'bytes'`): a file it recognises but cannot decode.
+    """
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A] = 6, 72.0  # Orientation, XResolution
+    raw = bytearray(exif.tobytes())
+    order = "<" if raw[6:8] == b"II" else ">"
+    entry = raw.index(struct.pack(f"{order}HH", 0x011A, 5))
+    raw[entry + 2:entry + 4] = struct.pack(f"{order}H", 7)
+    buffer = io.BytesIO()
+    Image.new("L", (2, 2), 255).save(buffer, fmt, exif=bytes(raw))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_image_with_malformed_exif_is_400(client: FlaskClient, fmt: str) -> None:
+    assert_error(
+        client.post("/models/digits/predict", data=with_malformed_exif(fmt), headers={"Content-Type": "image/png"}), 400,
+        "cannot decode image: TypeError: bad operand type for abs(): 'bytes'",
+    )
+
+
+def test_images_in_formats_outside_the_documented_ones_are_400(client: FlaskClient) -> None:
+    for fmt in ("ICO", "TGA", "PCX", "PPM", "SGI"):
+        buffer = io.BytesIO()
+        Image.new("L", (2, 2), 255).save(buffer, fmt)
+        assert_error(
+            client.post("/models/digits/predict", data=buffer.getvalue(), headers={"Content-Type": "image/png"}), 400,
+            "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file",
+        )
+
+
+# --- metrics labels: only models that exist --------------------------------------------------------
+
+def test_made_up_model_names_never_become_metric_labels(client: FlaskClient) -> None:
+    names = [f"madeup{n}" for n in range(6)]
+    answers = set()
+    for name in names:
+        for response in (
+            client.post(f"/models/{name}/predict", data="1,2", content_type="text/csv"),  # 415 before the lookup
+            client.post(f"/models/{name}/predict_classes?top_k=x", json={"instances": [[1, 2]]}),  # 400 before it
+            client.post(f"/v1/models/{name}:predict", data="{", content_type="application/json"),
+            client.post(f"/v1/models/{name}/versions/x:predict", json={"instances": [[1, 2]]}),
+            client.post(f"/v2/models/{name}/infer", data="{", content_type="application/json"),
+            client.get(f"/v2/models/{name}"),  # 404 at the lookup
+            client.post("/predict", query_string={"model": name}, data="1,2", content_type="text/csv"),
+        ):
+            answers.add(response.status_code)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert answers == {400, 404, 415}
+    assert [name for name in names if name in text] == []
+    assert 'model="_unknown"' in text
+
+
+def test_requests_for_a_model_that_exists_keep_its_label_when_they_fail_early(client: FlaskClient) -> None:
+    client.post("/v1/models/double:predict", data="{", content_type="application/json")
+    client.post("/models/double/versions/9/predict", json={"instances": [[1, 2]]})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'kerasserve_requests_total{code="400",model="double",route="tfserving.predict_classify_regress"}' in text
+    assert 'kerasserve_requests_total{code="404",model="double",route="predict.predict"}' in text
+
+
+@pytest.mark.parametrize("path", ["..", ".hidden", "a%20b", "%ED%A0%80", "x" * 200, "²"])
+def test_tfserving_model_names_are_validated_like_the_others(client: FlaskClient, path: str) -> None:
+    for response in (client.get(f"/v1/models/{path}"), client.get(f"/v1/models/{path}/versions/1/metadata"),
+                     client.post(f"/v1/models/{path}:predict", json={"instances": [[1, 2]]})):
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("model name '")
+
+
+@pytest.mark.parametrize("leaf", ["null", '{"b64": "AAAA"}', "1", '"a"'])
+def test_tfserving_tensors_deeper_than_32_dimensions_are_422(client: FlaskClient, leaf: str) -> None:
+    for depth in (33, 65, 500):
+        tensor = "[" * depth + leaf + "]" * depth
+        for url, body in (("/v1/models/double:predict", f'{{"instances": {tensor}}}'),
+                          ("/v1/models/double:predict", f'{{"inputs": {{"x": {tensor}}}}}'),
+                          ("/models/double/predict", f'{{"instances": {tensor}}}')):
+            response = client.post(url, data=body, content_type="application/json")
+            name = "x" if '"x"' in body else "instances"
+            assert (response.status_code, response.get_json()) == (
+                422, {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"}
+            ), (url, depth, leaf)

@@ -375,5 +375,12 @@ def test_example_integer_below_int64_is_refused_without_looping() -> None:
 def test_v2_absurd_bytes_shape_is_refused_before_allocating() -> None:
     header = json.dumps({"inputs": [{"name": "s", "shape": [2**40, 2**40], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": 8}}]}).encode()
+    with pytest.raises(InvalidInput, match="larger than 2147483647"):
+        kserve_v2.decode_infer(header, b"\0" * 8, ServableRequest("m"))
+
+
+def test_v2_bytes_shape_within_bounds_is_still_checked_against_its_data_before_allocating() -> None:
+    header = json.dumps({"inputs": [{"name": "s", "shape": [2**15, 2**15], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
     with pytest.raises(InvalidTensor, match="cannot hold"):
         kserve_v2.decode_infer(header, b"\0" * 8, ServableRequest("m"))
