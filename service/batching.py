@@ -220,15 +220,16 @@ class Batcher:
         while now - self._deaths[0] > self._restart_window_s:
             self._deaths.popleft()
         deaths = len(self._deaths)
+        if deaths <= self._max_restarts:
+            log.error(
+                "%s batch thread died on a batch of %d request(s) (%s: %s); restarting it "
+                "(death %d of %d allowed within %gs)", self._id, len(batch), type(err).__name__, err,
+                deaths, self._max_restarts, self._restart_window_s, exc_info=err,
+            )
+            with self._cond:
+                self._queued_rows = sum(r.rows for r in self._queue)  # in case it died inside _take
+            return True
         with self._cond:
-            self._queued_rows = sum(r.rows for r in self._queue)  # in case it died inside _take
-            if deaths <= self._max_restarts:
-                log.error(
-                    "%s batch thread died on a batch of %d request(s) (%s: %s); restarting it "
-                    "(death %d of %d allowed within %gs)", self._id, len(batch), type(err).__name__, err,
-                    deaths, self._max_restarts, self._restart_window_s, exc_info=err,
-                )
-                return True
             self._failed = (
                 f"it died {deaths} time{'s' if deaths > 1 else ''} within {self._restart_window_s:g}s "
                 f"(last: {type(err).__name__})"
