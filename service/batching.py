@@ -209,12 +209,14 @@ class Batcher:
             self._current = []
 
     def _restart_after(self, err: BaseException) -> bool:
-        """Settle the batch the loop died on, log and count the death; return whether to run the loop again."""
+        """Log and count the death, settle the batch the loop died on; return whether to run the loop again.
+
+        The log line comes before the batch's futures fail, so a client told about the failure finds
+        it in the log.
+        """
         self._restarts.inc()
         batch, self._current = self._current, []
         failed = InferenceError(f"model '{self._id.name}' failed while computing ({type(err).__name__}); retry later")
-        for request in batch:
-            _fail(request.future, failed)
         now = time.monotonic()
         self._deaths.append(now)
         while now - self._deaths[0] > self._restart_window_s:
@@ -226,6 +228,8 @@ class Batcher:
                 "(death %d of %d allowed within %gs)", self._id, len(batch), type(err).__name__, err,
                 deaths, self._max_restarts, self._restart_window_s, exc_info=err,
             )
+            for request in batch:
+                _fail(request.future, failed)
             with self._cond:
                 self._queued_rows = sum(r.rows for r in self._queue)  # in case it died inside _take
             return True
@@ -242,6 +246,8 @@ class Batcher:
             "and the model is reported not ready until it is loaded again", self._id, deaths,
             self._restart_window_s, type(err).__name__, err, exc_info=err,
         )
+        for request in batch:
+            _fail(request.future, failed)
         refused = ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
         for request in queued:
             _fail(request.future, refused)
