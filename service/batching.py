@@ -14,6 +14,20 @@ into chunks the model was warmed up for). The queue holds at most `max_enqueued_
 max_batch_size` rows; beyond that `submit` raises `Overloaded` (a request arriving at an empty queue
 is always accepted, whatever its size).
 
+Failure isolation: requests share a call, not a fate. When a call of several requests raises, each
+of them is run again alone, so only the requests that fail alone fail, each with its own error (an
+out-of-range Embedding index is then the `InvalidInput` of the request that sent it, its row numbers
+counted within that request); the others get their answers (`kerasserve_batch_retries_total`,
+`kerasserve_batch_isolated_failures_total`). A call of one request fails with its error as it is.
+
+The thread never dies silently. A `MemoryError`, or anything else escaping the loop (a fault of the
+thread rather than of a batch; a `MemoryError` is not retried request by request, since that would
+repeat the allocations while memory is short), fails the batch in hand with `InferenceError`, is
+logged with its traceback, counted (`kerasserve_batcher_restarts_total`), and the loop starts again.
+When it dies more than `max_restarts` times within `restart_window_s`, the batcher gives up: queued
+and new requests get `ModelNotReady`, and `health()` says why, which turns the manager's readiness
+(`/readyz`) red for that model.
+
 `close()` stops accepting requests and lets the thread finish what is queued: pending futures run to
 completion (the manager closes a batcher only after its last borrower left, so normally none are
 left). It never imports TensorFlow: `run` is any function from arrays to arrays.
@@ -26,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +50,10 @@ from service.errors import InferenceError, ModelNotReady, Overloaded
 from service.servable import ServableId, row_count
 
 log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+"""Deaths of a batch thread's loop that are restarted within `RESTART_WINDOW_S`; one more gives up."""
+RESTART_WINDOW_S = 60.0
 
 RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 """What a batcher calls with the rows of a batch: `InferenceRunner.run`, or any array function."""
@@ -55,7 +73,7 @@ class Batcher:
     """Groups requests for one signature of one servable into calls of `run`, on its own thread.
 
     Lifecycle: starts its thread in the constructor; `close()` stops it (once the queue is drained).
-    `submit` is thread-safe and never blocks on computation.
+    `submit` is thread-safe and never blocks on computation. `health()` is '' while it can serve.
     """
 
     def __init__(
@@ -66,6 +84,8 @@ class Batcher:
         max_batch_size: int,
         batch_timeout_ms: float,
         max_enqueued_batches: int,
+        max_restarts: int = MAX_RESTARTS,
+        restart_window_s: float = RESTART_WINDOW_S,
     ) -> None:
         """Start the batch thread.
 
@@ -75,6 +95,9 @@ class Batcher:
             max_batch_size: most rows per call (a single larger request still runs, alone).
             batch_timeout_ms: longest the first request of a batch waits for others; 0 = never wait.
             max_enqueued_batches: queue bound, in batches of `max_batch_size` rows.
+            max_restarts: deaths of the batch loop restarted within `restart_window_s`; one more
+                within the window and the batcher gives up (`health()` then says why).
+            restart_window_s: the window, in seconds.
         """
         if max_batch_size < 1 or max_enqueued_batches < 1 or batch_timeout_ms < 0:
             raise ValueError("max_batch_size and max_enqueued_batches must be >= 1 and batch_timeout_ms >= 0")
@@ -86,6 +109,13 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._closed = False
+        self._failed = ""
+        """Why the batcher gave up (its loop kept dying); '' while it serves."""
+        self._max_restarts = max_restarts
+        self._restart_window_s = restart_window_s
+        self._deaths: deque[float] = deque()
+        self._current: list[_Request] = []
+        """The batch the thread is working on (settled by `_restart_after` if the loop dies)."""
         self._cond = threading.Condition(threading.Lock())
         # Bind the label once: the hot path then skips the label lookup of every observation.
         name = servable_id.name
@@ -94,6 +124,9 @@ class Batcher:
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(model=name)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(model=name)
         self._rejected = metrics.REJECTED.labels(model=name)
+        self._retries = metrics.BATCH_RETRIES.labels(model=name)
+        self._isolated_failures = metrics.BATCH_ISOLATED_FAILURES.labels(model=name)
+        self._restarts = metrics.BATCHER_RESTARTS.labels(model=name)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
         self._thread.start()
 
@@ -104,17 +137,21 @@ class Batcher:
             inputs: input name -> array, every array with the same number of rows (>= 1) on axis 0.
 
         Returns:
-            A `Future` of `dict[str, np.ndarray]`; it fails with whatever `run` raised for its batch.
+            A `Future` of `dict[str, np.ndarray]`; it fails with what `run` raised for this request's
+            rows alone (see the module docstring), with `InferenceError` when the batch thread died
+            on its batch, or with `ModelNotReady` when the batcher gave up before running it.
 
         Raises:
             InvalidInput: an array has no row axis, no rows, or the row counts differ.
             Overloaded: the queue is full.
-            ModelNotReady: the batcher is closed (the version is being unloaded).
+            ModelNotReady: the batcher is closed (the version is being unloaded), or gave up.
         """
         rows = row_count(inputs)
         key = sorted((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
         request = _Request(inputs, rows, tuple(key), time.monotonic())
         with self._cond:
+            if self._failed:
+                raise ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
             if self._closed:
                 raise ModelNotReady(self._id.name, f"version {self._id.version} is being unloaded")
             if self._queue and self._queued_rows + rows > self._max_queued_rows:
@@ -141,15 +178,80 @@ class Batcher:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
+    def health(self) -> str:
+        """Return '' while the batcher can serve; otherwise why not (its loop gave up, or its thread is gone)."""
+        if self._failed:
+            return f"the batch thread of {self._id} stopped: {self._failed}"
+        if not self._closed and not self._thread.is_alive():
+            return f"the batch thread of {self._id} is not running"
+        return ""
+
     # --- the batch thread ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """The thread: run the batch loop; start it again when it dies, until it dies too often."""
+        while True:
+            try:
+                self._serve()
+                return
+            except BaseException as err:  # noqa: BLE001 - never die silently: settle, log, count, restart
+                if not self._restart_after(err):
+                    return
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 batch = self._next_batch()
             if batch is None:
                 return
+            self._current = batch
             self._execute(batch)
+            self._current = []
+
+    def _restart_after(self, err: BaseException) -> bool:
+        """Log and count the death, settle the batch the loop died on; return whether to run the loop again.
+
+        The log line comes before the batch's futures fail, so a client told about the failure finds
+        it in the log.
+        """
+        self._restarts.inc()
+        batch, self._current = self._current, []
+        failed = InferenceError(f"model '{self._id.name}' failed while computing ({type(err).__name__}); retry later")
+        now = time.monotonic()
+        self._deaths.append(now)
+        while now - self._deaths[0] > self._restart_window_s:
+            self._deaths.popleft()
+        deaths = len(self._deaths)
+        if deaths <= self._max_restarts:
+            log.error(
+                "%s batch thread died on a batch of %d request(s) (%s: %s); restarting it "
+                "(death %d of %d allowed within %gs)", self._id, len(batch), type(err).__name__, err,
+                deaths, self._max_restarts, self._restart_window_s, exc_info=err,
+            )
+            for request in batch:
+                _fail(request.future, failed)
+            with self._cond:
+                self._queued_rows = sum(r.rows for r in self._queue)  # in case it died inside _take
+            return True
+        with self._cond:
+            self._failed = (
+                f"it died {deaths} time{'s' if deaths > 1 else ''} within {self._restart_window_s:g}s "
+                f"(last: {type(err).__name__})"
+            )
+            queued = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        log.error(
+            "%s batch thread died %d times within %gs (last: %s: %s); giving up: the version answers 503 "
+            "and the model is reported not ready until it is loaded again", self._id, deaths,
+            self._restart_window_s, type(err).__name__, err, exc_info=err,
+        )
+        for request in batch:
+            _fail(request.future, failed)
+        refused = ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
+        for request in queued:
+            _fail(request.future, refused)
+        return False
 
     def _next_batch(self) -> list[_Request] | None:
         """Wait for a batch and take it from the queue (lock held); None once closed and drained."""
@@ -200,32 +302,75 @@ class Batcher:
         if not live:
             return
         rows = sum(r.rows for r in live)
-        if len(live) == 1:
-            inputs = live[0].inputs
-        else:
-            inputs = {name: np.concatenate([r.inputs[name] for r in live]) for name in live[0].inputs}
         try:
-            started = time.monotonic()
-            outputs = self._run(inputs)
-            self._compute_seconds.observe(time.monotonic() - started)
-            self._batch_rows.observe(rows)
-            self._batches.inc()
-            if len(live) == 1:
-                live[0].future.set_result(outputs)
-                return
-            for name, array in outputs.items():
-                if array.ndim == 0 or array.shape[0] != rows:
-                    raise InferenceError(
-                        f"output '{name}' of model '{self._id.name}' has shape {array.shape}, not {rows} rows; "
-                        "it cannot be split between requests (set max_batch_size: 1 for this model)"
-                    )
+            outputs = self._call(live, rows)
+        except MemoryError:
+            raise  # a fault of this thread, not of the batch: `_restart_after` settles it
         except Exception as err:  # noqa: BLE001 - every future of the batch must be settled
-            log.warning("%s batch of %d request(s), %d rows failed: %s", self._id, len(live), rows, err)
-            for request in live:
-                request.future.set_exception(err)
+            if len(live) == 1:
+                log.warning("%s request of %d rows failed: %s", self._id, rows, err)
+                live[0].future.set_exception(err)
+            else:
+                self._isolate(live, rows, err)
             return
+        if len(live) == 1:
+            live[0].future.set_result(outputs)
+            return
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                # The model's fault, the same for every request: running them alone would hide it.
+                error = InferenceError(
+                    f"output '{name}' of model '{self._id.name}' has shape {array.shape}, not {rows} rows; "
+                    "it cannot be split between requests (set max_batch_size: 1 for this model)"
+                )
+                log.warning("%s batch of %d requests failed: %s", self._id, len(live), error)
+                for request in live:
+                    request.future.set_exception(error)
+                return
         offset = 0
         for request in live:
             stop = offset + request.rows
             request.future.set_result({name: array[offset:stop] for name, array in outputs.items()})
             offset = stop
+
+    def _call(self, requests: list[_Request], rows: int) -> dict[str, np.ndarray]:
+        """Concatenate the requests' rows (once per input), run them in one call, observe the call."""
+        if len(requests) == 1:
+            inputs = requests[0].inputs
+        else:
+            inputs = {name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs}
+        started = time.monotonic()
+        outputs = self._run(inputs)
+        self._compute_seconds.observe(time.monotonic() - started)
+        self._batch_rows.observe(rows)
+        self._batches.inc()
+        return outputs
+
+    def _isolate(self, live: list[_Request], rows: int, err: Exception) -> None:
+        """Run each request of a failed batch alone: only those that fail alone fail, with their own error."""
+        self._retries.inc()
+        log.warning(
+            "%s batch of %d requests, %d rows failed (%s: %s); running each request alone",
+            self._id, len(live), rows, type(err).__name__, err,
+        )
+        for request in live:
+            try:
+                outputs = self._call([request], request.rows)
+            except MemoryError:
+                raise
+            except Exception as alone:  # noqa: BLE001 - this request's own failure
+                self._isolated_failures.inc()
+                log.warning("%s request of %d rows failed alone: %s", self._id, request.rows, alone)
+                request.future.set_exception(alone)
+            else:
+                request.future.set_result(outputs)
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    """Fail `future` unless it is settled or cancelled already."""
+    if future.done():
+        return
+    try:
+        future.set_exception(error)
+    except InvalidStateError:  # cancelled or settled meanwhile
+        pass

@@ -112,6 +112,7 @@ class ServableBuilder:
         if allowed[-1] < max_batch_size:
             allowed = (*allowed, max_batch_size)
         closers: list[Callable[[], None]] = []
+        checks: list[Callable[[], str]] = []
         submit: dict[str, Callable[[Arrays], Future]] = {}
         warnings = list(getattr(loaded, "warnings", ()))
         warmup_s = 0.0
@@ -134,6 +135,7 @@ class ServableBuilder:
                         max_enqueued_batches=batching.max_enqueued_batches or settings.max_enqueued_batches,
                     )
                     closers.append(batcher.close)
+                    checks.append(batcher.health)
                     submit[name] = batcher.submit
                 else:
                     submit[name] = _direct(runner.run)
@@ -148,6 +150,9 @@ class ServableBuilder:
             for step in closers:
                 step()
             closers.clear()
+
+        def health() -> str:
+            return "; ".join(problem for problem in (check() for check in checks) if problem)
 
         # The image preprocessing is decided once, here: explicit config, else the recognised family.
         choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
@@ -166,6 +171,7 @@ class ServableBuilder:
             labels=source.labels,
             submit=MappingProxyType(submit),
             close=close,
+            health=health,
         )
 
 

@@ -312,10 +312,18 @@ class ServableManager:
 
     def readiness(self) -> Readiness:
         """Ready once every start-up model reached AVAILABLE or failed, while every model that ever
-        became AVAILABLE still has an AVAILABLE version."""
+        became AVAILABLE still has an AVAILABLE version, and none of them reports a problem
+        (`Servable.health()`: a batch thread that kept dying)."""
         with self._cond:
-            models = {n: any(v.servable is not None for v in m.versions.values()) for n, m in self._models.items()}
-            reason = self._not_ready_reason_locked(models)
+            models: dict[str, bool] = {}
+            problems: dict[str, list[str]] = {}
+            for name, model in self._models.items():
+                serving = [v.servable for v in model.versions.values() if v.servable is not None]
+                found = [f"{s.id}: {p}" for s in serving if (p := s.health())]
+                models[name] = bool(serving) and not found
+                if found:
+                    problems[name] = found
+            reason = self._not_ready_reason_locked(models, problems)
             return Readiness(ready=not reason, models=MappingProxyType(models), reason=reason)
 
     # --- the loader thread -----------------------------------------------------------------------
@@ -606,16 +614,16 @@ class ServableManager:
                 statuses.append(VersionStatus(number, v.state, v.error))
         return ModelStatus(model.name, tuple(statuses), model.version_labels, labels)
 
-    def _not_ready_reason_locked(self, available: Mapping[str, bool]) -> str:
+    def _not_ready_reason_locked(self, available: Mapping[str, bool], problems: Mapping[str, list[str]]) -> str:
         if self._startup is None:
             return "the models folder has not been scanned yet"
         waiting = sorted(n for n in self._startup if n in self._models and not self._settled_locked(self._models[n]))
         if waiting:
             return f"loading {', '.join(waiting)}"
-        lost = sorted(n for n, m in self._models.items() if m.ever_available and not available[n])
-        if lost:
-            return f"no AVAILABLE version of {', '.join(lost)}"
-        return ""
+        lost = sorted(n for n, m in self._models.items() if m.ever_available and not available[n] and n not in problems)
+        reasons = [f"no AVAILABLE version of {', '.join(lost)}"] if lost else []
+        reasons += [problem for name in sorted(problems) for problem in problems[name]]
+        return "; ".join(reasons)
 
     def _settled_locked(self, model: _Model) -> bool:
         """Tell whether a model reached AVAILABLE, or has nothing left to wait for (failed or incomplete)."""

@@ -34,6 +34,19 @@ COMPUTE_SECONDS = Histogram(
     "kerasserve_batch_compute_seconds", "Time of one device call.", ["model"], buckets=LATENCY_BUCKETS_S
 )
 REJECTED = Counter("kerasserve_rejected_total", "Requests refused because a batch queue was full.", ["model"])
+BATCH_RETRIES = Counter(
+    "kerasserve_batch_retries_total",
+    "Batches of several requests that failed and were run again one request at a time.", ["model"],
+)
+BATCH_ISOLATED_FAILURES = Counter(
+    "kerasserve_batch_isolated_failures_total",
+    "Requests that failed again when run alone after their batch failed (their batch-mates were answered).",
+    ["model"],
+)
+BATCHER_RESTARTS = Counter(
+    "kerasserve_batcher_restarts_total",
+    "Times a batch thread's loop died (e.g. MemoryError) and was restarted, or gave up.", ["model"],
+)
 MODEL_LOAD_SECONDS = Histogram(
     "kerasserve_model_load_seconds", "Load plus warm-up time of a version.", ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),

@@ -156,6 +156,8 @@ class Servable:
     """Per signature name: `submit(inputs) -> Future[dict[str, np.ndarray]]` (the batcher's, or a direct run)."""
     close: Callable[[], None] = lambda: None
     """Stops batchers and drops references to the TensorFlow objects."""
+    health: Callable[[], str] = lambda: ""
+    """'' while it can serve; otherwise why not (a batcher's thread kept dying). Readiness reads it."""
 
     _borrowers: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition)

@@ -1,5 +1,5 @@
 """Model files for fault tests: a Lambda model, the same model whose Lambda bytecode crashes CPython,
-and a plain Dense model. Built with real Keras in a subprocess (the tests' own process stays free of
+a plain Dense model, and an Embedding model (indices 0..4) for bad rows in a batch. Built with real Keras in a subprocess (the tests' own process stays free of
 TensorFlow), once per folder.
 
 The crashing bytecode is the Lambda's own code object with its instructions replaced by
@@ -36,6 +36,12 @@ dense.set_weights([np.ones((4, 2), np.float32), np.zeros(2, np.float32)])
 model.save(os.path.join(out, "plain.keras"))
 model.save(os.path.join(out, "plain.h5"))
 
+inputs = keras.Input((3,), dtype="int32", name="ids")
+lookup = keras.layers.Embedding(5, 2, name="lookup")  # indices 0..4; index i -> (2i, 2i + 1)
+model = keras.Model(inputs, keras.layers.Flatten(name="vectors")(lookup(inputs)))
+lookup.set_weights([np.arange(10, dtype=np.float32).reshape(5, 2)])
+model.save(os.path.join(out, "embedding.keras"))
+
 class Scale(keras.layers.Layer):
     def call(self, x):
         return x * 3.0
@@ -65,7 +71,7 @@ with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
         dst.writestr(item, data)
 '''
 
-NAMES = ("lambda_ok.keras", "lambda_crash.keras", "plain.keras", "plain.h5", "custom.keras")
+NAMES = ("lambda_ok.keras", "lambda_crash.keras", "plain.keras", "plain.h5", "custom.keras", "embedding.keras")
 
 SCALE_PLUGIN = """
 import keras

@@ -90,6 +90,12 @@ def test_model_gauges_and_load_times_are_exported(server: Server) -> None:
     current = samples(server)
     assert value(current, "kerasserve_model_versions_available", model="binary") == 2  # one per worker
     assert value(current, "kerasserve_model_load_seconds_count", model="binary") == 2
+    # The failure-isolation counters are exported from the load on (0 while nothing failed), so
+    # alerts on them work before the first failure.
+    for name in ("kerasserve_batch_retries_total", "kerasserve_batch_isolated_failures_total",
+                 "kerasserve_batcher_restarts_total"):
+        assert (name, frozenset({"model": "binary"}.items())) in current, name
+        assert value(current, name, model="binary") == 0
 
 
 def test_concurrent_requests_are_batched_into_fewer_model_calls_with_their_own_rows(tmp_path_factory) -> None:

@@ -1,8 +1,9 @@
 """Faults in the models folder, against one real gunicorn: each fails only what it touches.
 
 A Lambda whose bytecode crashes the interpreter, plugins with a syntax error or an exception at
-import, a file replaced under traffic, and a file deleted while it loads: the worker never dies,
-the broken versions are FAILED with their reason, and every other model keeps answering.
+import, a file replaced under traffic, a file deleted while it loads, and a request with an
+out-of-range Embedding index in a shared batch: the worker never dies, the broken versions are
+FAILED with their reason, the bad request alone fails, and every other model keeps answering.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copyfile(files / "lambda_crash.keras", models / "crash.keras")
     shutil.copyfile(files / "lambda_ok.keras", models / "lam.keras")
     shutil.copyfile(files / "custom.keras", models / "custom.keras")
+    shutil.copyfile(files / "embedding.keras", models / "embedding.keras")
+    # A batch runs as soon as it holds 5 rows; the long window only matters on a busy machine.
+    (models / "embedding.yaml").write_text("batching:\n  max_batch_size: 5\n  batch_timeout_ms: 3000\n")
     shutil.copyfile(scaled / "times1.keras", models / "swap.keras")
     (models / "plugins").mkdir()
     (models / "plugins" / "layers.py").write_text(SCALE_PLUGIN.replace("def call(self, x):", "def call(self, x:"))
@@ -140,4 +145,37 @@ def test_file_deleted_while_it_loads(server: Server, folders: dict[str, Path]) -
     wait_until(lambda: server.get("/models/doomed").status_code == 404, timeout_s=60, interval_s=0.2)
     assert predict(server, "plain", ROW).status_code == 200
     assert predict(server, "lam", ROW).status_code == 200
+    assert_worker_never_died(server)
+
+
+def metric(server: Server, name: str, model: str) -> float:
+    for line in server.get("/metrics").text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_an_out_of_range_embedding_index_fails_only_its_request_in_a_shared_batch(server: Server) -> None:
+    retries = metric(server, "kerasserve_batch_retries_total", "embedding")
+    isolated = metric(server, "kerasserve_batch_isolated_failures_total", "embedding")
+    bodies = [[[0, 1, 2]], [[4, 3, 2], [1, 1, 1]], [[1, 7, 3]], [[2, 2, 0]]]  # 5 rows; index 7 is out of range
+    barrier = threading.Barrier(len(bodies))
+
+    def client(instances: list) -> requests.Response:
+        barrier.wait()
+        return predict(server, "embedding", instances)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(client, bodies))
+
+    assert responses[2].status_code == 400, responses[2].text
+    assert responses[2].json() == {"error": "the model rejected the input: indices[0,1] = 7 is not in [0, 5)"}
+    for response, instances in zip(responses[:2] + responses[3:], bodies[:2] + bodies[3:]):
+        assert response.status_code == 200, response.text
+        # Index i embeds as (2i, 2i + 1); Flatten puts the three pairs side by side.
+        assert response.json()["predictions"] == [[float(v) for i in row for v in (2 * i, 2 * i + 1)] for row in instances]
+    # The four shared one call, which failed; each then ran alone and only the bad one failed again.
+    assert metric(server, "kerasserve_batch_retries_total", "embedding") == retries + 1
+    assert metric(server, "kerasserve_batch_isolated_failures_total", "embedding") == isolated + 1
+    record("model_faults.bad_row_in_batch", requests=len(bodies), failed=sum(r.status_code != 200 for r in responses))
     assert_worker_never_died(server)

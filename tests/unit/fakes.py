@@ -126,6 +126,7 @@ class FakeBuilder:
             labels=source.labels,
             submit=MappingProxyType({model.signature.name: batcher.submit}),
             close=batcher.close,
+            health=batcher.health,
         )
 
 

@@ -180,22 +180,146 @@ def test_a_full_queue_raises_overloaded_and_counts_it(make_batcher) -> None:
     batcher.submit({"x": rows(6, 2)}).result(timeout=10)  # room again once drained
 
 
-def test_a_failed_batch_fails_each_of_its_requests_with_the_same_error_and_the_batcher_goes_on(make_batcher) -> None:
+def test_a_failed_batch_runs_each_request_alone_so_only_the_bad_one_fails(make_batcher) -> None:
+    sid = ServableId("isolation", 1)
     run = Recorder(gate=True, fail_on=-1.0)
-    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0)
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0, servable_id=sid)
     batcher.submit({"x": rows(0, 1)})
     assert run.started.wait(10)
-    doomed = [batcher.submit({"x": rows(10, 2)}), batcher.submit({"x": rows(-1, 1)}), batcher.submit({"x": rows(20, 1)})]
+    retries = metric("kerasserve_batch_retries_total", "isolation")
+    isolated = metric("kerasserve_batch_isolated_failures_total", "isolation")
+    inputs = [rows(10, 2), rows(-1, 1), rows(20, 1)]
+    futures = [batcher.submit({"x": x}) for x in inputs]
     run.gate.set()
-    errors = []
-    for future in doomed:
-        with pytest.raises(ValueError, match="poisoned row"):
-            future.result(timeout=10)
-        errors.append(future.exception())
-    assert errors[0] is errors[1] is errors[2]
-    assert run.calls == [1, 4]
+
+    with pytest.raises(ValueError, match="poisoned row"):
+        futures[1].result(timeout=10)
+    for i in (0, 2):
+        np.testing.assert_array_equal(futures[i].result(timeout=10)["y"], expected(inputs[i])["y"])
+    # One call of the three requests (4 rows) failed, then one call per request.
+    assert run.calls == [1, 4, 2, 1, 1]
+    assert metric("kerasserve_batch_retries_total", "isolation") == retries + 1
+    assert metric("kerasserve_batch_isolated_failures_total", "isolation") == isolated + 1
     after = batcher.submit({"x": rows(7, 2)}).result(timeout=10)
     np.testing.assert_array_equal(after["y"], expected(rows(7, 2))["y"])
+    assert batcher.health() == ""
+
+
+def test_a_lone_failing_request_gets_its_error_without_a_retry(make_batcher) -> None:
+    run = Recorder(fail_on=-1.0)
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0, servable_id=ServableId("lone", 1))
+    retries = metric("kerasserve_batch_retries_total", "lone")
+    with pytest.raises(ValueError, match="poisoned row"):
+        batcher.submit({"x": rows(-1, 2)}).result(timeout=10)
+    assert run.calls == [2]
+    assert metric("kerasserve_batch_retries_total", "lone") == retries
+
+
+def test_outputs_that_cannot_be_split_fail_every_request_of_the_batch_without_a_retry(make_batcher) -> None:
+    from service.errors import InferenceError
+
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(inputs["x"].shape[0])
+        gate.wait(10)
+        return {"total": np.asarray(inputs["x"].sum())}  # one value for the whole batch
+
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0)
+    batcher.submit({"x": rows(0, 1)})
+    wait_until(lambda: calls)
+    futures = [batcher.submit({"x": rows(1, 2)}), batcher.submit({"x": rows(3, 1)})]
+    gate.set()
+    for future in futures:
+        with pytest.raises(InferenceError, match="cannot be split between requests"):
+            future.result(timeout=10)
+    assert calls == [1, 3]
+
+
+class MemoryHungry:
+    """A `run` that really runs out of memory on rows holding -1: numpy cannot allocate 4 EiB.
+
+    Not a mock: the MemoryError comes from a real allocation, as it would from a model or from the
+    batcher's own concatenation when the host is out of memory.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(x.shape[0])
+        if np.any(x == -1):
+            np.zeros(2**62, dtype=np.uint8)
+        return expected(x)
+
+
+def test_a_memory_error_kills_the_batch_loop_which_restarts_logs_and_counts_it(make_batcher, caplog) -> None:
+    from service.errors import InferenceError
+
+    run = MemoryHungry()
+    batcher = make_batcher(run, max_batch_size=8, batch_timeout_ms=0, servable_id=ServableId("hungry", 1))
+    restarts = metric("kerasserve_batcher_restarts_total", "hungry")
+    with caplog.at_level("ERROR", logger="service.batching"), pytest.raises(InferenceError, match="MemoryError"):
+        batcher.submit({"x": rows(-1, 1)}).result(timeout=10)
+    # Logged (with the traceback) and counted before the request was failed.
+    assert any("batch thread died" in r.message and "restarting" in r.message and r.exc_info for r in caplog.records)
+    assert metric("kerasserve_batcher_restarts_total", "hungry") == restarts + 1
+    # The thread kept going: the next requests are answered, and the batcher reports no problem.
+    for i in range(3):
+        np.testing.assert_array_equal(batcher.submit({"x": rows(i, 2)}).result(timeout=10)["y"], expected(rows(i, 2))["y"])
+    assert batcher.health() == ""
+    assert "batcher-hungry:1" in {t.name for t in threading.enumerate()}
+
+
+def test_a_batch_loop_that_keeps_dying_gives_up_and_reports_it(make_batcher) -> None:
+    from service.errors import InferenceError
+
+    run = MemoryHungry()
+    batcher = Batcher(ServableId("doomed", 1), run, max_batch_size=8, batch_timeout_ms=0, max_enqueued_batches=4,
+                      max_restarts=2, restart_window_s=60)
+    try:
+        restarts = metric("kerasserve_batcher_restarts_total", "doomed")
+        for _ in range(2):
+            with pytest.raises(InferenceError):
+                batcher.submit({"x": rows(-1, 1)}).result(timeout=10)
+            assert batcher.health() == ""
+        with pytest.raises(InferenceError):
+            batcher.submit({"x": rows(-1, 1)}).result(timeout=10)  # the third death within the window
+        wait_until(lambda: batcher.health())
+        assert "died 3 times within 60s (last: MemoryError)" in batcher.health()
+        assert metric("kerasserve_batcher_restarts_total", "doomed") == restarts + 3
+        with pytest.raises(ModelNotReady, match="stopped serving: it died 3 times"):
+            batcher.submit({"x": rows(1, 1)})
+        wait_until(lambda: "batcher-doomed:1" not in {t.name for t in threading.enumerate()})
+    finally:
+        batcher.close(timeout_s=10)
+
+
+def test_requests_queued_when_the_loop_gives_up_fail_with_model_not_ready(make_batcher) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started.set()
+        gate.wait(10)
+        np.zeros(2**62, dtype=np.uint8)
+        return expected(inputs["x"])
+
+    batcher = Batcher(ServableId("giveup", 1), run, max_batch_size=2, batch_timeout_ms=0, max_enqueued_batches=4,
+                      max_restarts=0, restart_window_s=60)
+    try:
+        first = batcher.submit({"x": rows(0, 1)})
+        assert started.wait(10)
+        queued = batcher.submit({"x": rows(1, 2)})
+        gate.set()
+        assert "InferenceError" == type(first.exception(timeout=10)).__name__
+        with pytest.raises(ModelNotReady, match="giveup"):
+            queued.result(timeout=10)
+        assert "died 1 time within 60s" in batcher.health()
+    finally:
+        batcher.close(timeout_s=10)
 
 
 def test_requests_with_different_row_shapes_or_dtypes_run_in_separate_batches(make_batcher) -> None:
@@ -340,5 +464,77 @@ def test_batched_results_of_a_real_keras_model_equal_its_unbatched_results(make_
             np.testing.assert_allclose(together, alone, atol=1e-5)
         # distinct inputs gave distinct outputs: a mix-up of rows between requests would show
         assert len({r.tobytes() for r in batched}) == len(requests)
+    finally:
+        loaded.close()
+
+
+def test_one_out_of_range_embedding_index_fails_only_its_request_in_a_batch_of_a_real_keras_model(
+    make_batcher, tmp_path
+) -> None:
+    import keras
+
+    from service.custom_objects import CustomObjectRegistry
+    from service.loader import Loader
+    from service.runner import InferenceRunner, default_allowed_batch_sizes
+    from service.settings import Settings
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([
+        keras.Input((3,), dtype="int32"),
+        keras.layers.Embedding(5, 2),  # indices 0..4
+        keras.layers.Flatten(),
+    ])
+    model.save(tmp_path / "embedding.keras")
+    loaded = Loader(CustomObjectRegistry(), Settings(models_dir=tmp_path)).load(tmp_path / "embedding.keras")
+    try:
+        runner = InferenceRunner(loaded, loaded.default_signature, device="/CPU:0",
+                                 allowed_batch_sizes=default_allowed_batch_sizes(16))
+        runner.warm_up()
+        input_name = loaded.signature.inputs[0].name
+        output_name = loaded.signature.outputs[0].name
+        good = [np.array([[0, 1, 2]]), np.array([[4, 3, 2], [1, 1, 1]]), np.array([[2, 2, 0]]),
+                np.array([[3, 0, 4], [0, 0, 0], [4, 4, 4]])]
+        bad = np.array([[1, 2, 3], [0, 7, 1]])  # row 1 of this request holds index 7
+        alone = [runner.run({input_name: x})[output_name] for x in good]
+
+        calls: list[int] = []
+        gate = threading.Event()
+
+        def gated(inputs):
+            calls.append(next(iter(inputs.values())).shape[0])
+            assert gate.wait(10)
+            return runner.run(inputs)
+
+        sid = ServableId("embedding", 1)
+        batcher = make_batcher(gated, max_batch_size=16, batch_timeout_ms=0, servable_id=sid)
+        retries = metric("kerasserve_batch_retries_total", "embedding")
+        isolated = metric("kerasserve_batch_isolated_failures_total", "embedding")
+        batcher.submit({input_name: np.array([[0, 0, 0]])})
+        wait_until(lambda: calls)
+        # Concurrent clients queue behind the busy thread (pool.map returns once all five are queued):
+        # the five requests form one batch of 9 rows.
+        requests = [*good[:2], bad, *good[2:]]
+        barrier = threading.Barrier(len(requests))
+
+        def client(x: np.ndarray):
+            barrier.wait()
+            return batcher.submit({input_name: x})
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = list(pool.map(client, requests))
+        gate.set()
+
+        error = futures[2].exception(timeout=30)
+        assert isinstance(error, InvalidInput)
+        # The error names the problem in the request's own rows (not its place in the batch).
+        assert str(error) == "the model rejected the input: indices[1,1] = 7 is not in [0, 5)"
+        for future, x, expected_output in zip([*futures[:2], *futures[3:]], good, alone):
+            result = future.result(timeout=30)[output_name]
+            assert result.shape == (x.shape[0], 6)
+            np.testing.assert_allclose(result, expected_output, atol=1e-6)
+        assert calls[:2] == [1, 9]  # the lone request, then the five together
+        assert sorted(calls[2:]) == sorted(x.shape[0] for x in requests)  # then each alone
+        assert metric("kerasserve_batch_retries_total", "embedding") == retries + 1
+        assert metric("kerasserve_batch_isolated_failures_total", "embedding") == isolated + 1
     finally:
         loaded.close()
