@@ -778,7 +778,7 @@ def main(argv: list[str]) -> int:
         print("wrk not found: apt-get update && apt-get install -y wrk", file=sys.stderr)
         return 2
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/benchmark.py", *argv])
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     args.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     workdir = Path(tempfile.mkdtemp(prefix="kerasserve-bench-"))
     try:

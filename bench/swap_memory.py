@@ -60,13 +60,13 @@ def build_model(path: Path, units: int) -> Path:
 
 def measure(swaps: int, units: int) -> dict:
     """Swap the same model `swaps` times; return the RSS series (MiB) and timings."""
+    import numpy as np
+
     from service.builder import ServableBuilder
     from service.manager import ServableManager
     from service.repository import ModelRepository, RepositoryWatcher
     from service.servable import ServableRequest
     from service.settings import Settings
-
-    import numpy as np
 
     root = Path(tempfile.mkdtemp(prefix="swap-memory-"))
     try:

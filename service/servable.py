@@ -18,8 +18,7 @@ import numpy as np
 from service.errors import InvalidInput
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.model_config import ModelConfig
-    from service.model_config import PreprocessingChoice
+    from service.model_config import ModelConfig, PreprocessingChoice
 
 
 def row_count(arrays: Mapping[str, np.ndarray]) -> int:

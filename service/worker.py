@@ -39,8 +39,8 @@ from gunicorn import http, util
 from gunicorn.workers.gthread import ThreadWorker
 
 from service import pod_readiness  # imported here, in the master: its shared table must exist before the fork
-from service.pod_readiness import alive
 from service.errors import RequestTimeout
+from service.pod_readiness import alive
 from service.settings import Settings
 from service.slow_clients import (
     BODY_TIMEOUT_SETTING,

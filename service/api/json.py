@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from flask.json.provider import DefaultJSONProvider
 
-
 _COMPACT = ({}, {"separators": (",", ":")})
 
 

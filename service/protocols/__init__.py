@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 from service.errors import InvalidInput
 
-
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """A `\\uD800`..`\\uDFFF` escape: JSON may spell a lone UTF-16 surrogate, which no UTF-8 text can hold."""
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -26,7 +26,6 @@ from tests.e2e.api_models import (
 from tests.e2e.conftest import Server, start_server
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")

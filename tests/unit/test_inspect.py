@@ -15,8 +15,8 @@ import yaml
 
 from service.__main__ import main
 from service.custom_objects import CustomObjectRegistry
-from service.model_inspect import find_config
 from service.loader import Loader
+from service.model_inspect import find_config
 from service.saving import save_model
 from service.settings import Settings
 from tests.unit.tutorial_models import BLOG_MODULE, import_blog

@@ -10,7 +10,6 @@ makes "no request ever meets a new shape after warm-up" observable.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from service.errors import InvalidInput
 from service import runner
+from service.errors import InvalidInput
 from service.runner import (
     InferenceRunner,
     available_cores,
