@@ -47,7 +47,7 @@ COPY --chown=root:root wsgi.py gunicorn.conf.py requirements.txt ./
 COPY --chown=root:root deploy/docker/healthcheck.py deploy/docker/healthcheck.py
 USER 10001:10001
 VOLUME ["/models"]
-EXPOSE 8000
+EXPOSE 8000 8500
 # start-period covers TensorFlow's import, the first-run training and the first model loads.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "/app/deploy/docker/healthcheck.py"]

@@ -53,3 +53,35 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Start the worker's gRPC server (GRPC_PORT) after the fork, beside its HTTP one; SIGTERM starts its drain.
+
+    The worker's own SIGTERM handler (gunicorn's graceful exit) still runs: HTTP stops accepting and
+    finishes its requests while gRPC refuses new calls and finishes the ones in flight, both within
+    GRACEFUL_TIMEOUT_S. `worker_exit` then waits for gRPC, before the models are unloaded at exit.
+    """
+    import signal
+
+    from service.app import serve_grpc
+
+    grpc_server = serve_grpc(worker.wsgi)
+    if grpc_server is None:
+        return
+    worker.kerasserve_grpc = grpc_server
+    graceful_exit = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        grpc_server.begin_stop(_settings.graceful_timeout_s)
+        if callable(graceful_exit):
+            graceful_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server, worker):
+    """Wait for the worker's gRPC calls in flight (a quick exit, SIGINT or SIGQUIT, stops gRPC at once)."""
+    grpc_server = getattr(worker, "kerasserve_grpc", None)
+    if grpc_server is not None:
+        grpc_server.wait_stopped(_settings.graceful_timeout_s)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
@@ -26,6 +27,9 @@ from service.logs import configure_logging
 from service.manager import Builder, ServableManager
 from service.repository import ModelRepository, RepositoryWatcher
 from service.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,21 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     register_error_handlers(app)
     log.info("kerasserve app ready to serve %s", settings.models_dir)
     return app
+
+
+def serve_grpc(app: Flask) -> GrpcServer | None:
+    """Start this worker's gRPC server over the app's data plane; None when GRPC_PORT is 0.
+
+    Called by gunicorn.conf.py's `post_worker_init`, in the worker after the fork, once the app (and
+    so the data plane) exists; tests that build apps start no gRPC server. Imported lazily: the gRPC
+    messages import TensorFlow, which `import service.app` must not start.
+    """
+    runtime: Runtime = app.extensions[EXTENSION]
+    if not runtime.settings.grpc_port:
+        return None
+    from service import grpc_server
+
+    return grpc_server.start(runtime.settings, runtime.dataplane)
 
 
 def recycle_worker() -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLUGINS_FOLDER = "plugins"
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     port: int = Field(8000, ge=0, le=65535)
     """TCP port gunicorn listens on."""
+
+    grpc_port: int = Field(8500, ge=0, le=65535)
+    """TCP port of the gRPC API (TF Serving's PredictionService and ModelService, KServe v2's GRPCInferenceService, grpc.health.v1); every worker listens on it (SO_REUSEPORT). 0 turns gRPC off."""
 
     workers: int = Field(2, ge=1)
     """gunicorn worker processes; each loads every model (one per core on CPU, 1 per GPU)."""
@@ -141,6 +144,12 @@ class Settings(BaseSettings):
         if value is not None and not value.strip():
             raise ValueError("AUTH_TOKEN is set but empty; set a token, or unset AUTH_TOKEN to run without auth")
         return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"GRPC_PORT and PORT are both {self.port}; give gRPC its own port, or GRPC_PORT=0 to turn it off")
+        return self
 
     @field_validator("models_dir", mode="after")
     @classmethod

@@ -276,6 +276,23 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     assert claim == documents(DEPLOY / "kubernetes" / "pvc.yaml")[0]["metadata"]["name"]
 
 
+
+@pytest.mark.parametrize("where, pod", [pytest.param(w, p, id=w) for w, p in server_pods() if not w.startswith("kserve")])
+def test_kubernetes_pods_expose_the_grpc_port(where: str, pod: dict) -> None:
+    container = server_container(pod)
+    settings = container_settings(container)
+    assert settings.grpc_port, "gRPC is on in the Kubernetes manifests"
+    grpc = next(p for p in container["ports"] if p["name"] == "grpc")
+    assert (grpc["containerPort"], grpc["protocol"]) == (settings.grpc_port, "TCP")
+
+
+def test_service_routes_http_and_grpc_by_port_name() -> None:
+    (service,) = documents(DEPLOY / "kubernetes" / "service.yaml")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["port"] == Settings().grpc_port
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # plaintext HTTP/2
+
+
 # --- the object-storage sync script: copy, then rename -------------------------------------------
 
 

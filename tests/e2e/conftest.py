@@ -85,6 +85,8 @@ def start_server(models_dir: Path, log_dir: Path, *, ready: bool = True, timeout
         "MODELS_DIR": str(models_dir),
         "WORKERS": env.pop("WORKERS", "1"),
         "POLL_INTERVAL_S": env.pop("POLL_INTERVAL_S", "0.5"),
+        # gRPC stays on, as by default, but never on the machine-wide 8500 another server may hold.
+        "GRPC_PORT": env.pop("GRPC_PORT", str(free_port())),
         "SETTLE_S": env.pop("SETTLE_S", "0.5"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PROMETHEUS_MULTIPROC_DIR": "",

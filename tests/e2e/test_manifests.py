@@ -7,7 +7,8 @@ the pod's user and group ids, and the volume mounted at MODELS_DIR. It then runs
 the repository root (the image's /app) with the venv first on PATH (the image's /opt/venv), as that
 user (when the suite runs as root), with MODELS_DIR pointing at a folder made the way Kubernetes
 makes the mount: an emptyDir is mode 0777; a PVC with `fsGroup` is group-owned and setgid (2775);
-KServe's /mnt/models is the storage initializer's emptyDir, mounted read-only. Only PORT differs.
+KServe's /mnt/models is the storage initializer's emptyDir, mounted read-only. Only PORT (and
+GRPC_PORT, where on) differ.
 The server must become ready and answer a prediction, and must not write into a read-only mount.
 """
 
@@ -161,7 +162,8 @@ def mounted_models(tiny_model: Path) -> Iterator[Callable[[ServerContainer], Pat
         shutil.rmtree(base, ignore_errors=True)
 
 
-def environment(container: ServerContainer, models: Path, port: int) -> dict[str, str]:
+def environment(container: ServerContainer, models: Path, port: int, grpc_port: int = 0) -> dict[str, str]:
+    """The container's environment; only PORT and (when the manifest keeps gRPC on) GRPC_PORT differ: free ports here."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/nonexistent" if container.user not in (None, 0) else os.environ.get("HOME", "/root"),
@@ -169,7 +171,19 @@ def environment(container: ServerContainer, models: Path, port: int) -> dict[str
         "MODELS_DIR": str(models),
         "PORT": str(port),
     }
+    if env.get("GRPC_PORT", "8500") != "0":
+        env["GRPC_PORT"] = str(grpc_port or free_port())
     return env
+
+
+def grpc_serving(port: int) -> bool:
+    """Whether grpc.health.v1.Health answers SERVING on `port`."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return check.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @functools.cache
@@ -215,14 +229,17 @@ def test_manifest_starts_the_server_and_it_answers_a_prediction(
 ) -> None:
     models = mounted_models(container)
     before = snapshot(models)
-    port = free_port()
-    with serve(container.command, cwd=REPO, env=environment(container, models, port), url=f"http://127.0.0.1:{port}",
+    port, grpc_port = free_port(), free_port()
+    env = environment(container, models, port, grpc_port)
+    with serve(container.command, cwd=REPO, env=env, url=f"http://127.0.0.1:{port}",
                log_path=tmp_path / "server.log", timeout_s=300, **identity(container)) as server:
         # Ready means every worker is (WORKERS=2 here): the first prediction must succeed.
         response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
         assert response.status_code == 200, response.text
         (scores,) = response.json()["predictions"]
         assert len(scores) == 2 and abs(sum(scores) - 1.0) < 1e-5
+        if env.get("GRPC_PORT", "0") != "0":  # ready over HTTP: ready over gRPC too
+            assert grpc_serving(grpc_port)
     if container.read_only:
         assert snapshot(models) == before, "the server wrote into a read-only mount"
 

@@ -1,0 +1,208 @@
+"""The gRPC services: what the REST views are for HTTP, over the same data plane.
+
+`tensorflow.serving.PredictionService` and `ModelService`, `inference.GRPCInferenceService` and
+`grpc.health.v1.Health`, each a subclass of the servicer class its package generates. A method
+checks the model name as REST does, decodes the message with its adapter (`protocols/*_grpc.py`),
+calls the data plane and encodes the answer; `grpc_errors` turns any error into the status code and
+the message REST gives. Nothing here knows HTTP, and nothing below the data plane knows gRPC.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from service import grpc_errors, security
+from service.dataplane import DataPlane
+from service.errors import ModelNotFound, ModelNotReady, Unimplemented
+from service.logs import request_id_var
+from service.protocols import kserve_v2_grpc, tfserving_grpc
+from service.servable import ServableState
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+"""Metadata key of the request id: taken from the client when short and plain, else made; sent back in the initial metadata."""
+
+SERVICE_NAMES = (
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    "inference.GRPCInferenceService",
+    "grpc.health.v1.Health",
+)
+"""Services this server hosts; Health answers for each of them, and for the whole server ("")."""
+
+WATCH_INTERVAL_S = 1.0
+"""How often Health.Watch looks at readiness again."""
+
+_Response = TypeVar("_Response")
+
+
+def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
+    """Run one unary method with a request id, and map every error through `grpc_errors`."""
+
+    @functools.wraps(method)
+    def call(self, request, context: grpc.ServicerContext) -> _Response:
+        given = dict(context.invocation_metadata()).get(REQUEST_ID_KEY, "")
+        request_id = given if isinstance(given, str) and _plain(given) else uuid.uuid4().hex
+        request_id_var.set(request_id)
+        context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            return method(self, request, context)
+        except Exception as err:  # noqa: BLE001 - every error becomes a status, as REST's handlers do
+            grpc_errors.abort(context, err)
+            raise  # not reached: abort raises
+
+    return call
+
+
+def _plain(value: str) -> bool:
+    return 0 < len(value) <= 128 and all(c.isalnum() or c in "._:-" for c in value) and value.isascii()
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """`tensorflow.serving.PredictionService`: Predict, Classify, Regress, GetModelMetadata. Thread-safe."""
+
+    def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
+        self._dataplane = dataplane
+        self._settings = settings
+
+    @_rpc
+    def Predict(self, request, context):  # noqa: N802 - the generated method names
+        security.check_model_name(request.model_spec.name)
+        predict = tfserving_grpc.decode_predict(request, max_bytes=self._settings.max_request_bytes)
+        return tfserving_grpc.encode_predict(self._dataplane.predict(predict), request.model_spec.signature_name)
+
+    @_rpc
+    def Classify(self, request, context):  # noqa: N802
+        security.check_model_name(request.model_spec.name)
+        examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "classify")
+        return tfserving_grpc.encode_classify(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
+
+    @_rpc
+    def Regress(self, request, context):  # noqa: N802
+        security.check_model_name(request.model_spec.name)
+        examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "regress")
+        return tfserving_grpc.encode_regress(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
+
+    @_rpc
+    def MultiInference(self, request, context):  # noqa: N802
+        raise Unimplemented("MultiInference is not supported; call Classify or Regress once per task")
+
+    @_rpc
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        security.check_model_name(request.model_spec.name)
+        tfserving_grpc.check_metadata_fields(list(request.metadata_field))
+        target = tfserving_grpc.decode_model_spec(request.model_spec)
+        return tfserving_grpc.encode_metadata(self._dataplane.metadata(target))
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """`tensorflow.serving.ModelService`: GetModelStatus; the model configuration comes from MODELS_DIR. Thread-safe."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    @_rpc
+    def GetModelStatus(self, request, context):  # noqa: N802
+        security.check_model_name(request.model_spec.name)
+        target = tfserving_grpc.decode_model_spec(request.model_spec)
+        return tfserving_grpc.encode_status(self._dataplane.model_status(target.name), target)
+
+    @_rpc
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        raise Unimplemented(
+            "HandleReloadConfigRequest is not supported: models and versions come from MODELS_DIR, which the server "
+            "watches; add or remove version folders (docs/model-repository.md) instead of sending a config"
+        )
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService`: health, metadata and ModelInfer (the other methods answer UNIMPLEMENTED). Thread-safe."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    @_rpc
+    def ServerLive(self, request, context):  # noqa: N802
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @_rpc
+    def ServerReady(self, request, context):  # noqa: N802
+        return service_pb2.ServerReadyResponse(ready=self._dataplane.readiness().ready)
+
+    @_rpc
+    def ModelReady(self, request, context):  # noqa: N802
+        try:
+            security.check_model_name(request.name)
+            self._dataplane.metadata(kserve_v2_grpc.decode_target(request.name, request.version))
+        except (ModelNotFound, ModelNotReady):
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @_rpc
+    def ServerMetadata(self, request, context):  # noqa: N802
+        return kserve_v2_grpc.encode_server_metadata()
+
+    @_rpc
+    def ModelMetadata(self, request, context):  # noqa: N802
+        security.check_model_name(request.name)
+        metadata = self._dataplane.metadata(kserve_v2_grpc.decode_target(request.name, request.version))
+        status = self._dataplane.model_status(request.name)
+        versions = [v.version for v in status.versions if v.state is ServableState.AVAILABLE]
+        serving = next((v for v in status.versions if v.version == metadata.servable_id.version), None)
+        format_ = serving.info.format if serving is not None and serving.info is not None else ""
+        return kserve_v2_grpc.encode_model_metadata(metadata, versions, format_)
+
+    @_rpc
+    def ModelInfer(self, request, context):  # noqa: N802
+        security.check_model_name(request.model_name)
+        predict = kserve_v2_grpc.decode_infer(request)
+        return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id)
+
+
+class HealthService(health_pb2_grpc.HealthServicer):
+    """`grpc.health.v1.Health`: SERVING exactly when `/readyz` would answer 200 (every worker's models loaded).
+
+    Readiness is read at each call rather than pushed, so it cannot lag behind `/readyz`. Watch
+    streams end when the server begins to stop, so they never hold a graceful shutdown up. Thread-safe.
+    """
+
+    def __init__(self, dataplane: DataPlane, stopping: threading.Event) -> None:
+        self._dataplane = dataplane
+        self._stopping = stopping
+
+    def _status(self) -> int:
+        if self._stopping.is_set() or not self._dataplane.readiness().ready:
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVING
+
+    def Check(self, request, context):  # noqa: N802
+        if request.service and request.service not in SERVICE_NAMES:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}")
+        return health_pb2.HealthCheckResponse(status=self._status())
+
+    def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:  # noqa: N802
+        if request.service and request.service not in SERVICE_NAMES:
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            return
+        last = None
+        while context.is_active():
+            status = self._status()
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if self._stopping.wait(WATCH_INTERVAL_S):
+                if last != health_pb2.HealthCheckResponse.NOT_SERVING:
+                    yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+                return
