@@ -120,6 +120,12 @@ def clone_repository(dest: Path) -> Path:
         pytest.fail("run the suite from the project's virtualenv (`make test`): the clone shares it")
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(dest)], check=True, timeout=120)
     (dest / ".venv").symlink_to(Path(sys.prefix))
+    stale = subprocess.run(["make", "-q", "venv"], cwd=dest, capture_output=True).returncode
+    if stale:
+        pytest.fail(
+            "this virtualenv has no install stamp for the committed requirements (make would reinstall "
+            "into it from the clone): run `make test`, which installs them and writes the stamps"
+        )
     return dest
 
 
