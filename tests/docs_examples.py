@@ -76,6 +76,31 @@ def all_examples() -> list[Example]:
     return [example for path in DOCUMENTS for example in examples(path)]
 
 
+DOCUMENTED_GRPC = "localhost:8500"
+
+
+def client_snippets() -> list[Example]:
+    """Python blocks that talk to a server (they name `localhost:`): the whole block is the command."""
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        for block in FENCE.finditer(text):
+            if block.group("lang") in {"python", "py"} and "localhost:" in block.group("body"):
+                line = text.count("\n", 0, block.start("body")) + 1
+                found.append(Example(f"{path.relative_to(REPO)}:{line}", block.group("body"), ""))
+    return found
+
+
+def printed_expectations(code: str) -> list[str | None]:
+    """For each `print(...)` line of a snippet, the output its `# comment` shows (before a comma), or None."""
+    expected = []
+    for line in code.splitlines():
+        if line.lstrip().startswith("print("):
+            comment = line.partition("  # ")[2].strip()
+            expected.append(comment.split(",")[0].strip() or None)
+    return expected
+
+
 def same_shape(shown: object, actual: object, at: str = "$") -> list[str]:
     """Where `actual` differs from the JSON a document shows: keys, list lengths, strings, ints, types.
 

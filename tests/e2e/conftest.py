@@ -151,9 +151,11 @@ class Quickstart:
 
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
-    """`make run` in a fresh clone, exactly as the README says (only PORT changed), ready to serve."""
+    """`make run` in a fresh clone, exactly as the README says (only PORT and GRPC_PORT changed), ready to serve."""
     clone = clone_repository(tmp_path_factory.mktemp("quickstart") / "kerasserve")
     port = free_port()
-    with serve(["make", "run"], cwd=clone, env=user_environment(PORT=str(port)), url=f"http://127.0.0.1:{port}",
+    # Only the ports differ from the README's command (8000 and gRPC's 8500 may be taken on this machine).
+    environment = user_environment(PORT=str(port), GRPC_PORT=str(free_port()))
+    with serve(["make", "run"], cwd=clone, env=environment, url=f"http://127.0.0.1:{port}",
                log_path=clone.parent / "make-run.log", timeout_s=900) as server:
         yield Quickstart(clone, server, port)

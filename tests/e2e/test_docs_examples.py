@@ -15,13 +15,23 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.docs_examples import DOCUMENTS, Example, all_examples, same_shape, shown_json
-from tests.e2e.conftest import Quickstart, Server, start_server
+from tests.docs_examples import (
+    DOCUMENTED_GRPC,
+    DOCUMENTS,
+    Example,
+    all_examples,
+    client_snippets,
+    printed_expectations,
+    same_shape,
+    shown_json,
+)
+from tests.e2e.conftest import Quickstart, Server, free_port, start_server
 
 # Commands that cannot run on this machine, by prefix, with the reason (and where they are covered).
 NOT_RUNNABLE = {
@@ -60,6 +70,51 @@ def build_two_heads(path: Path) -> None:
     kind = keras.layers.Dense(3, activation="softmax", name="kind")(inputs)
     size = keras.layers.Dense(1, name="size")(inputs)
     keras.Model(inputs, {"kind": kind, "size": size}).save(path)
+
+
+@dataclass
+class DocsServer:
+    http: Server
+    grpc_port: int
+
+
+@pytest.fixture(scope="module")
+def docs_grpc_server(quickstart: Quickstart, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer]:
+    """The docs' gRPC client snippets' server: digits and the corpus half_plus_two, gRPC on a free port."""
+    models = tmp_path_factory.mktemp("docs-grpc-models")
+    trained = quickstart.clone / "models"
+    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
+        shutil.copy2(trained / name, models / name)
+    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    (models / "half_plus_two").symlink_to(corpus / "half_plus_two_cpu")
+    grpc_port = free_port()
+    with start_server(models, tmp_path_factory.mktemp("docs-grpc-logs"), GRPC_PORT=str(grpc_port), timeout_s=240) as server:
+        yield DocsServer(server, grpc_port)
+
+
+SNIPPETS = client_snippets()
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.where for s in SNIPPETS])
+def test_documented_client_snippet_prints_what_it_shows(snippet: Example, docs_grpc_server: DocsServer) -> None:
+    code = snippet.command.replace(DOCUMENTED_GRPC, f"localhost:{docs_grpc_server.grpc_port}").replace(
+        "localhost:8000", docs_server_url(docs_grpc_server.http))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"{snippet.where}:\n{result.stderr[-3000:]}"
+    printed = result.stdout.splitlines()
+    expected = printed_expectations(snippet.command)
+    assert len(printed) >= len(expected), result.stdout
+    for shown, line in zip(expected, printed[-len(expected):]):
+        if shown is not None:
+            assert line.startswith(shown), f"{snippet.where}: printed {line!r}, the document shows {shown!r}"
+
+
+def docs_server_url(server: Server) -> str:
+    return "localhost:" + server.url.rsplit(":", 1)[1]
+
+
+def test_client_snippets_were_found() -> None:
+    assert len(SNIPPETS) >= 2  # the gRPC examples of docs/api.md
 
 
 @pytest.fixture(scope="module")

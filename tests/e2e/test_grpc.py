@@ -38,7 +38,15 @@ from tensorflow_serving.apis import (
 )
 
 from tests.conftest import CORPUS, wait_until
-from tests.e2e.api_models import LIMITS_ENV, binary_scores, build_api_models, digit_image, digits_scores, encode, two_heads
+from tests.e2e.api_models import (
+    LIMITS_ENV,
+    binary_scores,
+    build_api_models,
+    digit_image,
+    digits_scores,
+    encode,
+    two_heads,
+)
 from tests.e2e.conftest import Server, free_port, start_server
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
