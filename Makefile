@@ -12,7 +12,7 @@ TESTS ?= tests
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test venv bench clean
+.PHONY: run test lint venv bench clean
 
 $(RUN_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ run: $(RUN_STAMP)
 	MODELS_DIR=$(MODELS_DIR) $(PY) -m service default-model --if-empty
 	MODELS_DIR=$(MODELS_DIR) $(VENV)/bin/gunicorn wsgi:app
 
-test: $(TEST_STAMP)
+# Lint and type-check first (seconds), then the suite. `make lint` alone: the same checks.
+test: lint
 	$(PY) -m pytest $(TESTS)
+
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
 # docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.

@@ -57,7 +57,7 @@ class ServableBuilder:
 
         self.device = configure_tensorflow(self._settings)
         import service.batching  # noqa: F401 - imported before freezing, like TensorFlow
-        import service.loader  # noqa: F401
+        import service.loader  # noqa: F401 - the same: imported before freezing
 
         # Move everything imported so far (TensorFlow, Keras: hundreds of thousands of long-lived
         # objects) out of the collector's sight, so the gc.collect() the manager runs after each
@@ -140,8 +140,8 @@ class ServableBuilder:
                 else:
                     submit[name] = _direct(runner.run)
         except BaseException:
-            for close in closers:
-                close()
+            for step in closers:
+                step()
             loaded.close()
             raise
         closers.append(loaded.close)

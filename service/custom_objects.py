@@ -334,7 +334,7 @@ class CustomObjectRegistry:
             module_name, _, attr = target.partition(":")
             try:
                 module = importlib.import_module(module_name)
-                fn = module
+                fn: Any = module
                 for part in attr.split("."):
                     fn = getattr(fn, part)
             except (ImportError, AttributeError) as err:

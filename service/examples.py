@@ -101,9 +101,9 @@ def encode_feature(name: str, values: Sequence[FeatureValue]) -> bytes:
     Raises:
         InvalidInput: strings mixed with numbers.
     """
-    if all(isinstance(v, (str, bytes)) for v in values) and values:
-        payload = b"".join(_field(1, v.encode() if isinstance(v, str) else v) for v in values)  # type: ignore[union-attr]
-        return _field(1, payload)  # bytes_list
+    texts = [v.encode() if isinstance(v, str) else v for v in values if isinstance(v, (str, bytes))]
+    if values and len(texts) == len(values):
+        return _field(1, b"".join(_field(1, v) for v in texts))  # bytes_list
     if any(isinstance(v, (str, bytes)) for v in values):
         raise InvalidInput(f"feature '{name}' mixes strings and numbers")
     if values and all(isinstance(v, (bool, int)) for v in values):

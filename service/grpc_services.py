@@ -84,23 +84,23 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return tfserving_grpc.encode_predict(self._dataplane.predict(predict), request.model_spec.signature_name)
 
     @_rpc
-    def Classify(self, request, context):  # noqa: N802
+    def Classify(self, request, context):
         security.check_model_name(request.model_spec.name)
         examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "classify")
         return tfserving_grpc.encode_classify(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
 
     @_rpc
-    def Regress(self, request, context):  # noqa: N802
+    def Regress(self, request, context):
         security.check_model_name(request.model_spec.name)
         examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "regress")
         return tfserving_grpc.encode_regress(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
 
     @_rpc
-    def MultiInference(self, request, context):  # noqa: N802
+    def MultiInference(self, request, context):
         raise Unimplemented("MultiInference is not supported; call Classify or Regress once per task")
 
     @_rpc
-    def GetModelMetadata(self, request, context):  # noqa: N802
+    def GetModelMetadata(self, request, context):
         security.check_model_name(request.model_spec.name)
         tfserving_grpc.check_metadata_fields(list(request.metadata_field))
         target = tfserving_grpc.decode_model_spec(request.model_spec)
@@ -114,13 +114,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self._dataplane = dataplane
 
     @_rpc
-    def GetModelStatus(self, request, context):  # noqa: N802
+    def GetModelStatus(self, request, context):
         security.check_model_name(request.model_spec.name)
         target = tfserving_grpc.decode_model_spec(request.model_spec)
         return tfserving_grpc.encode_status(self._dataplane.model_status(target.name), target)
 
     @_rpc
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+    def HandleReloadConfigRequest(self, request, context):
         raise Unimplemented(
             "HandleReloadConfigRequest is not supported: models and versions come from MODELS_DIR, which the server "
             "watches; add or remove version folders (docs/model-repository.md) instead of sending a config"
@@ -134,15 +134,15 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._dataplane = dataplane
 
     @_rpc
-    def ServerLive(self, request, context):  # noqa: N802
+    def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
 
     @_rpc
-    def ServerReady(self, request, context):  # noqa: N802
+    def ServerReady(self, request, context):
         return service_pb2.ServerReadyResponse(ready=self._dataplane.readiness().ready)
 
     @_rpc
-    def ModelReady(self, request, context):  # noqa: N802
+    def ModelReady(self, request, context):
         try:
             security.check_model_name(request.name)
             self._dataplane.metadata(kserve_v2_grpc.decode_target(request.name, request.version))
@@ -151,11 +151,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ModelReadyResponse(ready=True)
 
     @_rpc
-    def ServerMetadata(self, request, context):  # noqa: N802
+    def ServerMetadata(self, request, context):
         return kserve_v2_grpc.encode_server_metadata()
 
     @_rpc
-    def ModelMetadata(self, request, context):  # noqa: N802
+    def ModelMetadata(self, request, context):
         security.check_model_name(request.name)
         metadata = self._dataplane.metadata(kserve_v2_grpc.decode_target(request.name, request.version))
         status = self._dataplane.model_status(request.name)
@@ -165,7 +165,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return kserve_v2_grpc.encode_model_metadata(metadata, versions, format_)
 
     @_rpc
-    def ModelInfer(self, request, context):  # noqa: N802
+    def ModelInfer(self, request, context):
         security.check_model_name(request.model_name)
         predict = kserve_v2_grpc.decode_infer(request)
         return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id)
@@ -187,12 +187,12 @@ class HealthService(health_pb2_grpc.HealthServicer):
             return health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse.SERVING
 
-    def Check(self, request, context):  # noqa: N802
+    def Check(self, request, context):
         if request.service and request.service not in SERVICE_NAMES:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}")
         return health_pb2.HealthCheckResponse(status=self._status())
 
-    def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:  # noqa: N802
+    def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:
         if request.service and request.service not in SERVICE_NAMES:
             yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             return

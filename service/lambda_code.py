@@ -59,7 +59,7 @@ def lambda_scope(lambda_globals: dict[str, Any]) -> Iterator[None]:
                 defaults = tuple(defaults)
             return tfk_original(code, defaults=defaults, closure=closure, globs=merged)
 
-        tfk_utils.func_load = tfk_func_load
+        setattr(tfk_utils, "func_load", tfk_func_load)  # noqa: B010 - tf_keras' stubs do not declare it
         patched.append((tfk_utils, "func_load", tfk_original))
     try:
         yield

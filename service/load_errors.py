@@ -42,7 +42,7 @@ def exception_chain(err: BaseException) -> list[BaseException]:
     """Return `err` and every exception in its `__cause__` / `__context__` chain."""
     chain: list[BaseException] = []
     seen: set[int] = set()
-    stack = [err]
+    stack: list[BaseException | None] = [err]
     while stack:
         current = stack.pop(0)
         if current is None or id(current) in seen:

@@ -57,4 +57,4 @@ def configure_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     root.propagate = False
-    root._kerasserve_configured = True  # type: ignore[attr-defined]
+    root._kerasserve_configured = True  # type: ignore[attr-defined]  # a marker on the root logger: configured once

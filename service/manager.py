@@ -490,10 +490,10 @@ class ServableManager:
                 version.loaded_fingerprint = ""
                 version.state = ServableState.UNLOADING
         for servable in leaving:
-            model = self._models.get(servable.id.name)
-            version = model.versions.get(servable.id.version) if model else None
-            if version is not None:
-                version.draining += 1
+            leaving_model = self._models.get(servable.id.name)
+            leaving_version = leaving_model.versions.get(servable.id.version) if leaving_model else None
+            if leaving_version is not None:
+                leaving_version.draining += 1
         self._publish_locked()
         if announce is not None:
             announce()

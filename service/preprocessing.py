@@ -132,6 +132,9 @@ def image_spec(signature: Signature, config: PreprocessingConfig) -> ImageSpec:
     dims = tensor.shape[1:]  # drop the batch dimension
     channels_first = False
     keep_channel_axis = True
+    height: int | None
+    width: int | None
+    channels: int | None
     if len(dims) == 2:  # (H, W): grayscale without a channel axis, e.g. MNIST (None, 28, 28)
         height, width = dims
         channels = 1
@@ -230,15 +233,15 @@ def _resize(image: Image.Image, width: int, height: int, how: str) -> Image.Imag
         # min/max: float rounding may put the box a hair outside the image, which Pillow refuses.
         crop_w, crop_h = min(image.width, width / scale), min(image.height, height / scale)
         left, top = max(0.0, (image.width - crop_w) / 2), max(0.0, (image.height - crop_h) / 2)
-        return image.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+        return image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
     if how == "letterbox":
         scale = min(width / image.width, height / image.height)
         inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        resized = image.resize(inner, Image.BILINEAR)
+        resized = image.resize(inner, Image.Resampling.BILINEAR)
         canvas = Image.new(image.mode, (width, height))
         canvas.paste(resized, ((width - inner[0]) // 2, (height - inner[1]) // 2))
         return canvas
-    return image.resize((width, height), Image.BILINEAR)
+    return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
 def scale_pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:

@@ -159,7 +159,7 @@ def requirements(model: Any) -> Requirements:
 def _lambda_requirements(layer: Any, found: Requirements) -> None:
     fn = getattr(layer, "function", None)
     code = getattr(fn, "__code__", None)
-    if code is None:
+    if fn is None or code is None:
         return
     if getattr(fn, "__name__", "") != "<lambda>":
         found.need(fn.__name__, fn)

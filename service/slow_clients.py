@@ -30,6 +30,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from service.errors import RequestTimeout
 
@@ -72,7 +73,7 @@ class PendingRequest:
     __slots__ = ("conn", "data", "deadline", "head_end", "content_length", "chunked", "_chunk_at",
                  "body_end", "to_thread", "reserved", "method", "path")
 
-    def __init__(self, conn: object, data: bytes, *, deadline: float) -> None:
+    def __init__(self, conn: Any, data: bytes, *, deadline: float) -> None:
         self.conn = conn
         self.data = bytearray(data)
         self.deadline = deadline

@@ -230,7 +230,7 @@ class BalancedThreadWorker(ThreadWorker):
         source.deadline = pending.deadline
         source.on_expiry = partial(_close_after_answer, conn)
         conn.data_ready = True  # gunicorn's handle() need not wait for data
-        pool = self._probe_pool if pending.is_probe else self.tpool
+        pool = (self._probe_pool or self.tpool) if pending.is_probe else self.tpool
         fs = pool.submit(self.handle, conn)
         fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 

@@ -42,7 +42,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     ModelNotReady: 503,
     Overloaded: 503,
 }
-RETRY_AFTER_S = {ModelNotReady: 5}
+RETRY_AFTER_S: dict[type[ServingError], int] = {ModelNotReady: 5}
 """Retry-After of 503 answers without their own `retry_after_s`."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from flask.json.provider import DefaultJSONProvider
 
-_COMPACT = ({}, {"separators": (",", ":")})
+_COMPACT: tuple[dict[str, Any], dict[str, Any]] = ({}, {"separators": (",", ":")})
 
 
 class FastJSONProvider(DefaultJSONProvider):

@@ -107,7 +107,8 @@ def _parameters(value: object, where: str) -> dict:
 
 def decode_bytes_elements(data: bytes, count: int, name: str) -> list[bytes]:
     """Read `count` BYTES elements, each a little-endian uint32 length followed by the bytes."""
-    items, offset = [], 0
+    items: list[bytes] = []
+    offset = 0
     for _ in range(count):
         if offset + 4 > len(data):
             raise InvalidTensor(f"input '{name}': binary BYTES data ends before element {len(items)}")
@@ -280,10 +281,9 @@ def decode_raw_infer(body: bytes, metadata: ModelMetadata, target: ServableReque
     count, rest = divmod(len(body), dtype.itemsize)
     if rest or (unknown and count % known) or (not unknown and count != known):
         raise InvalidTensor(f"{len(body)} bytes do not hold a {tensor.dtype} tensor of shape {dims}")
-    if unknown:
-        dims[unknown[0]] = count // known
-    array = np.frombuffer(body, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape([1, *dims])
-    return PredictRequest(target, {tensor.name: array}), InferOptions(binary_default=True, raw_binary=True)
+    shape = [1, *(count // known if d is None else d for d in dims)]  # at most one None, filled from the size
+    batch = np.frombuffer(body, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    return PredictRequest(target, {tensor.name: batch}), InferOptions(binary_default=True, raw_binary=True)
 
 
 def encode_infer(response: PredictResponse, options: InferOptions) -> tuple[dict, bytes]:

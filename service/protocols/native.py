@@ -83,8 +83,8 @@ def _decode_body(request: Request, target: ServableRequest, *, max_images: int) 
             raise InvalidInput("the request body is empty; send the image bytes")
         return PredictRequest(target, images=(body,))
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        body = parse_json_object(request.get_data(cache=False))
-        predict_request, _ = tfserving.decode_predict_body(body, target)
+        document = parse_json_object(request.get_data(cache=False))
+        predict_request, _ = tfserving.decode_predict_body(document, target)
         return predict_request
     shown = mimetype or "none"
     raise UnsupportedMediaType(f"Content-Type '{shown}' is not supported; send {ACCEPTED}")

@@ -90,7 +90,7 @@ def _is_b64(value: object) -> bool:
 def _decode_leaf(name: str, value: object) -> object:
     """Turn one JSON leaf into bytes (strings, b64) or keep it (numbers); refuse nulls and objects."""
     if _is_b64(value):
-        text = value["b64"]  # type: ignore[index]
+        text = value["b64"]  # type: ignore[index]  # _is_b64 checked it is a dict holding "b64"
         if not isinstance(text, str):
             raise InvalidInput(f"input '{name or 'instances'}': \"b64\" must be a string")
         try:
@@ -244,7 +244,8 @@ def rows_json(outputs: Mapping[str, np.ndarray]) -> list:
         value = array_to_json(name, array)
         return value if isinstance(value, list) else [value]
     columns = {name: array_to_json(name, array) for name, array in outputs.items()}
-    rows = len(next(iter(columns.values())))
+    first = next(iter(columns.values()))
+    rows = len(first) if isinstance(first, list) else -1
     if any(not isinstance(c, list) or len(c) != rows for c in columns.values()):
         raise InvalidInput("the model's outputs have different batch sizes; use the columnar format ('inputs')")
     names = list(columns)
@@ -267,7 +268,7 @@ def decode_examples(body: Mapping[str, object], target: ServableRequest, method:
     signature_name = body.get("signature_name")
     if signature_name is not None and not isinstance(signature_name, str):
         raise InvalidInput("'signature_name' must be a string")
-    return ExamplesRequest(target, method, tuple(examples), context, signature_name or None)  # type: ignore[arg-type]
+    return ExamplesRequest(target, method, tuple(examples), context, signature_name or None)  # type: ignore[arg-type]  # method: "classify" or "regress", from the URL grammar
 
 
 def encode_examples(response: ExamplesResponse) -> dict:

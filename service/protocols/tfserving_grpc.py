@@ -243,7 +243,7 @@ def decode_examples(
     if not examples:
         raise InvalidInput("'examples' must be a non-empty list of tf.Example")
     return ExamplesRequest(
-        target, method, tuple(example_features(e) for e in examples), context,  # type: ignore[arg-type]
+        target, method, tuple(example_features(e) for e in examples), context,  # type: ignore[arg-type]  # method: "classify" or "regress", from the RPC called
         spec.signature_name or None,
     )
 

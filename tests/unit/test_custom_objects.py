@@ -136,7 +136,7 @@ def test_registry_register_is_a_decorator_with_or_without_name() -> None:
     assert registry.custom_objects() == {"first": first, "second_name": second}
     assert registry.lambda_globals()["H"] == 32 and registry.lambda_replacement("resize") is first
     with pytest.raises(TypeError):
-        registry.register_lambda("bad", 3)  # type: ignore[arg-type]
+        registry.register_lambda("bad", 3)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_for_model_applies_one_models_globals_lambdas_and_plugin_files(tmp_path: Path) -> None:

@@ -129,12 +129,12 @@ def test_numbers_from_text_are_ascii_digits_only(text: str) -> None:
 def test_version_urls_parse_or_raise_a_client_error(name: str, version: str, verb: str) -> None:
     for path in (f"{name}/versions/{version}{verb}", f"{name}/labels/{version}{verb}"):
         target = assert_client_error(lambda: tfserving.parse_url(path, post=verb.startswith(":")))
-        if target is not None and target.request.version is not None:  # type: ignore[attr-defined]
-            assert version.isascii() and target.request.version == int(version)  # type: ignore[attr-defined]
+        if target is not None and target.request.version is not None:  # type: ignore[attr-defined]  # fuzzed values: any type on purpose
+            assert version.isascii() and target.request.version == int(version)  # type: ignore[attr-defined]  # fuzzed values: any type on purpose
         assert_client_error(lambda: security.check_view_args({"path": path}, None))
     request = assert_client_error(lambda: kserve_v2.parse_version("m", version))
     if request is not None:
-        assert version.isascii() and request.version == int(version)  # type: ignore[attr-defined]
+        assert version.isascii() and request.version == int(version)  # type: ignore[attr-defined]  # fuzzed values: any type on purpose
     assert_client_error(lambda: kserve_v2.split_body(b"{}" * 8, version))
 
 
@@ -145,16 +145,16 @@ def test_every_json_decoder_answers_a_value_or_a_client_error(value: object) -> 
     raw = body({"instances": value})
     parsed = assert_client_error(lambda: protocols.parse_json_object(raw))
     if parsed is not None:
-        assert_client_error(lambda: tfserving.decode_predict_body(parsed, TARGET))  # type: ignore[arg-type]
+        assert_client_error(lambda: tfserving.decode_predict_body(parsed, TARGET))  # type: ignore[arg-type]  # fuzzed values: any type on purpose
     parsed = assert_client_error(lambda: protocols.parse_json_object(body({"inputs": value})))
     if parsed is not None:
-        assert_client_error(lambda: tfserving.decode_predict_body(parsed, TARGET))  # type: ignore[arg-type]
+        assert_client_error(lambda: tfserving.decode_predict_body(parsed, TARGET))  # type: ignore[arg-type]  # fuzzed values: any type on purpose
     parsed = assert_client_error(lambda: protocols.parse_json_object(body({"examples": [{"x": value}], "context": {"c": value}})))
     if parsed is not None:
-        request = assert_client_error(lambda: tfserving.decode_examples(parsed, TARGET, "classify"))  # type: ignore[arg-type]
+        request = assert_client_error(lambda: tfserving.decode_examples(parsed, TARGET, "classify"))  # type: ignore[arg-type]  # fuzzed values: any type on purpose
         if request is not None:
-            for example in request.examples:  # type: ignore[attr-defined]
-                assert_client_error(lambda: examples.encode_example(example, request.context))  # type: ignore[attr-defined]
+            for example in request.examples:  # type: ignore[attr-defined]  # fuzzed values: any type on purpose
+                assert_client_error(lambda: examples.encode_example(example, request.context))  # type: ignore[attr-defined]  # fuzzed values: any type on purpose
                 values = assert_client_error(lambda: examples.json_feature_values("x", example["x"]))
                 if values is not None:
                     column = assert_client_error(lambda: examples.feature_column("x", [values, values]))
@@ -167,7 +167,7 @@ def test_kserve_infer_decodes_or_raises_a_client_error(entries: list, binary: by
     header = body({"inputs": entries, "id": extra if isinstance(extra, str) else "r", "outputs": [{"name": "y"}]})
     decoded = assert_client_error(lambda: kserve_v2.decode_infer(header, binary, TARGET))
     if decoded is not None:
-        request, _ = decoded  # type: ignore[misc]
+        request, _ = decoded  # type: ignore[misc]  # fuzzed values: any type on purpose
         for array in request.inputs.values():
             assert isinstance(array, np.ndarray) and array.ndim <= protocols.MAX_RANK
 
@@ -179,7 +179,7 @@ def test_kserve_shapes_are_bounded_before_anything_is_allocated(shape: list) -> 
         header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", **entry}]}).encode()
         decoded = assert_client_error(lambda: kserve_v2.decode_infer(header, b"", TARGET))
         if decoded is not None:
-            assert decoded[0].inputs["x"].shape == tuple(shape)  # type: ignore[index]
+            assert decoded[0].inputs["x"].shape == tuple(shape)  # type: ignore[index]  # fuzzed values: any type on purpose
 
 
 # --- every route, through Flask ---------------------------------------------------------------------
