@@ -44,7 +44,9 @@ def on_starting(server):
     if _settings.auth_token is None and _settings.host not in {"127.0.0.1", "localhost", "::1"}:
         server.log.warning(
             "AUTH_TOKEN is not set: every route answers without a token on %s:%s; set AUTH_TOKEN "
-            "(docs/security.md) unless a proxy in front authenticates", _settings.host, _settings.port,
+            "(docs/security.md) unless a proxy in front authenticates",
+            _settings.host,
+            _settings.port,
         )
 
 

@@ -167,16 +167,19 @@ def build_models(folder: Path) -> None:
     images = folder / "images"
     images.mkdir(exist_ok=True)
     # The Keras MNIST example's CNN.
-    cnn = keras.Sequential([
-        keras.Input((28, 28, 1), name="image"),
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dropout(0.5),
-        keras.layers.Dense(10, activation="softmax"),
-    ], name="digits_cnn")
+    cnn = keras.Sequential(
+        [
+            keras.Input((28, 28, 1), name="image"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
     cnn.save(folder / "models-cnn" / CASES["cnn"].file)
     mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
     mobilenet.save(folder / "models-mobilenet" / CASES["mobilenet"].file)
@@ -187,7 +190,7 @@ def build_models(folder: Path) -> None:
         digit = np.zeros((28, 28), np.float32)
         for _ in range(3):  # a few bright strokes, like a handwritten digit
             r, c = rng.integers(6, 22, 2)
-            digit[max(r - 6, 0):r + 6, max(c - 2, 0):c + 2] += 255
+            digit[max(r - 6, 0) : r + 6, max(c - 2, 0) : c + 2] += 255
         Image.fromarray(np.clip(digit, 0, 255).astype(np.uint8), "L").save(images / f"digit{i}.png")
         y, x = np.mgrid[0:480, 0:640]
         base = np.stack([np.sin(x / (20 + 7 * i)), np.cos(y / (15 + 5 * i)), np.sin((x + y) / 40)], axis=-1)
@@ -206,7 +209,9 @@ def measure_limit(model_path: Path, batches: list[int], seconds: float, threads:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = keras.models.load_model(model_path, compile=False)
     shape = tuple(model.input_shape[1:])
-    forward = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    forward = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)]
+    )
     rng = np.random.default_rng(0)
     inputs = {batch: rng.uniform(0, 1, (batch, *shape)).astype(np.float32) for batch in batches}
     for x in inputs.values():
@@ -230,9 +235,12 @@ def measure_limit(model_path: Path, batches: list[int], seconds: float, threads:
             wall_s[batch] += elapsed
     result = {batch: statistics.median(values) for batch, values in samples.items()}
     other_s = (host_busy_ticks() - host_before) / CLOCK_TICKS - (time.process_time() - own_before)
-    return {"images_per_s": result, "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "cores": {batch: round(cpu_s[batch] / wall_s[batch], 2) for batch in batches},
-            "cpu_other_cores": round(max(other_s, 0.0) / (time.monotonic() - wall_before), 2)}
+    return {
+        "images_per_s": result,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "cores": {batch: round(cpu_s[batch] / wall_s[batch], 2) for batch in batches},
+        "cpu_other_cores": round(max(other_s, 0.0) / (time.monotonic() - wall_before), 2),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,20 +273,37 @@ class Server:
 
 
 @contextmanager
-def serve(name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path, *, ready_path: str,
-          probe: tuple[bytes, str] | None = None, timeout_s: float = 600) -> Iterator[Server]:
+def serve(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    port: int,
+    workdir: Path,
+    *,
+    ready_path: str,
+    probe: tuple[bytes, str] | None = None,
+    timeout_s: float = 600,
+) -> Iterator[Server]:
     """Start a gunicorn server, wait until `ready_path` answers 200 (or a probe POST does), stop it after."""
     log_path = workdir / f"{name}-{port}.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    server = Server(name, f"http://127.0.0.1:{port}", process, log_path,
-                    Path(env["PROMETHEUS_MULTIPROC_DIR"]) if "PROMETHEUS_MULTIPROC_DIR" in env else None)
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(
+        name,
+        f"http://127.0.0.1:{port}",
+        process,
+        log_path,
+        Path(env["PROMETHEUS_MULTIPROC_DIR"]) if "PROMETHEUS_MULTIPROC_DIR" in env else None,
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}"
+                )
             if probe is not None:
                 status = http_status(server.url + ready_path, data=probe[0], content_type=probe[1], timeout=60)
             else:
@@ -286,7 +311,9 @@ def serve(name: str, argv: list[str], env: dict[str, str], port: int, workdir: P
             if status == 200:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not ready after {timeout_s}s:\n{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"{name} not ready after {timeout_s}s:\n{log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.5)
         yield server
     finally:
@@ -303,8 +330,12 @@ def service_server(case: Case, workdir: Path, settings: dict[str, str]) -> Abstr
     port = free_port()
     metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=workdir))
     env = {
-        **os.environ, **settings, "HOST": "127.0.0.1", "PORT": str(port),
-        "MODELS_DIR": str(workdir / f"models-{case.key}"), "TF_CPP_MIN_LOG_LEVEL": "2",
+        **os.environ,
+        **settings,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODELS_DIR": str(workdir / f"models-{case.key}"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     return serve(f"kerasserve-{case.key}", [GUNICORN, "wsgi:app"], env, port, workdir, ready_path="/readyz")
@@ -315,15 +346,40 @@ def tutorial_server(case: Case, workdir: Path, probe: bytes) -> AbstractContextM
     empty_config = workdir / "empty_gunicorn_conf.py"
     empty_config.write_text("")  # not the repository's gunicorn.conf.py
     env = {**os.environ, "BENCH_MODEL": str(workdir / f"models-{case.key}" / case.file), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    argv = [GUNICORN, "-c", str(empty_config), "-w", "2", "-b", f"127.0.0.1:{port}", "--timeout", "300",
-            "--log-level", "warning", "bench.tutorial_app:app"]
-    return serve(f"tutorial-{case.key}", argv, env, port, workdir, ready_path="/predict",
-                 probe=(probe, case.content_type))
+    argv = [
+        GUNICORN,
+        "-c",
+        str(empty_config),
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "300",
+        "--log-level",
+        "warning",
+        "bench.tutorial_app:app",
+    ]
+    return serve(
+        f"tutorial-{case.key}", argv, env, port, workdir, ready_path="/predict", probe=(probe, case.content_type)
+    )
 
 
 def run_wrk(server: Server, case: Case, images: list[Path], concurrency: int, seconds: float) -> dict:
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(WRK_SCRIPT),
-            server.url + "/predict", "--", case.content_type, *map(str, images)]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        server.url + "/predict",
+        "--",
+        case.content_type,
+        *map(str, images),
+    ]
     output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
     return json.loads(line.removeprefix("BENCH_JSON "))
@@ -389,7 +445,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def host_busy_ticks() -> int:
     """CPU ticks the whole host spent busy (every core), from /proc/stat."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal, *_ = map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
+    user, nice, system, _idle, _iowait, irq, softirq, steal, *_ = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    )
     return user + nice + system + irq + softirq + steal
 
 
@@ -409,8 +467,16 @@ def children_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(server: Server, case: Case, images: list[Path], concurrency: int, seconds: float,
-            settings: dict[str, str], *, spread: bool = False) -> LoadResult:
+def measure(
+    server: Server,
+    case: Case,
+    images: list[Path],
+    concurrency: int,
+    seconds: float,
+    settings: dict[str, str],
+    *,
+    spread: bool = False,
+) -> LoadResult:
     """One wrk run; with `spread`, also sample connections and count rows per worker."""
     samples: list[dict[int, int]] = []
     stop = threading.Event()
@@ -440,22 +506,32 @@ def measure(server: Server, case: Case, images: list[Path], concurrency: int, se
             connections[str(pid)] = round(sum(s.get(pid, 0) for s in samples) / len(samples), 1)
     seconds_run = raw["duration_us"] / 1e6
     return LoadResult(
-        server=server.name.split("-")[0], concurrency=concurrency, seconds=seconds_run, requests=raw["requests"],
-        rps=raw["requests"] / seconds_run, p50_ms=raw["p50_us"] / 1e3, p90_ms=raw["p90_us"] / 1e3,
-        p99_ms=raw["p99_us"] / 1e3, max_ms=raw["max_us"] / 1e3, non2xx=raw["non2xx"],
-        socket_errors=raw["connect_errors"] + raw["read_errors"] + raw["write_errors"], timeouts=raw["timeouts"],
+        server=server.name.split("-")[0],
+        concurrency=concurrency,
+        seconds=seconds_run,
+        requests=raw["requests"],
+        rps=raw["requests"] / seconds_run,
+        p50_ms=raw["p50_us"] / 1e3,
+        p90_ms=raw["p90_us"] / 1e3,
+        p99_ms=raw["p99_us"] / 1e3,
+        max_ms=raw["max_us"] / 1e3,
+        non2xx=raw["non2xx"],
+        socket_errors=raw["connect_errors"] + raw["read_errors"] + raw["write_errors"],
+        timeouts=raw["timeouts"],
         settings=settings,
         per_worker_requests={str(pid): rows_after.get(pid, 0) - rows_before.get(pid, 0) for pid in rows_after},
         per_worker_connections=connections,
-        cpu_server_cores=round(server_s / seconds_run, 2), cpu_client_cores=round(client_s / seconds_run, 2),
+        cpu_server_cores=round(server_s / seconds_run, 2),
+        cpu_client_cores=round(client_s / seconds_run, 2),
         cpu_other_cores=round(max(host_s - server_s - client_s, 0.0) / seconds_run, 2),
     )
 
 
 def run_python(*args: str) -> str:
     """Run this script's TensorFlow part in a fresh interpreter; return its stdout (stderr on failure)."""
-    done = subprocess.run([PYTHON, __file__, *args], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [PYTHON, __file__, *args], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return done.stdout
@@ -471,29 +547,52 @@ def log(message: str) -> None:
 def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
     images = sorted((workdir / "images").glob("digit*.png" if case.key == "cnn" else "photo*.jpg"))
     log(f"{case.key}: in-process limit")
-    limits = [json.loads(run_python(
-        "limit", str(workdir / f"models-{case.key}" / case.file), ",".join(map(str, case.limit_batches)),
-        str(args.limit_seconds), str(threads),
-    ).strip().splitlines()[-1]) for threads in (0, 1)]
+    limits = [
+        json.loads(
+            run_python(
+                "limit",
+                str(workdir / f"models-{case.key}" / case.file),
+                ",".join(map(str, case.limit_batches)),
+                str(args.limit_seconds),
+                str(threads),
+            )
+            .strip()
+            .splitlines()[-1]
+        )
+        for threads in (0, 1)
+    ]
     limit, limit_one_thread = limits
     best_batch, best = max(limit["images_per_s"].items(), key=lambda kv: kv[1])
     one_batch, one_best = max(limit_one_thread["images_per_s"].items(), key=lambda kv: kv[1])
-    log(f"{case.key}: limit {best:.1f} images/s at batch {best_batch}; one TF thread: {one_best:.1f} at batch {one_batch}")
+    log(
+        f"{case.key}: limit {best:.1f} images/s at batch {best_batch}; one TF thread: {one_best:.1f} at batch {one_batch}"
+    )
 
-    result = {"case": asdict(case), "limit": limit, "limit_best": best, "limit_best_batch": int(best_batch),
-              "limit_one_thread": limit_one_thread, "limit_one_thread_best": one_best,
-              "limit_one_thread_best_batch": int(one_batch),
-              "service": [], "tutorial": [], "sweep": []}
+    result = {
+        "case": asdict(case),
+        "limit": limit,
+        "limit_best": best,
+        "limit_best_batch": int(best_batch),
+        "limit_one_thread": limit_one_thread,
+        "limit_one_thread_best": one_best,
+        "limit_one_thread_best_batch": int(one_batch),
+        "service": [],
+        "tutorial": [],
+        "sweep": [],
+    }
     warm_s = 2 if args.quick else 4
     settings = dict(case.service_env)
     with service_server(case, workdir, settings) as server:
         run_wrk(server, case, images, TARGET_CONCURRENCY, warm_s)
         for concurrency in args.concurrency:
-            row = measure(server, case, images, concurrency, args.duration, settings,
-                          spread=concurrency == TARGET_CONCURRENCY)
-            log(f"{case.key}: service  c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
+            row = measure(
+                server, case, images, concurrency, args.duration, settings, spread=concurrency == TARGET_CONCURRENCY
+            )
+            log(
+                f"{case.key}: service  c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
                 f"p99 {row.p99_ms:7.1f} ms errors {row.non2xx + row.socket_errors + row.timeouts} "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}")
+                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
+            )
             result["service"].append(asdict(row))
 
     probe = images[0].read_bytes()
@@ -501,9 +600,11 @@ def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
         run_wrk(server, case, images, 4, warm_s)  # every worker takes its first (slow) predict
         for concurrency in args.concurrency:
             row = measure(server, case, images, concurrency, args.duration, {"WORKERS": "2", "worker_class": "sync"})
-            log(f"{case.key}: tutorial c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
+            log(
+                f"{case.key}: tutorial c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
                 f"p99 {row.p99_ms:7.1f} ms errors {row.non2xx + row.socket_errors + row.timeouts} "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}")
+                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
+            )
             result["tutorial"].append(asdict(row))
 
     if not args.quick:
@@ -512,8 +613,10 @@ def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
             with service_server(case, workdir, settings) as server:
                 run_wrk(server, case, images, TARGET_CONCURRENCY, warm_s)
                 row = measure(server, case, images, TARGET_CONCURRENCY, args.duration, settings, spread=True)
-            log(f"{case.key}: sweep {variant} -> {row.rps:.1f} req/s p99 {row.p99_ms:.1f} ms "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}")
+            log(
+                f"{case.key}: sweep {variant} -> {row.rps:.1f} req/s p99 {row.p99_ms:.1f} ms "
+                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
+            )
             result["sweep"].append(asdict(row))
     return result
 
@@ -531,22 +634,38 @@ def verdicts(result: dict) -> list[tuple[str, bool]]:
     checks = []
     if case["min_ratio_to_limit"] is not None:
         ratio = service["rps"] / result["limit_best"]
-        checks.append((f"throughput {ratio:.2f}x the in-process limit (target >= {case['min_ratio_to_limit']:.2f}x)",
-                       ratio >= case["min_ratio_to_limit"]))
+        checks.append(
+            (
+                f"throughput {ratio:.2f}x the in-process limit (target >= {case['min_ratio_to_limit']:.2f}x)",
+                ratio >= case["min_ratio_to_limit"],
+            )
+        )
     if case["min_ratio_to_tutorial"] is not None and tutorial is not None:
         ratio = service["rps"] / tutorial["rps"]
-        checks.append((f"throughput {ratio:.1f}x the tutorial app (target >= {case['min_ratio_to_tutorial']:.0f}x)",
-                       ratio >= case["min_ratio_to_tutorial"]))
-    checks.append((f"p99 {service['p99_ms']:.1f} ms (target <= {case['max_p99_s'] * 1000:.0f} ms)",
-                   service["p99_ms"] <= case["max_p99_s"] * 1000))
+        checks.append(
+            (
+                f"throughput {ratio:.1f}x the tutorial app (target >= {case['min_ratio_to_tutorial']:.0f}x)",
+                ratio >= case["min_ratio_to_tutorial"],
+            )
+        )
+    checks.append(
+        (
+            f"p99 {service['p99_ms']:.1f} ms (target <= {case['max_p99_s'] * 1000:.0f} ms)",
+            service["p99_ms"] <= case["max_p99_s"] * 1000,
+        )
+    )
     errors = service["non2xx"] + service["socket_errors"] + service["timeouts"]
     checks.append((f"{errors} non-2xx responses or socket errors (target 0)", errors == 0))
     if service["per_worker_requests"]:
         served = service["per_worker_requests"]
         workers = int(service["settings"].get("WORKERS", "1"))
         busy = sum(1 for n in served.values() if n > 0)
-        checks.append((f"{busy} of {workers} workers served rows ({', '.join(map(str, sorted(served.values())))})",
-                       busy == workers))
+        checks.append(
+            (
+                f"{busy} of {workers} workers served rows ({', '.join(map(str, sorted(served.values())))})",
+                busy == workers,
+            )
+        )
     return checks
 
 
@@ -569,8 +688,11 @@ def versions() -> dict[str, str]:
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -605,7 +727,8 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
         "```",
         "",
         f"Run on {started:%Y-%m-%d %H:%M} UTC, {machine()}, load average {args.load_before} at the start; "
-        + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + ".",
         f"Load: wrk (1 thread, keep-alive, 10 s timeout) on the same machine, {args.duration:g} s per point after a "
         f"warm-up, each request one image POSTed as a raw body to `/predict` (8 different files in turn). "
         f"{'Quick run: fewer concurrencies, no settings sweep.' if args.quick else ''}",
@@ -647,8 +770,10 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
             s_err = service["non2xx"] + service["socket_errors"] + service["timeouts"]
             if tutorial:
                 t_err = tutorial["non2xx"] + tutorial["socket_errors"] + tutorial["timeouts"]
-                t_cols = (f"{tutorial['rps']:.1f} | {tutorial['p50_ms']:.1f} | {tutorial['p99_ms']:.1f} | {t_err} | "
-                          f"{tutorial['cpu_other_cores']:.2f}")
+                t_cols = (
+                    f"{tutorial['rps']:.1f} | {tutorial['p50_ms']:.1f} | {tutorial['p99_ms']:.1f} | {t_err} | "
+                    f"{tutorial['cpu_other_cores']:.2f}"
+                )
                 ratio_t = f"{service['rps'] / tutorial['rps']:.1f}x" if tutorial["rps"] else "-"
             else:
                 t_cols, ratio_t = "- | - | - | - | -", "-"
@@ -679,13 +804,18 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
                     continue
                 errors = row["non2xx"] + row["socket_errors"] + row["timeouts"]
                 per_worker = ", ".join(map(str, sorted(row["per_worker_requests"].values()))) or "-"
-                lines.append(f"| `{env_text(row['settings'])}` | {row['rps']:.1f} | {row['p50_ms']:.1f} | "
-                             f"{row['p99_ms']:.1f} | {errors} | {per_worker} | {cpu(row)} |")
+                lines.append(
+                    f"| `{env_text(row['settings'])}` | {row['rps']:.1f} | {row['p50_ms']:.1f} | "
+                    f"{row['p99_ms']:.1f} | {errors} | {per_worker} | {cpu(row)} |"
+                )
             within = [r for r in [service16, *result["sweep"]] if r and r["p99_ms"] <= case["max_p99_s"] * 1000]
             if within:
                 best = max(within, key=lambda r: r["rps"])
-                lines += ["", f"Fastest settings with p99 within the target: `{env_text(best['settings'])}` "
-                              f"({best['rps']:.1f} req/s, p99 {best['p99_ms']:.1f} ms)."]
+                lines += [
+                    "",
+                    f"Fastest settings with p99 within the target: `{env_text(best['settings'])}` "
+                    f"({best['rps']:.1f} req/s, p99 {best['p99_ms']:.1f} ms).",
+                ]
         lines.append("")
     lines += [
         "## The defaults, and the sweeps behind them",
@@ -761,7 +891,9 @@ def main(argv: list[str]) -> int:
         build_models(Path(argv[1]))
         return 0
     if argv and argv[0] == "limit":
-        print(json.dumps(measure_limit(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]), int(argv[4]))))
+        print(
+            json.dumps(measure_limit(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]), int(argv[4])))
+        )
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run: concurrency 1,16, 5 s per point, no sweep")

@@ -48,12 +48,14 @@ def build_model(path: Path, units: int) -> Path:
     """Save a small MLP (`units` wide, about units^2 * 2 parameters) as a `.keras` file."""
     import keras
 
-    model = keras.Sequential([
-        keras.Input((64,), name="x"),
-        keras.layers.Dense(units, activation="relu"),
-        keras.layers.Dense(units, activation="relu"),
-        keras.layers.Dense(10, activation="softmax", name="y"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((64,), name="x"),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(10, activation="softmax", name="y"),
+        ]
+    )
     model.save(path)
     return path
 
@@ -108,7 +110,11 @@ def measure(swaps: int, units: int) -> dict:
             while True:  # the new copy serves, and the old one has finished unloading
                 generation = serving_generation()
                 status = manager.status("m").versions
-                if generation != current and all(v.state.value == "AVAILABLE" for v in status) and manager_idle(manager):
+                if (
+                    generation != current
+                    and all(v.state.value == "AVAILABLE" for v in status)
+                    and manager_idle(manager)
+                ):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"swap {n} did not finish: {status}")
@@ -128,8 +134,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--swaps", type=int, default=50)
     parser.add_argument("--units", type=int, default=256, help="width of the two hidden layers")
-    parser.add_argument("--max-growth-mb", type=float, default=16.0,
-                        help="fail when RSS grows more than this after the warm-up swaps")
+    parser.add_argument(
+        "--max-growth-mb", type=float, default=16.0, help="fail when RSS grows more than this after the warm-up swaps"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     if args.swaps <= WARM_UP_SWAPS:
@@ -152,7 +159,9 @@ def main() -> int:
     }
     print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     if growth > args.max_growth_mb:
-        print(f"FAIL: RSS grew {growth:.1f} MiB over {args.swaps - WARM_UP_SWAPS} swaps (bound {args.max_growth_mb} MiB)")
+        print(
+            f"FAIL: RSS grew {growth:.1f} MiB over {args.swaps - WARM_UP_SWAPS} swaps (bound {args.max_growth_mb} MiB)"
+        )
         return 1
     return 0
 

@@ -65,8 +65,10 @@ def type_text(info: FieldInfo) -> str:
     bounds = []
     for meta in info.metadata:
         for cls, sign, attr in (
-            (annotated_types.Ge, "≥", "ge"), (annotated_types.Gt, ">", "gt"),
-            (annotated_types.Le, "≤", "le"), (annotated_types.Lt, "<", "lt"),
+            (annotated_types.Ge, "≥", "ge"),
+            (annotated_types.Gt, ">", "gt"),
+            (annotated_types.Le, "≤", "le"),
+            (annotated_types.Lt, "<", "lt"),
         ):
             if isinstance(meta, cls):
                 bounds.append(f"{sign} {getattr(meta, attr)}")
@@ -104,7 +106,14 @@ def render() -> str:
         grouped.setdefault(section_of.get(name, "Other"), []).append(row)
     parts = [BEGIN, ""]
     for section, rows in grouped.items():
-        parts += [f"### {section}", "", "| variable | type | default | what it changes |", "|---|---|---|---|", *rows, ""]
+        parts += [
+            f"### {section}",
+            "",
+            "| variable | type | default | what it changes |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
     parts.append(END)
     return "\n".join(parts)
 

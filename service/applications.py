@@ -59,23 +59,50 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("ResNet", "resnet", "caffe", r"resnet(50|101|152)", ("conv1_conv", "conv2_block1_0_conv", "conv2_block1_add")),
+    Family(
+        "ResNet", "resnet", "caffe", r"resnet(50|101|152)", ("conv1_conv", "conv2_block1_0_conv", "conv2_block1_add")
+    ),
     Family("ResNetV2", "resnet_v2", "tf", r"resnet(50|101|152)v2", ("conv1_conv", "conv2_block1_preact_bn", "post_bn")),
     Family("VGG", "vgg16", "caffe", r"vgg(16|19)", ("block1_conv1", "block2_conv1", "block5_conv3", "block5_pool")),
     Family("MobileNet", "mobilenet", "tf", r"mobilenet_\d\.\d\d_\d+", ("conv1", "conv_dw_1", "conv_pw_1")),
-    Family("MobileNetV2", "mobilenet_v2", "tf", r"mobilenetv2_\d\.\d\d_\d+", ("Conv1", "expanded_conv_depthwise", "block_1_expand")),
-    Family("MobileNetV3", "mobilenet_v3", "none", r"(?i)mobilenetv3(small|large)",
-           ("expanded_conv_depthwise", "expanded_conv_1_expand", "expanded_conv_1_project")),
+    Family(
+        "MobileNetV2",
+        "mobilenet_v2",
+        "tf",
+        r"mobilenetv2_\d\.\d\d_\d+",
+        ("Conv1", "expanded_conv_depthwise", "block_1_expand"),
+    ),
+    Family(
+        "MobileNetV3",
+        "mobilenet_v3",
+        "none",
+        r"(?i)mobilenetv3(small|large)",
+        ("expanded_conv_depthwise", "expanded_conv_1_expand", "expanded_conv_1_project"),
+    ),
     Family("InceptionV3", "inception_v3", "tf", r"inception_v3", ("mixed0", "mixed5", "mixed10")),
-    Family("InceptionResNetV2", "inception_resnet_v2", "tf", r"inception_resnet_v2", ("mixed_5b", "mixed_7a", "conv_7b")),
+    Family(
+        "InceptionResNetV2", "inception_resnet_v2", "tf", r"inception_resnet_v2", ("mixed_5b", "mixed_7a", "conv_7b")
+    ),
     Family("Xception", "xception", "tf", r"xception", ("block1_conv1", "block2_sepconv1", "block14_sepconv2")),
     Family("NASNet", "nasnet", "tf", r"nasnet_(mobile|large)", ("stem_conv1", "reduction_conv_1_stem_1")),
-    Family("DenseNet", "densenet", "torch", r"densenet(121|169|201)", ("conv1_conv", "conv2_block1_concat", "pool2_conv")),
+    Family(
+        "DenseNet", "densenet", "torch", r"densenet(121|169|201)", ("conv1_conv", "conv2_block1_concat", "pool2_conv")
+    ),
     Family("EfficientNet", "efficientnet", "none", r"efficientnetb[0-7]", ("stem_conv", "block1a_dwconv", "top_conv")),
-    Family("EfficientNetV2", "efficientnet_v2", "none", r"efficientnetv2-(b[0-3]|s|m|l)",
-           ("stem_conv", "block1a_project_conv", "top_conv")),
-    Family("ConvNeXt", "convnext", "none", r"convnext_(tiny|small|base|large|xlarge)",
-           (r"convnext_(tiny|small|base|large|xlarge)_stem",)),
+    Family(
+        "EfficientNetV2",
+        "efficientnet_v2",
+        "none",
+        r"efficientnetv2-(b[0-3]|s|m|l)",
+        ("stem_conv", "block1a_project_conv", "top_conv"),
+    ),
+    Family(
+        "ConvNeXt",
+        "convnext",
+        "none",
+        r"convnext_(tiny|small|base|large|xlarge)",
+        (r"convnext_(tiny|small|base|large|xlarge)_stem",),
+    ),
     Family("RegNet", "regnet", "none", r"regnet[xy]\d{3}", (r"regnet[xy]\d{3}_Stem_conv",)),
 )
 

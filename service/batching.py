@@ -225,8 +225,15 @@ class Batcher:
         if deaths <= self._max_restarts:
             log.error(
                 "%s batch thread died on a batch of %d request(s) (%s: %s); restarting it "
-                "(death %d of %d allowed within %gs)", self._id, len(batch), type(err).__name__, err,
-                deaths, self._max_restarts, self._restart_window_s, exc_info=err,
+                "(death %d of %d allowed within %gs)",
+                self._id,
+                len(batch),
+                type(err).__name__,
+                err,
+                deaths,
+                self._max_restarts,
+                self._restart_window_s,
+                exc_info=err,
             )
             for request in batch:
                 _fail(request.future, failed)
@@ -243,8 +250,13 @@ class Batcher:
             self._queued_rows = 0
         log.error(
             "%s batch thread died %d times within %gs (last: %s: %s); giving up: the version answers 503 "
-            "and the model is reported not ready until it is loaded again", self._id, deaths,
-            self._restart_window_s, type(err).__name__, err, exc_info=err,
+            "and the model is reported not ready until it is loaded again",
+            self._id,
+            deaths,
+            self._restart_window_s,
+            type(err).__name__,
+            err,
+            exc_info=err,
         )
         for request in batch:
             _fail(request.future, failed)
@@ -351,7 +363,11 @@ class Batcher:
         self._retries.inc()
         log.warning(
             "%s batch of %d requests, %d rows failed (%s: %s); running each request alone",
-            self._id, len(live), rows, type(err).__name__, err,
+            self._id,
+            len(live),
+            rows,
+            type(err).__name__,
+            err,
         )
         for request in live:
             try:

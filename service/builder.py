@@ -130,8 +130,12 @@ class ServableBuilder:
                     from service.batching import Batcher
 
                     batcher = Batcher(
-                        source.id, runner.run, max_batch_size=max_batch_size,
-                        batch_timeout_ms=batching.batch_timeout_ms if batching.batch_timeout_ms is not None else settings.batch_timeout_ms,
+                        source.id,
+                        runner.run,
+                        max_batch_size=max_batch_size,
+                        batch_timeout_ms=batching.batch_timeout_ms
+                        if batching.batch_timeout_ms is not None
+                        else settings.batch_timeout_ms,
                         max_enqueued_batches=batching.max_enqueued_batches or settings.max_enqueued_batches,
                     )
                     closers.append(batcher.close)
@@ -165,8 +169,12 @@ class ServableBuilder:
             info=ServableInfo(
                 path=display_path(source.path, settings.models_dir),
                 format=str(getattr(loaded.format, "value", loaded.format)),
-                loader=str(loaded.loader), device=self.device, load_s=load_s, warmup_s=warmup_s,
-                warnings=tuple(warnings), preprocessing=choice,
+                loader=str(loaded.loader),
+                device=self.device,
+                load_s=load_s,
+                warmup_s=warmup_s,
+                warnings=tuple(warnings),
+                preprocessing=choice,
             ),
             labels=source.labels,
             submit=MappingProxyType(submit),

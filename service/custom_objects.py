@@ -338,7 +338,9 @@ class CustomObjectRegistry:
                 for part in attr.split("."):
                     fn = getattr(fn, part)
             except (ImportError, AttributeError) as err:
-                raise ValueError(f"Lambda replacement '{target}' for layer '{layer_name}' cannot be imported: {err}") from err
+                raise ValueError(
+                    f"Lambda replacement '{target}' for layer '{layer_name}' cannot be imported: {err}"
+                ) from err
         else:
             fn = self._objects.get(target, self._globals.get(target))
         if not callable(fn):
@@ -371,7 +373,9 @@ def _describe(err: BaseException, where: str) -> str:
     """One line naming the error and the plugin line that raised it."""
     if isinstance(err, SyntaxError):
         return f"SyntaxError: {err.msg} (line {err.lineno})"
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename and Path(f.filename).name == Path(where).name]
+    frames = [
+        f for f in traceback.extract_tb(err.__traceback__) if f.filename and Path(f.filename).name == Path(where).name
+    ]
     line = f" (line {frames[-1].lineno})" if frames else ""
     return f"{type(err).__name__}: {err}{line}"
 

@@ -158,7 +158,9 @@ class DataPlane:
         for name, scores in response.outputs.items():
             if scores.ndim < 2:
                 raise InvalidInput(f"output '{name}' has no class axis (shape {list(scores.shape)}); use predict")
-            classes[name] = classification.predict_classes(scores, threshold=threshold, top_k=top_k, labels=response.labels)
+            classes[name] = classification.predict_classes(
+                scores, threshold=threshold, top_k=top_k, labels=response.labels
+            )
         return ClassesResponse(response.servable_id, classes)
 
     def classify_examples(self, request: ExamplesRequest) -> ExamplesResponse:
@@ -192,7 +194,9 @@ class DataPlane:
                         f"regress needs one value per example; output '{next(iter(outputs))}' has {flat.shape[1]}"
                     )
                 return ExamplesResponse(servable.id, flat[:, 0].astype(np.float64).tolist())
-            return ExamplesResponse(servable.id, classification.tfserving_classes(scores.reshape(rows, -1), servable.labels))
+            return ExamplesResponse(
+                servable.id, classification.tfserving_classes(scores.reshape(rows, -1), servable.labels)
+            )
 
     # --- metadata ---------------------------------------------------------------------------------
 
@@ -283,7 +287,9 @@ class DataPlane:
         """Submit `arrays` to the signature's batcher (or direct run) and wait for its outputs."""
         submit = servable.submit.get(signature_name)
         if submit is None:
-            raise Unimplemented(f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server")
+            raise Unimplemented(
+                f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server"
+            )
         future = submit(arrays)
         timeout_s = self._settings.request_timeout_s
         try:
@@ -348,7 +354,9 @@ class DataPlane:
                 f"call :{'classify' if is_classify else 'regress'}"
             )
         if len(signature.inputs) != 1:
-            raise Unimplemented(f"signature '{signature_name}' takes {len(signature.inputs)} inputs, not one tf.Example input")
+            raise Unimplemented(
+                f"signature '{signature_name}' takes {len(signature.inputs)} inputs, not one tf.Example input"
+            )
         if len(request.examples) > self._settings.max_images_per_request:
             raise PayloadTooLarge(
                 f"{len(request.examples)} examples exceed the limit of {self._settings.max_images_per_request} per request"
@@ -368,14 +376,19 @@ class DataPlane:
         results = []
         for row in range(rows):
             row_scores = [] if scores is None else np.asarray(scores, dtype=np.float64).reshape(rows, -1)[row].tolist()
-            row_classes = [] if classes is None else [
-                c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
-                for c in np.asarray(classes).reshape(rows, -1)[row].tolist()
-            ]
+            row_classes = (
+                []
+                if classes is None
+                else [
+                    c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
+                    for c in np.asarray(classes).reshape(rows, -1)[row].tolist()
+                ]
+            )
             count = max(len(row_scores), len(row_classes))
-            results.append([
-                [row_classes[i] if i < len(row_classes) else "", row_scores[i] if i < len(row_scores) else 0.0]
-                for i in range(count)
-            ])
+            results.append(
+                [
+                    [row_classes[i] if i < len(row_classes) else "", row_scores[i] if i < len(row_scores) else 0.0]
+                    for i in range(count)
+                ]
+            )
         return ExamplesResponse(servable.id, results)
-

@@ -98,9 +98,7 @@ def upsample(digits_8x8: np.ndarray) -> np.ndarray:
     pixels = np.rint(np.asarray(digits_8x8, dtype=np.float64).reshape(-1, 8, 8) * (255.0 / 16.0))
     pixels = np.clip(pixels, 0, 255).astype(np.uint8)
     height, width = IMAGE_SIZE
-    return np.stack(
-        [np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in pixels]
-    )
+    return np.stack([np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in pixels])
 
 
 @functools.cache
@@ -248,7 +246,10 @@ def create_default_model(models_dir: Path, *, epochs: int = DEFAULT_EPOCHS) -> t
     split = digits_split()
     log.info(
         "training the default model '%s' on %d digits (%d held out), %d epochs",
-        MODEL_NAME, len(split.train_labels), len(split.heldout_labels), epochs,
+        MODEL_NAME,
+        len(split.train_labels),
+        len(split.heldout_labels),
+        epochs,
     )
     model, accuracy = train(plugin, split, epochs=epochs)
     path = save(model, models_dir)
@@ -273,8 +274,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train the default 'digits' model (scikit-learn's bundled digits) and save it into MODELS_DIR.",
     )
     parser.add_argument("--if-empty", action="store_true", help="do nothing when MODELS_DIR already holds a model")
-    parser.add_argument("--models-dir", type=Path, default=None, help="target folder (default: MODELS_DIR, i.e. Settings)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="target folder (default: MODELS_DIR, i.e. Settings)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
@@ -293,7 +298,8 @@ def main(argv: list[str]) -> int:
     if not _is_writable_folder(models_dir):
         log.error(
             "cannot train the default model: %s is not writable; put a model there, or point MODELS_DIR "
-            "at a writable folder", models_dir,
+            "at a writable folder",
+            models_dir,
         )
         return 1
     create_default_model(models_dir, epochs=args.epochs)

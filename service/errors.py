@@ -86,7 +86,9 @@ class ModelLoadError(Exception):
     provide it.
     """
 
-    def __init__(self, message: str, *, missing: tuple[str, ...] = (), format: str = "", tried: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, missing: tuple[str, ...] = (), format: str = "", tried: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.missing = missing
         self.format = format

@@ -54,7 +54,7 @@ def json_feature_values(name: str, value: object) -> list[FeatureValue]:
     for item in items:
         if isinstance(item, dict):
             if set(item) != {"b64"} or not isinstance(item["b64"], str):
-                raise InvalidInput(f"feature '{name}': an object value must be {{\"b64\": \"<base64>\"}}")
+                raise InvalidInput(f'feature \'{name}\': an object value must be {{"b64": "<base64>"}}')
             try:
                 values.append(base64.b64decode(item["b64"], validate=True))
             except (binascii.Error, ValueError) as err:
@@ -62,7 +62,9 @@ def json_feature_values(name: str, value: object) -> list[FeatureValue]:
         elif isinstance(item, (bool, int, float, str)):
             values.append(item)
         else:
-            raise InvalidInput(f"feature '{name}': values must be numbers, strings or {{\"b64\"}} objects, not {type(item).__name__ if item is not None else 'null'}")
+            raise InvalidInput(
+                f"feature '{name}': values must be numbers, strings or {{\"b64\"}} objects, not {type(item).__name__ if item is not None else 'null'}"
+            )
     return values
 
 

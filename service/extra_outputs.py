@@ -115,7 +115,9 @@ def _expose(keras: Any, root: Any, model: Any, paths: tuple[str, ...], prefix: s
                 "only a layer called exactly once has one output to serve"
             )
         if isinstance(tensors[0], (list, tuple, dict)):
-            raise ModelLoadError(f"extra_outputs: layer '{prefix}{path}' returns several tensors; name a layer with one output")
+            raise ModelLoadError(
+                f"extra_outputs: layer '{prefix}{path}' returns several tensors; name a layer with one output"
+            )
         extras.append(tensors[0])
     served = keras.Model(clone.input, [*clone.outputs, *extras], name=model.name)
     return served, graph.output
@@ -133,4 +135,9 @@ def _close(root: Any, path: str) -> str:
         return "close names: " + ", ".join(f"'{p}'" for p in close)
     top = [p for p in paths if SEPARATOR not in p]
     more = f" (and {len(top) - 10} more)" if len(top) > 10 else ""
-    return "its layers are: " + ", ".join(f"'{p}'" for p in top[:10]) + more + "; name a nested model's layer as 'outer/inner'"
+    return (
+        "its layers are: "
+        + ", ".join(f"'{p}'" for p in top[:10])
+        + more
+        + "; name a nested model's layer as 'outer/inner'"
+    )

@@ -165,7 +165,11 @@ def _detect_file(path: Path) -> DetectedModel | None:
         version = arch.get("keras_version")
         files = (path, weights) if weights else (path,)
         return DetectedModel(
-            ModelFormat.JSON_WEIGHTS, path, weights=weights, keras_version=str(version) if version else None, files=files
+            ModelFormat.JSON_WEIGHTS,
+            path,
+            weights=weights,
+            keras_version=str(version) if version else None,
+            files=files,
         )
     return None
 
@@ -198,7 +202,9 @@ def _detect_dir(path: Path) -> DetectedModel:
         return pairs[0]
     if len(pairs) > 1:
         names = ", ".join(d.path.name for d in pairs)
-        raise ModelLoadError(f"folder '{path.name}' holds several architecture files ({names}); keep one per version folder")
+        raise ModelLoadError(
+            f"folder '{path.name}' holds several architecture files ({names}); keep one per version folder"
+        )
     subdirs = [c for c in path.iterdir() if c.is_dir() and _is_saved_model_dir(c)]
     if len(subdirs) == 1:
         return _detect_dir(subdirs[0])

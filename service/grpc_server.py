@@ -33,10 +33,12 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OPEN_METHODS = frozenset({
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-})
+OPEN_METHODS = frozenset(
+    {
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    }
+)
 """Methods that never need the bearer token, besides every `grpc.health.v1.Health` method (the probes)."""
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -127,7 +129,8 @@ def start(settings: Settings, dataplane: DataPlane) -> GrpcServer:
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        grpc_services.PredictionService(dataplane, settings), server)
+        grpc_services.PredictionService(dataplane, settings), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(grpc_services.ModelService(dataplane), server)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(grpc_services.InferenceService(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_services.HealthService(dataplane, stopping), server)
@@ -135,7 +138,9 @@ def start(settings: Settings, dataplane: DataPlane) -> GrpcServer:
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as err:
-        raise RuntimeError(f"gRPC cannot listen on {address} (GRPC_PORT): {err}; set another GRPC_PORT, or 0 to turn gRPC off") from err
+        raise RuntimeError(
+            f"gRPC cannot listen on {address} (GRPC_PORT): {err}; set another GRPC_PORT, or 0 to turn gRPC off"
+        ) from err
     if port == 0:  # older grpcio answers 0 instead of raising
         raise RuntimeError(f"gRPC cannot listen on {address} (GRPC_PORT); set another GRPC_PORT, or 0 to turn gRPC off")
     server.start()

@@ -87,13 +87,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         security.check_model_name(request.model_spec.name)
         examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "classify")
-        return tfserving_grpc.encode_classify(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
+        return tfserving_grpc.encode_classify(
+            self._dataplane.classify_examples(examples), request.model_spec.signature_name
+        )
 
     @_rpc
     def Regress(self, request, context):
         security.check_model_name(request.model_spec.name)
         examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "regress")
-        return tfserving_grpc.encode_regress(self._dataplane.classify_examples(examples), request.model_spec.signature_name)
+        return tfserving_grpc.encode_regress(
+            self._dataplane.classify_examples(examples), request.model_spec.signature_name
+        )
 
     @_rpc
     def MultiInference(self, request, context):
@@ -189,7 +193,10 @@ class HealthService(health_pb2_grpc.HealthServicer):
 
     def Check(self, request, context):
         if request.service and request.service not in SERVICE_NAMES:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}",
+            )
         return health_pb2.HealthCheckResponse(status=self._status())
 
     def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:

@@ -217,7 +217,9 @@ def repair_config(
     return config, report
 
 
-def _visit_lambda(node: dict, cfg: dict, report: ConfigReport, registry: CustomObjectRegistry, target: str, legacy: bool) -> None:
+def _visit_lambda(
+    node: dict, cfg: dict, report: ConfigReport, registry: CustomObjectRegistry, target: str, legacy: bool
+) -> None:
     name = cfg.get("name", "?")
     report.lambdas.append(name)
     replacement = registry.lambda_replacement(name)

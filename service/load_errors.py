@@ -32,8 +32,16 @@ LAMBDA_HINT = (
 
 _MISSING_PATTERNS = (
     (re.compile(r"Could not locate (?:class|function) '([^']+)'"), "object"),
-    (re.compile(r"Unknown (?:layer|loss|metric|activation|initializer|regularizer|constraint|optimizer|object)(?: type)?: '?([^'\s.,]+)'?"), "object"),
-    (re.compile(r"Could not interpret (?:loss|metric|activation|initializer) identifier: '?([^'\s]+?)'?$", re.M), "object"),
+    (
+        re.compile(
+            r"Unknown (?:layer|loss|metric|activation|initializer|regularizer|constraint|optimizer|object)(?: type)?: '?([^'\s.,]+)'?"
+        ),
+        "object",
+    ),
+    (
+        re.compile(r"Could not interpret (?:loss|metric|activation|initializer) identifier: '?([^'\s]+?)'?$", re.M),
+        "object",
+    ),
     (re.compile(r"name '([^']+)' is not defined"), "global"),
 )
 
@@ -98,7 +106,11 @@ def load_failure(attempt: LoadAttempt, registry: CustomObjectRegistry) -> ModelL
     """The error that says why every loader tried failed: the missing objects by name, else each root cause."""
     detected = attempt.detected
     name = detected.path.name
-    where = f"{name} ({detected.format.value}" + (f", Keras {detected.keras_version}" if detected.keras_version else "") + ")"
+    where = (
+        f"{name} ({detected.format.value}"
+        + (f", Keras {detected.keras_version}" if detected.keras_version else "")
+        + ")"
+    )
     tried = ", ".join(attempt.tried)
     missing: list[tuple[str, str]] = []
     for _, err in attempt.errors:
@@ -119,19 +131,25 @@ def load_failure(attempt: LoadAttempt, registry: CustomObjectRegistry) -> ModelL
         errors = "; ".join(f"{lbl}: {root_cause(e)}" for lbl, e in attempt.errors)
         message = f"cannot load {where}: {'; '.join(parts)}; {PLUGIN_HINT}. Loaders tried: {tried} ({errors})"
         if registry.plugin_errors:
-            message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
+            message += ". Plugins that failed to import: " + "; ".join(
+                f"{k}: {v}" for k, v in registry.plugin_errors.items()
+            )
         return MissingCustomObject(
             message, missing=tuple(n for n, _ in missing), format=detected.format.value, tried=tuple(attempt.tried)
         )
     errors = "; ".join(f"{lbl}: {root_cause(e)}" for lbl, e in attempt.errors)
     message = f"cannot load {where}. Loaders tried: {tried}. {errors}"
     if registry.plugin_errors:
-        message += ". Plugins that failed to import: " + "; ".join(f"{k}: {v}" for k, v in registry.plugin_errors.items())
+        message += ". Plugins that failed to import: " + "; ".join(
+            f"{k}: {v}" for k, v in registry.plugin_errors.items()
+        )
     error = ModelLoadError(message, format=detected.format.value, tried=tuple(attempt.tried))
     return error
 
 
-def config_missing(report: ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def config_missing(
+    report: ConfigReport, registry: CustomObjectRegistry, known: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
     """Unknown class names and undefined Lambda globals found in a config walk, not yet in `known`."""
     import builtins as builtins_module
 
@@ -147,8 +165,23 @@ def config_missing(report: ConfigReport, registry: CustomObjectRegistry, known: 
 
 
 _STRUCTURAL_NAMES = frozenset(
-    {"Functional", "Model", "Sequential", "InputLayer", "__lambda__", "function", "method", "DTypePolicy",
-     "FloatDTypePolicy", "__tensor__", "__numpy__", "__tuple__", "__keras_tensor__", "__bytes__", "__typespec__"}
+    {
+        "Functional",
+        "Model",
+        "Sequential",
+        "InputLayer",
+        "__lambda__",
+        "function",
+        "method",
+        "DTypePolicy",
+        "FloatDTypePolicy",
+        "__tensor__",
+        "__numpy__",
+        "__tuple__",
+        "__keras_tensor__",
+        "__bytes__",
+        "__typespec__",
+    }
 )
 
 
@@ -158,8 +191,18 @@ def keras_knows(name: str) -> bool:
 
     if name in _STRUCTURAL_NAMES or name == HARD_SIGMOID_KERAS2:
         return True
-    namespaces = (keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.optimizers,
-                  keras.losses, keras.metrics, keras.activations, keras.models, keras.dtype_policies)
+    namespaces = (
+        keras.layers,
+        keras.initializers,
+        keras.regularizers,
+        keras.constraints,
+        keras.optimizers,
+        keras.losses,
+        keras.metrics,
+        keras.activations,
+        keras.models,
+        keras.dtype_policies,
+    )
     if any(hasattr(ns, name) for ns in namespaces):
         return True
     plain = name.split(">", 1)[-1]

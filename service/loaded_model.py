@@ -37,7 +37,9 @@ class LoadedModel:
     load_s: float = 0.0
     recognition: Recognition | None = None
     """Keras Applications architectures found in a Keras model (None for SavedModels: no layers to read)."""
-    _calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
+    _calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = field(
+        default_factory=dict, repr=False
+    )
     _keep: list[Any] = field(default_factory=list, repr=False)
     """References that keep the TensorFlow objects alive (model, loaded SavedModel, session)."""
     _close: Callable[[], None] | None = field(default=None, repr=False)

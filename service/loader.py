@@ -130,7 +130,9 @@ def layer_outline(model: Any) -> tuple[LayerNode, ...]:
             is_layer = hasattr(op, "weights")
             is_model = is_layer and getattr(op, "layers", None) is not None
             has_weights = is_layer and not is_model and bool(op.weights)
-            nodes.append(LayerNode(path, type(op).__name__, is_model=is_model, is_layer=is_layer, has_weights=has_weights))
+            nodes.append(
+                LayerNode(path, type(op).__name__, is_model=is_model, is_layer=is_layer, has_weights=has_weights)
+            )
             if is_model:
                 walk(op, path + "/")
 
@@ -143,7 +145,9 @@ def _recognise(model: Any) -> Recognition | None:
     try:
         return recognise(getattr(model, "name", ""), layer_outline(model))
     except Exception:  # noqa: BLE001 - recognising is advice: it never fails a load
-        log.debug("cannot read the layers of %s to recognise an architecture", getattr(model, "name", "?"), exc_info=True)
+        log.debug(
+            "cannot read the layers of %s to recognise an architecture", getattr(model, "name", "?"), exc_info=True
+        )
         return None
 
 
@@ -271,9 +275,13 @@ class Loader:
         if detected.format is ModelFormat.KERAS_ZIP:
             loaders.append((label, lambda: self._keras3_zip(detected, repaired, report, custom_objects, safe_mode)))
         elif detected.format is ModelFormat.HDF5:
-            loaders.append((label, lambda: self._keras3_hdf5(detected, repaired, training_config, custom_objects, safe_mode)))
+            loaders.append(
+                (label, lambda: self._keras3_hdf5(detected, repaired, training_config, custom_objects, safe_mode))
+            )
         else:
-            loaders.append((label, lambda: self._keras3_json(detected, repaired, custom_objects, keras_major, safe_mode)))
+            loaders.append(
+                (label, lambda: self._keras3_json(detected, repaired, custom_objects, keras_major, safe_mode))
+            )
         if keras_major is not None and keras_major < 3 and detected.format is not ModelFormat.KERAS_ZIP:
             tf_keras_loader = (
                 "tf_keras",
@@ -335,14 +343,25 @@ class Loader:
                     shutil.copyfile(detected.path, target)
             warnings: list[str] = []
             try:
-                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=True, safe_mode=safe_mode)
+                model = keras.saving.load_model(
+                    target, custom_objects=custom_objects, compile=True, safe_mode=safe_mode
+                )
             except Exception as err:  # noqa: BLE001 - retried without compile; a layer error repeats there
-                model = keras.saving.load_model(target, custom_objects=custom_objects, compile=False, safe_mode=safe_mode)
-                warnings.append(_compile_warning(err, repaired.get("compile_config") or _zip_compile_config(detected.path)))
+                model = keras.saving.load_model(
+                    target, custom_objects=custom_objects, compile=False, safe_mode=safe_mode
+                )
+                warnings.append(
+                    _compile_warning(err, repaired.get("compile_config") or _zip_compile_config(detected.path))
+                )
         return model, warnings
 
     def _keras3_hdf5(
-        self, detected: DetectedModel, repaired: dict, training_config: dict | None, custom_objects: dict, safe_mode: bool
+        self,
+        detected: DetectedModel,
+        repaired: dict,
+        training_config: dict | None,
+        custom_objects: dict,
+        safe_mode: bool,
     ) -> tuple[Any, list[str]]:
         import h5py
         from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
@@ -375,7 +394,9 @@ class Loader:
             warnings.append("compile=False: architecture JSON's compile_config ignored (serving never needs it)")
         with serialization_lib.SafeModeScope(safe_mode), object_registration.CustomObjectScope(custom_objects):
             if keras_major == 3 or (keras_major is None and looks_keras3(repaired)):
-                model = keras.saving.deserialize_keras_object(repaired, custom_objects=custom_objects, safe_mode=safe_mode)
+                model = keras.saving.deserialize_keras_object(
+                    repaired, custom_objects=custom_objects, safe_mode=safe_mode
+                )
             else:
                 with saving_options.keras_option_scope(use_legacy_config=True):
                     model = saving_utils.model_from_config(repaired, custom_objects=custom_objects)
@@ -419,12 +440,16 @@ class Loader:
                     group = f["model_weights"] if "model_weights" in f else f
                     _load_legacy_weights(hdf5_format, group, model)
             else:
-                raise ModelLoadError(f"{detected.path.name} has no weights file beside it", format=detected.format.value)
+                raise ModelLoadError(
+                    f"{detected.path.name} has no weights file beside it", format=detected.format.value
+                )
         compiled = detected.format is ModelFormat.HDF5 and _has_training_config(detected.path)
         return model, ["compile=False: the tf_keras path serves the model uncompiled"] if compiled else []
 
     # --- SavedModel ---------------------------------------------------------------------------
-    def _load_saved_model(self, detected: DetectedModel, attempt: LoadAttempt, config: ModelConfig | None) -> LoadedModel:
+    def _load_saved_model(
+        self, detected: DetectedModel, attempt: LoadAttempt, config: ModelConfig | None
+    ) -> LoadedModel:
         if config is not None and config.extra_outputs:
             raise ModelLoadError(
                 f"{detected.path.name}: extra_outputs needs a Keras model file (.keras, .h5); a SavedModel "
@@ -442,7 +467,8 @@ class Loader:
             if attempt.errors:
                 loaded.warnings = (
                     *loaded.warnings,
-                    f"loaded by {label} after " + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors),
+                    f"loaded by {label} after "
+                    + ", ".join(f"{lbl} failed ({root_cause(e)[:160]})" for lbl, e in attempt.errors),
                 )
             return loaded
         raise load_failure(attempt, self._registry)
@@ -497,8 +523,14 @@ class Loader:
         signatures: dict[str, Signature] = {}
         calls: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
         for name, sig in meta.signature_def.items():
-            inputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0])))
-            outputs = tuple(tensor_info_from_proto(k, v, graph) for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0])))
+            inputs = tuple(
+                tensor_info_from_proto(k, v, graph)
+                for k, v in sorted(sig.inputs.items(), key=lambda i: natural_key(i[0]))
+            )
+            outputs = tuple(
+                tensor_info_from_proto(k, v, graph)
+                for k, v in sorted(sig.outputs.items(), key=lambda i: natural_key(i[0]))
+            )
             batched, fixed = batch_layout(inputs)
             signatures[name] = Signature(name, inputs, outputs, sig.method_name or PREDICT_METHOD, batched, fixed)
             feeds = {k: graph.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
@@ -534,7 +566,9 @@ def _choose_default_signature(loaded: LoadedModel, config: ModelConfig | None, a
             tried=tuple(attempt.tried),
         )
     default = wanted or DEFAULT_SIGNATURE
-    loaded.default_signature = default if default in loaded.signatures else sorted(loaded.signatures, key=natural_key)[0]
+    loaded.default_signature = (
+        default if default in loaded.signatures else sorted(loaded.signatures, key=natural_key)[0]
+    )
 
 
 def _check_saved_with(detected: DetectedModel, report: ConfigReport, config: ModelConfig | None) -> None:
@@ -551,7 +585,9 @@ def _check_saved_with(detected: DetectedModel, report: ConfigReport, config: Mod
         report.unreadable_lambdas.extend(pending)
 
 
-def _check_declared_objects(detected: DetectedModel, registry: CustomObjectRegistry, config: ModelConfig | None) -> None:
+def _check_declared_objects(
+    detected: DetectedModel, registry: CustomObjectRegistry, config: ModelConfig | None
+) -> None:
     """Name the custom objects a model's sidecar declares that nothing provides, before Keras fails."""
     if config is None or not config.custom_objects:
         return
@@ -569,6 +605,7 @@ def _check_declared_objects(detected: DetectedModel, registry: CustomObjectRegis
             missing=tuple(missing),
             format=detected.format.value,
         )
+
 
 def _python_version() -> str:
     import platform
@@ -614,7 +651,11 @@ def _loss_names(config: Any, *, strings_only: bool = False) -> list[str]:
                 inner = value.get("config")
                 if value.get("class_name") in ("function", "method") and isinstance(inner, str):
                     names.append(inner)
-                elif isinstance(inner, dict) and isinstance(inner.get("name"), str) and value["class_name"] in ("function",):
+                elif (
+                    isinstance(inner, dict)
+                    and isinstance(inner.get("name"), str)
+                    and value["class_name"] in ("function",)
+                ):
                     names.append(inner["name"])
                 else:
                     names.append(str(value.get("registered_name") or value["class_name"]))
@@ -746,5 +787,3 @@ def _saved_model_tags(path: Path) -> list[str]:
         if tag_sets:
             return tag_sets[0]
     return ["serve"]
-
-

@@ -152,7 +152,10 @@ class ServableManager:
             self._startup = frozenset(self._models)
             log.info(
                 "start-up scan of %s: %d model(s) %s; loading in the background on %s",
-                self._settings.models_dir, len(self._models), sorted(self._models) or "", self._builder.device,
+                self._settings.models_dir,
+                len(self._models),
+                sorted(self._models) or "",
+                self._builder.device,
             )
             self._check_startup_locked()
 
@@ -407,8 +410,13 @@ class ServableManager:
         with self._cond:
             model = self._models.get(servable_id.name)
             version = model.versions.get(servable_id.version) if model else None
-            current = version is not None and version.aspired and version.source is not None \
-                and version.source.fingerprint == source.fingerprint and not self._stopping
+            current = (
+                version is not None
+                and version.aspired
+                and version.source is not None
+                and version.source.fingerprint == source.fingerprint
+                and not self._stopping
+            )
             if not current:
                 # Superseded while loading (files changed again, version no longer aspired): drop it;
                 # the loader thread picks up the current state next.
@@ -433,7 +441,11 @@ class ServableManager:
                 def announce() -> None:
                     log.info(
                         "%s AVAILABLE after %.2fs (load %.2fs, warm-up %.2fs) on %s",
-                        servable_id, elapsed_s, info.load_s, info.warmup_s, info.device,
+                        servable_id,
+                        elapsed_s,
+                        info.load_s,
+                        info.warmup_s,
+                        info.device,
                     )
 
                 # Publish first, report AVAILABLE after: a client told "AVAILABLE" finds it served.
@@ -468,7 +480,9 @@ class ServableManager:
         self._check_startup_locked()
 
     # --- publishing and unloading ----------------------------------------------------------------
-    def _commit_locked(self, extra_leaving: Sequence[Servable] = (), announce: Callable[[], None] | None = None) -> None:
+    def _commit_locked(
+        self, extra_leaving: Sequence[Servable] = (), announce: Callable[[], None] | None = None
+    ) -> None:
         """Decide which servables leave, publish the new map, then unload the leavers in the background.
 
         `announce` runs right after the publish (the AVAILABLE log line), before any UNLOADING line.
@@ -531,7 +545,12 @@ class ServableManager:
         closed = time.monotonic()
         del servable
         gc.collect()
-        log.debug("unload timings: drain %.3fs close %.3fs gc %.3fs", drained - started, closed - drained, time.monotonic() - closed)
+        log.debug(
+            "unload timings: drain %.3fs close %.3fs gc %.3fs",
+            drained - started,
+            closed - drained,
+            time.monotonic() - closed,
+        )
         recycle = False
         with self._cond:
             model = self._models.get(servable_id.name)
@@ -542,7 +561,13 @@ class ServableManager:
                     version.state = ServableState.END
             self._unloads += 1
             limit = self._settings.swaps_before_recycle
-            if limit and self._on_recycle is not None and self._unloads >= limit and not self._recycling and not self._stopping:
+            if (
+                limit
+                and self._on_recycle is not None
+                and self._unloads >= limit
+                and not self._recycling
+                and not self._stopping
+            ):
                 self._recycling = recycle = True
             self._drop_gone_locked()
             self._cond.notify_all()
@@ -550,7 +575,8 @@ class ServableManager:
         if recycle:
             log.warning(
                 "%d version swaps in this worker (SWAPS_BEFORE_RECYCLE=%d): recycling it to give memory back",
-                self._unloads, self._settings.swaps_before_recycle,
+                self._unloads,
+                self._settings.swaps_before_recycle,
             )
             assert self._on_recycle is not None
             self._on_recycle()
@@ -650,7 +676,10 @@ class ServableManager:
         available = sum(1 for m in self._models.values() for v in m.versions.values() if v.servable is not None)
         log.info(
             "start-up loading done in %.2fs: %d model(s), %d version(s) AVAILABLE on %s%s",
-            time.monotonic() - self._started_at, len(self._models), available, self._builder.device,
+            time.monotonic() - self._started_at,
+            len(self._models),
+            available,
+            self._builder.device,
             f" ({', '.join(states)})" if states else " (the models folder is empty)",
         )
 
@@ -669,4 +698,3 @@ def _describe(version: _Version) -> str:
     if version.pending:
         return f"version {version.number} is arriving ({version.pending})"
     return f"version {version.number} is {version.state.value}"
-

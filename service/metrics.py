@@ -17,9 +17,7 @@ client-chosen names never become label values, so the metric files stay bounded.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-REQUESTS = Counter(
-    "kerasserve_requests_total", "Requests answered.", ["route", "model", "code"]
-)
+REQUESTS = Counter("kerasserve_requests_total", "Requests answered.", ["route", "model", "code"])
 REQUEST_SECONDS = Histogram(
     "kerasserve_request_duration_seconds", "Request to response.", ["route", "model"], buckets=LATENCY_BUCKETS_S
 )
@@ -36,7 +34,8 @@ COMPUTE_SECONDS = Histogram(
 REJECTED = Counter("kerasserve_rejected_total", "Requests refused because a batch queue was full.", ["model"])
 BATCH_RETRIES = Counter(
     "kerasserve_batch_retries_total",
-    "Batches of several requests that failed and were run again one request at a time.", ["model"],
+    "Batches of several requests that failed and were run again one request at a time.",
+    ["model"],
 )
 BATCH_ISOLATED_FAILURES = Counter(
     "kerasserve_batch_isolated_failures_total",
@@ -45,14 +44,19 @@ BATCH_ISOLATED_FAILURES = Counter(
 )
 BATCHER_RESTARTS = Counter(
     "kerasserve_batcher_restarts_total",
-    "Times a batch thread's loop died (e.g. MemoryError) and was restarted, or gave up.", ["model"],
+    "Times a batch thread's loop died (e.g. MemoryError) and was restarted, or gave up.",
+    ["model"],
 )
 MODEL_LOAD_SECONDS = Histogram(
-    "kerasserve_model_load_seconds", "Load plus warm-up time of a version.", ["model"],
+    "kerasserve_model_load_seconds",
+    "Load plus warm-up time of a version.",
+    ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 MODEL_LOAD_FAILURES = Counter("kerasserve_model_load_failures_total", "Versions that failed to load.", ["model"])
 MODELS_AVAILABLE = Gauge(
-    "kerasserve_model_versions_available", "Versions AVAILABLE, summed over workers.", ["model"],
+    "kerasserve_model_versions_available",
+    "Versions AVAILABLE, summed over workers.",
+    ["model"],
     multiprocess_mode="livesum",
 )

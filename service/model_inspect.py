@@ -81,7 +81,9 @@ class ModelNeeds:
     """Losses / metrics given by a name Keras 3 does not resolve."""
 
 
-def model_needs(path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None) -> ModelNeeds:
+def model_needs(
+    path: Path, registry: CustomObjectRegistry | None = None, config: ModelConfig | None = None
+) -> ModelNeeds:
     """Read what the model at `path` needs (custom objects, Lambdas, losses) from its config; never builds it.
 
     Raises:
@@ -203,7 +205,9 @@ def render(result: InspectResult, out: TextIO) -> None:
     needed = ", ".join(result.custom_objects) or "none"
     out.write(f"  custom objects:  {needed}\n")
     if result.lambdas or result.replaced_lambdas:
-        parts = [f"{n} (stored code)" for n in result.lambdas] + [f"{n} (replaced by plugin)" for n in result.replaced_lambdas]
+        parts = [f"{n} (stored code)" for n in result.lambdas] + [
+            f"{n} (replaced by plugin)" for n in result.replaced_lambdas
+        ]
         out.write(f"  lambda layers:   {', '.join(parts)}\n")
     out.write(f"  missing:         {', '.join(result.missing) or 'none'}\n")
     if result.unresolved_losses:
@@ -223,7 +227,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Add the `inspect` arguments to `parser` (or a new one)."""
     parser = parser or argparse.ArgumentParser(prog="python -m service inspect")
     parser.add_argument("paths", nargs="+", type=Path, help="model files or folders (one version each)")
-    parser.add_argument("--models-dir", type=Path, default=None, help="folder whose plugins/ to import (default: MODELS_DIR)")
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="folder whose plugins/ to import (default: MODELS_DIR)"
+    )
     parser.add_argument("--plugin", action="append", default=[], help="extra plugin module (import path); repeatable")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     return parser

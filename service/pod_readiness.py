@@ -80,7 +80,8 @@ def others_not_ready() -> str:
     if _slot < 0:
         return ""
     ready = sum(
-        1 for slot in range(SLOTS)
+        1
+        for slot in range(SLOTS)
         if _table[2 * slot] and _table[2 * slot + 1] and (slot == _slot or alive(_table[2 * slot]))
     )
     if ready >= _expected:

@@ -96,7 +96,9 @@ def choose(config: PreprocessingConfig, recognition: Recognition | None) -> Prep
     modes = {a.family.mode for a in found}
     if len(modes) > 1:
         shown = ", ".join(f"{a.family.name} ({a.evidence}): {a.family.mode}" for a in found)
-        return PreprocessingChoice(config, "default", f"architectures that want different modes: {shown}; set preprocessing.mode")
+        return PreprocessingChoice(
+            config, "default", f"architectures that want different modes: {shown}; set preprocessing.mode"
+        )
     architecture = found[0]
     family = architecture.family
     recognised = f"Keras Applications {family.name} recognised by {architecture.evidence}"
@@ -157,9 +159,18 @@ def image_spec(signature: Signature, config: PreprocessingConfig) -> ImageSpec:
             f"preprocessing mode '{mode}' needs RGB images, but input '{tensor.name}' takes {channels} channel(s)"
         )
     return ImageSpec(
-        input=tensor.name, height=height, width=width, channels=channels, channels_first=channels_first,
-        keep_channel_axis=keep_channel_axis, resize=config.resize, scale=config.scale or "unit",
-        mean=tuple(config.mean), std=tuple(config.std), dtype=dtype, mode=mode,
+        input=tensor.name,
+        height=height,
+        width=width,
+        channels=channels,
+        channels_first=channels_first,
+        keep_channel_axis=keep_channel_axis,
+        resize=config.resize,
+        scale=config.scale or "unit",
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        dtype=dtype,
+        mode=mode,
     )
 
 
@@ -350,7 +361,9 @@ def to_model_inputs(
     if images:
         spec = image_spec(signature, config)
         if len(images) > max_rows:
-            raise PayloadTooLarge(f"{len(images)} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+            raise PayloadTooLarge(
+                f"{len(images)} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)"
+            )
         named[spec.input] = np.asarray(list(images), dtype=object)
     if UNNAMED in named:
         if len(signature.inputs) != 1:
@@ -380,9 +393,13 @@ def to_model_inputs(
             if rows is None:
                 rows = array.shape[0]
             elif array.shape[0] != rows:
-                raise InvalidInput(f"inputs have different batch sizes ({rows} and {array.shape[0]} for '{tensor.name}')")
+                raise InvalidInput(
+                    f"inputs have different batch sizes ({rows} and {array.shape[0]} for '{tensor.name}')"
+                )
             if array.shape[0] > max_rows:
-                raise PayloadTooLarge(f"{array.shape[0]} rows exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+                raise PayloadTooLarge(
+                    f"{array.shape[0]} rows exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)"
+                )
             if array.shape[0] == 0:
                 raise InvalidTensor(f"input '{tensor.name}' is empty")
         if has_batch:
@@ -392,8 +409,13 @@ def to_model_inputs(
 
 
 def _decode_image_tensor(
-    array: np.ndarray, signature: Signature, config: PreprocessingConfig, tensor: TensorInfo,
-    *, max_pixels: int, max_rows: int,
+    array: np.ndarray,
+    signature: Signature,
+    config: PreprocessingConfig,
+    tensor: TensorInfo,
+    *,
+    max_pixels: int,
+    max_rows: int,
 ) -> np.ndarray:
     """Decode a column of encoded images for `tensor`, or refuse when it does not take images."""
     if len(tensor.shape) not in (3, 4):

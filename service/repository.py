@@ -218,13 +218,20 @@ class ModelRepository:
                 elif suffix.lower() in MODEL_FILE_SUFFIXES:
                     claimed.setdefault(stem, []).append(path)
                 elif not _is_companion(name, names):
-                    self._note(name, f"skipped {name}: not a model file ({', '.join(MODEL_FILE_SUFFIXES)}) or folder", logging.INFO)
+                    self._note(
+                        name,
+                        f"skipped {name}: not a model file ({', '.join(MODEL_FILE_SUFFIXES)}) or folder",
+                        logging.INFO,
+                    )
             for name, paths in claimed.items():
                 if not MODEL_NAME.match(name):
                     self._note(name, f"skipped '{name}': model names may only hold letters, digits, '_', '-' and '.'")
                     continue
                 if len(paths) > 1:
-                    self._note(name, f"model '{name}' is claimed by {', '.join(p.name for p in paths)}; serving {paths[0].name}")
+                    self._note(
+                        name,
+                        f"model '{name}' is claimed by {', '.join(p.name for p in paths)}; serving {paths[0].name}",
+                    )
                 source = self._scan_model(name, paths[0], now, now_wall, seen)
                 if source is not None:
                     models[name] = source
@@ -262,9 +269,14 @@ class ModelRepository:
                     if version < 1:
                         self._note(f"{name}/{vdir.name}", f"skipped {name}/{vdir.name}: versions start at 1")
                         continue
-                    candidates.append(self._candidate(version, vdir, model_configs, vdir / LABELS_FILE, path / LABELS_FILE))
+                    candidates.append(
+                        self._candidate(version, vdir, model_configs, vdir / LABELS_FILE, path / LABELS_FILE)
+                    )
             else:
-                if not any(not is_ignored(c.name) and c.name not in FOLDER_CONFIG_NAMES and c.name != LABELS_FILE for c in children):
+                if not any(
+                    not is_ignored(c.name) and c.name not in FOLDER_CONFIG_NAMES and c.name != LABELS_FILE
+                    for c in children
+                ):
                     return None  # an empty folder (or only temporary files): nothing has arrived yet
                 candidates = [self._candidate(1, path, model_configs, path / LABELS_FILE)]
         else:
@@ -284,7 +296,11 @@ class ModelRepository:
                     all_settled = False
             if cand.missing:
                 pending[cand.version] = cand.missing
-                self._note(f"{name}:{cand.version}", f"{name}:{cand.version} is incomplete ({cand.missing}); waiting", logging.INFO)
+                self._note(
+                    f"{name}:{cand.version}",
+                    f"{name}:{cand.version} is incomplete ({cand.missing}); waiting",
+                    logging.INFO,
+                )
             elif all_settled:
                 present.add(cand.version)
                 complete.append(cand)
@@ -295,7 +311,8 @@ class ModelRepository:
         chosen = _apply_policy(model_config, sorted(present))
         aspired = tuple(
             self._version_source(name, cand, model_configs, model_config, model_error, seen)
-            for cand in complete if cand.version in chosen
+            for cand in complete
+            if cand.version in chosen
         )
         return ModelSource(
             name=name,
@@ -306,7 +323,9 @@ class ModelRepository:
         )
 
     def _candidate(self, version: int, folder: Path, model_configs: list[Path], *labels: Path) -> _Candidate:
-        configs = [] if model_configs and folder == model_configs[0].parent else _first_existing(folder, FOLDER_CONFIG_NAMES)
+        configs = (
+            [] if model_configs and folder == model_configs[0].parent else _first_existing(folder, FOLDER_CONFIG_NAMES)
+        )
         skip = {str(p) for p in [*configs, *model_configs]}
         files = [f for f in _walk_files(folder) if str(f) not in skip]
         labels_file = next((p for p in labels if p.is_file()), None)
@@ -314,8 +333,13 @@ class ModelRepository:
         return _Candidate(version, folder, files, configs, labels_file, _missing_parts(folder, files))
 
     def _version_source(
-        self, name: str, cand: _Candidate, model_configs: list[Path], model_config: ModelConfig,
-        model_error: str, seen: dict,
+        self,
+        name: str,
+        cand: _Candidate,
+        model_configs: list[Path],
+        model_config: ModelConfig,
+        model_error: str,
+        seen: dict,
     ) -> VersionSource:
         error = model_error
         config = model_config
@@ -329,13 +353,19 @@ class ModelRepository:
             except (OSError, UnicodeError) as err:
                 error = error or f"labels file {cand.labels_file.name} is unreadable: {err}"
         digest = hashlib.sha1()
-        for file in sorted({*cand.files, *model_configs, *cand.configs, *([cand.labels_file] if cand.labels_file else [])}):
+        for file in sorted(
+            {*cand.files, *model_configs, *cand.configs, *([cand.labels_file] if cand.labels_file else [])}
+        ):
             digest.update(f"{file}\0{seen[str(file)][0]}\n".encode())
         if error:
             self._note(f"{name}:{cand.version}:config", error)
         return VersionSource(
-            id=ServableId(name, cand.version), path=cand.path, fingerprint=digest.hexdigest(),
-            config=config, labels=labels, error=error,
+            id=ServableId(name, cand.version),
+            path=cand.path,
+            fingerprint=digest.hexdigest(),
+            config=config,
+            labels=labels,
+            error=error,
         )
 
     def _read_configs(self, paths: list[Path]) -> tuple[ModelConfig, str]:
@@ -350,7 +380,9 @@ class ModelRepository:
             return read_model_config(paths[0]), ""
         except ForeignConfigFile as err:
             where = paths[0].relative_to(self.models_dir)
-            self._note(f"{paths[0]}:foreign", f"{where}: {err}; ignored, the model gets the default config", logging.INFO)
+            self._note(
+                f"{paths[0]}:foreign", f"{where}: {err}; ignored, the model gets the default config", logging.INFO
+            )
             return ModelConfig(), ""
         except ModelConfigError as err:
             return ModelConfig(), str(err)
@@ -387,7 +419,11 @@ def _walk_files(folder: Path) -> list[Path]:
             dirnames[:] = []
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         # A dangling link is no file: it would never settle and hold the version back forever.
-        files.extend(Path(dirpath, f) for f in sorted(filenames) if not is_ignored(f) and os.path.isfile(os.path.join(dirpath, f)))
+        files.extend(
+            Path(dirpath, f)
+            for f in sorted(filenames)
+            if not is_ignored(f) and os.path.isfile(os.path.join(dirpath, f))
+        )
     return files
 
 
@@ -510,7 +546,10 @@ class RepositoryWatcher:
             self.manager.set_plugins_fingerprint(plugins)
         for name, source in models.items():
             self.manager.set_aspired_versions(
-                name, source.aspired, present=source.present, pending=source.pending,
+                name,
+                source.aspired,
+                present=source.present,
+                pending=source.pending,
                 version_labels=source.version_labels,
             )
         for name in self.manager.model_names():
@@ -537,7 +576,9 @@ class RepositoryWatcher:
     def _start_observer(self):  # -> watchdog BaseObserver | None
         folder = self.repository.models_dir
         if not folder.is_dir():
-            log.warning("models folder %s does not exist; polling every %.1fs until it does", folder, self.poll_interval_s)
+            log.warning(
+                "models folder %s does not exist; polling every %.1fs until it does", folder, self.poll_interval_s
+            )
             return None
         try:
             from watchdog.events import FileSystemEvent, FileSystemEventHandler

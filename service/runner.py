@@ -134,7 +134,9 @@ def configure_tensorflow(settings: Settings) -> str:
         device = "/GPU:0" if gpus and settings.device != "cpu" else "/CPU:0"
         log.info(
             "TensorFlow %s: models run on %s (%d GPU(s) visible); intra-op threads %s, inter-op threads %s",
-            tf.__version__, device, len(gpus),
+            tf.__version__,
+            device,
+            len(gpus),
             tf.config.threading.get_intra_op_parallelism_threads() or "auto",
             tf.config.threading.get_inter_op_parallelism_threads() or "auto",
         )
@@ -335,8 +337,9 @@ class InferenceRunner:
 
     def _run_rows(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Unbatched signature: one call per row, without the row axis; outputs stacked along a new one."""
-        parts = [_as_numpy(self._model.call(self._signature_name, {k: v[i] for k, v in arrays.items()}))
-                 for i in range(rows)]
+        parts = [
+            _as_numpy(self._model.call(self._signature_name, {k: v[i] for k, v in arrays.items()})) for i in range(rows)
+        ]
         return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
 
     def _call_padded(self, arrays: dict[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
@@ -500,7 +503,10 @@ def keras_signature(
     outputs = tuple(TensorInfo(n, _dtype_name(t.dtype), _shape(t.shape)) for n, t in zip(out_names, outputs_))
     batched, fixed = batch_layout(inputs)
     signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
-    specs = [tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name)) for t in inputs]
+    specs = [
+        tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name))
+        for t in inputs
+    ]
     structure = getattr(served, "_inputs_struct", None)
 
     def forward(*args: Any) -> list[Any]:

@@ -146,12 +146,21 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
     name = path.name
     what = f"Lambda layer(s) {', '.join(repr(n) for n in layers)}" if layers else "its Lambda layers"
     with tempfile.TemporaryDirectory(prefix="kerasserve-probe-") as tmp:
-        request_file, result_file, stderr_file = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "stderr.txt")
-        request_file.write_text(json.dumps({
-            "path": str(path),
-            "config": config.model_dump(mode="json") if config is not None else None,
-            "settings": settings.model_dump(mode="json"),
-        }), encoding="utf-8")
+        request_file, result_file, stderr_file = (
+            Path(tmp, "request.json"),
+            Path(tmp, "result.json"),
+            Path(tmp, "stderr.txt"),
+        )
+        request_file.write_text(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "config": config.model_dump(mode="json") if config is not None else None,
+                    "settings": settings.model_dump(mode="json"),
+                }
+            ),
+            encoding="utf-8",
+        )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
         env["CUDA_VISIBLE_DEVICES"] = ""  # the probe never needs (or takes memory from) a GPU
@@ -160,8 +169,13 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
         with stderr_file.open("wb") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.sandbox", str(request_file), str(result_file), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env, cwd=tmp,
-                start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                env=env,
+                cwd=tmp,
+                start_new_session=True,
+                close_fds=True,
             )
             try:
                 returncode = process.wait(timeout=settings.lambda_probe_timeout_s)
@@ -191,7 +205,9 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
         if result and result.get("error"):
             cls = _RESULT_ERRORS.get(str(result.get("kind")), ModelLoadError)
             raise cls(
-                str(result["error"]), missing=tuple(result.get("missing") or ()), format=str(result.get("format") or ""),
+                str(result["error"]),
+                missing=tuple(result.get("missing") or ()),
+                format=str(result.get("format") or ""),
                 tried=tuple(result.get("tried") or ()),
             )
         tail = _last_line(stderr_file)
@@ -266,10 +282,19 @@ def _child(request_file: Path, result_file: Path) -> int:
         with device_scope(device):
             loaded = loader.load(Path(request["path"]), config)
     except ModelLoadError as err:
-        result_file.write_text(json.dumps({
-            "ok": False, "kind": type(err).__name__, "error": str(err), "missing": list(err.missing),
-            "format": err.format, "tried": list(err.tried),
-        }), encoding="utf-8")
+        result_file.write_text(
+            json.dumps(
+                {
+                    "ok": False,
+                    "kind": type(err).__name__,
+                    "error": str(err),
+                    "missing": list(err.missing),
+                    "format": err.format,
+                    "tried": list(err.tried),
+                }
+            ),
+            encoding="utf-8",
+        )
         return 3
     # Call every signature once, as the worker's warm-up will: some bytecode crashes only when called.
     for signature_name in loaded.signatures:

@@ -241,5 +241,11 @@ def save_model(
     ModelConfig.model_validate(data)  # never write a sidecar the loader would reject
     header = f"# Written by service.saving.save_model for {path.name}; see docs/model-config.md.\n"
     sidecar.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    log.info("saved %s with sidecar %s (%d custom objects, %d plugins)", path.name, sidecar.name, len(found.custom_objects), len(recorded_plugins))
+    log.info(
+        "saved %s with sidecar %s (%d custom objects, %d plugins)",
+        path.name,
+        sidecar.name,
+        len(found.custom_objects),
+        len(recorded_plugins),
+    )
     return path

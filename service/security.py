@@ -63,7 +63,9 @@ def check_bearer(authorization: str | None, settings: Settings) -> None:
 
 
 # --- CORS ----------------------------------------------------------------------------------------
-def cors_headers(origin: str | None, *, preflight: bool, requested_headers: str | None, settings: Settings) -> dict[str, str]:
+def cors_headers(
+    origin: str | None, *, preflight: bool, requested_headers: str | None, settings: Settings
+) -> dict[str, str]:
     """Return the CORS response headers for a request from `origin`; empty when CORS is off or the origin is not allowed.
 
     CORS is off unless `Settings.cors_origins` lists origins (`*` allows any origin, without

@@ -148,7 +148,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         if self.grpc_port and self.grpc_port == self.port:
-            raise ValueError(f"GRPC_PORT and PORT are both {self.port}; give gRPC its own port, or GRPC_PORT=0 to turn it off")
+            raise ValueError(
+                f"GRPC_PORT and PORT are both {self.port}; give gRPC its own port, or GRPC_PORT=0 to turn it off"
+            )
         return self
 
     @field_validator("models_dir", mode="after")

@@ -70,8 +70,20 @@ class PendingRequest:
     deadline. Used by the event loop only.
     """
 
-    __slots__ = ("conn", "data", "deadline", "head_end", "content_length", "chunked", "_chunk_at",
-                 "body_end", "to_thread", "reserved", "method", "path")
+    __slots__ = (
+        "conn",
+        "data",
+        "deadline",
+        "head_end",
+        "content_length",
+        "chunked",
+        "_chunk_at",
+        "body_end",
+        "to_thread",
+        "reserved",
+        "method",
+        "path",
+    )
 
     def __init__(self, conn: Any, data: bytes, *, deadline: float) -> None:
         self.conn = conn
@@ -114,8 +126,11 @@ class PendingRequest:
 
     @property
     def is_probe(self) -> bool:
-        return (self.method in (b"GET", b"HEAD") and self.path.split(b"?", 1)[0] in PROBE_PATHS
-                and self.body_end == self.head_end)
+        return (
+            self.method in (b"GET", b"HEAD")
+            and self.path.split(b"?", 1)[0] in PROBE_PATHS
+            and self.body_end == self.head_end
+        )
 
     def feed(self, chunk: bytes, *, now: float, body_timeout_s: float, budget: int) -> None:
         """Add bytes read from the client and advance: headers, then the body.
@@ -191,7 +206,7 @@ class PendingRequest:
             line_end = data.find(b"\r\n", self._chunk_at)
             if line_end < 0:
                 break
-            size_field = bytes(data[self._chunk_at:line_end]).split(b";", 1)[0].strip()
+            size_field = bytes(data[self._chunk_at : line_end]).split(b";", 1)[0].strip()
             try:
                 size = int(size_field, 16)
             except ValueError:
@@ -262,8 +277,10 @@ class DeadlineSocket:
 def error_answer(status: int, reason: str, message: str) -> bytes:
     """The bytes of a closing HTTP/1.1 answer with the service's `{"error": message}` body."""
     body = json.dumps({"error": message}, separators=(",", ":")).encode() + b"\n"  # as Flask writes it
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def _nothing() -> None:

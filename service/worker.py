@@ -213,8 +213,12 @@ class BalancedThreadWorker(ThreadWorker):
         self._reserved_bytes += pending.reserved - was_reserved
         if pending.head_too_large:
             self.log.info("client %s: request headers over %d bytes: 431", _peer(pending.conn), MAX_HEAD_BYTES)
-            self._drop(pending, error_answer(
-                431, "Request Header Fields Too Large", f"request line and headers are over {MAX_HEAD_BYTES} bytes"))
+            self._drop(
+                pending,
+                error_answer(
+                    431, "Request Header Fields Too Large", f"request line and headers are over {MAX_HEAD_BYTES} bytes"
+                ),
+            )
         elif pending.ready:
             self._hand_over(pending)
 
@@ -224,7 +228,8 @@ class BalancedThreadWorker(ThreadWorker):
         if conn.parser is None:
             # Built here rather than in TConn.init() so that it reads through a DeadlineSocket.
             conn.parser = http.get_parser(
-                self.cfg, DeadlineSocket(conn.sock, body_timeout_s=self._body_timeout_s), conn.client)
+                self.cfg, DeadlineSocket(conn.sock, body_timeout_s=self._body_timeout_s), conn.client
+            )
         conn.parser.unreader.unread(bytes(pending.data))
         source = conn.parser.unreader.sock
         source.deadline = pending.deadline
@@ -313,8 +318,11 @@ class BalancedThreadWorker(ThreadWorker):
             if not pending.started:
                 self._drop(pending)  # connected, sent nothing: closed like an idle keep-alive connection
                 continue
-            part, timeout_s, setting = (("headers", self._header_timeout_s, HEADER_TIMEOUT_SETTING) if pending.head_end < 0
-                                        else ("body", self._body_timeout_s, BODY_TIMEOUT_SETTING))
+            part, timeout_s, setting = (
+                ("headers", self._header_timeout_s, HEADER_TIMEOUT_SETTING)
+                if pending.head_end < 0
+                else ("body", self._body_timeout_s, BODY_TIMEOUT_SETTING)
+            )
             message = str(RequestTimeout(part, timeout_s, setting))
             self.log.info("client %s: %s: 408", _peer(pending.conn), message)
             self._drop(pending, error_answer(408, "Request Timeout", message))

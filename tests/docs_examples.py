@@ -23,9 +23,9 @@ DOCUMENTED_URL = "localhost:8000"
 
 @dataclass(frozen=True)
 class Example:
-    where: str          # "docs/api.md:55"
-    command: str        # as written, without the prompt
-    shown: str          # the output the document shows after it ("" when none)
+    where: str  # "docs/api.md:55"
+    command: str  # as written, without the prompt
+    shown: str  # the output the document shows after it ("" when none)
 
     def for_port(self, port: int) -> str:
         """The command with the documented `localhost:8000` pointed at `port`: the only change made."""
@@ -118,7 +118,11 @@ def same_shape(shown: object, actual: object, at: str = "$") -> list[str]:
             return [f"{at}: shown a list of {len(shown)}, got {actual!r:.200}"]
         return [problem for i, (s, a) in enumerate(zip(shown, actual)) for problem in same_shape(s, a, f"{at}[{i}]")]
     if isinstance(shown, float):
-        return [] if isinstance(actual, (int, float)) and not isinstance(actual, bool) else [f"{at}: shown a number, got {actual!r}"]
+        return (
+            []
+            if isinstance(actual, (int, float)) and not isinstance(actual, bool)
+            else [f"{at}: shown a number, got {actual!r}"]
+        )
     return [] if shown == actual and type(shown) is type(actual) else [f"{at}: shown {shown!r}, got {actual!r}"]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-_BUILD = r'''
+_BUILD = r"""
 import base64, dis, json, marshal, os, sys, zipfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
@@ -69,7 +69,7 @@ with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
                     fn["code"] = crash(fn["code"])
             data = json.dumps(config).encode()
         dst.writestr(item, data)
-'''
+"""
 
 NAMES = ("lambda_ok.keras", "lambda_crash.keras", "plain.keras", "plain.h5", "custom.keras", "embedding.keras")
 
@@ -90,6 +90,7 @@ def build_fault_models(folder: Path) -> Path:
     if all((folder / name).is_file() for name in NAMES):
         return folder
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, "-c", _BUILD, str(folder)], check=True, cwd=REPO, env=env, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", _BUILD, str(folder)], check=True, cwd=REPO, env=env, timeout=300, capture_output=True
+    )
     return folder

@@ -37,8 +37,12 @@ def make_test(clone: Path, *, ci: bool) -> subprocess.CompletedProcess:
     if ci:
         environment["CI"] = "true"
     return subprocess.run(
-        ["make", "test", f"TESTS={SMALL_CORPUS_USER}"], cwd=clone, env=environment,
-        capture_output=True, text=True, timeout=600,
+        ["make", "test", f"TESTS={SMALL_CORPUS_USER}"],
+        cwd=clone,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -47,7 +51,9 @@ def test_make_test_without_the_corpus_passes_and_lists_the_skipped_corpus_tests(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     expected_at = str(lonely_clone.parent / "shared" / "corpus")
     skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert skips and all(f"the model corpus is expected at {expected_at}" in line for line in skips), result.stdout[-3000:]
+    assert skips and all(f"the model corpus is expected at {expected_at}" in line for line in skips), result.stdout[
+        -3000:
+    ]
     assert " passed" in result.stdout.splitlines()[-1]
 
 

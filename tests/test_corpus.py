@@ -104,7 +104,9 @@ ARTIFACTS: dict[str, Artifact] = {
         config=ModelConfig(lambdas={"lambda_1": "dl4j_square", "lambda_2": "dl4j_triple"}),
         reference="numpy",
     ),
-    "dl4j_space_to_depth": Artifact("dl4j_space_to_depth/space_to_depth_simple_tensorflow_2.h5", "keras3-repaired", reference="numpy"),
+    "dl4j_space_to_depth": Artifact(
+        "dl4j_space_to_depth/space_to_depth_simple_tensorflow_2.h5", "keras3-repaired", reference="numpy"
+    ),
     "dl4j_deepfm": Artifact(
         "dl4j_deepfm/deepfm.h5",
         "keras3-repaired",
@@ -118,9 +120,15 @@ ARTIFACTS: dict[str, Artifact] = {
         reference="finite",
     ),
     "dl4j_cnn_batch_norm": Artifact("dl4j_cnn_batch_norm/cnn_batch_norm.h5", "keras3-repaired", reference="documented"),
-    "dl4j_sparse_xent_mlp": Artifact("dl4j_sparse_xent_mlp/simple_sparse_xent_mlp_keras_2_model.h5", "keras3-repaired", reference="documented"),
-    "dl4j_simple_lstm": Artifact("dl4j_simple_lstm/simple_lstm_tf_keras_2_model.h5", "keras3-repaired", reference="tf_keras"),
-    "dl4j_simple_lstm_json": Artifact("dl4j_simple_lstm/simple_lstm_tf_keras_2_config.json", "keras3-repaired", reference="tf_keras"),
+    "dl4j_sparse_xent_mlp": Artifact(
+        "dl4j_sparse_xent_mlp/simple_sparse_xent_mlp_keras_2_model.h5", "keras3-repaired", reference="documented"
+    ),
+    "dl4j_simple_lstm": Artifact(
+        "dl4j_simple_lstm/simple_lstm_tf_keras_2_model.h5", "keras3-repaired", reference="tf_keras"
+    ),
+    "dl4j_simple_lstm_json": Artifact(
+        "dl4j_simple_lstm/simple_lstm_tf_keras_2_config.json", "keras3-repaired", reference="tf_keras"
+    ),
     "hls4ml_dense_streaming": Artifact("hls4ml_dense_streaming/keras_model.keras", "keras3", reference="tf_keras"),
     "flownet_ann": Artifact("flownet_ann/final_model.keras", "keras3", reference="keras3"),
 }
@@ -182,7 +190,9 @@ def _documented(name: str, model: LoadedModel, corpus: Path) -> None:
         y = model.call(sig.name, {sig.inputs[0].name: x})
         np.testing.assert_allclose(next(iter(y.values())), expected.reshape(-1, 1), atol=1e-6)
     elif name == "dl4j_sparse_xent_mlp":
-        with h5py.File(corpus / "expected/dl4j_sparse_xent_mlp/simple_sparse_xent_mlp_keras_2_inputs_and_outputs.h5") as f:
+        with h5py.File(
+            corpus / "expected/dl4j_sparse_xent_mlp/simple_sparse_xent_mlp_keras_2_inputs_and_outputs.h5"
+        ) as f:
             x = f["inputs/dense_1_input"][()].astype(np.float32)
             expected = f["predictions/activation_1"][()]
         assert sig.inputs[0].shape == (None, 4)  # Keras 3 alone reports (None, None, 4)
@@ -237,7 +247,11 @@ def test_corpus_artifact_loads_and_computes_correct_outputs(name: str, loader: L
         elif artifact.reference == "keras3":
             import keras
 
-            expected = [np.asarray(keras.saving.load_model(model.path, compile=False)(next(iter(inputs.values())), training=False))]
+            expected = [
+                np.asarray(
+                    keras.saving.load_model(model.path, compile=False)(next(iter(inputs.values())), training=False)
+                )
+            ]
         elif artifact.reference == "numpy":
             expected = _numpy_reference(name, model, corpus, inputs)
         else:
@@ -254,7 +268,9 @@ def _examples(*values: float) -> np.ndarray:
 
     return np.array(
         [
-            tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[v]))})).SerializeToString()
+            tf.train.Example(
+                features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[v]))})
+            ).SerializeToString()
             for v in values
         ],
         dtype=object,
@@ -268,7 +284,13 @@ def test_corpus_tf1_regress_and_classify_signatures_take_serialized_examples(loa
     out = three.call("tensorflow/serving/regress", {"inputs": _examples(1.0, 2.0)})
     np.testing.assert_allclose(out["outputs"].ravel(), [3.5, 4.0])  # documented in api_rest.md
     two = loader.load(corpus / "half_plus_two_cpu/00000123")
-    assert set(two.signatures) == {"serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"}
+    assert set(two.signatures) == {
+        "serving_default",
+        "classify_x_to_y",
+        "regress_x_to_y",
+        "regress_x_to_y2",
+        "regress_x2_to_y3",
+    }
     scores = two.call("classify_x_to_y", {"inputs": _examples(1.0, 2.0, 5.0)})["scores"]
     np.testing.assert_allclose(scores.ravel(), [2.5, 3.0, 4.5])
 

@@ -33,9 +33,22 @@ SYNC_CONFIGMAP = DEPLOY / "kubernetes" / "object-storage" / "sync-configmap.yaml
 # KServe's predictor spec is a Kubernetes PodSpec plus these component fields (ComponentExtensionSpec
 # and PredictorExtensionSpec); the PodSpec part is validated against the Pod schema.
 KSERVE_COMPONENT_FIELDS = {
-    "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency", "timeout",
-    "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy",
-    "model", "storageUri", "protocolVersion", "runtimeVersion",
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "model",
+    "storageUri",
+    "protocolVersion",
+    "runtimeVersion",
 }
 
 
@@ -60,9 +73,7 @@ def tool(name: str) -> str:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run(
-        [tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, cwd=REPO
-    )
+    result = subprocess.run([tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, f"hadolint found problems:\n{result.stdout}{result.stderr}"
 
 
@@ -79,7 +90,7 @@ def makefile_run_commands() -> list[str]:
     lines = (REPO / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("run:"))
     recipe = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         recipe.append(re.sub(r"\$\([A-Z_]+\)(/bin/)?", "", line.strip()))
@@ -96,7 +107,9 @@ def test_image_installs_and_starts_like_make_run() -> None:
     assert any(line.endswith("gunicorn wsgi:app") for line in run)
     cmd = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE).group(1)
     assert "python -m service default-model --if-empty && exec gunicorn wsgi:app" in cmd
-    assert re.search(r'^HEALTHCHECK .*\\\n\s+CMD \["python", "/app/deploy/docker/healthcheck.py"\]', dockerfile, re.MULTILINE)
+    assert re.search(
+        r'^HEALTHCHECK .*\\\n\s+CMD \["python", "/app/deploy/docker/healthcheck.py"\]', dockerfile, re.MULTILINE
+    )
     assert "/healthz" in (DEPLOY / "docker" / "healthcheck.py").read_text()
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
     assert 'VOLUME ["/models"]' in dockerfile
@@ -179,8 +192,14 @@ def test_validation_rejects_a_misspelt_probe_field() -> None:
 
 def test_manifests_cover_every_kind_the_issue_asks_for() -> None:
     kinds = {doc["kind"] for path in MANIFESTS for doc in documents(path)}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PersistentVolumeClaim",
-            "InferenceService"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "InferenceService",
+    } <= kinds
 
 
 def configmap_settings() -> dict[str, str]:
@@ -208,8 +227,12 @@ def container_settings(container: dict) -> Settings:
 
 def server_pods() -> list[tuple[str, dict]]:
     """(where, pod spec) of every pod template that runs kerasserve."""
-    pods = [(str(path.relative_to(DEPLOY)), doc["spec"]["template"]["spec"]) for path, doc in all_documents("Deployment")]
-    pods += [(str(path.relative_to(DEPLOY)), doc["spec"]["predictor"]) for path, doc in all_documents("InferenceService")]
+    pods = [
+        (str(path.relative_to(DEPLOY)), doc["spec"]["template"]["spec"]) for path, doc in all_documents("Deployment")
+    ]
+    pods += [
+        (str(path.relative_to(DEPLOY)), doc["spec"]["predictor"]) for path, doc in all_documents("InferenceService")
+    ]
     assert len(pods) >= 4
     return pods
 
@@ -269,15 +292,20 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     container = server_container(deployment["spec"]["template"]["spec"])
     assert container["resources"]["requests"]["cpu"], "the HPA's CPU utilisation needs a CPU request"
     claim = deployment["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
     assert claim == documents(DEPLOY / "kubernetes" / "pvc.yaml")[0]["metadata"]["name"]
 
 
-
-@pytest.mark.parametrize("where, pod", [pytest.param(w, p, id=w) for w, p in server_pods() if not w.startswith("kserve")])
+@pytest.mark.parametrize(
+    "where, pod", [pytest.param(w, p, id=w) for w, p in server_pods() if not w.startswith("kserve")]
+)
 def test_kubernetes_pods_expose_the_grpc_port(where: str, pod: dict) -> None:
     container = server_container(pod)
     settings = container_settings(container)

@@ -26,7 +26,9 @@ def test_every_setting_appears_in_configuration_md_with_its_variable() -> None:
 def test_generated_settings_table_is_up_to_date() -> None:
     generator = load_generator()
     text = DOC.read_text(encoding="utf-8")
-    assert generator.updated(text) == text, "docs/configuration.md is stale: run .venv/bin/python docs/generate_configuration.py"
+    assert generator.updated(text) == text, (
+        "docs/configuration.md is stale: run .venv/bin/python docs/generate_configuration.py"
+    )
 
 
 def test_generated_rows_carry_default_and_docstring() -> None:

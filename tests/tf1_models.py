@@ -57,7 +57,10 @@ def build_tf1_saved_model(
     graph = tf.Graph()
     with graph.as_default():
         # Placeholder names differ from the signature keys, as in most exports (`input_1:0`, ...).
-        feeds = {name: v1.placeholder(tf.float32, [None, width], name=f"input_{k}") for k, (name, width) in enumerate(inputs.items())}
+        feeds = {
+            name: v1.placeholder(tf.float32, [None, width], name=f"input_{k}")
+            for k, (name, width) in enumerate(inputs.items())
+        }
         terms = [tf.matmul(feeds[name], tf.constant(w)) for name, w in weights(inputs).items()]
         score = tf.add_n(terms)
         if variables:
@@ -73,7 +76,9 @@ def build_tf1_saved_model(
                 v1.saved_model.simple_save(session, str(folder), feeds, {"score": score})
             else:
                 builder = v1.saved_model.Builder(str(folder))
-                builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING], signature_def_map=signatures)
+                builder.add_meta_graph_and_variables(
+                    session, [v1.saved_model.tag_constants.SERVING], signature_def_map=signatures
+                )
                 builder.save()
     if not variables:
         shutil.rmtree(folder / "variables", ignore_errors=True)

@@ -94,8 +94,10 @@ def _add_cors(response: Response) -> Response:
     """Add CORS headers for allowed origins (CORS is off unless CORS_ORIGINS lists some)."""
     preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
     headers = security.cors_headers(
-        request.headers.get("Origin"), preflight=preflight,
-        requested_headers=request.headers.get("Access-Control-Request-Headers"), settings=runtime().settings,
+        request.headers.get("Origin"),
+        preflight=preflight,
+        requested_headers=request.headers.get("Access-Control-Request-Headers"),
+        settings=runtime().settings,
     )
     for name, value in headers.items():
         response.headers[name] = value

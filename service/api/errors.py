@@ -63,7 +63,9 @@ def handle_serving_error(error: ServingError) -> Response:
     status = status_for(error)
     if status >= 500:
         log.warning("%s answered %d: %s", type(error).__name__, status, error)
-    message = str(error) if not isinstance(error, InferenceError) else (str(error) or "the model failed while computing")
+    message = (
+        str(error) if not isinstance(error, InferenceError) else (str(error) or "the model failed while computing")
+    )
     response = error_response(message, status)
     if status == 503:
         retry_after = getattr(error, "retry_after_s", None) or RETRY_AFTER_S.get(type(error), 1)

@@ -30,8 +30,13 @@ def predict_classify_regress(path: str):
     """:predict (row or columnar), :classify and :regress (tf.Example features)."""
     target = tfserving.parse_url(path, post=True)
     note_model(target.request.name)
-    if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json") \
-            and not request.mimetype.startswith("text/") and request.mimetype != "application/x-www-form-urlencoded":
+    if (
+        request.mimetype
+        and request.mimetype != "application/json"
+        and not request.mimetype.endswith("+json")
+        and not request.mimetype.startswith("text/")
+        and request.mimetype != "application/x-www-form-urlencoded"
+    ):
         # curl -d sends application/x-www-form-urlencoded; TF Serving reads any body as JSON.
         raise UnsupportedMediaType(f"Content-Type '{request.mimetype}' is not supported; send application/json")
     body = parse_json_object(request.get_data(cache=False))

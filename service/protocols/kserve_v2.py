@@ -30,9 +30,19 @@ EXTENSIONS = ("binary_tensor_data", "classification")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 V2_TO_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
 
@@ -116,10 +126,12 @@ def decode_bytes_elements(data: bytes, count: int, name: str) -> list[bytes]:
         offset += 4
         if offset + size > len(data):
             raise InvalidTensor(f"input '{name}': binary BYTES element {len(items)} is longer than the data")
-        items.append(data[offset:offset + size])
+        items.append(data[offset : offset + size])
         offset += size
     if offset != len(data):
-        raise InvalidTensor(f"input '{name}': binary BYTES data holds {len(data) - offset} bytes beyond {count} elements")
+        raise InvalidTensor(
+            f"input '{name}': binary BYTES data holds {len(data) - offset} bytes beyond {count} elements"
+        )
     return items
 
 
@@ -150,7 +162,9 @@ def _shape(value: object, name: str) -> tuple[int, ...]:
     # Zero dimensions aside: numpy refuses a shape like [2**31, 2**31, 0] too. At most 32 factors
     # below 2**31 make a small Python integer.
     if math.prod(d for d in value if d) > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': shape {value} is too large: its dimensions multiply to more than {MAX_ELEMENTS}")
+        raise InvalidInput(
+            f"input '{name}': shape {value} is too large: its dimensions multiply to more than {MAX_ELEMENTS}"
+        )
     return tuple(value)
 
 
@@ -163,7 +177,9 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
         raise InvalidInput("every input needs a 'name'")
     datatype = entry.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
-        raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}")
+        raise InvalidInput(
+            f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(V2_TO_NUMPY)}"
+        )
     shape = _shape(entry.get("shape"), name)
     count = math.prod(shape)  # bounded by _shape
     params = _parameters(entry.get("parameters"), f"input '{name}'")
@@ -171,7 +187,7 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
         size = params["binary_data_size"]
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise InvalidInput(f"input '{name}': binary_data_size {size} does not fit the binary data after the header")
-        chunk = binary[offset:offset + size]
+        chunk = binary[offset : offset + size]
         offset += size
         if datatype == "BYTES":
             if count * 4 > len(chunk):  # every element needs at least its 4-byte length
@@ -182,7 +198,11 @@ def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.nd
         dtype = np.dtype(V2_TO_NUMPY[datatype]).newbyteorder("<")
         if size != count * dtype.itemsize:
             raise InvalidTensor(f"input '{name}': {size} bytes do not hold {count} {datatype} values")
-        return name, np.frombuffer(chunk, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape), offset
+        return (
+            name,
+            np.frombuffer(chunk, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape),
+            offset,
+        )
     if "data" not in entry:
         raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     data = entry["data"]
@@ -257,7 +277,9 @@ def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple
     return PredictRequest(target, inputs, outputs=names), options
 
 
-def decode_raw_infer(body: bytes, metadata: ModelMetadata, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:
+def decode_raw_infer(
+    body: bytes, metadata: ModelMetadata, target: ServableRequest
+) -> tuple[PredictRequest, InferOptions]:
     """Raw binary request (header length 0): the body is the only input's bytes, batch 1.
 
     Raises:
@@ -296,11 +318,17 @@ def encode_infer(response: PredictResponse, options: InferOptions) -> tuple[dict
             array = triton_classes(array, requested.classification, response.labels)
         entry: dict = {"name": requested.name, "datatype": _datatype_of(array), "shape": list(array.shape)}
         if requested.binary or options.raw_binary:
-            raw = encode_bytes_elements(array) if array.dtype == object else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            raw = (
+                encode_bytes_elements(array)
+                if array.dtype == object
+                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.dtype == object:
-            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+            entry["data"] = [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)
+            ]
         else:
             entry["data"] = array.reshape(-1).tolist()
         outputs.append(entry)
@@ -320,7 +348,11 @@ def _datatype_of(array: np.ndarray) -> str:
 
 def tensor_metadata(tensor: TensorInfo) -> dict:
     """One tensor in v2 metadata: name, v2 datatype, shape with -1 for variable dimensions."""
-    return {"name": tensor.name, "datatype": v2_datatype(tensor.dtype), "shape": [-1 if d is None else d for d in tensor.shape]}
+    return {
+        "name": tensor.name,
+        "datatype": v2_datatype(tensor.dtype),
+        "shape": [-1 if d is None else d for d in tensor.shape],
+    }
 
 
 def encode_model_metadata(metadata: ModelMetadata, versions: list[int], format_: str) -> dict:

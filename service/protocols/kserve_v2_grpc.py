@@ -28,9 +28,18 @@ EXTENSIONS: tuple[str, ...] = ()
 
 # v2 datatype -> the InferTensorContents field carrying it (FP16 and BF16 only travel raw).
 _CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -49,7 +58,9 @@ def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: b
     if not name:
         raise InvalidInput("every input needs a 'name'")
     if datatype not in kserve_v2.V2_TO_NUMPY:
-        raise InvalidInput(f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(kserve_v2.V2_TO_NUMPY)}")
+        raise InvalidInput(
+            f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(kserve_v2.V2_TO_NUMPY)}"
+        )
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
@@ -98,7 +109,9 @@ def decode_infer(request: service_pb2.ModelInferRequest) -> PredictRequest:
         raise InvalidInput("'inputs' must be a non-empty list")
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order")
+        raise InvalidInput(
+            f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs; send one per input, in order"
+        )
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in inputs:
@@ -127,7 +140,9 @@ def _datatype_of(array: np.ndarray) -> str:
 def encode_infer(response: PredictResponse, request_id: str = "") -> service_pb2.ModelInferResponse:
     """The `ModelInferResponse`: every output's name, datatype and shape, its data in `raw_output_contents`."""
     message = service_pb2.ModelInferResponse(
-        model_name=response.servable_id.name, model_version=str(response.servable_id.version), id=request_id,
+        model_name=response.servable_id.name,
+        model_version=str(response.servable_id.version),
+        id=request_id,
     )
     for name, array in response.outputs.items():
         array = np.asarray(array)
@@ -135,11 +150,15 @@ def encode_infer(response: PredictResponse, request_id: str = "") -> service_pb2
         if array.dtype == object or array.dtype.kind in "SU":
             message.raw_output_contents.append(kserve_v2.encode_bytes_elements(array))
         else:
-            message.raw_output_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+            message.raw_output_contents.append(
+                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
     return message
 
 
-def encode_model_metadata(metadata: ModelMetadata, versions: list[int], format_: str) -> service_pb2.ModelMetadataResponse:
+def encode_model_metadata(
+    metadata: ModelMetadata, versions: list[int], format_: str
+) -> service_pb2.ModelMetadataResponse:
     """The `ModelMetadataResponse`: REST's model metadata, parsed into the message."""
     rest = kserve_v2.encode_model_metadata(metadata, versions, format_)
     return json_format.ParseDict(rest, service_pb2.ModelMetadataResponse())

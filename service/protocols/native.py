@@ -71,7 +71,9 @@ def _decode_body(request: Request, target: ServableRequest, *, max_images: int) 
         if not files:
             raise InvalidInput(f"the multipart body holds no file; send the image in the field '{IMAGE_FIELD}'")
         if len(files) > max_images:
-            raise PayloadTooLarge(f"{len(files)} images exceed the limit of {max_images} per request (MAX_IMAGES_PER_REQUEST)")
+            raise PayloadTooLarge(
+                f"{len(files)} images exceed the limit of {max_images} per request (MAX_IMAGES_PER_REQUEST)"
+            )
         images = tuple(f.read() for f in files)
         if any(not data for data in images):
             raise InvalidInput("a file in the multipart body is empty")
@@ -181,14 +183,23 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
         if v.error:
             entry["error"] = v.error
         if v.info is not None:
-            entry.update({"format": v.info.format, "loader": v.info.loader, "device": v.info.device,
-                          "load_s": round(v.info.load_s, 4), "warmup_s": round(v.info.warmup_s, 4)})
+            entry.update(
+                {
+                    "format": v.info.format,
+                    "loader": v.info.loader,
+                    "device": v.info.device,
+                    "load_s": round(v.info.load_s, 4),
+                    "warmup_s": round(v.info.warmup_s, 4),
+                }
+            )
             if v.info.warnings:
                 entry["warnings"] = list(v.info.warnings)
             if v.info.preprocessing is not None:
                 key, value = v.info.preprocessing.pixels
                 entry["preprocessing"] = {
-                    key: value, "chosen_by": v.info.preprocessing.chosen_by, "reason": v.info.preprocessing.reason,
+                    key: value,
+                    "chosen_by": v.info.preprocessing.chosen_by,
+                    "reason": v.info.preprocessing.reason,
                 }
         if v.signatures:
             signature = v.signatures.get(v.default_signature) or next(iter(v.signatures.values()))
@@ -204,14 +215,16 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
     }
     if metadata is not None:
         default = metadata.signatures[metadata.default_signature]
-        model.update({
-            "serving_version": metadata.servable_id.version,
-            "device": metadata.device,
-            "default_signature": metadata.default_signature,
-            "inputs": [tensor_json(t) for t in default.inputs],
-            "outputs": [tensor_json(t) for t in default.outputs],
-            "signatures": {name: signature_json(sig) for name, sig in metadata.signatures.items()},
-        })
+        model.update(
+            {
+                "serving_version": metadata.servable_id.version,
+                "device": metadata.device,
+                "default_signature": metadata.default_signature,
+                "inputs": [tensor_json(t) for t in default.inputs],
+                "outputs": [tensor_json(t) for t in default.outputs],
+                "signatures": {name: signature_json(sig) for name, sig in metadata.signatures.items()},
+            }
+        )
         if metadata.labels:
             model["labels"] = list(metadata.labels)
     return model

@@ -34,10 +34,22 @@ GET_URL = re.compile(rf"^{_MODEL}(?P<metadata>/metadata)?$", re.IGNORECASE)
 LABEL = re.compile(r"^[a-zA-Z0-9_]+$")
 
 DT_NAMES = {
-    "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF", "bfloat16": "DT_BFLOAT16",
-    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
-    "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
-    "bool": "DT_BOOL", "string": "DT_STRING", "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "float16": "DT_HALF",
+    "bfloat16": "DT_BFLOAT16",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "bool": "DT_BOOL",
+    "string": "DT_STRING",
+    "complex64": "DT_COMPLEX64",
+    "complex128": "DT_COMPLEX128",
 }
 
 
@@ -59,7 +71,9 @@ def parse_url(path: str, *, post: bool) -> TfsTarget:
     if match is None:
         # TF Serving answers InvalidArgument ("Malformed request") for URLs outside its grammar.
         if post:
-            raise InvalidInput("malformed request: POST /v1/models/<name>[/versions/<N>|/labels/<L>]:(predict|classify|regress)")
+            raise InvalidInput(
+                "malformed request: POST /v1/models/<name>[/versions/<N>|/labels/<L>]:(predict|classify|regress)"
+            )
         raise InvalidInput("malformed request: GET /v1/models/<name>[/versions/<N>|/labels/<L>][/metadata]")
     name, version, label = match.group("name"), match.group("version"), match.group("label")
     if version is not None and label is not None:
@@ -167,7 +181,9 @@ def decode_instances(instances: object) -> dict[str, np.ndarray]:
         columns: dict[str, list] = {key: [] for key in first}
         for index, row in enumerate(instances):
             if not isinstance(row, dict) or set(row) != keys:
-                raise InvalidInput(f"instance {index} must name the same inputs as instance 0: {', '.join(sorted(keys))}")
+                raise InvalidInput(
+                    f"instance {index} must name the same inputs as instance 0: {', '.join(sorted(keys))}"
+                )
             for key, value in row.items():
                 columns[key].append(value)
         return {key: json_to_array(key, values) for key, values in columns.items()}
@@ -194,7 +210,9 @@ def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> 
     """
     has_rows, has_columns = "instances" in body, "inputs" in body
     if has_rows == has_columns:
-        raise InvalidInput("the request must hold exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+        raise InvalidInput(
+            "the request must hold exactly one of 'instances' (row format) or 'inputs' (columnar format)"
+        )
     signature_name = body.get("signature_name")
     if signature_name is not None and not isinstance(signature_name, str):
         raise InvalidInput("'signature_name' must be a string")

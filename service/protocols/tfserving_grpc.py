@@ -120,13 +120,17 @@ def tensor_to_array(name: str, tensor: tensor_pb2.TensorProto, *, max_bytes: int
         array[:] = _fill(name, values, count, shape, max_bytes, zero=b"")
         return array.reshape(shape)
     if tensor.dtype not in _DTYPES:
-        shown = types_pb2.DataType.Name(tensor.dtype) if tensor.dtype in types_pb2.DataType.values() else str(tensor.dtype)
+        shown = (
+            types_pb2.DataType.Name(tensor.dtype) if tensor.dtype in types_pb2.DataType.values() else str(tensor.dtype)
+        )
         raise InvalidInput(f"input '{name}': dtype {shown} is not supported")
     dtype, field = _DTYPES[tensor.dtype]
     if tensor.tensor_content:
         content = tensor.tensor_content
         if len(content) != count * dtype.itemsize:
-            raise InvalidTensor(f"input '{name}': {len(content)} bytes of tensor_content do not hold a tensor of shape {list(shape)}")
+            raise InvalidTensor(
+                f"input '{name}': {len(content)} bytes of tensor_content do not hold a tensor of shape {list(shape)}"
+            )
         little = dtype.newbyteorder("<")
         return np.frombuffer(content, dtype=little).astype(dtype, copy=False).reshape(shape)
     values = list(getattr(tensor, field))
@@ -164,7 +168,9 @@ def array_to_tensor(name: str, array: np.ndarray) -> tensor_pb2.TensorProto:
         tensor.tensor_shape.dim.add(size=size)
     if array.dtype == object or array.dtype.kind in "SU":
         tensor.dtype = types_pb2.DT_STRING
-        tensor.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist())
+        tensor.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist()
+        )
         return tensor
     dt = _DT_OF_NUMPY.get(array.dtype.newbyteorder("="))
     if dt is None:
@@ -223,9 +229,7 @@ def example_features(example: example_pb2.Example) -> dict[str, object]:
     return features
 
 
-def decode_examples(
-    spec: model_pb2.ModelSpec, input_: input_pb2.Input, method: str
-) -> ExamplesRequest:
+def decode_examples(spec: model_pb2.ModelSpec, input_: input_pb2.Input, method: str) -> ExamplesRequest:
     """Turn a `ClassificationRequest` / `RegressionRequest` (its spec and input) into an ExamplesRequest.
 
     Raises:
@@ -239,11 +243,16 @@ def decode_examples(
         examples = input_.example_list_with_context.examples
         context = example_features(input_.example_list_with_context.context)
     else:
-        raise InvalidInput("the request's input holds no examples; set input.example_list or input.example_list_with_context")
+        raise InvalidInput(
+            "the request's input holds no examples; set input.example_list or input.example_list_with_context"
+        )
     if not examples:
         raise InvalidInput("'examples' must be a non-empty list of tf.Example")
     return ExamplesRequest(
-        target, method, tuple(example_features(e) for e in examples), context,  # type: ignore[arg-type]  # method: "classify" or "regress", from the RPC called
+        target,
+        method,
+        tuple(example_features(e) for e in examples),
+        context,  # type: ignore[arg-type]  # method: "classify" or "regress", from the RPC called
         spec.signature_name or None,
     )
 
@@ -296,4 +305,3 @@ def encode_metadata(metadata: ModelMetadata) -> get_model_metadata_pb2.GetModelM
 def encode_status(status: ModelStatus, target: ServableRequest) -> get_model_status_pb2.GetModelStatusResponse:
     """The `GetModelStatusResponse` message: REST's status answer (raises ModelNotFound as REST does)."""
     return json_format.ParseDict(tfserving.encode_status(status, target), get_model_status_pb2.GetModelStatusResponse())
-

@@ -43,8 +43,17 @@ class Server:
 
 
 @contextmanager
-def serve(command: list[str], *, cwd: Path, env: dict[str, str], url: str, log_path: Path, ready: bool = True,
-          timeout_s: float = 120, **popen: object) -> Iterator[Server]:
+def serve(
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    url: str,
+    log_path: Path,
+    ready: bool = True,
+    timeout_s: float = 120,
+    **popen: object,
+) -> Iterator[Server]:
     """Run `command` (a server) in its own process group, wait until `url` answers, stop it afterwards.
 
     Ready means `/readyz` answers 200 (`ready=False`: `/healthz`). The whole process group gets
@@ -57,11 +66,13 @@ def serve(command: list[str], *, cwd: Path, env: dict[str, str], url: str, log_p
         )
     server = Server(url, process, log_path)
     try:
+
         def up() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"{command} exited with {process.returncode}:\n{server.log()[-4000:]}")
             path = "/readyz" if ready else "/healthz"
             return requests.get(server.url + path, timeout=2).status_code == 200
+
         wait_until(up, timeout_s=timeout_s, interval_s=0.2)
         yield server
     finally:
@@ -75,7 +86,9 @@ def serve(command: list[str], *, cwd: Path, env: dict[str, str], url: str, log_p
 
 
 @contextmanager
-def start_server(models_dir: Path, log_dir: Path, *, ready: bool = True, timeout_s: float = 120, **env: str) -> Iterator[Server]:
+def start_server(
+    models_dir: Path, log_dir: Path, *, ready: bool = True, timeout_s: float = 120, **env: str
+) -> Iterator[Server]:
     """Start `gunicorn wsgi:app` with MODELS_DIR/PORT (and `env`), wait for it, stop it afterwards."""
     port = free_port()
     environment = {
@@ -93,16 +106,25 @@ def start_server(models_dir: Path, log_dir: Path, *, ready: bool = True, timeout
         **env,
     }
     environment.pop("PROMETHEUS_MULTIPROC_DIR")
-    with serve([GUNICORN, "wsgi:app"], cwd=REPO, env=environment, url=f"http://127.0.0.1:{port}",
-               log_path=log_dir / f"gunicorn-{port}.log", ready=ready, timeout_s=timeout_s) as server:
+    with serve(
+        [GUNICORN, "wsgi:app"],
+        cwd=REPO,
+        env=environment,
+        url=f"http://127.0.0.1:{port}",
+        log_path=log_dir / f"gunicorn-{port}.log",
+        ready=ready,
+        timeout_s=timeout_s,
+    ) as server:
         yield server
 
 
 @pytest.fixture
 def run_server(tmp_path: Path):
     """Factory fixture: `with run_server(models_dir, **env) as server: ...`."""
+
     def factory(models_dir: Path, **kwargs):
         return start_server(models_dir, tmp_path, **kwargs)
+
     return factory
 
 
@@ -137,7 +159,10 @@ def user_environment(**changes: str) -> dict[str, str]:
     from service.settings import Settings
 
     ours = {name.upper() for name in Settings.model_fields} | {
-        "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PROMETHEUS_MULTIPROC_DIR",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+        "PROMETHEUS_MULTIPROC_DIR",
     }
     return {**{k: v for k, v in os.environ.items() if k not in ours}, **changes}
 
@@ -156,6 +181,12 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]
     port = free_port()
     # Only the ports differ from the README's command (8000 and gRPC's 8500 may be taken on this machine).
     environment = user_environment(PORT=str(port), GRPC_PORT=str(free_port()))
-    with serve(["make", "run"], cwd=clone, env=environment, url=f"http://127.0.0.1:{port}",
-               log_path=clone.parent / "make-run.log", timeout_s=900) as server:
+    with serve(
+        ["make", "run"],
+        cwd=clone,
+        env=environment,
+        url=f"http://127.0.0.1:{port}",
+        log_path=clone.parent / "make-run.log",
+        timeout_s=900,
+    ) as server:
         yield Quickstart(clone, server, port)

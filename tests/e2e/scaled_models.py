@@ -12,10 +12,12 @@ def save_scaled_model(path: Path, factor: float) -> Path:
     """Save a `.keras` model computing `factor * x` (Dense(1), no bias) at `path`."""
     import keras
 
-    model = keras.Sequential([
-        keras.Input((1,), name="x"),
-        keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(factor), name="y"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((1,), name="x"),
+            keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(factor), name="y"),
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
@@ -41,5 +43,5 @@ def copy_slowly(source: Path, target: Path, *, chunks: int, pause_s: float) -> N
     target.parent.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(data), size):
         with target.open("ab") as out:
-            out.write(data[start:start + size])
+            out.write(data[start : start + size])
         time.sleep(pause_s)

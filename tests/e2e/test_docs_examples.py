@@ -79,7 +79,9 @@ class DocsServer:
 
 
 @pytest.fixture(scope="module")
-def docs_grpc_server(quickstart: Quickstart, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer]:
+def docs_grpc_server(
+    quickstart: Quickstart, corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DocsServer]:
     """The docs' gRPC client snippets' server: digits and the corpus half_plus_two, gRPC on a free port."""
     models = tmp_path_factory.mktemp("docs-grpc-models")
     trained = quickstart.clone / "models"
@@ -88,7 +90,9 @@ def docs_grpc_server(quickstart: Quickstart, corpus: Path, tmp_path_factory: pyt
     shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
     (models / "half_plus_two").symlink_to(corpus / "half_plus_two_cpu")
     grpc_port = free_port()
-    with start_server(models, tmp_path_factory.mktemp("docs-grpc-logs"), GRPC_PORT=str(grpc_port), timeout_s=240) as server:
+    with start_server(
+        models, tmp_path_factory.mktemp("docs-grpc-logs"), GRPC_PORT=str(grpc_port), timeout_s=240
+    ) as server:
         yield DocsServer(server, grpc_port)
 
 
@@ -98,13 +102,14 @@ SNIPPETS = client_snippets()
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.where for s in SNIPPETS])
 def test_documented_client_snippet_prints_what_it_shows(snippet: Example, docs_grpc_server: DocsServer) -> None:
     code = snippet.command.replace(DOCUMENTED_GRPC, f"localhost:{docs_grpc_server.grpc_port}").replace(
-        "localhost:8000", docs_server_url(docs_grpc_server.http))
+        "localhost:8000", docs_server_url(docs_grpc_server.http)
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, f"{snippet.where}:\n{result.stderr[-3000:]}"
     printed = result.stdout.splitlines()
     expected = printed_expectations(snippet.command)
     assert len(printed) >= len(expected), result.stdout
-    for shown, line in zip(expected, printed[-len(expected):]):
+    for shown, line in zip(expected, printed[-len(expected) :]):
         if shown is not None:
             assert line.startswith(shown), f"{snippet.where}: printed {line!r}, the document shows {shown!r}"
 
@@ -130,8 +135,12 @@ def docs_server(quickstart: Quickstart, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_every_documented_command_is_run_or_says_why_not() -> None:
-    unclassified = [f"{e.where}: {e.command}" for e in EXAMPLES if not is_runnable(e) and reason_not_runnable(e) is None]
-    assert not unclassified, "documented commands neither run by this test nor listed in NOT_RUNNABLE:\n" + "\n".join(unclassified)
+    unclassified = [
+        f"{e.where}: {e.command}" for e in EXAMPLES if not is_runnable(e) and reason_not_runnable(e) is None
+    ]
+    assert not unclassified, "documented commands neither run by this test nor listed in NOT_RUNNABLE:\n" + "\n".join(
+        unclassified
+    )
     assert len(RUNNABLE) >= 8  # the extraction found the examples (guards against a parser that finds none)
 
 
@@ -143,7 +152,11 @@ def test_documented_example_answers_as_shown(example: Example, docs_server: Serv
         # The client's default URL is localhost:8000; point it at the test server (the only change).
         command = command.replace("examples/client.py", f"examples/client.py --url http://localhost:{port}", 1)
     result = subprocess.run(
-        ["sh", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=120,
+        ["sh", "-c", command],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},  # `python` is the project's venv
     )
     assert result.returncode == 0, f"{example.where}: {command}\n{result.stderr}"
@@ -171,11 +184,18 @@ PLACEHOLDERS = {"name": "digits", "v": "1", "N": "1", "version": "1", "L": "stab
 NOT_SETTINGS = {
     **dict.fromkeys(["START", "LOADING", "AVAILABLE", "UNLOADING", "END", "FAILED", "UNKNOWN"], "version states"),
     **dict.fromkeys(["INT64", "FP32", "BYTES"], "KServe v2 datatypes"),
-    "INFO": "a log level", "OPTIONS": "an HTTP method", "SIGTERM": "a signal", "HEALTHCHECK": "a Dockerfile instruction",
-    "SCALE": "a model-config value in a table", "PROMETHEUS_MULTIPROC_DIR": "prometheus_client's own variable",
-    "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own variable", "CUDA_VISIBLE_DEVICES": "CUDA's own variable",
-    "KERAS_HOME": "Keras' own variable", "STORAGE_URI": "the object-storage sync container's variable",
-    "SYNC_INTERVAL_S": "the object-storage sync container's variable", "SOAK_S": "the soak test's variable",
+    "INFO": "a log level",
+    "OPTIONS": "an HTTP method",
+    "SIGTERM": "a signal",
+    "HEALTHCHECK": "a Dockerfile instruction",
+    "SCALE": "a model-config value in a table",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus_client's own variable",
+    "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own variable",
+    "CUDA_VISIBLE_DEVICES": "CUDA's own variable",
+    "KERAS_HOME": "Keras' own variable",
+    "STORAGE_URI": "the object-storage sync container's variable",
+    "SYNC_INTERVAL_S": "the object-storage sync container's variable",
+    "SOAK_S": "the soak test's variable",
     "MAX_CONTENT_LENGTH": "a Flask config key",
 }
 
@@ -185,10 +205,14 @@ def expand(path: str) -> list[str]:
     match = re.search(r"\[([^\[\]]*)\]", path)
     if match:
         options = ["", *re.split(r"\\?\|", match.group(1))]
-        return [p for option in options for p in expand(path[: match.start()] + option + path[match.end():])]
+        return [p for option in options for p in expand(path[: match.start()] + option + path[match.end() :])]
     match = re.search(r"\{([^{}]*,[^{}]*)\}", path)
     if match:
-        return [p for option in match.group(1).split(",") for p in expand(path[: match.start()] + option + path[match.end():])]
+        return [
+            p
+            for option in match.group(1).split(",")
+            for p in expand(path[: match.start()] + option + path[match.end() :])
+        ]
     if path.endswith("...") or path in {"/v1", "/v2"}:  # a family of routes (`/v2/...`, `/v1`): a prefix
         return [re.sub(r"<(\w+)>", lambda m: PLACEHOLDERS.get(m.group(1), "x"), path.removesuffix("...")) + "..."]
     return [re.sub(r"<(\w+)>", lambda m: PLACEHOLDERS.get(m.group(1), "x"), path).split("?")[0].rstrip(".,;:")]
@@ -262,9 +286,12 @@ def test_every_setting_the_documents_name_exists() -> None:
         for word in re.findall(r"`([A-Z][A-Z0-9_]{2,})(?:=[^`]*)?`", document.read_text(encoding="utf-8"))
     }
     constants = {  # module-level constants of the code (`PLUGINS_FOLDER`, `ZIP_MAGIC`): named as code, not settings
-        name for path in (REPO / "service").rglob("*.py")
+        name
+        for path in (REPO / "service").rglob("*.py")
         for name in re.findall(r"^([A-Z][A-Z0-9_]+)\s*[:=]", path.read_text(encoding="utf-8"), re.MULTILINE)
     }
     unknown = sorted(named - settings - set(NOT_SETTINGS) - constants)
-    assert not unknown, f"the documents name settings that do not exist (or add them to NOT_SETTINGS with what they are): {unknown}"
+    assert not unknown, (
+        f"the documents name settings that do not exist (or add them to NOT_SETTINGS with what they are): {unknown}"
+    )
     assert named & settings  # the scan found settings at all

@@ -44,7 +44,9 @@ def test_make_run_writes_the_model_its_config_and_its_plugin_into_the_clone(quic
     config = ModelConfig.model_validate(yaml.safe_load((models_dir / "digits.yaml").read_text()))
     assert read_labels(models_dir / "digits.labels.txt") == tuple(str(d) for d in range(10))
     assert config.preprocessing.size == (28, 28) and config.preprocessing.scale == "raw"
-    assert (models_dir / "plugins" / "digits.py").read_bytes() == (REPO / "models" / "plugins" / "digits.py").read_bytes()
+    assert (models_dir / "plugins" / "digits.py").read_bytes() == (
+        REPO / "models" / "plugins" / "digits.py"
+    ).read_bytes()
     assert {"digits.keras", "digits.labels.txt", "digits.yaml", "plugins"} <= {p.name for p in models_dir.iterdir()}
     assert "held-out accuracy" in quickstart.server.log()
     # The README's server binds 0.0.0.0 without a token: it says so once, at start.
@@ -56,8 +58,12 @@ def test_second_run_keeps_the_trained_model(quickstart: Quickstart) -> None:
     before = (models_dir / "digits.keras").stat().st_mtime_ns
     # make run's first step, as the Makefile runs it (relative MODELS_DIR, from the clone's root).
     result = subprocess.run(
-        [".venv/bin/python", "-m", "service", "default-model", "--if-empty"], cwd=quickstart.clone,
-        env=user_environment(MODELS_DIR="models"), capture_output=True, text=True, timeout=300,
+        [".venv/bin/python", "-m", "service", "default-model", "--if-empty"],
+        cwd=quickstart.clone,
+        env=user_environment(MODELS_DIR="models"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "already holds a model" in result.stderr
@@ -94,7 +100,10 @@ def test_example_png_is_classified_as_its_digit(server: Server, digit: int) -> N
 def test_example_client_prints_the_predicted_digits(quickstart: Quickstart) -> None:
     result = subprocess.run(
         [sys.executable, "examples/client.py", "--url", quickstart.server.url, "examples/7.png", "examples/3.png"],
-        cwd=quickstart.clone, capture_output=True, text=True, timeout=60,
+        cwd=quickstart.clone,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-2:] == ["examples/7.png: 7", "examples/3.png: 3"]
@@ -103,8 +112,11 @@ def test_example_client_prints_the_predicted_digits(quickstart: Quickstart) -> N
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_example_curl_script_gets_the_digit_from_every_route_it_shows(quickstart: Quickstart) -> None:
     result = subprocess.run(
-        ["sh", "examples/predict.sh", "examples/4.png", quickstart.server.url], cwd=quickstart.clone,
-        capture_output=True, text=True, timeout=60
+        ["sh", "examples/predict.sh", "examples/4.png", quickstart.server.url],
+        cwd=quickstart.clone,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     answers = [line for line in result.stdout.splitlines() if line.startswith("{")]

@@ -39,8 +39,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name in ("digits", "binary", "two_heads"):
         (folder / f"{name}.keras").symlink_to(models / f"{name}.keras")
     (folder / "digits.labels.txt").symlink_to(models / "digits.labels.txt")
-    with start_server(folder, tmp_path_factory.mktemp("fuzz_logs"), DEFAULT_MODEL="binary",
-                      MAX_REQUEST_BYTES="2000000", MAX_IMAGES_PER_REQUEST="16") as running:
+    with start_server(
+        folder,
+        tmp_path_factory.mktemp("fuzz_logs"),
+        DEFAULT_MODEL="binary",
+        MAX_REQUEST_BYTES="2000000",
+        MAX_IMAGES_PER_REQUEST="16",
+    ) as running:
         yield running
 
 
@@ -57,8 +62,13 @@ def test_no_generated_request_gets_a_server_error(server: Server, operations: li
     with requests.Session() as session:
         for operation in operations:
 
-            @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                                 suppress_health_check=list(HealthCheck))
+            @hypothesis_settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call(base_url=server.url, session=session, timeout=30)
@@ -80,7 +90,9 @@ def test_no_generated_request_gets_a_server_error(server: Server, operations: li
 def test_enough_requests_were_generated_and_the_worker_never_restarted(server: Server) -> None:
     total = sum(STATUSES.values())
     server_errors = sum(count for status, count in STATUSES.items() if status >= 500)
-    record("fuzz_openapi", cases=total, status_5xx=server_errors, statuses={str(k): v for k, v in sorted(STATUSES.items())})
+    record(
+        "fuzz_openapi", cases=total, status_5xx=server_errors, statuses={str(k): v for k, v in sorted(STATUSES.items())}
+    )
     assert total >= MIN_CASES, dict(STATUSES)
     assert server_errors == 0, dict(STATUSES)
     assert server.log().count("Booting worker") == 1

@@ -82,8 +82,9 @@ def serving(channel: grpc.Channel) -> bool:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     port = free_port()
-    with start_server(models, tmp_path_factory.mktemp("grpc_logs"), WORKERS="2", GRPC_PORT=str(port),
-                      AUTH_TOKEN=TOKEN, **LIMITS_ENV) as http:
+    with start_server(
+        models, tmp_path_factory.mktemp("grpc_logs"), WORKERS="2", GRPC_PORT=str(port), AUTH_TOKEN=TOKEN, **LIMITS_ENV
+    ) as http:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         wait_until(lambda: serving(channel), timeout_s=60)
         yield Served(http, f"127.0.0.1:{port}", channel)
@@ -118,8 +119,11 @@ def error_of(call, *args, **kwargs) -> grpc.RpcError:
 
 
 def test_every_worker_serves_grpc_on_the_one_port(served: Served) -> None:
-    workers = {line.split(" in worker ")[1].split()[0] for line in served.http.log().splitlines()
-               if f"gRPC serving on {served.target} in worker" in line}
+    workers = {
+        line.split(" in worker ")[1].split()[0]
+        for line in served.http.log().splitlines()
+        if f"gRPC serving on {served.target} in worker" in line
+    }
     assert len(workers) == 2, served.http.log()[-3000:]
     # New connections are spread by the kernel: a few fresh channels all get answers.
     for _ in range(6):
@@ -136,7 +140,9 @@ def test_predict_half_plus_two_documented_example(served: Served, corpus: Path) 
     response = served.prediction.Predict(request, metadata=AUTH, timeout=30)
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
     assert (response.model_spec.name, response.model_spec.version.value) == ("half_plus_two", 123)
-    assert served.rest("/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0, 5.0]}) == {"predictions": [2.5, 3.0, 4.5]}
+    assert served.rest("/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0, 5.0]}) == {
+        "predictions": [2.5, 3.0, 4.5]
+    }
 
 
 def test_regress_half_plus_three_documented_example(served: Served, corpus: Path) -> None:
@@ -144,8 +150,10 @@ def test_regress_half_plus_three_documented_example(served: Served, corpus: Path
     request.input.example_list.examples.extend(examples({"x": 1.0}, {"x": 2.0}))
     response = served.prediction.Regress(request, metadata=AUTH, timeout=30)
     assert [r.value for r in response.result.regressions] == [3.5, 4.0]
-    rest = served.rest("/v1/models/half_plus_three:regress",
-                       {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]})
+    rest = served.rest(
+        "/v1/models/half_plus_three:regress",
+        {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]},
+    )
     assert rest == {"results": [3.5, 4.0]}
 
 
@@ -162,33 +170,46 @@ def test_classify_and_regress_with_context_on_half_plus_two(served: Served, corp
 
 
 def test_get_model_metadata_equals_the_rest_metadata(served: Served, corpus: Path) -> None:
-    request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec("half_plus_two"), metadata_field=["signature_def"])
+    request = get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=spec("half_plus_two"), metadata_field=["signature_def"]
+    )
     response = served.prediction.GetModelMetadata(request, metadata=AUTH, timeout=30)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
     as_json = {
-        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
-                                                always_print_fields_with_no_presence=True),
-        "metadata": {"signature_def": json_format.MessageToDict(
-            signatures, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)},
+        "model_spec": json_format.MessageToDict(
+            response.model_spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ),
+        "metadata": {
+            "signature_def": json_format.MessageToDict(
+                signatures, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        },
     }
     rest = served.http.get("/v1/models/half_plus_two/metadata", headers=HEADERS).json()
     assert as_json == rest
     expected = json.loads(EXPECTED_METADATA.read_text())
     assert as_json["metadata"] == expected["metadata"]  # TF Serving's own answer
-    missing = error_of(served.prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=spec("half_plus_two")), metadata=AUTH, timeout=30)
+    missing = error_of(
+        served.prediction.GetModelMetadata,
+        get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec("half_plus_two")),
+        metadata=AUTH,
+        timeout=30,
+    )
     assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata_field" in missing.details()
 
 
 def test_get_model_status_shows_available(served: Served, corpus: Path) -> None:
     stub = model_service_pb2_grpc.ModelServiceStub(served.channel)
-    response = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=spec("half_plus_three")),
-                                   metadata=AUTH, timeout=30)
+    response = stub.GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec=spec("half_plus_three")), metadata=AUTH, timeout=30
+    )
     (status,) = response.model_version_status
     assert (status.version, status.state) == (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-    assert json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) \
+    assert (
+        json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         == served.http.get("/v1/models/half_plus_three", headers=HEADERS).json()
+    )
 
 
 def test_a_string_tensor_of_png_bytes_is_decoded_as_rests_b64_image(served: Served) -> None:
@@ -217,7 +238,9 @@ def test_health_and_readiness(triton) -> None:
 def test_model_metadata_equals_the_rest_metadata(served: Served, triton) -> None:
     for name in ("digits", "two_heads"):
         rest = served.http.get(f"/v2/models/{name}", headers=HEADERS).json()
-        assert triton.get_model_metadata(name, headers=TRITON_HEADERS) == json_format.ParseDict(rest, service_pb2.ModelMetadataResponse())
+        assert triton.get_model_metadata(name, headers=TRITON_HEADERS) == json_format.ParseDict(
+            rest, service_pb2.ModelMetadataResponse()
+        )
     assert triton.get_server_metadata(headers=TRITON_HEADERS).name == "kerasserve"
 
 
@@ -225,13 +248,23 @@ def test_infer_fp32_equals_the_rest_results(served: Served, triton) -> None:
     rows = np.array([[0.2, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
     tensor = grpcclient.InferInput("features", list(rows.shape), "FP32")
     tensor.set_data_from_numpy(rows)
-    result = triton.infer("binary", [tensor], outputs=[grpcclient.InferRequestedOutput("probability")],
-                          request_id="g-7", headers=TRITON_HEADERS)
-    rest = served.rest("/v2/models/binary/infer", {"inputs": [
-        {"name": "features", "shape": [2, 4], "datatype": "FP32", "data": rows.reshape(-1).tolist()}]})
+    result = triton.infer(
+        "binary",
+        [tensor],
+        outputs=[grpcclient.InferRequestedOutput("probability")],
+        request_id="g-7",
+        headers=TRITON_HEADERS,
+    )
+    rest = served.rest(
+        "/v2/models/binary/infer",
+        {"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32", "data": rows.reshape(-1).tolist()}]},
+    )
     (output,) = rest["outputs"]
     assert result.as_numpy("probability").reshape(-1).tolist() == output["data"]
-    assert result.get_output("probability").datatype == output["datatype"] and list(result.get_output("probability").shape) == output["shape"]
+    assert (
+        result.get_output("probability").datatype == output["datatype"]
+        and list(result.get_output("probability").shape) == output["shape"]
+    )
     np.testing.assert_allclose(result.as_numpy("probability"), binary_scores(rows), atol=1e-6)
     response = result.get_response()
     assert (response.model_name, response.model_version, response.id) == ("binary", "1", "g-7")
@@ -262,7 +295,10 @@ def test_unknown_model_is_not_found(served: Served, triton) -> None:
     request = predict_pb2.PredictRequest(model_spec=spec("nope"))
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
     error = error_of(served.prediction.Predict, request, metadata=AUTH, timeout=30)
-    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, served.rest("/v1/models/nope:predict", {"instances": [1.0]})["error"])
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        served.rest("/v1/models/nope:predict", {"instances": [1.0]})["error"],
+    )
     tensor = grpcclient.InferInput("x", [1], "FP32")
     tensor.set_data_from_numpy(np.array([1.0], np.float32))
     with pytest.raises(grpcclient.InferenceServerException) as raised:
@@ -276,26 +312,39 @@ def v2_error(triton, model: str, tensor) -> tuple[str, str]:
     return raised.value.status(), raised.value.message()
 
 
-def test_wrong_shape_wrong_dtype_and_garbage_image_are_invalid_argument_with_rests_message(served: Served, triton) -> None:
+def test_wrong_shape_wrong_dtype_and_garbage_image_are_invalid_argument_with_rests_message(
+    served: Served, triton
+) -> None:
     shape = grpcclient.InferInput("features", [1, 3], "FP32")
     shape.set_data_from_numpy(np.zeros((1, 3), np.float32))
-    rest = served.rest("/v2/models/binary/infer", {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]})
+    rest = served.rest(
+        "/v2/models/binary/infer",
+        {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]},
+    )
     assert v2_error(triton, "binary", shape) == ("StatusCode.INVALID_ARGUMENT", rest["error"])
 
     dtype = grpcclient.InferInput("features", [1, 4], "BYTES")
     dtype.set_data_from_numpy(np.array([[b"a", b"b", b"c", b"d"]], dtype=object))
-    rest = served.rest("/v2/models/binary/infer", {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]})
+    rest = served.rest(
+        "/v2/models/binary/infer",
+        {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]},
+    )
     assert v2_error(triton, "binary", dtype) == ("StatusCode.INVALID_ARGUMENT", rest["error"])
 
     garbage = grpcclient.InferInput("image", [1], "BYTES")
     garbage.set_data_from_numpy(np.array([b"not an image"], dtype=object))
-    rest = served.rest("/v2/models/digits/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not an image"]}]})
+    rest = served.rest(
+        "/v2/models/digits/infer",
+        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not an image"]}]},
+    )
     assert v2_error(triton, "digits", garbage) == ("StatusCode.INVALID_ARGUMENT", rest["error"])
 
     request = predict_pb2.PredictRequest(model_spec=spec("digits"))
     request.inputs["image"].CopyFrom(tf.make_tensor_proto([b"not an image"]))
     error = error_of(served.prediction.Predict, request, metadata=AUTH, timeout=30)
-    rest = served.rest("/v1/models/digits:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]})
+    rest = served.rest(
+        "/v1/models/digits:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}
+    )
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, rest["error"])
 
 
@@ -315,21 +364,27 @@ def test_no_token_is_unauthenticated_and_health_stays_open(served: Served, trito
 def test_a_message_larger_than_max_request_bytes_is_resource_exhausted(served: Served) -> None:
     request = predict_pb2.PredictRequest(model_spec=spec("binary"))
     request.inputs["features"].CopyFrom(tf.make_tensor_proto(np.zeros((100_000, 4), np.float32)))  # 1.6 MB > 1 MB
-    assert error_of(served.prediction.Predict, request, metadata=AUTH, timeout=30).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (
+        error_of(served.prediction.Predict, request, metadata=AUTH, timeout=30).code()
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 # --- graceful shutdown -----------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_the_call_in_flight_and_refuses_new_ones(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_sigterm_drains_the_call_in_flight_and_refuses_new_ones(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     api_models = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(api_models / "binary.keras", models / "binary.keras")
     port = free_port()
     # A request waits up to BATCH_TIMEOUT_MS for others to join its batch: a call that stays in flight.
-    with start_server(models, tmp_path, GRPC_PORT=str(port), BATCH_TIMEOUT_MS="3000", MAX_BATCH_SIZE="64",
-                      GRACEFUL_TIMEOUT_S="20") as http:
+    with start_server(
+        models, tmp_path, GRPC_PORT=str(port), BATCH_TIMEOUT_MS="3000", MAX_BATCH_SIZE="64", GRACEFUL_TIMEOUT_S="20"
+    ) as http:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         wait_until(lambda: serving(channel), timeout_s=60)
         rows = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)

@@ -123,7 +123,9 @@ def test_versions_land_swap_fail_arrive_slowly_and_leave(run_server, tmp_path: P
         assert "m:4 END" in server.log()
 
 
-def test_a_replaced_single_file_swaps_without_failed_requests(run_server, tmp_path: Path, scaled: dict[int, Path]) -> None:
+def test_a_replaced_single_file_swaps_without_failed_requests(
+    run_server, tmp_path: Path, scaled: dict[int, Path]
+) -> None:
     models = tmp_path / "models"
     copy_then_mv(scaled[1], models / "m.keras", tmp_path / "staging")
     with run_server(models, SETTLE_S=str(SETTLE_S), POLL_INTERVAL_S=str(POLL_INTERVAL_S)) as server:
@@ -148,7 +150,9 @@ def test_a_replaced_single_file_swaps_without_failed_requests(run_server, tmp_pa
         assert predict(server.url).json()["version"] == 1
 
 
-def test_half_plus_two_2_versions_serves_124_by_default_and_123_when_asked(run_server, tmp_path: Path, corpus: Path) -> None:
+def test_half_plus_two_2_versions_serves_124_by_default_and_123_when_asked(
+    run_server, tmp_path: Path, corpus: Path
+) -> None:
     models = tmp_path / "models"
     # version_policy all: a symlink farm of the corpus folder with a config beside the versions.
     farm = models / "half_plus_two"
@@ -167,7 +171,10 @@ def test_half_plus_two_2_versions_serves_124_by_default_and_123_when_asked(run_s
         assert server.post("/models/half_plus_two/predict", json={"instances": [[1.0]]}).json()["version"] == 124
         v123 = server.post("/v1/models/half_plus_two/versions/123:predict", json={"instances": [1.0]})
         assert v123.status_code == 200 and v123.json() == {"predictions": [2.5]}
-        assert server.post("/models/half_plus_two/versions/123/predict", json={"instances": [[1.0]]}).json()["version"] == 123
+        assert (
+            server.post("/models/half_plus_two/versions/123/predict", json={"instances": [[1.0]]}).json()["version"]
+            == 123
+        )
 
         status = server.get("/v1/models/half_plus_two").json()["model_version_status"]
         assert sorted((s["version"], s["state"]) for s in status) == [("123", "AVAILABLE"), ("124", "AVAILABLE")]
@@ -182,7 +189,9 @@ def test_worker_recycles_after_the_configured_swaps_and_gunicorn_replaces_it(
     models = tmp_path / "models"
     staging = tmp_path / "staging"
     copy_then_mv(scaled[1], models / "m.keras", staging)
-    with run_server(models, SWAPS_BEFORE_RECYCLE="2", SETTLE_S=str(SETTLE_S), POLL_INTERVAL_S=str(POLL_INTERVAL_S)) as server:
+    with run_server(
+        models, SWAPS_BEFORE_RECYCLE="2", SETTLE_S=str(SETTLE_S), POLL_INTERVAL_S=str(POLL_INTERVAL_S)
+    ) as server:
         for k in (2, 3):
             copy_then_mv(scaled[k], models / "m.keras", staging)
             wait_until(lambda: predict(server.url).json()["predictions"] == [[float(k)]], timeout_s=30)

@@ -118,7 +118,8 @@ def test_classification_extension_answers_tritons_strings(client, binary: bool) 
 def test_raw_binary_request_with_header_length_zero(server: Server) -> None:
     rows = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     response = server.post(
-        "/v2/models/binary/infer", data=rows.tobytes(),
+        "/v2/models/binary/infer",
+        data=rows.tobytes(),
         headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
     )
     assert response.status_code == 200, response.text
@@ -131,8 +132,10 @@ def test_raw_binary_request_with_header_length_zero(server: Server) -> None:
 
 
 def test_binary_bytes_outputs_are_length_prefixed(server: Server) -> None:
-    body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [[1, 0, 0, 0]]}],
-            "outputs": [{"name": "probability", "parameters": {"classification": 2, "binary_data": True}}]}
+    body = {
+        "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [[1, 0, 0, 0]]}],
+        "outputs": [{"name": "probability", "parameters": {"classification": 2, "binary_data": True}}],
+    }
     response = server.post("/v2/models/binary/infer", json=body)
     assert response.status_code == 200, response.text
     length = int(response.headers["Inference-Header-Content-Length"])
@@ -140,7 +143,7 @@ def test_binary_bytes_outputs_are_length_prefixed(server: Server) -> None:
     assert header["outputs"][0]["datatype"] == "BYTES"
     data = response.content[length:]
     (size,) = struct.unpack_from("<I", data)
-    assert data[4:4 + size].decode().split(":")[1] == "0"  # one unit: only index 0 exists
+    assert data[4 : 4 + size].decode().split(":")[1] == "0"  # one unit: only index 0 exists
 
 
 def test_errors_are_json_with_the_right_status(server: Server) -> None:
@@ -148,14 +151,43 @@ def test_errors_are_json_with_the_right_status(server: Server) -> None:
         assert response.status_code == status, response.text
         assert fragment in response.json()["error"]
 
-    check(server.post("/v2/models/nope/infer", json={"inputs": [
-        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), 404, "nope")
+    check(
+        server.post(
+            "/v2/models/nope/infer", json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        ),
+        404,
+        "nope",
+    )
     check(server.post("/v2/models/binary/infer", json={"inputs": []}), 400, "inputs")
-    check(server.post("/v2/models/binary/infer", json={"inputs": [
-        {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]}), 422, "needs 4 values")
-    check(server.post("/v2/models/binary/infer", json={"inputs": [
-        {"name": "features", "shape": [1, 4], "datatype": "COMPLEX", "data": [1, 2, 3, 4]}]}), 400, "datatype")
-    check(server.post("/v2/models/binary/infer", data=b"{}", headers={"Inference-Header-Content-Length": "99"}), 400, "outside")
-    check(server.post("/v2/models/binary/infer", json={"inputs": [
-        {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
-        "outputs": [{"name": "nope"}]}), 400, "nope")
+    check(
+        server.post(
+            "/v2/models/binary/infer",
+            json={"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]},
+        ),
+        422,
+        "needs 4 values",
+    )
+    check(
+        server.post(
+            "/v2/models/binary/infer",
+            json={"inputs": [{"name": "features", "shape": [1, 4], "datatype": "COMPLEX", "data": [1, 2, 3, 4]}]},
+        ),
+        400,
+        "datatype",
+    )
+    check(
+        server.post("/v2/models/binary/infer", data=b"{}", headers={"Inference-Header-Content-Length": "99"}),
+        400,
+        "outside",
+    )
+    check(
+        server.post(
+            "/v2/models/binary/infer",
+            json={
+                "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+                "outputs": [{"name": "nope"}],
+            },
+        ),
+        400,
+        "nope",
+    )

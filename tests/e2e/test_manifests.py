@@ -45,7 +45,7 @@ class ServerContainer:
     user: int | None
     group: int | None
     fs_group: int | None
-    mount: str                  # "emptyDir", "persistentVolumeClaim", ...
+    mount: str  # "emptyDir", "persistentVolumeClaim", ...
     read_only: bool
     gpus: int = 0
 
@@ -54,7 +54,7 @@ def dockerfile_runtime() -> tuple[list[str], dict[str, str]]:
     """The image's CMD and the runtime stage's ENV (PATH left out: the test puts the venv first)."""
     text = (REPO / "Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
-    stage = text[text.index("AS runtime"):]
+    stage = text[text.index("AS runtime") :]
     block = re.search(r"^ENV ((?:.*\\\n)*.*)$", stage, re.MULTILINE).group(1).replace("\\\n", " ")
     env = dict(pair.split("=", 1) for pair in block.split())
     env.pop("PATH")
@@ -103,12 +103,19 @@ def server_containers() -> list[ServerContainer]:
                 else:
                     raise AssertionError(f"{path}: nothing is mounted at MODELS_DIR={models_dir}")
                 limits = container.get("resources", {}).get("limits", {})
-                found.append(ServerContainer(
-                    manifest=f"{path.relative_to(REPO)}", command=container.get("command", image_cmd) + container.get("args", []),
-                    env=env, user=security.get("runAsUser"), group=security.get("runAsGroup"),
-                    fs_group=security.get("fsGroup"), mount=kind, read_only=read_only,
-                    gpus=int(limits.get("nvidia.com/gpu", 0)),
-                ))
+                found.append(
+                    ServerContainer(
+                        manifest=f"{path.relative_to(REPO)}",
+                        command=container.get("command", image_cmd) + container.get("args", []),
+                        env=env,
+                        user=security.get("runAsUser"),
+                        group=security.get("runAsGroup"),
+                        fs_group=security.get("fsGroup"),
+                        mount=kind,
+                        read_only=read_only,
+                        gpus=int(limits.get("nvidia.com/gpu", 0)),
+                    )
+                )
     return found
 
 
@@ -117,13 +124,18 @@ CONTAINERS = server_containers()
 
 def test_every_server_manifest_is_covered() -> None:
     assert {c.manifest for c in CONTAINERS} == {
-        "deploy/kubernetes/deployment.yaml", "deploy/kubernetes/gpu/deployment.yaml",
-        "deploy/kubernetes/object-storage/deployment.yaml", "deploy/kserve/inferenceservice.yaml",
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/gpu/deployment.yaml",
+        "deploy/kubernetes/object-storage/deployment.yaml",
+        "deploy/kserve/inferenceservice.yaml",
     }
 
 
 def gpu_visible() -> bool:
-    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    return (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +205,14 @@ def can_run_as(user: int, group: int) -> bool:
     if os.geteuid() != 0:
         return False
     try:
-        result = subprocess.run([sys.executable, "-c", "import flask, tensorflow"], user=user, group=group,
-                                capture_output=True, cwd=REPO, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", "import flask, tensorflow"],
+            user=user,
+            group=group,
+            capture_output=True,
+            cwd=REPO,
+            timeout=120,
+        )
     except PermissionError:
         return False
     return result.returncode == 0
@@ -212,7 +230,8 @@ def identity(container: ServerContainer) -> dict[str, object]:
     if not can_run_as(container.user, group):
         warnings.warn(
             f"{container.manifest}: ran as uid {os.geteuid()}, not the manifest's {container.user}: "
-            "this machine cannot run the venv's Python as that user", stacklevel=2,
+            "this machine cannot run the venv's Python as that user",
+            stacklevel=2,
         )
         return {}
     groups = [container.fs_group] if container.fs_group is not None else []
@@ -231,8 +250,15 @@ def test_manifest_starts_the_server_and_it_answers_a_prediction(
     before = snapshot(models)
     port, grpc_port = free_port(), free_port()
     env = environment(container, models, port, grpc_port)
-    with serve(container.command, cwd=REPO, env=env, url=f"http://127.0.0.1:{port}",
-               log_path=tmp_path / "server.log", timeout_s=300, **identity(container)) as server:
+    with serve(
+        container.command,
+        cwd=REPO,
+        env=env,
+        url=f"http://127.0.0.1:{port}",
+        log_path=tmp_path / "server.log",
+        timeout_s=300,
+        **identity(container),
+    ) as server:
         # Ready means every worker is (WORKERS=2 here): the first prediction must succeed.
         response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
         assert response.status_code == 200, response.text
@@ -253,13 +279,23 @@ def test_gpu_manifest_serves_on_a_gpu_or_says_clearly_there_is_none(
     port = free_port()
     env = environment(container, models, port)
     if gpu_visible():
-        with serve(container.command, cwd=REPO, env=env, url=f"http://127.0.0.1:{port}",
-                   log_path=tmp_path / "server.log", timeout_s=300, **identity(container)) as server:
+        with serve(
+            container.command,
+            cwd=REPO,
+            env=env,
+            url=f"http://127.0.0.1:{port}",
+            log_path=tmp_path / "server.log",
+            timeout_s=300,
+            **identity(container),
+        ) as server:
             response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
             assert response.status_code == 200, response.text
         return
     # No GPU here: the manifest's DEVICE=gpu must stop the server with a message saying so, not serve on CPU.
-    result = subprocess.run(container.command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                            **identity(container))
+    result = subprocess.run(
+        container.command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **identity(container)
+    )
     assert result.returncode != 0
-    assert "DEVICE=gpu but TensorFlow sees no GPU" in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert "DEVICE=gpu but TensorFlow sees no GPU" in result.stdout + result.stderr, (result.stdout + result.stderr)[
+        -3000:
+    ]

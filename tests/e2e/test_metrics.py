@@ -27,7 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with start_server(models, tmp_path_factory.mktemp("metrics_logs"), WORKERS="2") as running:
         # The server counts as up once one worker is ready; wait for the other too (the livesum
         # gauge adds the workers' AVAILABLE versions up), so no request meets a loading worker.
-        wait_until(lambda: value(samples(running), "kerasserve_model_versions_available", model="binary") == 2, timeout_s=90)
+        wait_until(
+            lambda: value(samples(running), "kerasserve_model_versions_available", model="binary") == 2, timeout_s=90
+        )
         yield running
 
 
@@ -75,15 +77,24 @@ def test_request_and_batch_metrics_move(server: Server) -> None:
 def test_made_up_model_names_never_become_label_values(server: Server) -> None:
     names = [f"madeup{n}" for n in range(20)]
     for name in names:
-        assert server.post(f"/models/{name}/predict", data=b"1,2", headers={"Content-Type": "text/csv"}).status_code == 415
-        assert server.post(f"/v1/models/{name}:predict", data=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+        assert (
+            server.post(f"/models/{name}/predict", data=b"1,2", headers={"Content-Type": "text/csv"}).status_code == 415
+        )
+        assert (
+            server.post(
+                f"/v1/models/{name}:predict", data=b"{", headers={"Content-Type": "application/json"}
+            ).status_code
+            == 400
+        )
         assert server.post(f"/v2/models/{name}/infer", json={"inputs": []}).status_code == 400
         assert server.get(f"/v2/models/{name}").status_code == 404
     assert server.get("/v1/models/%2e%2e").status_code == 400
     current = samples(server)
     labels = {dict(labels).get("model") for _, labels in current}
     assert [name for name in names if name in labels] == []
-    assert value(current, "kerasserve_requests_total", route="predict.predict", model="_unknown", code="415") >= len(names)
+    assert value(current, "kerasserve_requests_total", route="predict.predict", model="_unknown", code="415") >= len(
+        names
+    )
 
 
 def test_model_gauges_and_load_times_are_exported(server: Server) -> None:
@@ -92,8 +103,11 @@ def test_model_gauges_and_load_times_are_exported(server: Server) -> None:
     assert value(current, "kerasserve_model_load_seconds_count", model="binary") == 2
     # The failure-isolation counters are exported from the load on (0 while nothing failed), so
     # alerts on them work before the first failure.
-    for name in ("kerasserve_batch_retries_total", "kerasserve_batch_isolated_failures_total",
-                 "kerasserve_batcher_restarts_total"):
+    for name in (
+        "kerasserve_batch_retries_total",
+        "kerasserve_batch_isolated_failures_total",
+        "kerasserve_batcher_restarts_total",
+    ):
         assert (name, frozenset({"model": "binary"}.items())) in current, name
         assert value(current, name, model="binary") == 0
 
@@ -105,6 +119,7 @@ def test_concurrent_requests_are_batched_into_fewer_model_calls_with_their_own_r
     shutil.copyfile(built / "binary.keras", models / "binary.keras")
     inputs = [[0.1 * i, 0.05 * (i % 3), -0.07 * i, 0.02 * i] for i in range(24)]  # no saturated sigmoid
     with start_server(models, tmp_path_factory.mktemp("batched_logs"), WORKERS="1", BATCH_TIMEOUT_MS="50") as server:
+
         def predict(row: list[float]) -> list:
             response = server.post("/models/binary/predict", json={"instances": [row]})
             assert response.status_code == 200, response.text
@@ -122,8 +137,12 @@ def test_concurrent_requests_are_batched_into_fewer_model_calls_with_their_own_r
             together = list(pool.map(concurrent, inputs))
         after = samples(server)
 
-    calls = value(after, "kerasserve_batches_total", model="binary") - value(before, "kerasserve_batches_total", model="binary")
-    rows = value(after, "kerasserve_batch_rows_sum", model="binary") - value(before, "kerasserve_batch_rows_sum", model="binary")
+    calls = value(after, "kerasserve_batches_total", model="binary") - value(
+        before, "kerasserve_batches_total", model="binary"
+    )
+    rows = value(after, "kerasserve_batch_rows_sum", model="binary") - value(
+        before, "kerasserve_batch_rows_sum", model="binary"
+    )
     assert rows == len(inputs)
     assert 1 <= calls <= len(inputs) / 2, f"{len(inputs)} concurrent requests made {calls} model calls"
     assert len({json.dumps(a) for a in alone}) == len(inputs)  # distinct inputs, distinct outputs

@@ -49,7 +49,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with start_server(folders["models"], tmp_path_factory.mktemp("fault_logs"), SETTLE_S="0.3", POLL_INTERVAL_S="0.3") as running:
+    with start_server(
+        folders["models"], tmp_path_factory.mktemp("fault_logs"), SETTLE_S="0.3", POLL_INTERVAL_S="0.3"
+    ) as running:
         yield running
 
 
@@ -85,7 +87,9 @@ def test_lambda_that_loads_is_served_after_the_probe(server: Server) -> None:
     assert predict(server, "lam", ROW).json()["predictions"] == [[2.0, 3.0, 4.0, 5.0]]
 
 
-def test_broken_plugins_fail_only_their_models_and_a_fixed_plugin_brings_them_back(server: Server, folders: dict[str, Path]) -> None:
+def test_broken_plugins_fail_only_their_models_and_a_fixed_plugin_brings_them_back(
+    server: Server, folders: dict[str, Path]
+) -> None:
     entry = version(server, "custom")
     assert entry["state"] == "FAILED"
     assert "'Scale'" in entry["error"], entry["error"]
@@ -119,7 +123,9 @@ def test_file_replaced_while_requests_use_it(server: Server, folders: dict[str, 
     try:
         for round_ in range(4):
             factor = 2 if round_ % 2 == 0 else 1
-            copy_then_mv(folders["scaled"] / f"times{factor}.keras", folders["models"] / "swap.keras", folders["staging"])
+            copy_then_mv(
+                folders["scaled"] / f"times{factor}.keras", folders["models"] / "swap.keras", folders["staging"]
+            )
             seen = len(answers)
             wait_until(lambda: float(factor) in answers[seen:], timeout_s=30, interval_s=0.05)
     finally:
@@ -173,7 +179,9 @@ def test_an_out_of_range_embedding_index_fails_only_its_request_in_a_shared_batc
     for response, instances in zip(responses[:2] + responses[3:], bodies[:2] + bodies[3:]):
         assert response.status_code == 200, response.text
         # Index i embeds as (2i, 2i + 1); Flatten puts the three pairs side by side.
-        assert response.json()["predictions"] == [[float(v) for i in row for v in (2 * i, 2 * i + 1)] for row in instances]
+        assert response.json()["predictions"] == [
+            [float(v) for i in row for v in (2 * i, 2 * i + 1)] for row in instances
+        ]
     # The four shared one call, which failed; each then ran alone and only the bad one failed again.
     assert metric(server, "kerasserve_batch_retries_total", "embedding") == retries + 1
     assert metric(server, "kerasserve_batch_isolated_failures_total", "embedding") == isolated + 1

@@ -44,6 +44,7 @@ def assert_error(response, status: int, *fragments: str) -> None:
 
 # --- predict ----------------------------------------------------------------------------------------
 
+
 def test_predict_multipart_one_image_matches_the_model(server: Server) -> None:
     pixels = digit_image(1)
     response = server.post("/models/digits/predict", files={"image": ("one.png", encode(pixels), "image/png")})
@@ -113,9 +114,12 @@ def test_predict_takes_the_model_from_the_query_and_the_version_from_the_path(se
 
 # --- predict_classes ------------------------------------------------------------------------------
 
+
 def test_predict_classes_top_k_returns_ids_scores_and_labels(server: Server) -> None:
     pixels = digit_image(9)
-    response = server.post("/models/digits/predict_classes?top_k=3", files={"image": ("x.png", encode(pixels), "image/png")})
+    response = server.post(
+        "/models/digits/predict_classes?top_k=3", files={"image": ("x.png", encode(pixels), "image/png")}
+    )
     assert response.status_code == 200, response.text
     scores = digits_scores(pixels[None])[0]
     best = np.argsort(-scores)[:3]
@@ -137,7 +141,9 @@ def test_predict_classes_thresholds_a_single_sigmoid_unit(server: Server) -> Non
     np.testing.assert_allclose([e["score"] for e in default], [p[0], 1 - p[1]], atol=1e-6)
     strict = server.post("/models/binary/predict_classes?threshold=0.6", json={"instances": rows}).json()["predictions"]
     assert [e["class_id"] for e in strict] == [0, 0]
-    lax = server.post("/models/binary/predict_classes?threshold=0.2&top_k=2", json={"instances": rows}).json()["predictions"]
+    lax = server.post("/models/binary/predict_classes?threshold=0.2&top_k=2", json={"instances": rows}).json()[
+        "predictions"
+    ]
     assert [e["class_id"] for e in lax] == [1, 1]
     assert [t["label"] for t in lax[0]["top_k"]] == ["dog", "cat"]
 
@@ -154,18 +160,31 @@ def test_predict_classes_of_a_two_output_model_per_output(server: Server) -> Non
 
 
 def test_predict_classes_rejects_bad_threshold_and_top_k(server: Server) -> None:
-    assert_error(server.post("/models/binary/predict_classes?threshold=high", json={"instances": [[0, 0, 0, 0]]}), 400, "threshold")
-    assert_error(server.post("/models/binary/predict_classes?top_k=0", json={"instances": [[0, 0, 0, 0]]}), 400, "top_k")
+    assert_error(
+        server.post("/models/binary/predict_classes?threshold=high", json={"instances": [[0, 0, 0, 0]]}),
+        400,
+        "threshold",
+    )
+    assert_error(
+        server.post("/models/binary/predict_classes?top_k=0", json={"instances": [[0, 0, 0, 0]]}), 400, "top_k"
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------------
 
+
 def test_undecodable_image_is_400(server: Server) -> None:
-    assert_error(server.post("/models/digits/predict", data=b"GIF89a-not-really", headers={"Content-Type": "image/gif"}), 400, "decode")
+    assert_error(
+        server.post("/models/digits/predict", data=b"GIF89a-not-really", headers={"Content-Type": "image/gif"}),
+        400,
+        "decode",
+    )
 
 
 def test_unsupported_content_type_is_415(server: Server) -> None:
-    assert_error(server.post("/models/digits/predict", data=b"hello", headers={"Content-Type": "text/plain"}), 415, "text/plain")
+    assert_error(
+        server.post("/models/digits/predict", data=b"hello", headers={"Content-Type": "text/plain"}), 415, "text/plain"
+    )
 
 
 def test_unknown_model_and_version_are_404(server: Server) -> None:
@@ -192,11 +211,17 @@ def test_malformed_json_is_400(server: Server) -> None:
 
 def test_limits_are_413(server: Server) -> None:
     big = encode(np.zeros((400, 400), np.uint8))  # 160,000 pixels > MAX_IMAGE_PIXELS
-    assert_error(server.post("/models/digits/predict", data=big, headers={"Content-Type": "image/png"}), 413, "MAX_IMAGE_PIXELS")
+    assert_error(
+        server.post("/models/digits/predict", data=big, headers={"Content-Type": "image/png"}), 413, "MAX_IMAGE_PIXELS"
+    )
     many = [("image", (f"{i}.png", encode(digit_image(i)), "image/png")) for i in range(MAX_IMAGES + 1)]
     assert_error(server.post("/models/digits/predict", files=many), 413, "MAX_IMAGES_PER_REQUEST")
     body = b"\0" * (MAX_REQUEST_BYTES + 10)
-    assert_error(server.post("/models/digits/predict", data=body, headers={"Content-Type": "image/png"}), 413, "MAX_REQUEST_BYTES")
+    assert_error(
+        server.post("/models/digits/predict", data=body, headers={"Content-Type": "image/png"}),
+        413,
+        "MAX_REQUEST_BYTES",
+    )
 
 
 def test_request_id_is_echoed_or_generated_on_every_response(server: Server) -> None:
@@ -214,6 +239,7 @@ def test_unknown_route_and_method_are_json_errors(server: Server) -> None:
 
 
 # --- models, health, OpenAPI ---------------------------------------------------------------------
+
 
 def test_models_list_and_detail(server: Server) -> None:
     listing = server.get("/models").json()["models"]
@@ -242,7 +268,16 @@ def test_openapi_document_is_valid_and_lists_the_native_routes(server: Server) -
 
     document = server.get("/openapi.json").json()
     validate(document)
-    for path in ("/predict", "/models/{name}/predict", "/models/{name}/versions/{version}/predict",
-                 "/predict_classes", "/models/{name}/predict_classes", "/models", "/models/{name}",
-                 "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/predict",
+        "/models/{name}/predict",
+        "/models/{name}/versions/{version}/predict",
+        "/predict_classes",
+        "/models/{name}/predict_classes",
+        "/models",
+        "/models/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in document["paths"], path

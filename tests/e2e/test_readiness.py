@@ -24,7 +24,9 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return {k: save_scaled_model(folder / f"times{k}.keras", float(k)) for k in (1, 2)}
 
 
-def test_not_ready_until_start_up_models_load_while_alive_all_along(run_server, tmp_path: Path, scaled: dict[int, Path]) -> None:
+def test_not_ready_until_start_up_models_load_while_alive_all_along(
+    run_server, tmp_path: Path, scaled: dict[int, Path]
+) -> None:
     models = tmp_path / "models"
     copy_then_mv(scaled[1], models / "m.keras", tmp_path / "staging")
     # A file whose mtime lies ahead counts as still being written: it must stay unchanged for
@@ -72,7 +74,10 @@ def test_ready_despite_a_failed_start_up_model_and_stays_200_through_a_swap_and_
         thread.start()
         try:
             copy_then_mv(scaled[2], models / "m" / "2" / "model.keras", staging)
-            wait_until(lambda: server.post("/models/m/predict", json={"instances": [[1.0]]}).json()["version"] == 2, timeout_s=30)
+            wait_until(
+                lambda: server.post("/models/m/predict", json={"instances": [[1.0]]}).json()["version"] == 2,
+                timeout_s=30,
+            )
             broken = tmp_path / "broken.keras"
             broken.write_bytes(b"PK\x03\x04 not really a zip")
             copy_then_mv(broken, models / "m" / "3" / "model.keras", staging)

@@ -35,8 +35,13 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     # World-writable on purpose, with the setting that accepts it: the refusal is tested below.
     models.chmod(0o777)
     try:
-        with start_server(models, tmp_path_factory.mktemp("security_logs"), AUTH_TOKEN=TOKEN, CORS_ORIGINS=ORIGIN,
-                          ALLOW_WORLD_WRITABLE_MODELS="true") as running:
+        with start_server(
+            models,
+            tmp_path_factory.mktemp("security_logs"),
+            AUTH_TOKEN=TOKEN,
+            CORS_ORIGINS=ORIGIN,
+            ALLOW_WORLD_WRITABLE_MODELS="true",
+        ) as running:
             yield running
     finally:
         models.chmod(0o755)
@@ -44,9 +49,17 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/models/binary/predict"), ("POST", "/predict?model=binary"), ("GET", "/models"), ("GET", "/models/binary"),
-     ("POST", "/v1/models/binary:predict"), ("GET", "/v1/models/binary"), ("GET", "/v2/models/binary"),
-     ("POST", "/v2/models/binary/infer"), ("GET", "/no/such/route")],
+    [
+        ("POST", "/models/binary/predict"),
+        ("POST", "/predict?model=binary"),
+        ("GET", "/models"),
+        ("GET", "/models/binary"),
+        ("POST", "/v1/models/binary:predict"),
+        ("GET", "/v1/models/binary"),
+        ("GET", "/v2/models/binary"),
+        ("POST", "/v2/models/binary/infer"),
+        ("GET", "/no/such/route"),
+    ],
 )
 def test_predict_and_management_routes_need_the_bearer_token(server: Server, method: str, path: str) -> None:
     missing = requests.request(method, server.url + path, json=ROW, timeout=30)
@@ -65,15 +78,22 @@ def test_predict_with_the_token_works(server: Server) -> None:
     assert response.status_code == 200 and response.json()["model"] == "binary"
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"]
+)
 def test_probes_metrics_and_api_description_stay_open(server: Server, path: str) -> None:
     assert server.get(path).status_code == 200
 
 
 def test_cors_preflight_and_answers_for_an_allowed_origin(server: Server) -> None:
     preflight = requests.options(
-        server.url + "/models/binary/predict", timeout=30,
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"},
+        server.url + "/models/binary/predict",
+        timeout=30,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
     )
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
@@ -85,8 +105,11 @@ def test_cors_preflight_and_answers_for_an_allowed_origin(server: Server) -> Non
 
 
 def test_cors_headers_are_never_sent_to_other_origins(server: Server) -> None:
-    preflight = requests.options(server.url + "/models/binary/predict", timeout=30,
-                                 headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = requests.options(
+        server.url + "/models/binary/predict",
+        timeout=30,
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     answer = server.post("/models/binary/predict", json=ROW, headers={**AUTH, "Origin": "https://evil.example"})
     for response in (preflight, answer):
         assert not any(name.lower().startswith("access-control-") for name in response.headers)

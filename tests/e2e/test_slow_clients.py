@@ -37,8 +37,14 @@ ROW = b'{"instances": [[2.0]]}'
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = tmp_path_factory.mktemp("slow_models")
     save_scaled_model(models / "triple.keras", 3.0)
-    with start_server(models, tmp_path_factory.mktemp("slow_logs"), WORKERS="1", THREADS=str(THREADS),
-                      HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S), BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)) as running:
+    with start_server(
+        models,
+        tmp_path_factory.mktemp("slow_logs"),
+        WORKERS="1",
+        THREADS=str(THREADS),
+        HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+    ) as running:
         yield running
 
 
@@ -79,7 +85,7 @@ class Tricklers:
         alive = list(self.socks)
         sent = 0
         while alive and not self._stop.wait(TRICKLE_EVERY_S):
-            byte = self.trickle[sent % len(self.trickle): sent % len(self.trickle) + 1]
+            byte = self.trickle[sent % len(self.trickle) : sent % len(self.trickle) + 1]
             sent += 1
             for sock in list(alive):
                 try:
@@ -120,7 +126,9 @@ def read_answer(sock: socket.socket, received: bytes = b"") -> bytes:
     while b"\r\n\r\n" not in received:
         received += sock.recv(65536) or pytest.fail(f"closed before the headers: {received!r}")
     head, _, body = received.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     while len(body) < length:
         body += sock.recv(65536) or pytest.fail(f"closed before the body: {received + body!r}")
     return head + b"\r\n\r\n" + body
@@ -139,8 +147,11 @@ def probe_and_predict(server: Server, rounds: int = 5) -> tuple[list[float], lis
         response, elapsed = timed(lambda: requests.get(server.url + "/healthz", timeout=10))
         assert response.status_code == 200, response.text
         health.append(elapsed)
-        response, elapsed = timed(lambda: requests.post(
-            server.url + PREDICT, data=ROW, headers={"Content-Type": "application/json"}, timeout=10))
+        response, elapsed = timed(
+            lambda: requests.post(
+                server.url + PREDICT, data=ROW, headers={"Content-Type": "application/json"}, timeout=10
+            )
+        )
         assert response.status_code == 200, response.text
         assert response.json()["predictions"] == [[6.0]] or response.json()["predictions"] == [6.0], response.text
         predict.append(elapsed)
@@ -171,8 +182,14 @@ def test_dozens_of_clients_trickling_headers_neither_block_probes_nor_prediction
         health, predict = probe_and_predict(server)
         answers = tricklers.answers(timeout_s=HEADER_TIMEOUT_S + 10)
     latest = assert_all_timed_out(answers, "HEADER_TIMEOUT_S", HEADER_TIMEOUT_S)
-    record("slow_headers", tricklers=TRICKLERS, threads=THREADS, healthz_max_s=round(max(health), 3),
-           predict_max_s=round(max(predict), 3), latest_408_s=round(latest, 2))
+    record(
+        "slow_headers",
+        tricklers=TRICKLERS,
+        threads=THREADS,
+        healthz_max_s=round(max(health), 3),
+        predict_max_s=round(max(predict), 3),
+        latest_408_s=round(latest, 2),
+    )
     assert max(health) < ANSWER_WITHIN_S, health
     assert max(predict) < ANSWER_WITHIN_S, predict
     assert time.monotonic() - test_started < 30
@@ -194,8 +211,14 @@ def test_dozens_of_clients_trickling_bodies_neither_block_probes_nor_predictions
         health, predict = probe_and_predict(server)
         answers = tricklers.answers(timeout_s=BODY_TIMEOUT_S + 10)
     latest = assert_all_timed_out(answers, "BODY_TIMEOUT_S", BODY_TIMEOUT_S)
-    record(f"slow_bodies_{framing}", tricklers=TRICKLERS, threads=THREADS, healthz_max_s=round(max(health), 3),
-           predict_max_s=round(max(predict), 3), latest_408_s=round(latest, 2))
+    record(
+        f"slow_bodies_{framing}",
+        tricklers=TRICKLERS,
+        threads=THREADS,
+        healthz_max_s=round(max(health), 3),
+        predict_max_s=round(max(predict), 3),
+        latest_408_s=round(latest, 2),
+    )
     assert max(health) < ANSWER_WITHIN_S, health
     assert max(predict) < ANSWER_WITHIN_S, predict
     assert time.monotonic() - test_started < 30
@@ -205,16 +228,23 @@ def test_dozens_of_clients_trickling_bodies_neither_block_probes_nor_predictions
 def test_large_bodies_read_by_request_threads_get_408_and_probes_answer_meanwhile(server: Server) -> None:
     # Over the 1 MiB the event loop buffers: request threads read these, each under BODY_TIMEOUT_S.
     # They hold all THREADS request threads until then; probes have threads of their own.
-    opening = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: 2000000\r\n\r\n")
+    opening = (
+        b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2000000\r\n\r\n"
+    )
     with Tricklers(server, opening, b" ", count=THREADS + 2) as tricklers:
         time.sleep(2 * TRICKLE_EVERY_S)
         health = [timed(lambda: requests.get(server.url + "/healthz", timeout=10)) for _ in range(3)]
         answers = tricklers.answers(timeout_s=2 * BODY_TIMEOUT_S + 10)
     assert all(response.status_code == 200 for response, _ in health)
     latest = max(answer.answered_after_s for answer in answers)
-    record("slow_large_bodies", tricklers=THREADS + 2, threads=THREADS,
-           healthz_max_s=round(max(elapsed for _, elapsed in health), 3), latest_408_s=round(latest, 2))
+    record(
+        "slow_large_bodies",
+        tricklers=THREADS + 2,
+        threads=THREADS,
+        healthz_max_s=round(max(elapsed for _, elapsed in health), 3),
+        latest_408_s=round(latest, 2),
+    )
     assert max(elapsed for _, elapsed in health) < ANSWER_WITHIN_S, health
     # Answered by the application (the DeadlineSocket raises RequestTimeout, api/errors.py maps it):
     # THREADS of them at their deadline, the other two as soon as a thread is free, i.e. just after.
@@ -225,11 +255,13 @@ def test_large_bodies_read_by_request_threads_get_408_and_probes_answer_meanwhil
 
 
 def test_a_request_sent_in_pieces_within_the_deadlines_is_served(server: Server) -> None:
-    request = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: " + str(len(ROW)).encode() + b"\r\n\r\n" + ROW)
+    request = (
+        b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(ROW)).encode() + b"\r\n\r\n" + ROW
+    )
     with socket.create_connection(address(server), timeout=10) as sock:
         for start in range(0, len(request), 40):
-            sock.sendall(request[start:start + 40])
+            sock.sendall(request[start : start + 40])
             time.sleep(0.1)
         answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
@@ -238,10 +270,14 @@ def test_a_request_sent_in_pieces_within_the_deadlines_is_served(server: Server)
 
 def test_pipelined_requests_on_one_connection_are_all_answered_in_order(server: Server) -> None:
     get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    post = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(ROW)).encode() + b"\r\n\r\n" + ROW)
-    chunked = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(ROW):x}".encode() + b"\r\n" + ROW + b"\r\n0\r\n\r\n")
+    post = (
+        b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(ROW)).encode() + b"\r\n\r\n" + ROW
+    )
+    chunked = (
+        b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(ROW):x}".encode() + b"\r\n" + ROW + b"\r\n0\r\n\r\n"
+    )
     last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with socket.create_connection(address(server), timeout=10) as sock:
         sock.sendall(get + post + chunked + last)
@@ -253,8 +289,10 @@ def test_pipelined_requests_on_one_connection_are_all_answered_in_order(server: 
 
 
 def test_a_client_expecting_100_continue_gets_it_and_is_served(server: Server) -> None:
-    head = (b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: " + str(len(ROW)).encode() + b"\r\n\r\n")
+    head = (
+        b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: " + str(len(ROW)).encode() + b"\r\n\r\n"
+    )
     with socket.create_connection(address(server), timeout=10) as sock:
         sock.sendall(head)
         interim = b""

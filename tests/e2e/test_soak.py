@@ -49,8 +49,9 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_soak_with_hot_swaps_has_no_failed_request_and_bounded_memory(run_server, tmp_path: Path,
-                                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_soak_with_hot_swaps_has_no_failed_request_and_bounded_memory(
+    run_server, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     api = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     built = tmp_path / "built"
     for factor in FACTORS:
@@ -124,9 +125,17 @@ def test_soak_with_hot_swaps_has_no_failed_request_and_bounded_memory(run_server
 
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
     record(
-        "soak", duration_s=round(time.monotonic() - started, 1), clients=CLIENTS, requests=len(latencies) + len(failures),
-        failed=len(failures), swaps=swaps, versions_seen=len(versions_seen), p50_ms=round(p50, 2), p99_ms=round(p99, 2),
-        rss_start_mb=round(rss_start, 1), rss_end_mb=round(rss_end, 1),
+        "soak",
+        duration_s=round(time.monotonic() - started, 1),
+        clients=CLIENTS,
+        requests=len(latencies) + len(failures),
+        failed=len(failures),
+        swaps=swaps,
+        versions_seen=len(versions_seen),
+        p50_ms=round(p50, 2),
+        p99_ms=round(p99, 2),
+        rss_start_mb=round(rss_start, 1),
+        rss_end_mb=round(rss_end, 1),
     )
     assert not failures, failures[:10]
     assert swaps >= SOAK_S // SWAP_EVERY_S - 1 and len(versions_seen) >= swaps  # every version answered

@@ -23,7 +23,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = tmp_path_factory.mktemp("tf1_models")
     build_tf1_saved_model(models / "wide_deep" / "1", WIDE_AND_DEEP)
     hub = build_tf1_saved_model(models / "hub_wide_deep", WIDE_AND_DEEP)
-    (hub / "config.json").write_text(json.dumps({"architectures": ["WideDeep"], "model_type": "wide_deep", "num_labels": 1}))
+    (hub / "config.json").write_text(
+        json.dumps({"architectures": ["WideDeep"], "model_type": "wide_deep", "num_labels": 1})
+    )
     (hub / "README.md").write_text("# wide_deep\nA model card.\n")
     with start_server(models, tmp_path_factory.mktemp("tf1_logs")) as running:
         yield running

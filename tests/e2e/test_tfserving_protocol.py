@@ -77,13 +77,19 @@ def test_regress_half_plus_three_documented_example(server: Server) -> None:
 
 
 def test_classify_and_regress_signatures_of_half_plus_two(server: Server) -> None:
-    classify = server.post("/v1/models/half_plus_two:classify", json={"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+    classify = server.post(
+        "/v1/models/half_plus_two:classify", json={"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    )
     assert classify.status_code == 200, classify.text
     assert classify.json() == {"results": [[["", 3.0]]]}
-    regress = server.post("/v1/models/half_plus_two:regress", json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+    regress = server.post(
+        "/v1/models/half_plus_two:regress", json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}
+    )
     assert regress.json() == {"results": [3.0]}
-    context = server.post("/v1/models/half_plus_two:regress", json={
-        "signature_name": "regress_x_to_y2", "context": {"x": 4.0}, "examples": [{}, {"x": 2.0}]})
+    context = server.post(
+        "/v1/models/half_plus_two:regress",
+        json={"signature_name": "regress_x_to_y2", "context": {"x": 4.0}, "examples": [{}, {"x": 2.0}]},
+    )
     assert context.status_code == 200, context.text
     assert context.json() == {"results": [5.0, 4.0]}  # y2 = 0.5 x + 3; the first example takes x from the context
 
@@ -107,8 +113,11 @@ def test_status_documented_shape(server: Server) -> None:
     for path in ("/v1/models/half_plus_three", "/v1/models/half_plus_three/versions/123"):
         response = server.get(path)
         assert response.status_code == 200, response.text
-        assert response.json() == {"model_version_status": [
-            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+        assert response.json() == {
+            "model_version_status": [
+                {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
 
 
 def test_metadata_matches_tf_servings_own_answer(server: Server) -> None:
@@ -122,14 +131,28 @@ def test_metadata_matches_tf_servings_own_answer(server: Server) -> None:
 def test_url_grammar_is_case_insensitive_and_rejects_version_with_label(server: Server) -> None:
     response = server.post("/v1/models/half_plus_two/Versions/123:PREDICT", json={"instances": [1.0]})
     assert response.json() == {"predictions": [2.5]}
-    assert_error(server.post("/v1/models/half_plus_two/versions/123/labels/stable:predict", json={"instances": [1.0]}), 400, "label")
+    assert_error(
+        server.post("/v1/models/half_plus_two/versions/123/labels/stable:predict", json={"instances": [1.0]}),
+        400,
+        "label",
+    )
     assert_error(server.get("/v1/models/half_plus_two/labels/stable"), 404, "stable")
 
 
 def test_errors_are_shaped_like_tf_servings(server: Server) -> None:
     assert_error(server.post("/v1/models/nope:predict", json={"instances": [1.0]}), 404, "nope")
-    assert_error(server.post("/v1/models/half_plus_two:predict", json={"instances": [1.0], "inputs": [1.0]}), 400, "exactly one")
-    assert_error(server.post("/v1/models/half_plus_two:predict", data=b"[1,", headers={"Content-Type": "application/json"}), 400, "JSON")
+    assert_error(
+        server.post("/v1/models/half_plus_two:predict", json={"instances": [1.0], "inputs": [1.0]}), 400, "exactly one"
+    )
+    assert_error(
+        server.post("/v1/models/half_plus_two:predict", data=b"[1,", headers={"Content-Type": "application/json"}),
+        400,
+        "JSON",
+    )
     assert_error(server.post("/v1/models/half_plus_two:explain", json={}), 400, "malformed")
-    assert_error(server.post("/v1/models/half_plus_two:predict", json={"signature_name": "nope", "instances": [1.0]}), 400, "nope")
+    assert_error(
+        server.post("/v1/models/half_plus_two:predict", json={"signature_name": "nope", "instances": [1.0]}),
+        400,
+        "nope",
+    )
     assert_error(server.post("/v1/models/half_plus_two:regress", json={"examples": "x"}), 400, "examples")

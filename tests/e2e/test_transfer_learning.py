@@ -61,8 +61,14 @@ def jpeg(seed: int) -> bytes:
     """A 224x224 colour JPEG: gradients that differ per channel (so RGB/BGR order matters), plus noise."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, SIZE, dtype=np.float32)
-    base = np.stack([np.add.outer(ramp, ramp) * 120, np.add.outer(ramp, 1 - ramp) * 90 + 40,
-                     np.add.outer(1 - ramp, ramp) * 60 + 100 * rng.random()], axis=-1)
+    base = np.stack(
+        [
+            np.add.outer(ramp, ramp) * 120,
+            np.add.outer(ramp, 1 - ramp) * 90 + 40,
+            np.add.outer(1 - ramp, ramp) * 60 + 100 * rng.random(),
+        ],
+        axis=-1,
+    )
     pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
@@ -116,7 +122,9 @@ def test_an_uploaded_jpeg_gets_resnet50_preprocessing_and_the_pooled_features(se
 
 
 def native(server: Server, image: bytes) -> np.ndarray:
-    response = server.post(f"/models/{MODEL}/predict?outputs={FEATURES}", data=image, headers={"Content-Type": "image/jpeg"})
+    response = server.post(
+        f"/models/{MODEL}/predict?outputs={FEATURES}", data=image, headers={"Content-Type": "image/jpeg"}
+    )
     assert response.status_code == 200, response.text
     (prediction,) = response.json()["predictions"]
     return np.asarray(prediction)  # one output chosen: the row is bare
@@ -132,12 +140,23 @@ def tf_serving(server: Server, image: bytes) -> np.ndarray:
 
 def kserve_v2(server: Server, image: bytes, input_name: str) -> np.ndarray:
     element = struct.pack("<I", len(image)) + image
-    header = json.dumps({
-        "inputs": [{"name": input_name, "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}],
-        "outputs": [{"name": FEATURES}],
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "outputs": [{"name": FEATURES}],
+        }
+    ).encode()
     response = requests.post(
-        f"{server.url}/v2/models/{MODEL}/infer", data=header + element, timeout=60,
+        f"{server.url}/v2/models/{MODEL}/infer",
+        data=header + element,
+        timeout=60,
         headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
     )
     assert response.status_code == 200, response.text
@@ -164,7 +183,8 @@ def test_concurrent_requests_over_three_protocols_batch_and_get_each_its_own_fea
 
 
 def test_an_unknown_requested_output_is_a_400_naming_close_names(served: Served) -> None:
-    response = served.server.post(f"/models/{MODEL}/predict?outputs=resnet50/avgpool", data=jpeg(0),
-                                  headers={"Content-Type": "image/jpeg"})
+    response = served.server.post(
+        f"/models/{MODEL}/predict?outputs=resnet50/avgpool", data=jpeg(0), headers={"Content-Type": "image/jpeg"}
+    )
     assert response.status_code == 400
     assert "unknown output 'resnet50/avgpool'" in response.json()["error"] and FEATURES in response.json()["error"]

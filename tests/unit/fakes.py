@@ -72,7 +72,9 @@ def _fail(inputs: Arrays) -> dict[str, np.ndarray]:
 
 
 SUM = FakeModel(
-    Signature("serving_default", (TensorInfo("x", "float32", (None, 2)),), (TensorInfo("total", "float32", (None, 1)),)),
+    Signature(
+        "serving_default", (TensorInfo("x", "float32", (None, 2)),), (TensorInfo("total", "float32", (None, 1)),)
+    ),
     _sum,
 )
 """One value per row: the sum of its two inputs."""
@@ -95,7 +97,9 @@ class FakeBuilder:
 
     device = "/CPU:0"
 
-    def __init__(self, models: Mapping[str, FakeModel], settings: Settings, *, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, models: Mapping[str, FakeModel], settings: Settings, *, gate: threading.Event | None = None
+    ) -> None:
         self._models = models
         self._settings = settings
         self._gate = gate
@@ -114,8 +118,11 @@ class FakeBuilder:
         if model is None:
             raise ModelLoadError(f"'{Path(source.path).name}' is truncated or corrupt")
         batcher = Batcher(
-            source.id, model.call, max_batch_size=self._settings.max_batch_size,
-            batch_timeout_ms=self._settings.batch_timeout_ms, max_enqueued_batches=self._settings.max_enqueued_batches,
+            source.id,
+            model.call,
+            max_batch_size=self._settings.max_batch_size,
+            batch_timeout_ms=self._settings.batch_timeout_ms,
+            max_enqueued_batches=self._settings.max_enqueued_batches,
         )
         return Servable(
             id=source.id,

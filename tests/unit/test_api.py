@@ -41,10 +41,18 @@ BROKEN = {
 }
 DIGITS = {
     "name": "digits",
-    "versions": [{
-        "version": 1, "state": "AVAILABLE", "format": "fake", "loader": "fake", "device": "/CPU:0",
-        "load_s": 0.0, "warmup_s": 0.0, **DIGITS_TENSORS,
-    }],
+    "versions": [
+        {
+            "version": 1,
+            "state": "AVAILABLE",
+            "format": "fake",
+            "loader": "fake",
+            "device": "/CPU:0",
+            "load_s": 0.0,
+            "warmup_s": 0.0,
+            **DIGITS_TENSORS,
+        }
+    ],
     "version_labels": {},
     "labels": ["cat", "dog", "bird"],
     "serving_version": 1,
@@ -93,6 +101,7 @@ def assert_error(response, status: int, message: str) -> None:
 
 # --- probes, metrics, OpenAPI ---------------------------------------------------------------------
 
+
 def test_healthz_answers_alive(client: FlaskClient) -> None:
     response = client.get("/healthz")
     assert (response.status_code, response.get_json()) == (200, {"status": "alive"})
@@ -101,7 +110,8 @@ def test_healthz_answers_alive(client: FlaskClient) -> None:
 def test_readyz_lists_every_model_and_a_failed_one_does_not_hold_readiness(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert (response.status_code, response.get_json()) == (
-        200, {"ready": True, "models": {"broken": False, "digits": True, "double": True, "sum": True}}
+        200,
+        {"ready": True, "models": {"broken": False, "digits": True, "double": True, "sum": True}},
     )
 
 
@@ -119,8 +129,10 @@ def test_readyz_and_predict_are_503_while_the_start_up_models_load(tmp_path: Pat
     reason = "loading broken, digits, double, sum"
     assert (ready.status_code, ready.headers["Retry-After"]) == (503, "5")
     assert ready.get_json() == {
-        "ready": False, "models": {"broken": False, "digits": False, "double": False, "sum": False},
-        "error": reason, "reason": reason,
+        "ready": False,
+        "models": {"broken": False, "digits": False, "double": False, "sum": False},
+        "error": reason,
+        "reason": reason,
     }
     assert_error(predict, 503, "model 'double' has no AVAILABLE version yet: version 1 is START")
     assert v2_ready.status_code == 400
@@ -142,6 +154,7 @@ def test_openapi_document_is_served_as_json(client: FlaskClient) -> None:
 
 
 # --- native model views ---------------------------------------------------------------------------
+
 
 def test_models_lists_every_model_with_its_versions_and_serving_signature(client: FlaskClient) -> None:
     response = client.get("/models")
@@ -167,24 +180,28 @@ def test_model_detail_of_an_unknown_model_is_404(client: FlaskClient) -> None:
 
 # --- native predict -------------------------------------------------------------------------------
 
+
 def test_predict_json_instances(client: FlaskClient) -> None:
     response = client.post("/models/double/predict", json={"instances": [[1, 2], [3, 4]]})
     assert (response.status_code, response.get_json()) == (
-        200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0], [6.0, 8.0]]}
+        200,
+        {"model": "double", "version": 1, "predictions": [[2.0, 4.0], [6.0, 8.0]]},
     )
 
 
 def test_predict_multipart_image_is_decoded_and_scaled_for_the_model(client: FlaskClient) -> None:
     response = client.post("/models/digits/predict", data={"image": (io.BytesIO(THREE_QUARTERS_WHITE), "a.png")})
     assert (response.status_code, response.get_json()) == (
-        200, {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]}
+        200,
+        {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]},
     )
 
 
 def test_predict_raw_image_body(client: FlaskClient) -> None:
     response = client.post("/models/digits/predict", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"})
     assert (response.status_code, response.get_json()) == (
-        200, {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]}
+        200,
+        {"model": "digits", "version": 1, "predictions": [[0.75, 0.25, 0.0]]},
     )
 
 
@@ -198,7 +215,8 @@ def test_predict_takes_the_model_from_the_query_and_the_version_from_the_path(cl
 
 def test_predict_without_a_model_name_is_404_when_several_models_are_served(client: FlaskClient) -> None:
     assert_error(
-        client.post("/predict", json={"instances": [[1, 2]]}), 404,
+        client.post("/predict", json={"instances": [[1, 2]]}),
+        404,
         "name the model in the URL, or set DEFAULT_MODEL: 4 models are served (broken, digits, double, sum)",
     )
 
@@ -206,7 +224,8 @@ def test_predict_without_a_model_name_is_404_when_several_models_are_served(clie
 def test_predict_on_a_model_that_failed_to_load_is_503_with_the_reason(client: FlaskClient) -> None:
     response = client.post("/models/broken/predict", json={"instances": [[1, 2]]})
     assert_error(
-        response, 503,
+        response,
+        503,
         "model 'broken' has no AVAILABLE version yet: version 1 failed to load: 'broken.h5' is truncated or corrupt",
     )
     assert response.headers["Retry-After"] == "5"
@@ -215,21 +234,24 @@ def test_predict_on_a_model_that_failed_to_load_is_503_with_the_reason(client: F
 def test_predict_on_an_unknown_model_or_version_is_404(client: FlaskClient) -> None:
     assert_error(client.post("/models/nope/predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist")
     assert_error(
-        client.post("/models/double/versions/7/predict", json={"instances": [[1, 2]]}), 404,
+        client.post("/models/double/versions/7/predict", json={"instances": [[1, 2]]}),
+        404,
         "version 7 of model 'double' does not exist",
     )
 
 
 def test_predict_with_malformed_json_is_400(client: FlaskClient) -> None:
     assert_error(
-        client.post("/models/double/predict", data="{", content_type="application/json"), 400,
+        client.post("/models/double/predict", data="{", content_type="application/json"),
+        400,
         "request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
     )
 
 
 def test_predict_with_an_unsupported_content_type_is_415(client: FlaskClient) -> None:
     assert_error(
-        client.post("/models/double/predict", data="1,2", content_type="text/csv"), 415,
+        client.post("/models/double/predict", data="1,2", content_type="text/csv"),
+        415,
         "Content-Type 'text/csv' is not supported; send multipart/form-data, image/*, application/octet-stream or application/json",
     )
 
@@ -237,50 +259,82 @@ def test_predict_with_an_unsupported_content_type_is_415(client: FlaskClient) ->
 def test_predict_with_more_images_than_allowed_is_413(client: FlaskClient) -> None:
     files = [(io.BytesIO(THREE_QUARTERS_WHITE), f"{n}.png") for n in range(4)]
     assert_error(
-        client.post("/models/digits/predict", data={"image": files}), 413,
+        client.post("/models/digits/predict", data={"image": files}),
+        413,
         "4 images exceed the limit of 3 per request (MAX_IMAGES_PER_REQUEST)",
     )
 
 
 def test_predict_classes_top_k_gives_ids_labels_and_scores(client: FlaskClient) -> None:
-    response = client.post("/models/digits/predict_classes?top_k=2", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"})
-    assert (response.status_code, response.get_json()) == (200, {
-        "model": "digits", "version": 1,
-        "predictions": [{
-            "class_id": 0, "label": "cat", "score": 0.75,
-            "top_k": [{"class_id": 0, "label": "cat", "score": 0.75}, {"class_id": 1, "label": "dog", "score": 0.25}],
-        }],
-    })
+    response = client.post(
+        "/models/digits/predict_classes?top_k=2", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"}
+    )
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {
+            "model": "digits",
+            "version": 1,
+            "predictions": [
+                {
+                    "class_id": 0,
+                    "label": "cat",
+                    "score": 0.75,
+                    "top_k": [
+                        {"class_id": 0, "label": "cat", "score": 0.75},
+                        {"class_id": 1, "label": "dog", "score": 0.25},
+                    ],
+                }
+            ],
+        },
+    )
 
 
 def test_predict_classes_with_a_bad_top_k_is_400(client: FlaskClient) -> None:
     assert_error(
-        client.post("/models/digits/predict_classes?top_k=0", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"}),
-        400, "top_k '0' is not a positive integer",
+        client.post(
+            "/models/digits/predict_classes?top_k=0", data=THREE_QUARTERS_WHITE, headers={"Content-Type": "image/png"}
+        ),
+        400,
+        "top_k '0' is not a positive integer",
     )
 
 
 # --- TensorFlow Serving REST ----------------------------------------------------------------------
 
+
 def test_tfserving_model_status(client: FlaskClient) -> None:
     response = client.get("/v1/models/double")
-    assert (response.status_code, response.get_json()) == (200, {
-        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
-    })
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
+    )
 
 
 def test_tfserving_metadata_lists_the_signature_defs(client: FlaskClient) -> None:
     dims = {"dim": [{"size": "-1", "name": ""}, {"size": "2", "name": ""}], "unknown_rank": False}
     response = client.get("/v1/models/double/metadata")
-    assert (response.status_code, response.get_json()) == (200, {
-        "model_spec": {"name": "double", "signature_name": "", "version": "1"},
-        "metadata": {"signature_def": {"signature_def": {"serving_default": {
-            "inputs": {"x": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "x:0"}},
-            "outputs": {"y": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "y:0"}},
-            "method_name": "tensorflow/serving/predict",
-            "defaults": {},
-        }}}},
-    })
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {
+            "model_spec": {"name": "double", "signature_name": "", "version": "1"},
+            "metadata": {
+                "signature_def": {
+                    "signature_def": {
+                        "serving_default": {
+                            "inputs": {"x": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "x:0"}},
+                            "outputs": {"y": {"dtype": "DT_FLOAT", "tensor_shape": dims, "name": "y:0"}},
+                            "method_name": "tensorflow/serving/predict",
+                            "defaults": {},
+                        }
+                    }
+                }
+            },
+        },
+    )
 
 
 def test_tfserving_predict_in_row_and_columnar_form(client: FlaskClient) -> None:
@@ -299,35 +353,50 @@ def test_tfserving_classify_and_regress_feed_features_named_like_inputs(client: 
 
 
 def test_tfserving_predict_on_an_unknown_model_is_404(client: FlaskClient) -> None:
-    assert_error(client.post("/v1/models/nope:predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist")
+    assert_error(
+        client.post("/v1/models/nope:predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist"
+    )
 
 
 # --- KServe v2 ------------------------------------------------------------------------------------
 
+
 def test_v2_server_metadata(client: FlaskClient) -> None:
     response = client.get("/v2")
     assert (response.status_code, response.get_json()) == (
-        200, {"name": "kerasserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "classification"]}
+        200,
+        {"name": "kerasserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "classification"]},
     )
 
 
 def test_v2_health_and_model_readiness_answer_with_empty_bodies(client: FlaskClient) -> None:
     answers = {
         url: (r.status_code, r.get_data())
-        for url in ("/v2/health/live", "/v2/health/ready", "/v2/models/double/ready",
-                    "/v2/models/double/versions/1/ready", "/v2/models/broken/ready", "/v2/models/nope/ready")
+        for url in (
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2/models/double/ready",
+            "/v2/models/double/versions/1/ready",
+            "/v2/models/broken/ready",
+            "/v2/models/nope/ready",
+        )
         for r in [client.get(url)]
     }
     assert answers == {
-        "/v2/health/live": (200, b""), "/v2/health/ready": (200, b""), "/v2/models/double/ready": (200, b""),
-        "/v2/models/double/versions/1/ready": (200, b""), "/v2/models/broken/ready": (400, b""),
+        "/v2/health/live": (200, b""),
+        "/v2/health/ready": (200, b""),
+        "/v2/models/double/ready": (200, b""),
+        "/v2/models/double/versions/1/ready": (200, b""),
+        "/v2/models/broken/ready": (400, b""),
         "/v2/models/nope/ready": (400, b""),
     }
 
 
 def test_v2_model_metadata(client: FlaskClient) -> None:
     expected = {
-        "name": "double", "versions": ["1"], "platform": "keras",
+        "name": "double",
+        "versions": ["1"],
+        "platform": "keras",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
     }
@@ -340,23 +409,31 @@ def test_v2_infer_json(client: FlaskClient) -> None:
     response = client.post(
         "/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
     )
-    assert (response.status_code, response.get_json()) == (200, {
-        "model_name": "double", "model_version": "1",
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 4.0]}],
-    })
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {
+            "model_name": "double",
+            "model_version": "1",
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [2.0, 4.0]}],
+        },
+    )
 
 
 def test_v2_infer_on_a_version_that_is_not_a_number_is_404(client: FlaskClient) -> None:
     assert_error(
-        client.post("/v2/models/double/versions/latest/infer", json={"inputs": []}), 404, "model 'double' does not exist"
+        client.post("/v2/models/double/versions/latest/infer", json={"inputs": []}),
+        404,
+        "model 'double' does not exist",
     )
 
 
 # --- what every route shares ----------------------------------------------------------------------
 
+
 def test_unknown_url_and_wrong_method_answer_json_errors(client: FlaskClient) -> None:
     assert_error(
-        client.get("/nowhere"), 404,
+        client.get("/nowhere"),
+        404,
         "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others",
     )
     response = client.delete("/healthz")
@@ -382,7 +459,10 @@ def test_with_a_token_configured_predict_needs_it_and_probes_stay_open(tmp_path:
     finally:
         app.extensions[EXTENSION].stop()
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
-    assert (allowed.status_code, allowed.get_json()) == (200, {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]})
+    assert (allowed.status_code, allowed.get_json()) == (
+        200,
+        {"model": "double", "version": 1, "predictions": [[2.0, 4.0]]},
+    )
     assert (probe.status_code, probe.get_json()) == (200, {"status": "alive"})
 
 
@@ -401,13 +481,20 @@ def test_a_version_in_unicode_digits_is_400_on_tfserving_urls(client: FlaskClien
 
 
 @pytest.mark.parametrize("digit", UNICODE_DIGITS)
-def test_a_version_in_unicode_digits_is_an_unknown_version_on_kserve_and_native_urls(client: FlaskClient, digit: str) -> None:
+def test_a_version_in_unicode_digits_is_an_unknown_version_on_kserve_and_native_urls(
+    client: FlaskClient, digit: str
+) -> None:
     assert_error(client.get(f"/v2/models/double/versions/{digit}"), 404, "model 'double' does not exist")
-    assert_error(client.post(f"/v2/models/double/versions/{digit}/infer", json={"inputs": []}), 404, "model 'double' does not exist")
+    assert_error(
+        client.post(f"/v2/models/double/versions/{digit}/infer", json={"inputs": []}),
+        404,
+        "model 'double' does not exist",
+    )
     ready = client.get(f"/v2/models/double/versions/{digit}/ready")
     assert (ready.status_code, ready.get_data()) == (400, b"")
     assert_error(
-        client.post(f"/models/double/versions/{digit}/predict", json={"instances": [[1, 2]]}), 404,
+        client.post(f"/models/double/versions/{digit}/predict", json={"instances": [[1, 2]]}),
+        404,
         "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others",
     )
 
@@ -415,18 +502,32 @@ def test_a_version_in_unicode_digits_is_an_unknown_version_on_kserve_and_native_
 @pytest.mark.parametrize("digit", UNICODE_DIGITS)
 def test_query_numbers_in_unicode_digits_are_400(client: FlaskClient, digit: str) -> None:
     image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
-    assert_error(client.post(f"/models/digits/predict_classes?top_k={digit}", **image), 400, f"top_k '{digit}' is not a positive integer")
-    assert_error(client.post(f"/models/digits/predict_classes?threshold=0.{digit}", **image), 400, f"threshold '0.{digit}' is not a number")
+    assert_error(
+        client.post(f"/models/digits/predict_classes?top_k={digit}", **image),
+        400,
+        f"top_k '{digit}' is not a positive integer",
+    )
+    assert_error(
+        client.post(f"/models/digits/predict_classes?threshold=0.{digit}", **image),
+        400,
+        f"threshold '0.{digit}' is not a number",
+    )
 
 
 def test_query_numbers_take_no_spaces_underscores_or_signs_python_would_accept(client: FlaskClient) -> None:
     image = {"data": THREE_QUARTERS_WHITE, "headers": {"Content-Type": "image/png"}}
     for top_k in ("+2", " 2", "1_0"):
-        assert_error(client.post("/models/digits/predict_classes", query_string={"top_k": top_k}, **image), 400,
-                     f"top_k '{top_k}' is not a positive integer")
+        assert_error(
+            client.post("/models/digits/predict_classes", query_string={"top_k": top_k}, **image),
+            400,
+            f"top_k '{top_k}' is not a positive integer",
+        )
     for threshold in ("1_0", " 0.5", "0x1p-1"):
-        assert_error(client.post("/models/digits/predict_classes", query_string={"threshold": threshold}, **image), 400,
-                     f"threshold '{threshold}' is not a number")
+        assert_error(
+            client.post("/models/digits/predict_classes", query_string={"threshold": threshold}, **image),
+            400,
+            f"threshold '{threshold}' is not a number",
+        )
     good = client.post("/models/digits/predict_classes", query_string={"threshold": "-1.5e-1", "top_k": "02"}, **image)
     assert good.status_code == 200
 
@@ -435,7 +536,8 @@ def test_query_numbers_take_no_spaces_underscores_or_signs_python_would_accept(c
 def test_a_kserve_header_length_in_anything_but_ascii_digits_is_400(client: FlaskClient, length: str) -> None:
     header = b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}'
     assert_error(
-        client.post("/v2/models/double/infer", data=header, headers={"Inference-Header-Content-Length": length}), 400,
+        client.post("/v2/models/double/infer", data=header, headers={"Inference-Header-Content-Length": length}),
+        400,
         f"Inference-Header-Content-Length '{length}' is not a number",
     )
 
@@ -443,8 +545,12 @@ def test_a_kserve_header_length_in_anything_but_ascii_digits_is_400(client: Flas
 def test_kserve_numbers_sent_as_json_strings_are_422(client: FlaskClient) -> None:
     for data in (["١", "2"], ["1", "2"], [None, 2]):
         assert_error(
-            client.post("/v2/models/double/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]}),
-            422, "input 'x': FP32 data must be numbers, not strings or null",
+            client.post(
+                "/v2/models/double/infer",
+                json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": data}]},
+            ),
+            422,
+            "input 'x': FP32 data must be numbers, not strings or null",
         )
 
 
@@ -452,62 +558,88 @@ def v2_input(shape: object, **fields: object) -> dict:
     return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", **fields}]}
 
 
-@pytest.mark.parametrize("shape,message", [
-    ([0, 2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
-    ([2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
-    ([2**64, 0], "input 'x': shape dimension 18446744073709551616 is larger than 2147483647"),
-    ([2**20, 2**20], "input 'x': shape [1048576, 1048576] is too large: its dimensions multiply to more than 2147483647"),
-    ([2**31 - 1, 2**31 - 1, 0],
-     "input 'x': shape [2147483647, 2147483647, 0] is too large: its dimensions multiply to more than 2147483647"),
-    ([1] * 33, "input 'x': shape has 33 dimensions; at most 32"),
-    ([1] * 64, "input 'x': shape has 64 dimensions; at most 32"),
-    ([0] * 65, "input 'x': shape has 65 dimensions; at most 32"),
-    ([-1, 2], "input 'x': 'shape' must be a list of non-negative integers"),
-])
-def test_kserve_shapes_out_of_bounds_are_400_before_any_allocation(client: FlaskClient, shape: list, message: str) -> None:
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ([0, 2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+        ([2**63], "input 'x': shape dimension 9223372036854775808 is larger than 2147483647"),
+        ([2**64, 0], "input 'x': shape dimension 18446744073709551616 is larger than 2147483647"),
+        (
+            [2**20, 2**20],
+            "input 'x': shape [1048576, 1048576] is too large: its dimensions multiply to more than 2147483647",
+        ),
+        (
+            [2**31 - 1, 2**31 - 1, 0],
+            "input 'x': shape [2147483647, 2147483647, 0] is too large: its dimensions multiply to more than 2147483647",
+        ),
+        ([1] * 33, "input 'x': shape has 33 dimensions; at most 32"),
+        ([1] * 64, "input 'x': shape has 64 dimensions; at most 32"),
+        ([0] * 65, "input 'x': shape has 65 dimensions; at most 32"),
+        ([-1, 2], "input 'x': 'shape' must be a list of non-negative integers"),
+    ],
+)
+def test_kserve_shapes_out_of_bounds_are_400_before_any_allocation(
+    client: FlaskClient, shape: list, message: str
+) -> None:
     as_json = client.post("/v2/models/double/infer", json=v2_input(shape, data=[]))
     binary_header = json.dumps(v2_input(shape, parameters={"binary_data_size": 0})).encode()
-    as_binary = client.post("/v2/models/double/infer", data=binary_header,
-                            headers={"Inference-Header-Content-Length": str(len(binary_header))})
+    as_binary = client.post(
+        "/v2/models/double/infer",
+        data=binary_header,
+        headers={"Inference-Header-Content-Length": str(len(binary_header))},
+    )
     assert_error(as_json, 400, message)
     assert_error(as_binary, 400, message)
 
 
-SURROGATE_MESSAGE = "request body holds a string with a lone UTF-16 surrogate ('\\ud800'); strings must be valid Unicode"
+SURROGATE_MESSAGE = (
+    "request body holds a string with a lone UTF-16 surrogate ('\\ud800'); strings must be valid Unicode"
+)
 
 
-@pytest.mark.parametrize("url,body", [
-    ("/models/double/predict", b'{"instances": [["\\ud800", "a"]]}'),
-    ("/v1/models/double:predict", b'{"instances": [["\\ud800", "a"]]}'),
-    ("/v1/models/double:predict", b'{"inputs": {"x": [["a", "b\\ud800"]]}}'),
-    ("/v1/models/double:predict", b'{"instances": [[1, 2]], "signature_name": "\\ud800"}'),
-    ("/v1/models/double:predict", b'{"\\ud800": 1, "instances": [[1, 2]]}'),
-    ("/v1/models/double:classify", b'{"examples": [{"x": "\\ud800"}]}'),
-    ("/v1/models/double:classify", b'{"examples": [{"x": [1, 2]}], "context": {"\\ud800": 1}}'),
-    ("/v1/models/digits:classify", b'{"examples": [{"image": "\\ud800"}]}'),
-])
+@pytest.mark.parametrize(
+    "url,body",
+    [
+        ("/models/double/predict", b'{"instances": [["\\ud800", "a"]]}'),
+        ("/v1/models/double:predict", b'{"instances": [["\\ud800", "a"]]}'),
+        ("/v1/models/double:predict", b'{"inputs": {"x": [["a", "b\\ud800"]]}}'),
+        ("/v1/models/double:predict", b'{"instances": [[1, 2]], "signature_name": "\\ud800"}'),
+        ("/v1/models/double:predict", b'{"\\ud800": 1, "instances": [[1, 2]]}'),
+        ("/v1/models/double:classify", b'{"examples": [{"x": "\\ud800"}]}'),
+        ("/v1/models/double:classify", b'{"examples": [{"x": [1, 2]}], "context": {"\\ud800": 1}}'),
+        ("/v1/models/digits:classify", b'{"examples": [{"image": "\\ud800"}]}'),
+    ],
+)
 def test_a_lone_surrogate_in_a_json_string_is_400(client: FlaskClient, url: str, body: bytes) -> None:
     assert_error(client.post(url, data=body, content_type="application/json"), 400, SURROGATE_MESSAGE)
 
 
 def test_a_lone_surrogate_in_a_kserve_header_is_400(client: FlaskClient) -> None:
-    for body in ('{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["\\udfff\\ud800"]}]}',
-                 '{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "\\uDBFF"}'):
+    for body in (
+        '{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["\\udfff\\ud800"]}]}',
+        '{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "\\uDBFF"}',
+    ):
         response = client.post("/v2/models/double/infer", data=body, content_type="application/json")
         assert response.status_code == 400
-        assert response.get_json()["error"].startswith("inference request header holds a string with a lone UTF-16 surrogate")
+        assert response.get_json()["error"].startswith(
+            "inference request header holds a string with a lone UTF-16 surrogate"
+        )
 
 
 def test_a_surrogate_pair_is_one_character_and_stays_valid(client: FlaskClient) -> None:
-    response = client.post("/v2/models/double/infer", data='{"id": "\\ud83d\\ude00", "inputs": ['
-                           '{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}', content_type="application/json")
+    response = client.post(
+        "/v2/models/double/infer",
+        data='{"id": "\\ud83d\\ude00", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}',
+        content_type="application/json",
+    )
     assert (response.status_code, response.get_json()["id"]) == (200, "\N{GRINNING FACE}")
 
 
 def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> None:
     for datatype in (["FP32"], {"FP32": 1}, 32):
         assert_error(
-            client.post("/v2/models/double/infer", json=v2_input([1, 2], datatype=datatype, data=[1, 2])), 400,
+            client.post("/v2/models/double/infer", json=v2_input([1, 2], datatype=datatype, data=[1, 2])),
+            400,
             f"input 'x': datatype '{datatype}' is not supported; use one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, "
             "INT32, INT64, FP16, FP32, FP64, BYTES",
         )
@@ -515,18 +647,22 @@ def test_a_kserve_datatype_that_is_not_a_string_is_400(client: FlaskClient) -> N
 
 @pytest.mark.parametrize("feature", ['"abc"', '["abc", "de"]', '[{"b64": "AAAA"}, "x"]'])
 def test_string_features_sent_to_classify_for_an_image_input_are_400(client: FlaskClient, feature: str) -> None:
-    response = client.post("/v1/models/digits:classify", data=f'{{"examples": [{{"image": {feature}}}]}}', content_type="application/json")
+    response = client.post(
+        "/v1/models/digits:classify", data=f'{{"examples": [{{"image": {feature}}}]}}', content_type="application/json"
+    )
     assert response.status_code == 400
     assert "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file" in response.get_json()["error"]
 
 
 def test_features_that_mix_strings_and_numbers_are_422(client: FlaskClient) -> None:
     assert_error(
-        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, "a"]}]}), 422,
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, "a"]}]}),
+        422,
         "feature 'x' mixes strings and numbers",
     )
     assert_error(
-        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, 2]}, {"x": "a"}]}), 422,
+        client.post("/v1/models/double:classify", json={"examples": [{"x": [1, 2]}, {"x": "a"}]}),
+        422,
         "feature 'x' mixes strings and numbers",
     )
 
@@ -536,7 +672,10 @@ def test_a_b64_image_feature_keeps_its_trailing_zero_bytes(client: FlaskClient) 
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(buffer, "BMP")  # black pixels: the file ends in zero bytes
     body = {"examples": [{"image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}]}
     response = client.post("/v1/models/digits:classify", json=body)  # numpy's 'S' arrays would cut the zeros off
-    assert (response.status_code, response.get_json()) == (200, {"results": [[["cat", 0.0], ["dog", 1.0], ["bird", 0.0]]]})
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {"results": [[["cat", 0.0], ["dog", 1.0], ["bird", 0.0]]]},
+    )
 
 
 def with_malformed_exif(fmt: str) -> bytes:
@@ -550,7 +689,7 @@ def with_malformed_exif(fmt: str) -> bytes:
     raw = bytearray(exif.tobytes())
     order = "<" if raw[6:8] == b"II" else ">"
     entry = raw.index(struct.pack(f"{order}HH", 0x011A, 5))
-    raw[entry + 2:entry + 4] = struct.pack(f"{order}H", 7)
+    raw[entry + 2 : entry + 4] = struct.pack(f"{order}H", 7)
     buffer = io.BytesIO()
     Image.new("L", (2, 2), 255).save(buffer, fmt, exif=bytes(raw))
     return buffer.getvalue()
@@ -559,7 +698,8 @@ def with_malformed_exif(fmt: str) -> bytes:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_an_image_with_malformed_exif_is_400(client: FlaskClient, fmt: str) -> None:
     assert_error(
-        client.post("/models/digits/predict", data=with_malformed_exif(fmt), headers={"Content-Type": "image/png"}), 400,
+        client.post("/models/digits/predict", data=with_malformed_exif(fmt), headers={"Content-Type": "image/png"}),
+        400,
         "cannot decode image: TypeError: bad operand type for abs(): 'bytes'",
     )
 
@@ -569,12 +709,14 @@ def test_images_in_formats_outside_the_documented_ones_are_400(client: FlaskClie
         buffer = io.BytesIO()
         Image.new("L", (2, 2), 255).save(buffer, fmt)
         assert_error(
-            client.post("/models/digits/predict", data=buffer.getvalue(), headers={"Content-Type": "image/png"}), 400,
+            client.post("/models/digits/predict", data=buffer.getvalue(), headers={"Content-Type": "image/png"}),
+            400,
             "cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file",
         )
 
 
 # --- metrics labels: only models that exist --------------------------------------------------------
+
 
 def test_made_up_model_names_never_become_metric_labels(client: FlaskClient) -> None:
     names = [f"madeup{n}" for n in range(6)]
@@ -606,8 +748,11 @@ def test_requests_for_a_model_that_exists_keep_its_label_when_they_fail_early(cl
 
 @pytest.mark.parametrize("path", ["..", ".hidden", "a%20b", "%ED%A0%80", "x" * 200, "²"])
 def test_tfserving_model_names_are_validated_like_the_others(client: FlaskClient, path: str) -> None:
-    for response in (client.get(f"/v1/models/{path}"), client.get(f"/v1/models/{path}/versions/1/metadata"),
-                     client.post(f"/v1/models/{path}:predict", json={"instances": [[1, 2]]})):
+    for response in (
+        client.get(f"/v1/models/{path}"),
+        client.get(f"/v1/models/{path}/versions/1/metadata"),
+        client.post(f"/v1/models/{path}:predict", json={"instances": [[1, 2]]}),
+    ):
         assert response.status_code == 400
         assert response.get_json()["error"].startswith("model name '")
 
@@ -616,11 +761,14 @@ def test_tfserving_model_names_are_validated_like_the_others(client: FlaskClient
 def test_tfserving_tensors_deeper_than_32_dimensions_are_422(client: FlaskClient, leaf: str) -> None:
     for depth in (33, 65, 500):
         tensor = "[" * depth + leaf + "]" * depth
-        for url, body in (("/v1/models/double:predict", f'{{"instances": {tensor}}}'),
-                          ("/v1/models/double:predict", f'{{"inputs": {{"x": {tensor}}}}}'),
-                          ("/models/double/predict", f'{{"instances": {tensor}}}')):
+        for url, body in (
+            ("/v1/models/double:predict", f'{{"instances": {tensor}}}'),
+            ("/v1/models/double:predict", f'{{"inputs": {{"x": {tensor}}}}}'),
+            ("/models/double/predict", f'{{"instances": {tensor}}}'),
+        ):
             response = client.post(url, data=body, content_type="application/json")
             name = "x" if '"x"' in body else "instances"
             assert (response.status_code, response.get_json()) == (
-                422, {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"}
+                422,
+                {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"},
             ), (url, depth, leaf)

@@ -45,13 +45,17 @@ def choice_for(model: keras.Model) -> preprocessing.PreprocessingChoice:
 
 # --- recognition --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,family,mode", [
-    ("ResNet50", "ResNet", "caffe"),
-    ("VGG16", "VGG", "caffe"),
-    ("MobileNetV2", "MobileNetV2", "tf"),
-    ("DenseNet121", "DenseNet", "torch"),
-    ("EfficientNetB0", "EfficientNet", "none"),
-])
+
+@pytest.mark.parametrize(
+    "name,family,mode",
+    [
+        ("ResNet50", "ResNet", "caffe"),
+        ("VGG16", "VGG", "caffe"),
+        ("MobileNetV2", "MobileNetV2", "tf"),
+        ("DenseNet121", "DenseNet", "torch"),
+        ("EfficientNetB0", "EfficientNet", "none"),
+    ],
+)
 def test_each_family_is_recognised_by_the_name_keras_gives_it(name: str, family: str, mode: str) -> None:
     model = backbone(name)
     recognition = recognise(model.name, layer_outline(model))
@@ -97,10 +101,17 @@ def test_a_model_of_no_family_starting_with_rescaling_takes_raw_pixels_and_a_pla
     assert (choice_for(plain).pixels, choice_for(plain).chosen_by) == (("scale", "unit"), "default")
 
 
-@pytest.mark.parametrize("module,mode", [
-    ("resnet50", "caffe"), ("vgg16", "caffe"), ("mobilenet_v2", "tf"), ("inception_v3", "tf"),
-    ("densenet", "torch"), ("efficientnet", "none"),
-])
+@pytest.mark.parametrize(
+    "module,mode",
+    [
+        ("resnet50", "caffe"),
+        ("vgg16", "caffe"),
+        ("mobilenet_v2", "tf"),
+        ("inception_v3", "tf"),
+        ("densenet", "torch"),
+        ("efficientnet", "none"),
+    ],
+)
 def test_modes_are_bit_for_bit_keras_preprocess_input(module: str, mode: str) -> None:
     pixels = np.random.default_rng(7).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
     expected = getattr(APPS, module).preprocess_input(pixels.astype(np.float32))
@@ -116,8 +127,11 @@ SERVED = {
     "densenet121": (lambda: backbone("DenseNet121", (64, 64, 3), pooling="avg"), "densenet", "torch"),
     "efficientnetb0": (lambda: backbone("EfficientNetB0", (64, 64, 3), pooling="avg"), "efficientnet", "none"),
     "finetuned": (
-        lambda: keras.Sequential([backbone("ResNet50", (64, 64, 3), pooling="avg"), keras.layers.Dense(5, name="scores")]),
-        "resnet50", "caffe",
+        lambda: keras.Sequential(
+            [backbone("ResNet50", (64, 64, 3), pooling="avg"), keras.layers.Dense(5, name="scores")]
+        ),
+        "resnet50",
+        "caffe",
     ),
 }
 
@@ -126,8 +140,14 @@ def jpeg(seed: int, size: int) -> bytes:
     """A smooth colour JPEG (gradients plus noise): every channel differs, so channel order matters."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, size, dtype=np.float32)
-    base = np.stack([np.add.outer(ramp, ramp) * 120, np.add.outer(ramp, 1 - ramp) * 90 + 40,
-                     np.add.outer(1 - ramp, ramp) * 60 + 100], axis=-1)
+    base = np.stack(
+        [
+            np.add.outer(ramp, ramp) * 120,
+            np.add.outer(ramp, 1 - ramp) * 90 + 40,
+            np.add.outer(1 - ramp, ramp) * 60 + 100,
+        ],
+        axis=-1,
+    )
     pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=92)

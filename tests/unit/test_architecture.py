@@ -16,8 +16,16 @@ SERVICE = REPO / "service"
 ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 
 MANAGER_NEVER_IMPORTS = (
-    "service.app", "service.builder", "service.loader", "service.runner", "service.batching",
-    "service.sandbox", "service.security", "service.custom_objects", "service.dataplane", "service.api",
+    "service.app",
+    "service.builder",
+    "service.loader",
+    "service.runner",
+    "service.batching",
+    "service.sandbox",
+    "service.security",
+    "service.custom_objects",
+    "service.dataplane",
+    "service.api",
     "service.protocols",
 )
 """What the manager must not know: it receives its builder and is fed by the watcher; it builds nothing."""
@@ -47,7 +55,9 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
                 source = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 source = node.module or ""
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -74,7 +84,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return [*path[path.index(target):], target]
+                return [*path[path.index(target) :], target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -108,7 +118,8 @@ def test_service_has_no_import_cycle() -> None:
 
 def test_api_and_protocols_never_import_the_manager() -> None:
     offenders = sorted(
-        name for name, targets in import_graph().items()
+        name
+        for name, targets in import_graph().items()
         if name.startswith(("service.api", "service.protocols")) and "service.manager" in targets
     )
 
@@ -126,7 +137,9 @@ def test_only_the_composition_root_is_imported_by_no_one_in_service() -> None:
     importers_of_app = sorted(name for name, targets in graph.items() if "service.app" in targets)
 
     assert importers_of_app == []
-    assert {"service.builder", "service.manager", "service.repository", "service.dataplane", "service.api"} <= graph["service.app"]
+    assert {"service.builder", "service.manager", "service.repository", "service.dataplane", "service.api"} <= graph[
+        "service.app"
+    ]
 
 
 TF_FREE = ("service.formats", "service.keras_config")
@@ -147,7 +160,9 @@ def third_party_imports(path: Path) -> set[str]:
 def test_config_reading_modules_never_import_tensorflow_or_keras() -> None:
     modules = service_modules()
 
-    offenders = {name: sorted(third_party_imports(modules[name]) & {"tensorflow", "keras", "tf_keras"}) for name in TF_FREE}
+    offenders = {
+        name: sorted(third_party_imports(modules[name]) & {"tensorflow", "keras", "tf_keras"}) for name in TF_FREE
+    }
 
     assert offenders == {name: [] for name in TF_FREE}
 
@@ -163,7 +178,8 @@ def documented_imports() -> dict[str, set[str]]:
         module = "service" if shown == "__init__" else "service." + shown.replace("/", ".")
         table[module] = {
             "service" if name == "service" else "service." + name.replace("/", ".")
-            for name in (n.strip() for n in cells[2].split(",")) if name and name != "-"
+            for name in (n.strip() for n in cells[2].split(","))
+            if name and name != "-"
         }
     return table
 
@@ -172,6 +188,9 @@ def test_architecture_doc_lists_every_module_with_what_it_imports() -> None:
     documented, actual = documented_imports(), import_graph()
 
     assert sorted(documented) == sorted(actual)
-    wrong = {name: {"doc": sorted(documented[name]), "code": sorted(actual[name])}
-             for name in actual if documented[name] != actual[name]}
+    wrong = {
+        name: {"doc": sorted(documented[name]), "code": sorted(actual[name])}
+        for name in actual
+        if documented[name] != actual[name]
+    }
     assert wrong == {}

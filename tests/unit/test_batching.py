@@ -65,10 +65,21 @@ def metric(name: str, model: str = SID.name) -> float:
 def make_batcher() -> Iterator:
     made: list[Batcher] = []
 
-    def factory(run, *, max_batch_size: int = 8, batch_timeout_ms: float = 5.0, max_enqueued_batches: int = 4,
-                servable_id: ServableId = SID) -> Batcher:
-        batcher = Batcher(servable_id, run, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
-                          max_enqueued_batches=max_enqueued_batches)
+    def factory(
+        run,
+        *,
+        max_batch_size: int = 8,
+        batch_timeout_ms: float = 5.0,
+        max_enqueued_batches: int = 4,
+        servable_id: ServableId = SID,
+    ) -> Batcher:
+        batcher = Batcher(
+            servable_id,
+            run,
+            max_batch_size=max_batch_size,
+            batch_timeout_ms=batch_timeout_ms,
+            max_enqueued_batches=max_enqueued_batches,
+        )
         made.append(batcher)
         return batcher
 
@@ -165,8 +176,9 @@ def test_with_timeout_zero_a_lone_request_does_not_wait(make_batcher) -> None:
 
 def test_a_full_queue_raises_overloaded_and_counts_it(make_batcher) -> None:
     run = Recorder(gate=True)
-    batcher = make_batcher(run, max_batch_size=2, batch_timeout_ms=0, max_enqueued_batches=2,
-                           servable_id=ServableId("overload", 1))
+    batcher = make_batcher(
+        run, max_batch_size=2, batch_timeout_ms=0, max_enqueued_batches=2, servable_id=ServableId("overload", 1)
+    )
     running = batcher.submit({"x": rows(0, 1)})
     assert run.started.wait(10)
     queued = [batcher.submit({"x": rows(1, 2)}), batcher.submit({"x": rows(3, 1)}), batcher.submit({"x": rows(4, 1)})]
@@ -268,7 +280,9 @@ def test_a_memory_error_kills_the_batch_loop_which_restarts_logs_and_counts_it(m
     assert metric("kerasserve_batcher_restarts_total", "hungry") == restarts + 1
     # The thread kept going: the next requests are answered, and the batcher reports no problem.
     for i in range(3):
-        np.testing.assert_array_equal(batcher.submit({"x": rows(i, 2)}).result(timeout=10)["y"], expected(rows(i, 2))["y"])
+        np.testing.assert_array_equal(
+            batcher.submit({"x": rows(i, 2)}).result(timeout=10)["y"], expected(rows(i, 2))["y"]
+        )
     assert batcher.health() == ""
     assert "batcher-hungry:1" in {t.name for t in threading.enumerate()}
 
@@ -277,8 +291,15 @@ def test_a_batch_loop_that_keeps_dying_gives_up_and_reports_it(make_batcher) -> 
     from service.errors import InferenceError
 
     run = MemoryHungry()
-    batcher = Batcher(ServableId("doomed", 1), run, max_batch_size=8, batch_timeout_ms=0, max_enqueued_batches=4,
-                      max_restarts=2, restart_window_s=60)
+    batcher = Batcher(
+        ServableId("doomed", 1),
+        run,
+        max_batch_size=8,
+        batch_timeout_ms=0,
+        max_enqueued_batches=4,
+        max_restarts=2,
+        restart_window_s=60,
+    )
     try:
         restarts = metric("kerasserve_batcher_restarts_total", "doomed")
         for _ in range(2):
@@ -307,8 +328,15 @@ def test_requests_queued_when_the_loop_gives_up_fail_with_model_not_ready(make_b
         np.zeros(2**62, dtype=np.uint8)
         return expected(inputs["x"])
 
-    batcher = Batcher(ServableId("giveup", 1), run, max_batch_size=2, batch_timeout_ms=0, max_enqueued_batches=4,
-                      max_restarts=0, restart_window_s=60)
+    batcher = Batcher(
+        ServableId("giveup", 1),
+        run,
+        max_batch_size=2,
+        batch_timeout_ms=0,
+        max_enqueued_batches=4,
+        max_restarts=0,
+        restart_window_s=60,
+    )
     try:
         first = batcher.submit({"x": rows(0, 1)})
         assert started.wait(10)
@@ -336,8 +364,13 @@ def test_requests_with_different_row_shapes_or_dtypes_run_in_separate_batches(ma
     batcher = make_batcher(run, max_batch_size=16, batch_timeout_ms=0)
     batcher.submit({"x": rows(0, 1)})
     assert started.wait(10)
-    inputs = [rows(1, 2, width=3), rows(3, 1, width=5), rows(4, 1, width=3), rows(5, 2, width=5),
-              rows(7, 1, width=3).astype(np.float64)]
+    inputs = [
+        rows(1, 2, width=3),
+        rows(3, 1, width=5),
+        rows(4, 1, width=3),
+        rows(5, 2, width=5),
+        rows(7, 1, width=3).astype(np.float64),
+    ]
     futures = [batcher.submit({"x": x}) for x in inputs]
     gate.set()
     for x, future in zip(inputs, futures):
@@ -380,6 +413,7 @@ def test_close_runs_queued_requests_refuses_new_ones_stops_the_thread_and_can_be
         except ModelNotReady:
             return True
         return False
+
     wait_until(refused, timeout_s=10)
     run.gate.set()
     closer.join(10)
@@ -424,17 +458,20 @@ def test_batched_results_of_a_real_keras_model_equal_its_unbatched_results(make_
     from service.settings import Settings
 
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(6, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(4),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
     model.save(tmp_path / "tiny.keras")
     loaded = Loader(CustomObjectRegistry(), Settings(models_dir=tmp_path)).load(tmp_path / "tiny.keras")
     try:
-        runner = InferenceRunner(loaded, loaded.default_signature, device="/CPU:0",
-                                 allowed_batch_sizes=default_allowed_batch_sizes(16))
+        runner = InferenceRunner(
+            loaded, loaded.default_signature, device="/CPU:0", allowed_batch_sizes=default_allowed_batch_sizes(16)
+        )
         runner.warm_up()
         input_name = loaded.signature.inputs[0].name
         output_name = loaded.signature.outputs[0].name
@@ -479,21 +516,28 @@ def test_one_out_of_range_embedding_index_fails_only_its_request_in_a_batch_of_a
     from service.settings import Settings
 
     keras.utils.set_random_seed(7)
-    model = keras.Sequential([
-        keras.Input((3,), dtype="int32"),
-        keras.layers.Embedding(5, 2),  # indices 0..4
-        keras.layers.Flatten(),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(5, 2),  # indices 0..4
+            keras.layers.Flatten(),
+        ]
+    )
     model.save(tmp_path / "embedding.keras")
     loaded = Loader(CustomObjectRegistry(), Settings(models_dir=tmp_path)).load(tmp_path / "embedding.keras")
     try:
-        runner = InferenceRunner(loaded, loaded.default_signature, device="/CPU:0",
-                                 allowed_batch_sizes=default_allowed_batch_sizes(16))
+        runner = InferenceRunner(
+            loaded, loaded.default_signature, device="/CPU:0", allowed_batch_sizes=default_allowed_batch_sizes(16)
+        )
         runner.warm_up()
         input_name = loaded.signature.inputs[0].name
         output_name = loaded.signature.outputs[0].name
-        good = [np.array([[0, 1, 2]]), np.array([[4, 3, 2], [1, 1, 1]]), np.array([[2, 2, 0]]),
-                np.array([[3, 0, 4], [0, 0, 0], [4, 4, 4]])]
+        good = [
+            np.array([[0, 1, 2]]),
+            np.array([[4, 3, 2], [1, 1, 1]]),
+            np.array([[2, 2, 0]]),
+            np.array([[3, 0, 4], [0, 0, 0], [4, 4, 4]]),
+        ]
         bad = np.array([[1, 2, 3], [0, 7, 1]])  # row 1 of this request holds index 7
         alone = [runner.run({input_name: x})[output_name] for x in good]
 

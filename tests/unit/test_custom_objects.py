@@ -12,7 +12,7 @@ from service.model_config import ModelConfig
 from service.settings import Settings
 
 TRAINING_MODULE = textwrap.dedent(
-    '''
+    """
     import math as _m
     import keras
     import tensorflow as tf
@@ -48,7 +48,7 @@ TRAINING_MODULE = textwrap.dedent(
 
     register_globals(SCALE=0.5)
     register_lambda("lambda_1", lambda x: x * 2)
-    '''
+    """
 )
 
 
@@ -93,7 +93,11 @@ def test_default_lambda_globals(tmp_path: Path) -> None:
 def test_plugin_with_syntax_error_or_exception_is_recorded_not_raised(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path,
-        {"a_broken.py": "def oops(:\n", "b_raises.py": "x = 1\nraise RuntimeError('no GPU here')\n", "c_good.py": "GOOD = 1\n"},
+        {
+            "a_broken.py": "def oops(:\n",
+            "b_raises.py": "x = 1\nraise RuntimeError('no GPU here')\n",
+            "c_good.py": "GOOD = 1\n",
+        },
     )
     registry = CustomObjectRegistry.from_plugins(settings)
     assert set(registry.plugin_errors) == {"a_broken.py", "b_raises.py"}
@@ -102,7 +106,9 @@ def test_plugin_with_syntax_error_or_exception_is_recorded_not_raised(tmp_path: 
     assert registry.lambda_globals()["GOOD"] == 1
 
 
-def test_model_plugins_setting_imports_modules_and_replays_their_registrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_plugins_setting_imports_modules_and_replays_their_registrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "src" / "acme_plugins"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -150,7 +156,9 @@ def test_for_model_applies_one_models_globals_lambdas_and_plugin_files(tmp_path:
         plugins=("extra.py",),
     )
     per_model = registry.for_model(config, [model_dir])
-    assert per_model.lambda_globals()["H"] == 224 and registry.lambda_globals()["H"] == 64  # the shared one is untouched
+    assert (
+        per_model.lambda_globals()["H"] == 224 and registry.lambda_globals()["H"] == 64
+    )  # the shared one is untouched
     assert per_model.lambda_replacement("lambda_2")(4) == 8
     assert per_model.lambda_replacement("lambda_3")(9) == 3
     assert per_model.lambda_replacement("lambda_1")(1) == 2  # inherited

@@ -58,6 +58,7 @@ def png(pixels: list[list[int]]) -> bytes:
 
 # --- predict --------------------------------------------------------------------------------------
 
+
 def test_predict_runs_the_rows_and_names_the_version_that_answered(dataplane: DataPlane) -> None:
     response = dataplane.predict(PredictRequest(latest("double"), {"x": np.array([[1, 2], [3, 4]])}))
 
@@ -73,7 +74,9 @@ def test_predict_decodes_images_for_the_image_input(dataplane: DataPlane) -> Non
 
     response = dataplane.predict(PredictRequest(latest("digits"), images=images))
 
-    np.testing.assert_array_equal(response.outputs["probs"], np.array([[0.75, 0.25, 0.0], [0.25, 0.75, 0.0]], np.float32))
+    np.testing.assert_array_equal(
+        response.outputs["probs"], np.array([[0.75, 0.25, 0.0], [0.25, 0.75, 0.0]], np.float32)
+    )
     assert response.labels == ("cat", "dog", "bird")
 
 
@@ -135,8 +138,11 @@ def test_a_model_that_does_not_answer_in_time_is_overloaded(tmp_path: Path) -> N
 
 # --- predict_classes and tf.Example calls ------------------------------------------------------------
 
+
 def test_predict_classes_gives_the_best_class_its_label_and_the_top_k(dataplane: DataPlane) -> None:
-    response = dataplane.predict_classes(PredictRequest(latest("digits"), images=(png([[0, 255], [255, 255]]),)), top_k=2)
+    response = dataplane.predict_classes(
+        PredictRequest(latest("digits"), images=(png([[0, 255], [255, 255]]),)), top_k=2
+    )
 
     assert response.servable_id == ServableId("digits", 1)
     (scores,) = response.classes.values()
@@ -176,12 +182,17 @@ def test_an_example_without_the_models_input_is_refused(dataplane: DataPlane) ->
 
 # --- metadata, status, readiness ------------------------------------------------------------------
 
+
 def test_metadata_of_the_serving_version(dataplane: DataPlane) -> None:
     metadata = dataplane.metadata(latest("digits"))
 
     assert metadata.servable_id == ServableId("digits", 1)
     assert dict(metadata.signatures) == {"serving_default": PIXEL_MEAN.signature}
-    assert (metadata.default_signature, metadata.labels, metadata.device) == ("serving_default", ("cat", "dog", "bird"), "/CPU:0")
+    assert (metadata.default_signature, metadata.labels, metadata.device) == (
+        "serving_default",
+        ("cat", "dog", "bird"),
+        "/CPU:0",
+    )
 
 
 def test_model_status_shows_states_and_load_errors(dataplane: DataPlane) -> None:
@@ -189,7 +200,9 @@ def test_model_status_shows_states_and_load_errors(dataplane: DataPlane) -> None
     double = dataplane.model_status("double")
 
     assert isinstance(broken, ModelStatus)
-    assert [(v.version, v.state, v.error) for v in broken.versions] == [(1, ServableState.END, "'broken.h5' is truncated or corrupt")]
+    assert [(v.version, v.state, v.error) for v in broken.versions] == [
+        (1, ServableState.END, "'broken.h5' is truncated or corrupt")
+    ]
     assert [(v.version, v.state, v.error) for v in double.versions] == [(1, ServableState.AVAILABLE, "")]
     assert [s.name for s in dataplane.model_statuses()] == ["broken", "digits", "double", "failing", "half", "sum"]
     with pytest.raises(ModelNotFound, match=r"^model 'nope' does not exist$"):

@@ -33,7 +33,9 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """name -> (path, in-process model)."""
     folder = tmp_path_factory.mktemp("extra_outputs")
     keras.utils.set_random_seed(5)
-    wrapper = keras.Sequential([keras.Input((8, 8, 3)), backbone(), keras.layers.Dense(3, name="scores")], name="wrapper")
+    wrapper = keras.Sequential(
+        [keras.Input((8, 8, 3)), backbone(), keras.layers.Dense(3, name="scores")], name="wrapper"
+    )
     # Two levels: outer -> middle (a Sequential) -> backbone.
     middle = keras.Sequential([keras.Input((8, 8, 3)), backbone(), keras.layers.Dense(5, name="embed")], name="middle")
     deep_in = keras.Input((8, 8, 3), name="pixels")
@@ -66,7 +68,10 @@ def test_nested_layer_and_nested_model_outputs_come_after_the_models_own(saved: 
     loaded = loader.load(path, ModelConfig(extra_outputs=("backbone/avg_pool", "backbone/conv1", "backbone")))
     signature = loaded.signature
     assert [(t.name, t.shape) for t in signature.outputs] == [
-        ("scores", (None, 3)), ("backbone/avg_pool", (None, 6)), ("backbone/conv1", (None, 6, 6, 4)), ("backbone", (None, 6)),
+        ("scores", (None, 3)),
+        ("backbone/avg_pool", (None, 6)),
+        ("backbone/conv1", (None, 6, 6, 4)),
+        ("backbone", (None, 6)),
     ]
     x = rows((8, 8, 3))
     out = loaded.call("serving_default", {signature.inputs[0].name: x})
@@ -103,14 +108,19 @@ def test_a_direct_layer_of_a_two_input_model(saved: dict, loader: Loader) -> Non
     np.testing.assert_allclose(out["out"], model([a, b]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("backbone/avgpool", "no layer 'backbone/avgpool'; close names: 'backbone/avg_pool'"),
-    ("scorez", "no layer 'scorez'; close names: 'scores'"),
-    ("nothing_like_it", "its layers are: 'backbone', 'scores'"),
-    ("scores/kernel", "'scores' is a Dense layer, not a model"),
-    ("scores", "'scores' is already an output of the model"),
-])
-def test_a_name_that_cannot_be_served_fails_the_version_saying_why(saved: dict, loader: Loader, name: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("backbone/avgpool", "no layer 'backbone/avgpool'; close names: 'backbone/avg_pool'"),
+        ("scorez", "no layer 'scorez'; close names: 'scores'"),
+        ("nothing_like_it", "its layers are: 'backbone', 'scores'"),
+        ("scores/kernel", "'scores' is a Dense layer, not a model"),
+        ("scores", "'scores' is already an output of the model"),
+    ],
+)
+def test_a_name_that_cannot_be_served_fails_the_version_saying_why(
+    saved: dict, loader: Loader, name: str, reason: str
+) -> None:
     path, _ = saved["wrapper"]
     with pytest.raises(ModelLoadError, match="extra_outputs") as failure:
         loader.load(path, ModelConfig(extra_outputs=(name,)))
@@ -131,7 +141,11 @@ def test_a_saved_model_cannot_serve_layer_outputs(saved: dict, loader: Loader, t
 
 
 def test_config_refuses_empty_malformed_or_repeated_names(tmp_path: Path) -> None:
-    for listed, reason in (('["a", "a"]', "listed twice"), ('["a/"]', "not a layer name"), ('[""]', "not a layer name")):
+    for listed, reason in (
+        ('["a", "a"]', "listed twice"),
+        ('["a/"]', "not a layer name"),
+        ('[""]', "not a layer name"),
+    ):
         path = tmp_path / "m.yaml"
         path.write_text(f"extra_outputs: {listed}\n")
         with pytest.raises(ModelConfigError, match=reason):

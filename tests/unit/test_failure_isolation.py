@@ -36,7 +36,9 @@ def _lookup(inputs: Arrays) -> dict[str, np.ndarray]:
     bad = np.argwhere((x < 0) | (x > 9))
     if len(bad):
         row, column = bad[0]
-        raise InvalidInput(f"the model rejected the input: indices[{row},{column}] = {x[row, column]:g} is not in [0, 10)")
+        raise InvalidInput(
+            f"the model rejected the input: indices[{row},{column}] = {x[row, column]:g} is not in [0, 10)"
+        )
     return {"y": x * 10}
 
 
@@ -55,12 +57,20 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
     def make(batch_timeout_ms: float) -> Flask:
         models_dir = tmp_path / "models"
         models_dir.mkdir()
-        models = {"lookup": FakeModel(DOUBLE.signature, _lookup), "hungry": FakeModel(DOUBLE.signature, _hungry),
-                  "double": DOUBLE}
+        models = {
+            "lookup": FakeModel(DOUBLE.signature, _lookup),
+            "hungry": FakeModel(DOUBLE.signature, _hungry),
+            "double": DOUBLE,
+        }
         for name in models:
             (models_dir / f"{name}.h5").write_text("a fake model file")
-        settings = Settings(models_dir=models_dir, settle_s=0, poll_interval_s=60, max_batch_size=ROWS_PER_BATCH,
-                            batch_timeout_ms=batch_timeout_ms)
+        settings = Settings(
+            models_dir=models_dir,
+            settle_s=0,
+            poll_interval_s=60,
+            max_batch_size=ROWS_PER_BATCH,
+            batch_timeout_ms=batch_timeout_ms,
+        )
         app = create_app(settings, builder=FakeBuilder(models, settings))
         apps.append(app)
         client = app.test_client()
@@ -127,7 +137,10 @@ def test_a_batch_thread_that_dies_is_restarted_then_reported_not_ready_when_it_k
     assert ready.status_code == 503
     body = ready.get_json()
     assert body["models"] == {"double": True, "hungry": False, "lookup": True}
-    assert "hungry:1: the batch thread of hungry:1 stopped: it died 4 times within 60s (last: MemoryError)" in body["error"]
+    assert (
+        "hungry:1: the batch thread of hungry:1 stopped: it died 4 times within 60s (last: MemoryError)"
+        in body["error"]
+    )
     response = client.post("/models/hungry/predict", json={"instances": [[1, 2]]})
     assert response.status_code == 503 and "stopped serving" in response.get_json()["error"]
     assert metric(app, "kerasserve_batcher_restarts_total", "hungry") == restarts + 4

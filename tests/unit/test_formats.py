@@ -86,7 +86,11 @@ def test_architecture_json_named_config_pairs_with_weights_named_weights(tmp_pat
     _architecture(tmp_path / "lstm_config.json")
     _hdf5_weights(tmp_path / "lstm_weights.h5")
     detected = detect_format(tmp_path)
-    assert (detected.format, detected.path.name, detected.weights.name) == (ModelFormat.JSON_WEIGHTS, "lstm_config.json", "lstm_weights.h5")
+    assert (detected.format, detected.path.name, detected.weights.name) == (
+        ModelFormat.JSON_WEIGHTS,
+        "lstm_config.json",
+        "lstm_weights.h5",
+    )
 
 
 def test_folder_with_one_model_file_and_side_files_detects_the_model(tmp_path: Path) -> None:

@@ -28,7 +28,9 @@ from service.protocols import kserve_v2, native, tfserving
 from service.servable import ServableRequest
 from tests.unit.test_api import make_app
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 TARGET = ServableRequest.latest("m")
 
 # --- strategies ------------------------------------------------------------------------------------
@@ -37,7 +39,9 @@ NOT_DECIMAL_DIGITS = "".join(c for c in map(chr, range(0x3000)) if c.isdigit() a
 UNICODE_DIGIT = st.one_of(st.sampled_from(NOT_DECIMAL_DIGITS), st.characters(categories=["Nd", "No", "Nl"]))
 """Digits of every script ('١', '３'), superscripts ('²'), fractions, Roman numerals."""
 DIGITS = st.text(st.one_of(st.sampled_from("0123456789"), UNICODE_DIGIT), min_size=1, max_size=4)
-NUMBER_TEXT = st.one_of(DIGITS, st.text(st.one_of(UNICODE_DIGIT, st.sampled_from("0123456789+-_ .eE\t")), min_size=1, max_size=24))
+NUMBER_TEXT = st.one_of(
+    DIGITS, st.text(st.one_of(UNICODE_DIGIT, st.sampled_from("0123456789+-_ .eE\t")), min_size=1, max_size=24)
+)
 SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
 TEXT = st.text(st.one_of(st.characters(), SURROGATE, UNICODE_DIGIT), max_size=8)
 """Strings that may hold lone surrogates (JSON spells them `\\ud800`) and digits of any script."""
@@ -52,10 +56,17 @@ SHAPE = st.one_of(
     st.lists(DIMENSION, min_size=30, max_size=70),
 )
 LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), TEXT, st.fixed_dictionaries({"b64": TEXT}),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    TEXT,
+    st.fixed_dictionaries({"b64": TEXT}),
 )
 JSON = st.recursive(
-    LEAF, lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=3), max_leaves=25,
+    LEAF,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=3),
+    max_leaves=25,
 )
 
 
@@ -70,7 +81,9 @@ def deeply_nested(draw: st.DrawFn) -> object:
     return value
 
 
-STRINGS = st.lists(st.lists(TEXT, min_size=2, max_size=2), min_size=1, max_size=2) | st.lists(TEXT, min_size=1, max_size=3)
+STRINGS = st.lists(st.lists(TEXT, min_size=2, max_size=2), min_size=1, max_size=2) | st.lists(
+    TEXT, min_size=1, max_size=3
+)
 """String tensors: where a lone surrogate reaches an encoder."""
 VALUES = st.one_of(JSON, STRINGS, deeply_nested())
 
@@ -92,7 +105,9 @@ def kserve_entries(draw: st.DrawFn) -> dict:
     entry: dict = {
         "name": draw(st.one_of(TEXT, st.just("x"))),
         "shape": draw(st.one_of(st.sampled_from([[1], [1, 2], [2]]), SHAPE, JSON)),
-        "datatype": draw(st.one_of(st.sampled_from(["BYTES", "FP32"]), st.sampled_from(list(kserve_v2.V2_TO_NUMPY)), JSON)),
+        "datatype": draw(
+            st.one_of(st.sampled_from(["BYTES", "FP32"]), st.sampled_from(list(kserve_v2.V2_TO_NUMPY)), JSON)
+        ),
     }
     if draw(st.booleans()):
         entry["data"] = draw(VALUES)
@@ -125,7 +140,11 @@ def test_numbers_from_text_are_ascii_digits_only(text: str) -> None:
 
 
 @FUZZ
-@given(name=st.one_of(st.just("m"), TEXT), version=NUMBER_TEXT, verb=st.sampled_from([":predict", ":classify", "/metadata", ""]))
+@given(
+    name=st.one_of(st.just("m"), TEXT),
+    version=NUMBER_TEXT,
+    verb=st.sampled_from([":predict", ":classify", "/metadata", ""]),
+)
 def test_version_urls_parse_or_raise_a_client_error(name: str, version: str, verb: str) -> None:
     for path in (f"{name}/versions/{version}{verb}", f"{name}/labels/{version}{verb}"):
         target = assert_client_error(lambda: tfserving.parse_url(path, post=verb.startswith(":")))
@@ -149,7 +168,9 @@ def test_every_json_decoder_answers_a_value_or_a_client_error(value: object) -> 
     parsed = assert_client_error(lambda: protocols.parse_json_object(body({"inputs": value})))
     if parsed is not None:
         assert_client_error(lambda: tfserving.decode_predict_body(parsed, TARGET))  # type: ignore[arg-type]  # fuzzed values: any type on purpose
-    parsed = assert_client_error(lambda: protocols.parse_json_object(body({"examples": [{"x": value}], "context": {"c": value}})))
+    parsed = assert_client_error(
+        lambda: protocols.parse_json_object(body({"examples": [{"x": value}], "context": {"c": value}}))
+    )
     if parsed is not None:
         request = assert_client_error(lambda: tfserving.decode_examples(parsed, TARGET, "classify"))  # type: ignore[arg-type]  # fuzzed values: any type on purpose
         if request is not None:
@@ -191,21 +212,35 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
 
 
 ROUTES = (
-    "/models/{name}/predict", "/models/{name}/versions/{version}/predict_classes",
-    "/v1/models/{name}/versions/{version}:predict", "/v1/models/{name}:classify", "/v1/models/{name}:regress",
-    "/v2/models/{name}/versions/{version}/infer", "/v2/models/{name}/infer",
+    "/models/{name}/predict",
+    "/models/{name}/versions/{version}/predict_classes",
+    "/v1/models/{name}/versions/{version}:predict",
+    "/v1/models/{name}:classify",
+    "/v1/models/{name}:regress",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/v2/models/{name}/infer",
 )
 
 
 @FUZZ
-@given(route=st.sampled_from(ROUTES), name=st.sampled_from(["double", "digits", "sum", "madeup"]), version=NUMBER_TEXT,
-       value=st.one_of(VALUES, st.lists(kserve_entries(), min_size=1, max_size=1)),
-       key=st.sampled_from(["instances", "inputs", "examples"]))
-def test_no_route_answers_5xx_to_these_bodies(client: FlaskClient, route: str, name: str, version: str, value: object, key: str) -> None:
+@given(
+    route=st.sampled_from(ROUTES),
+    name=st.sampled_from(["double", "digits", "sum", "madeup"]),
+    version=NUMBER_TEXT,
+    value=st.one_of(VALUES, st.lists(kserve_entries(), min_size=1, max_size=1)),
+    key=st.sampled_from(["instances", "inputs", "examples"]),
+)
+def test_no_route_answers_5xx_to_these_bodies(
+    client: FlaskClient, route: str, name: str, version: str, value: object, key: str
+) -> None:
     url = route.format(name=name, version=version)
     payload = {key: value} if key != "examples" else {key: [{"x": value, "image": value}]}
-    response = client.post(url, data=body(payload), content_type="application/json",
-                           query_string=MultiDict([("top_k", version), ("threshold", version)]))
+    response = client.post(
+        url,
+        data=body(payload),
+        content_type="application/json",
+        query_string=MultiDict([("top_k", version), ("threshold", version)]),
+    )
     assert response.status_code < 500, (url, response.get_data(as_text=True)[:300])
     if response.status_code >= 400:
         assert list(response.get_json()) == ["error"]

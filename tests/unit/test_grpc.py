@@ -50,18 +50,21 @@ def test_grpc_table_lists_the_same_error_classes_as_the_http_table() -> None:
     assert set(grpc_errors.GRPC_STATUS) == set(HTTP_STATUS)
 
 
-@pytest.mark.parametrize("error, code", [
-    (errors.InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.InvalidTensor("x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.ModelNotFound("m"), grpc.StatusCode.NOT_FOUND),
-    (errors.ModelNotReady("m"), grpc.StatusCode.UNAVAILABLE),
-    (errors.Overloaded("x"), grpc.StatusCode.UNAVAILABLE),
-    (errors.PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
-    (errors.InferenceError("x"), grpc.StatusCode.INTERNAL),
-    (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
-    (errors.ServingError("x"), grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (errors.InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidTensor("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.ModelNotFound("m"), grpc.StatusCode.NOT_FOUND),
+        (errors.ModelNotReady("m"), grpc.StatusCode.UNAVAILABLE),
+        (errors.Overloaded("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.InferenceError("x"), grpc.StatusCode.INTERNAL),
+        (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
+        (errors.ServingError("x"), grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_each_error_maps_to_its_status_code(error: errors.ServingError, code: grpc.StatusCode) -> None:
     assert grpc_errors.status_for(error) == code
 
@@ -74,11 +77,21 @@ def test_a_bare_inference_error_gets_rests_generic_message() -> None:
 # --- TensorProto conversion, against TensorFlow's own ---------------------------------------------
 
 
-@pytest.mark.parametrize("values, dtype", [
-    ([[1.5, -2.0], [3.0, 4.25]], tf.float32), ([1.0, 2.0], tf.float64), ([1, -2, 3], tf.int32),
-    ([1, 2], tf.int64), ([7, 255], tf.uint8), ([-3, 4], tf.int8), ([True, False], tf.bool),
-    ([0.5, 1.5], tf.float16), ([[b"a", b"bc"]], tf.string), ([40000], tf.uint16),
-])
+@pytest.mark.parametrize(
+    "values, dtype",
+    [
+        ([[1.5, -2.0], [3.0, 4.25]], tf.float32),
+        ([1.0, 2.0], tf.float64),
+        ([1, -2, 3], tf.int32),
+        ([1, 2], tf.int64),
+        ([7, 255], tf.uint8),
+        ([-3, 4], tf.int8),
+        ([True, False], tf.bool),
+        ([0.5, 1.5], tf.float16),
+        ([[b"a", b"bc"]], tf.string),
+        ([40000], tf.uint16),
+    ],
+)
 def test_tensor_to_array_reads_what_make_tensor_proto_writes(values: list, dtype: tf.DType) -> None:
     proto = tf.make_tensor_proto(values, dtype=dtype)
     array = tfserving_grpc.tensor_to_array("x", proto, max_bytes=MAX_BYTES)
@@ -86,11 +99,19 @@ def test_tensor_to_array_reads_what_make_tensor_proto_writes(values: list, dtype
     assert array.shape == expected.shape and array.tolist() == expected.tolist()
 
 
-@pytest.mark.parametrize("array", [
-    np.array([[1.5, 2.5]], np.float32), np.array([1.0], np.float64), np.array([[1, 2, 3]], np.int32),
-    np.array([5], np.int64), np.array([True]), np.array([0.25], np.float16), np.array([9], np.uint8),
-    np.array([b"x", b"yz"], dtype=object),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[1.5, 2.5]], np.float32),
+        np.array([1.0], np.float64),
+        np.array([[1, 2, 3]], np.int32),
+        np.array([5], np.int64),
+        np.array([True]),
+        np.array([0.25], np.float16),
+        np.array([9], np.uint8),
+        np.array([b"x", b"yz"], dtype=object),
+    ],
+)
 def test_array_to_tensor_is_read_back_by_make_ndarray(array: np.ndarray) -> None:
     proto = tfserving_grpc.array_to_tensor("y", array)
     assert tf.make_ndarray(proto).tolist() == array.tolist()
@@ -179,12 +200,15 @@ def _classification(request: service_pb2.ModelInferRequest) -> None:
     request.outputs.add(name="y").parameters["classification"].int64_param = 2
 
 
-@pytest.mark.parametrize("build, error, message", [
-    (_too_few_values, errors.InvalidTensor, "shape [1, 3] needs 3 values, got 1"),
-    (_raw_too_short, errors.InvalidTensor, "5 bytes do not hold 3 FP32 values"),
-    (_raw_entry_per_input, errors.InvalidInput, "raw_input_contents holds 2 entries for 1 inputs"),
-    (_classification, errors.InvalidInput, "classification extension is not available over gRPC"),
-])
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (_too_few_values, errors.InvalidTensor, "shape [1, 3] needs 3 values, got 1"),
+        (_raw_too_short, errors.InvalidTensor, "5 bytes do not hold 3 FP32 values"),
+        (_raw_entry_per_input, errors.InvalidInput, "raw_input_contents holds 2 entries for 1 inputs"),
+        (_classification, errors.InvalidInput, "classification extension is not available over gRPC"),
+    ],
+)
 def test_v2_decoding_errors(build, error: type[Exception], message: str) -> None:
     request = infer_request(datatype="FP32", shape=[1, 3])
     build(request)
@@ -239,7 +263,9 @@ def start(models_dir: Path, *, gate: threading.Event | None = None, **options):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    app, server, channel = start(tmp_path_factory.mktemp("grpc") / "models", auth_token=TOKEN, max_request_bytes=64 * 1024)
+    app, server, channel = start(
+        tmp_path_factory.mktemp("grpc") / "models", auth_token=TOKEN, max_request_bytes=64 * 1024
+    )
     yield Served(app.test_client(), channel)
     channel.close()
     server.wait_stopped(5)
@@ -262,10 +288,13 @@ def test_no_grpc_server_when_grpc_port_is_zero(tmp_path: Path) -> None:
 
 def test_predict_answers_the_rest_values(served: Served) -> None:
     response, call = served.predict.Predict.with_call(
-        double_request([[1.0, 2.0], [3.0, 4.5]]), metadata=(*AUTH, ("x-request-id", "abc-1")), timeout=10)
+        double_request([[1.0, 2.0], [3.0, 4.5]]), metadata=(*AUTH, ("x-request-id", "abc-1")), timeout=10
+    )
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [[2.0, 4.0], [6.0, 9.0]]
     assert (response.model_spec.name, response.model_spec.version.value) == ("double", 1)
-    rest = served.client.post("/v1/models/double:predict", json={"inputs": {"x": [[1.0, 2.0], [3.0, 4.5]]}}, headers=BEARER)
+    rest = served.client.post(
+        "/v1/models/double:predict", json={"inputs": {"x": [[1.0, 2.0], [3.0, 4.5]]}}, headers=BEARER
+    )
     assert rest.get_json() == {"outputs": tf.make_ndarray(response.outputs["y"]).tolist()}
     assert ("x-request-id", "abc-1") in call.initial_metadata()
 
@@ -278,24 +307,50 @@ def test_encoded_image_bytes_are_decoded_as_rests_b64_images(served: Served) -> 
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="digits"))
     request.inputs["image"].CopyFrom(tf.make_tensor_proto([THREE_QUARTERS_WHITE]))
     response = served.predict.Predict(request, metadata=AUTH, timeout=10)
-    rest = served.client.post("/v1/models/digits:predict", headers=BEARER,
-                              json={"instances": [{"b64": base64.b64encode(THREE_QUARTERS_WHITE).decode()}]})
+    rest = served.client.post(
+        "/v1/models/digits:predict",
+        headers=BEARER,
+        json={"instances": [{"b64": base64.b64encode(THREE_QUARTERS_WHITE).decode()}]},
+    )
     assert tf.make_ndarray(response.outputs["probs"]).tolist() == rest.get_json()["predictions"]
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["probs"]), [[0.75, 0.25, 0.0]])
 
 
-@pytest.mark.parametrize("request_, rest_path, rest_body, code", [
-    (double_request([[1.0, 2.0]], model="nope"), "/v1/models/nope:predict", {"inputs": {"x": [[1.0, 2.0]]}},
-     grpc.StatusCode.NOT_FOUND),
-    (double_request([[1.0, 2.0, 3.0]]), "/v1/models/double:predict", {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
-     grpc.StatusCode.INVALID_ARGUMENT),
-    (double_request([[1.0, 2.0]], model="broken"), "/v1/models/broken:predict", {"inputs": {"x": [[1.0, 2.0]]}},
-     grpc.StatusCode.UNAVAILABLE),
-    (double_request([[1.0, 2.0]], model="../etc"), "/v1/models/..%2Fetc:predict", {"inputs": {"x": [[1.0, 2.0]]}},
-     grpc.StatusCode.INVALID_ARGUMENT),
-])
+@pytest.mark.parametrize(
+    "request_, rest_path, rest_body, code",
+    [
+        (
+            double_request([[1.0, 2.0]], model="nope"),
+            "/v1/models/nope:predict",
+            {"inputs": {"x": [[1.0, 2.0]]}},
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            double_request([[1.0, 2.0, 3.0]]),
+            "/v1/models/double:predict",
+            {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            double_request([[1.0, 2.0]], model="broken"),
+            "/v1/models/broken:predict",
+            {"inputs": {"x": [[1.0, 2.0]]}},
+            grpc.StatusCode.UNAVAILABLE,
+        ),
+        (
+            double_request([[1.0, 2.0]], model="../etc"),
+            "/v1/models/..%2Fetc:predict",
+            {"inputs": {"x": [[1.0, 2.0]]}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+)
 def test_predict_errors_get_their_status_code_and_rests_message(
-    served: Served, request_: predict_pb2.PredictRequest, rest_path: str, rest_body: dict, code: grpc.StatusCode,
+    served: Served,
+    request_: predict_pb2.PredictRequest,
+    rest_path: str,
+    rest_body: dict,
+    code: grpc.StatusCode,
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         served.predict.Predict(request_, metadata=AUTH, timeout=10)
@@ -312,7 +367,9 @@ def test_garbage_image_bytes_are_invalid_argument_with_rests_message(served: Ser
     with pytest.raises(grpc.RpcError) as raised:
         served.predict.Predict(request, metadata=AUTH, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() == served.rest_error("/v1/models/digits:predict", {"instances": [{"b64": "bm90IGFuIGltYWdl"}]})
+    assert raised.value.details() == served.rest_error(
+        "/v1/models/digits:predict", {"instances": [{"b64": "bm90IGFuIGltYWdl"}]}
+    )
 
 
 def test_v2_infer_and_its_errors_match_rest(served: Served) -> None:
@@ -321,11 +378,18 @@ def test_v2_infer_and_its_errors_match_rest(served: Served) -> None:
     tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
     response = served.v2.ModelInfer(request, metadata=AUTH, timeout=10)
     assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [3.0, 7.0]
-    assert (response.model_name, response.model_version, response.id, list(response.outputs[0].shape)) == ("sum", "1", "r1", [2, 1])
+    assert (response.model_name, response.model_version, response.id, list(response.outputs[0].shape)) == (
+        "sum",
+        "1",
+        "r1",
+        [2, 1],
+    )
     tensor.shape[:] = [1, 4]
     with pytest.raises(grpc.RpcError) as raised:
         served.v2.ModelInfer(request, metadata=AUTH, timeout=10)
-    rest = served.rest_error("/v2/models/sum/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    rest = served.rest_error(
+        "/v2/models/sum/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    )
     assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, rest)
 
 
@@ -333,9 +397,16 @@ def test_without_the_token_calls_are_unauthenticated_with_rests_message_and_prob
     for metadata in ((), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.RpcError) as raised:
             served.predict.Predict(double_request([[1.0, 2.0]]), metadata=metadata, timeout=10)
-        rest = served.rest_error("/v1/models/double:predict", {"inputs": {"x": [[1.0, 2.0]]}}, headers=dict(metadata and [("Authorization", "Bearer wrong")]))
+        rest = served.rest_error(
+            "/v1/models/double:predict",
+            {"inputs": {"x": [[1.0, 2.0]]}},
+            headers=dict(metadata and [("Authorization", "Bearer wrong")]),
+        )
         assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, rest)
-    assert served.health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        served.health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     assert served.v2.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
     assert served.v2.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
 
@@ -366,12 +437,17 @@ def test_health_is_serving_exactly_when_readyz_is_200(tmp_path: Path) -> None:
     client = app.test_client()
     try:
         assert client.get("/readyz").status_code == 503
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         gate.set()
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=10)
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         server.begin_stop(5)  # Watch streams end with NOT_SERVING at once, so they do not hold the drain up
         assert [r.status for r in watch] == [health_pb2.HealthCheckResponse.NOT_SERVING]

@@ -23,14 +23,14 @@ from tests.unit.tutorial_models import BLOG_MODULE, import_blog
 
 REPO = Path(__file__).resolve().parents[2]
 MYSTERY = textwrap.dedent(
-    '''
+    """
     import keras
     from keras import ops
 
     class MysteryLayer(keras.layers.Layer):
         def call(self, x):
             return ops.cos(x)
-    '''
+    """
 )
 
 
@@ -65,14 +65,24 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for module in ("mystery_train", "blog_inspect"):
         sys.modules.pop(module, None)
     (root / "empty_models" / "plugins").mkdir(parents=True)
-    return {"root": root, "mystery": models / "mystery.h5", "plain": models / "plain.keras", "saved": saved, "empty": root / "empty_models"}
+    return {
+        "root": root,
+        "mystery": models / "mystery.h5",
+        "plain": models / "plain.keras",
+        "saved": saved,
+        "empty": root / "empty_models",
+    }
 
 
 def test_inspect_cli_names_a_missing_custom_layer_and_exits_non_zero(files: dict[str, Path]) -> None:
     env = {**os.environ, "MODELS_DIR": str(files["empty"]), "MODEL_PLUGINS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-m", "service", "inspect", str(files["mystery"]), str(files["plain"])],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "mystery.h5: FAILED" in done.stdout
@@ -81,7 +91,9 @@ def test_inspect_cli_names_a_missing_custom_layer_and_exits_non_zero(files: dict
     assert "plain.keras: OK" in done.stdout
 
 
-def test_inspect_reports_format_loader_signature_and_compile(files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_reports_format_loader_signature_and_compile(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELS_DIR", str(files["empty"]))
     assert main(["inspect", str(files["plain"]), "--json"]) == 0
     (report,) = json.loads(capsys.readouterr().out)
@@ -92,7 +104,9 @@ def test_inspect_reports_format_loader_signature_and_compile(files: dict[str, Pa
     assert report["missing"] == [] and report["compile_fallback"] is None
 
 
-def test_inspect_models_dir_option_supplies_the_plugins(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_models_dir_option_supplies_the_plugins(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELS_DIR", str(files["empty"]))
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "mystery.py").write_text(MYSTERY)
@@ -101,7 +115,9 @@ def test_inspect_models_dir_option_supplies_the_plugins(files: dict[str, Path], 
     assert "mystery.h5: OK" in out and "custom objects:  MysteryLayer" in out and "missing:         none" in out
 
 
-def test_inspect_of_a_saved_model_with_sidecar_loads_without_plugins(files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inspect_of_a_saved_model_with_sidecar_loads_without_plugins(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELS_DIR", str(files["empty"]))
     assert main(["inspect", str(files["saved"])]) == 0
     out = capsys.readouterr().out

@@ -50,7 +50,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     settings = Settings(models_dir=models_dir)
     registry = CustomObjectRegistry.from_plugins(settings)
     assert registry.plugin_errors == {}
-    return {"built": built, "loader": Loader(registry, settings), "saved": tmp_path_factory.mktemp("saved"), "settings": settings}
+    return {
+        "built": built,
+        "loader": Loader(registry, settings),
+        "saved": tmp_path_factory.mktemp("saved"),
+        "settings": settings,
+    }
 
 
 def _save(env: dict, name: str, fmt: str) -> Path:
@@ -58,7 +63,11 @@ def _save(env: dict, name: str, fmt: str) -> Path:
     if not folder.exists():
         folder.mkdir(parents=True)
         SAVERS[fmt](env["built"][name].model, folder)
-    return next(p for p in folder.iterdir() if p.suffix != ".h5" or fmt == "h5") if fmt != "json" else folder / "model.json"
+    return (
+        next(p for p in folder.iterdir() if p.suffix != ".h5" or fmt == "h5")
+        if fmt != "json"
+        else folder / "model.json"
+    )
 
 
 def _outputs(loaded: LoadedModel, built: Built) -> list[np.ndarray]:
@@ -90,7 +99,10 @@ def test_keras_signature_uses_input_and_output_layer_names_in_model_order(env: d
     loaded = env["loader"].load(_save(env, "multi_input", "keras"))
     sig = loaded.signature
     assert [t.name for t in sig.inputs] == ["a", "b"]
-    assert [(t.name, t.shape, t.dtype) for t in sig.outputs] == [("first", (None, 2), "float32"), ("second", (None, 1), "float32")]
+    assert [(t.name, t.shape, t.dtype) for t in sig.outputs] == [
+        ("first", (None, 2), "float32"),
+        ("second", (None, 1), "float32"),
+    ]
     assert sig.inputs[0].shape == (None, 3) and sig.name == "serving_default" == loaded.default_signature
 
 
@@ -154,7 +166,9 @@ def test_config_signature_name_selects_the_default_signature(env: dict) -> None:
     path = _save(env, "binary_classifier", "export")
     with pytest.raises(ModelLoadError, match="signature 'nope'"):
         env["loader"].load(path, ModelConfig(signature_name="nope"))
-    assert env["loader"].load(path, ModelConfig(signature_name="serving_default")).default_signature == "serving_default"
+    assert (
+        env["loader"].load(path, ModelConfig(signature_name="serving_default")).default_signature == "serving_default"
+    )
 
 
 def test_calls_from_many_threads_give_the_single_thread_answer(env: dict) -> None:
@@ -163,7 +177,10 @@ def test_calls_from_many_threads_give_the_single_thread_answer(env: dict) -> Non
     built = env["built"]["multi_input"]
     loaded = env["loader"].load(_save(env, "multi_input", "keras"))
     rng = np.random.default_rng(5)
-    batches = [[rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 2)).astype(np.float32)] for n in (1, 2, 5, 7) * 4]
+    batches = [
+        [rng.standard_normal((n, 3)).astype(np.float32), rng.standard_normal((n, 2)).astype(np.float32)]
+        for n in (1, 2, 5, 7) * 4
+    ]
     expected = [[np.asarray(v) for v in built.model(b, training=False)] for b in batches]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda b: loaded.call("serving_default", {"a": b[0], "b": b[1]}), batches))

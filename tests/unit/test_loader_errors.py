@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.unit.tutorial_models import BLOG_MODULE, import_blog
 
 MYSTERY = textwrap.dedent(
-    '''
+    """
     import keras
     from keras import ops
 
@@ -32,7 +32,7 @@ MYSTERY = textwrap.dedent(
     class Registered(keras.layers.Layer):
         def call(self, x):
             return ops.cos(x)
-    '''
+    """
 )
 
 
@@ -88,7 +88,9 @@ def _loader(tmp_path: Path, plugins: dict[str, str] | None = None, **settings: o
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
-def test_missing_custom_layer_is_named_with_format_loaders_and_plugins_hint(saved: dict, tmp_path: Path, fmt: str) -> None:
+def test_missing_custom_layer_is_named_with_format_loaders_and_plugins_hint(
+    saved: dict, tmp_path: Path, fmt: str
+) -> None:
     with pytest.raises(MissingCustomObject) as info:
         _loader(tmp_path).load(saved[f"mystery.{fmt}"])
     message = str(info.value)
@@ -154,7 +156,10 @@ def test_allow_lambda_off_still_loads_a_lambda_replaced_from_a_plugin(saved: dic
     assert loaded.loader == "keras3-repaired"
 
 
-@pytest.mark.parametrize(("source", "new_name"), [("add.keras", "model.h5"), ("add.keras", "model"), ("add.h5", "model.keras"), ("add.h5", "model.bin")])
+@pytest.mark.parametrize(
+    ("source", "new_name"),
+    [("add.keras", "model.h5"), ("add.keras", "model"), ("add.h5", "model.keras"), ("add.h5", "model.bin")],
+)
 def test_format_is_sniffed_from_content_not_extension(saved: dict, tmp_path: Path, source: str, new_name: str) -> None:
     target = tmp_path / "m" / new_name
     target.parent.mkdir()
@@ -165,7 +170,9 @@ def test_format_is_sniffed_from_content_not_extension(saved: dict, tmp_path: Pat
     np.testing.assert_array_equal(out["plus_two"], np.full((2, 4), 3.0, np.float32))
 
 
-def test_broken_plugin_does_not_stop_loading_and_is_named_when_its_class_is_missing(saved: dict, tmp_path: Path) -> None:
+def test_broken_plugin_does_not_stop_loading_and_is_named_when_its_class_is_missing(
+    saved: dict, tmp_path: Path
+) -> None:
     loader = _loader(tmp_path, {"zoo.py": MYSTERY + "\nraise RuntimeError('boom')\n"})
     assert "zoo.py" in loader.registry.plugin_errors
     with pytest.raises(MissingCustomObject) as info:
@@ -194,7 +201,9 @@ def test_corrupt_files_raise_model_load_error_never_a_raw_exception(saved: dict,
     nonsense_layer = tmp_path / "nonsense.h5"
     with h5py.File(nonsense_layer, "w") as f:
         f.attrs["keras_version"] = "2.4.0"
-        f.attrs["model_config"] = '{"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"units": "many"}}]}}'
+        f.attrs["model_config"] = (
+            '{"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"units": "many"}}]}}'
+        )
         f.create_group("model_weights")
     loader = _loader(tmp_path)
     for path in (broken_config, truncated, nonsense_layer):

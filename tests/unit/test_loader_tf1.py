@@ -56,7 +56,13 @@ def loader() -> Loader:
         (WIDE_AND_DEEP, {"unfed_signature": True}, "tf1_session"),
         (THREE_TOWERS, {"unfed_signature": True, "variables": True}, "tf1_session"),
     ],
-    ids=["two-inputs-no-variables", "two-inputs-simple-save", "three-inputs-variables", "two-inputs-session", "three-inputs-session"],
+    ids=[
+        "two-inputs-no-variables",
+        "two-inputs-simple-save",
+        "three-inputs-variables",
+        "two-inputs-session",
+        "three-inputs-session",
+    ],
 )
 def test_tf1_saved_model_with_named_inputs_answers_like_tensorflow(
     loader: Loader, tmp_path: Path, inputs: dict[str, int], options: dict, loader_path: str
@@ -73,7 +79,9 @@ def test_tf1_saved_model_with_named_inputs_answers_like_tensorflow(
     assert [t.name for t in signature.outputs] == ["score"]
     own_call = _tensorflow_tf2(path, values) if loader_path == "saved_model" else _tensorflow_session(path, values)
     np.testing.assert_allclose(answer["score"], own_call, rtol=1e-6)
-    np.testing.assert_allclose(answer["score"], expected_score(inputs, values, variables=options.get("variables", False)), rtol=1e-5)
+    np.testing.assert_allclose(
+        answer["score"], expected_score(inputs, values, variables=options.get("variables", False)), rtol=1e-5
+    )
 
 
 def test_tf1_saved_model_inputs_are_matched_by_name_not_by_order(loader: Loader, tmp_path: Path) -> None:
@@ -83,5 +91,11 @@ def test_tf1_saved_model_inputs_are_matched_by_name_not_by_order(loader: Loader,
 
     loaded = loader.load(path)
 
-    np.testing.assert_allclose(loaded.call("serving_default", values)["score"], expected_score({"wide": 2, "deep": 2}, values, variables=False), rtol=1e-5)
-    assert not np.allclose(loaded.call("serving_default", values)["score"], loaded.call("serving_default", swapped)["score"])
+    np.testing.assert_allclose(
+        loaded.call("serving_default", values)["score"],
+        expected_score({"wide": 2, "deep": 2}, values, variables=False),
+        rtol=1e-5,
+    )
+    assert not np.allclose(
+        loaded.call("serving_default", values)["score"], loaded.call("serving_default", swapped)["score"]
+    )

@@ -47,7 +47,9 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lambda_custom = np.asarray(model(x, training=False))
 
     inp = tf_keras.Input((4,), name="x")
-    lambda_only = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Lambda(lambda t: t * H + 1.0, name="scale")(inp)))
+    lambda_only = tf_keras.Model(
+        inp, tf_keras.layers.Dense(2, name="out")(tf_keras.layers.Lambda(lambda t: t * H + 1.0, name="scale")(inp))
+    )
     lambda_only.save(root / "lambda_only.h5")
     lambda_only_out = np.asarray(lambda_only(x, training=False))
 
@@ -65,7 +67,9 @@ def tfk(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lstm_out = np.asarray(lstm(seq_x, training=False))
 
     inp = tf_keras.Input((4,), name="x")
-    plain = tf_keras.Model(inp, tf_keras.layers.Dense(2, activation="softmax", name="probs")(tf_keras.layers.Dense(5, name="d1")(inp)))
+    plain = tf_keras.Model(
+        inp, tf_keras.layers.Dense(2, activation="softmax", name="probs")(tf_keras.layers.Dense(5, name="d1")(inp))
+    )
     plain.save(str(root / "savedmodel"), save_format="tf")
     plain_out = np.asarray(plain(x, training=False))
 
@@ -139,9 +143,14 @@ def test_tf_keras_lambda_reads_per_model_globals(tfk: dict) -> None:
     h_zero = tfk["loader"].load(tfk["root"] / "lambda_custom.h5", ModelConfig(globals={"H": 0}))
     # The Lambda computes x * H + 1: with H = 0, ones give what zeros give with any H.
     np.testing.assert_allclose(
-        h_zero.call("serving_default", {"x": ones})["my_layer"], default.call("serving_default", {"x": zeros})["my_layer"], rtol=1e-6
+        h_zero.call("serving_default", {"x": ones})["my_layer"],
+        default.call("serving_default", {"x": zeros})["my_layer"],
+        rtol=1e-6,
     )
-    assert not np.allclose(default.call("serving_default", {"x": ones})["my_layer"], default.call("serving_default", {"x": zeros})["my_layer"])
+    assert not np.allclose(
+        default.call("serving_default", {"x": ones})["my_layer"],
+        default.call("serving_default", {"x": zeros})["my_layer"],
+    )
 
 
 def test_tf_keras_path_gives_lambda_code_the_registry_globals(tfk: dict, tmp_path) -> None:

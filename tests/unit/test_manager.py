@@ -26,7 +26,9 @@ from service.settings import Settings
 from tests.conftest import wait_until
 from tests.unit.fakes import serve
 
-SIGNATURE = Signature("serving_default", (TensorInfo("x", "float32", (None, 1)),), (TensorInfo("y", "float32", (None, 1)),))
+SIGNATURE = Signature(
+    "serving_default", (TensorInfo("x", "float32", (None, 1)),), (TensorInfo("y", "float32", (None, 1)),)
+)
 
 
 class NumberModels:
@@ -63,10 +65,14 @@ class NumberModels:
 
         tag = (source.id.name, source.id.version, text)
         return Servable(
-            id=source.id, config=source.config, signatures={"serving_default": SIGNATURE},
+            id=source.id,
+            config=source.config,
+            signatures={"serving_default": SIGNATURE},
             default_signature="serving_default",
             info=ServableInfo(path=str(path.name), format="number", loader="test", load_s=0.01, warmup_s=0.02),
-            labels=source.labels, submit={"serving_default": submit}, close=lambda: self.closed.append(tag),
+            labels=source.labels,
+            submit={"serving_default": submit},
+            close=lambda: self.closed.append(tag),
         )
 
 
@@ -386,7 +392,6 @@ def test_a_file_rewritten_in_place_keeps_serving_the_old_copy_until_the_new_one_
     assert manager.readiness().ready
 
 
-
 def test_polling_finds_versions_inotify_cannot_see_behind_a_symlinked_folder(
     repo: Repo, make_manager, tmp_path: Path
 ) -> None:
@@ -413,7 +418,8 @@ def test_polling_finds_versions_inotify_cannot_see_behind_a_symlinked_folder(
 # IN_FRESH_PROCESS set; in this process they are skipped.
 IN_FRESH_PROCESS = "KERASSERVE_TEST_FRESH_PROCESS"
 fresh_process_only = pytest.mark.skipif(
-    os.environ.get(IN_FRESH_PROCESS) != "1", reason="runs in a fresh process (see test_real_tensorflow_manager_tests_in_a_fresh_process)"
+    os.environ.get(IN_FRESH_PROCESS) != "1",
+    reason="runs in a fresh process (see test_real_tensorflow_manager_tests_in_a_fresh_process)",
 )
 
 
@@ -434,8 +440,23 @@ def test_real_tensorflow_manager_tests_in_a_fresh_process() -> None:
     from tests.conftest import REPO
 
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", "real_keras or real_plugin", __file__],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            "-k",
+            "real_keras or real_plugin",
+            __file__,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stdout[-4000:]
@@ -474,8 +495,20 @@ def test_resident_memory_stays_flat_across_swaps() -> None:
     from tests.conftest import REPO
 
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "swap_memory.py"), "--swaps", "20", "--units", "1024", "--max-growth-mb", "16"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [
+            sys.executable,
+            str(REPO / "bench" / "swap_memory.py"),
+            "--swaps",
+            "20",
+            "--units",
+            "1024",
+            "--max-growth-mb",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "growth_after_warm_up_mb" in result.stdout

@@ -33,6 +33,7 @@ GRAY28 = signature(TensorInfo("image", "float32", (None, 28, 28, 1)))
 
 # --- image_spec ---------------------------------------------------------------------------------
 
+
 def test_image_spec_reads_size_and_channels_from_the_signature() -> None:
     spec = image_spec(GRAY28, DEFAULT)
     assert (spec.input, spec.height, spec.width, spec.channels, spec.dtype) == ("image", 28, 28, 1, "float32")
@@ -50,7 +51,14 @@ def test_image_spec_config_overrides_input_size_and_colour() -> None:
     sig = signature(TensorInfo("meta", "float32", (None, 4)), TensorInfo("pic", "uint8", (None, None, None, 3)))
     config = PreprocessingConfig(input="pic", size=(64, 48), color_mode="grayscale", resize="letterbox")
     spec = image_spec(sig, config)
-    assert (spec.input, spec.height, spec.width, spec.channels, spec.resize, spec.dtype) == ("pic", 64, 48, 1, "letterbox", "uint8")
+    assert (spec.input, spec.height, spec.width, spec.channels, spec.resize, spec.dtype) == (
+        "pic",
+        64,
+        48,
+        1,
+        "letterbox",
+        "uint8",
+    )
 
 
 def test_image_spec_without_an_image_input_is_invalid_input() -> None:
@@ -60,7 +68,10 @@ def test_image_spec_without_an_image_input_is_invalid_input() -> None:
 
 # --- decoding ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt,options", [("PNG", {}), ("BMP", {}), ("WEBP", {"lossless": True}), ("GIF", {}), ("TIFF", {})])
+
+@pytest.mark.parametrize(
+    "fmt,options", [("PNG", {}), ("BMP", {}), ("WEBP", {"lossless": True}), ("GIF", {}), ("TIFF", {})]
+)
 def test_lossless_formats_decode_to_the_exact_pixels(fmt: str, options: dict) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     if fmt == "GIF":
@@ -134,7 +145,9 @@ def test_decompression_bomb_guard_is_payload_too_large(monkeypatch: pytest.Monke
         decode_image(encode(np.zeros((20, 20), np.uint8)), image_spec(GRAY28, DEFAULT), max_pixels=10**6)
 
 
-@pytest.mark.parametrize("data", [b"", b"not an image", encode(np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8))[:300]])
+@pytest.mark.parametrize(
+    "data", [b"", b"not an image", encode(np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8))[:300]]
+)
 def test_garbage_and_truncated_images_are_invalid_input(data: bytes) -> None:
     with pytest.raises(InvalidInput, match="cannot decode image"):
         decode_image(data, image_spec(GRAY28, DEFAULT), max_pixels=10**6)
@@ -161,9 +174,16 @@ def test_decode_images_stacks_channels_first_and_without_channel_axis() -> None:
 
 # --- scaling ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scale,expected", [
-    ("unit", [0.0, 1.0]), ("symmetric", [-1.0, 1.0]), ("raw", [0.0, 255.0]), ("mean_std", [-1.0, 1.0]),
-])
+
+@pytest.mark.parametrize(
+    "scale,expected",
+    [
+        ("unit", [0.0, 1.0]),
+        ("symmetric", [-1.0, 1.0]),
+        ("raw", [0.0, 255.0]),
+        ("mean_std", [-1.0, 1.0]),
+    ],
+)
 def test_scale_modes(scale: str, expected: list[float]) -> None:
     config = PreprocessingConfig(scale=scale, mean=(0.5,), std=(0.5,))
     spec = image_spec(GRAY28, config)
@@ -251,12 +271,15 @@ RGB8 = signature(TensorInfo("image", "float32", (None, 1, 1, 3)))
 PIXEL = np.array([[[[255, 0, 51]]]], np.uint8)  # one RGB pixel: R=255, G=0, B=51
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("caffe", [51 - 103.939, 0 - 116.779, 255 - 123.68]),  # BGR order, ImageNet mean subtracted
-    ("tf", [1.0, -1.0, 51 / 127.5 - 1.0]),
-    ("torch", [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]),
-    ("none", [255.0, 0.0, 51.0]),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("caffe", [51 - 103.939, 0 - 116.779, 255 - 123.68]),  # BGR order, ImageNet mean subtracted
+        ("tf", [1.0, -1.0, 51 / 127.5 - 1.0]),
+        ("torch", [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]),
+        ("none", [255.0, 0.0, 51.0]),
+    ],
+)
 def test_keras_modes_compute_preprocess_input_on_a_known_pixel(mode: str, expected: list[float]) -> None:
     out = scale_pixels(PIXEL, image_spec(RGB8, PreprocessingConfig(mode=mode)))
     assert out.dtype == np.float32
@@ -266,8 +289,12 @@ def test_keras_modes_compute_preprocess_input_on_a_known_pixel(mode: str, expect
 def test_torch_mode_on_a_channels_first_input_scales_each_channel() -> None:
     rgb = np.random.default_rng(3).integers(0, 256, (8, 6, 3), dtype=np.uint8)
     config = PreprocessingConfig(mode="torch")
-    last = decode_images([encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 8, 6, 3))), config), max_pixels=10**6)
-    first = decode_images([encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 3, 8, 6))), config), max_pixels=10**6)
+    last = decode_images(
+        [encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 8, 6, 3))), config), max_pixels=10**6
+    )
+    first = decode_images(
+        [encode(rgb)], image_spec(signature(TensorInfo("x", "float32", (None, 3, 8, 6))), config), max_pixels=10**6
+    )
     assert first.shape == (1, 3, 8, 6) and first.flags.c_contiguous
     np.testing.assert_array_equal(first, last.transpose(0, 3, 1, 2))
 
@@ -289,7 +316,9 @@ def test_mode_and_scale_together_are_refused_but_scale_alone_still_works(tmp_pat
     old.write_text("preprocessing:\n  scale: symmetric\n")
     config = read_model_config(old).preprocessing
     assert (config.mode, config.scale) == ("auto", "symmetric")
-    np.testing.assert_allclose(scale_pixels(PIXEL, image_spec(RGB8, config)).reshape(-1), [1.0, -1.0, 51 / 127.5 - 1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        scale_pixels(PIXEL, image_spec(RGB8, config)).reshape(-1), [1.0, -1.0, 51 / 127.5 - 1.0], rtol=1e-6
+    )
 
 
 def family(name: str) -> Family:
@@ -332,10 +361,12 @@ def test_a_model_that_preprocesses_its_own_input_gets_raw_pixels() -> None:
 
 
 def test_architectures_wanting_different_modes_fall_back_to_the_default_naming_both() -> None:
-    both = Recognition((
-        Architecture(family("ResNet"), "nested model 'resnet50'", "resnet50"),
-        Architecture(family("DenseNet"), "nested model 'densenet121'", "densenet121"),
-    ))
+    both = Recognition(
+        (
+            Architecture(family("ResNet"), "nested model 'resnet50'", "resnet50"),
+            Architecture(family("DenseNet"), "nested model 'densenet121'", "densenet121"),
+        )
+    )
     choice = preprocessing.choose(DEFAULT, both)
     assert (choice.pixels, choice.chosen_by) == (("scale", "unit"), "default")
     assert "caffe" in choice.reason and "torch" in choice.reason and "set preprocessing.mode" in choice.reason

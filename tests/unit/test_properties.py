@@ -31,10 +31,21 @@ TARGET = ServableRequest.latest("m")
 MAX_PIXELS = 1_000_000
 
 
-def spec(height: int | None, width: int | None, channels: int, *, resize: str = "stretch", scale: str = "unit") -> preprocessing.ImageSpec:
+def spec(
+    height: int | None, width: int | None, channels: int, *, resize: str = "stretch", scale: str = "unit"
+) -> preprocessing.ImageSpec:
     return preprocessing.ImageSpec(
-        input="image", height=height, width=width, channels=channels, channels_first=False, keep_channel_axis=True,
-        resize=resize, scale=scale, mean=(0.0,), std=(1.0,), dtype="float32",
+        input="image",
+        height=height,
+        width=width,
+        channels=channels,
+        channels_first=False,
+        keep_channel_axis=True,
+        resize=resize,
+        scale=scale,
+        mean=(0.0,),
+        std=(1.0,),
+        dtype="float32",
     )
 
 
@@ -63,8 +74,14 @@ def test_any_bytes_decode_or_raise_a_client_error(data: bytes, channels: int) ->
 
 
 @PROPERTY
-@given(image=images(), cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4))
-def test_truncated_or_corrupted_images_decode_or_raise_a_client_error(image: tuple[np.ndarray, str, bytes], cut: float, flips: list) -> None:
+@given(
+    image=images(),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+)
+def test_truncated_or_corrupted_images_decode_or_raise_a_client_error(
+    image: tuple[np.ndarray, str, bytes], cut: float, flips: list
+) -> None:
     _, _, data = image
     damaged = bytearray(data[: max(1, int(len(data) * cut))])
     for position, value in flips:
@@ -78,10 +95,16 @@ def test_truncated_or_corrupted_images_decode_or_raise_a_client_error(image: tup
 
 
 @PROPERTY
-@given(image=images(), height=st.integers(1, 40), width=st.integers(1, 40), channels=st.sampled_from([1, 3, 4]),
-       resize=st.sampled_from(["stretch", "crop", "letterbox"]))
-def test_valid_images_come_out_in_the_requested_size_and_channels(image: tuple[np.ndarray, str, bytes], height: int, width: int,
-                                                                  channels: int, resize: str) -> None:
+@given(
+    image=images(),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    channels=st.sampled_from([1, 3, 4]),
+    resize=st.sampled_from(["stretch", "crop", "letterbox"]),
+)
+def test_valid_images_come_out_in_the_requested_size_and_channels(
+    image: tuple[np.ndarray, str, bytes], height: int, width: int, channels: int, resize: str
+) -> None:
     _, _, data = image
     array = preprocessing.decode_image(data, spec(height, width, channels, resize=resize), max_pixels=MAX_PIXELS)
     assert array.shape == (height, width, channels) and array.dtype == np.uint8
@@ -114,8 +137,10 @@ def test_pixel_limit_is_enforced_from_the_header_before_decoding(width: int, hei
 
 
 @PROPERTY
-@given(pixels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=4, max_dims=4, max_side=5)),
-       scale=st.sampled_from(["unit", "symmetric", "raw"]))
+@given(
+    pixels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=4, max_dims=4, max_side=5)),
+    scale=st.sampled_from(["unit", "symmetric", "raw"]),
+)
 def test_scaled_pixels_stay_in_their_range(pixels: np.ndarray, scale: str) -> None:
     out = preprocessing.scale_pixels(pixels, spec(None, None, pixels.shape[-1], scale=scale))
     assert out.dtype == np.float32 and out.shape == pixels.shape
@@ -125,8 +150,12 @@ def test_scaled_pixels_stay_in_their_range(pixels: np.ndarray, scale: str) -> No
 
 # --- JSON tensors ----------------------------------------------------------------------------------
 JSON_LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.fixed_dictionaries({"b64": st.text(max_size=12)}),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.fixed_dictionaries({"b64": st.text(max_size=12)}),
 )
 JSON_VALUES = st.recursive(
     JSON_LEAVES,
@@ -168,8 +197,13 @@ def test_any_body_bytes_parse_or_raise_a_client_error(raw: bytes) -> None:
 
 
 @PROPERTY
-@given(array=hnp.arrays(st.sampled_from([np.float64, np.int64, np.bool_]), hnp.array_shapes(min_dims=1, max_dims=4, max_side=4),
-                        elements=None))
+@given(
+    array=hnp.arrays(
+        st.sampled_from([np.float64, np.int64, np.bool_]),
+        hnp.array_shapes(min_dims=1, max_dims=4, max_side=4),
+        elements=None,
+    )
+)
 def test_rectangular_json_tensors_round_trip(array: np.ndarray) -> None:
     assume(array.dtype != np.float64 or np.isfinite(array).all())
     parsed = tfserving.json_to_array("x", json.loads(json.dumps(array.tolist())))
@@ -192,8 +226,15 @@ def kserve_inputs(draw: st.DrawFn) -> dict:
     shape = draw(st.lists(st.integers(0, 4), min_size=1, max_size=3))
     datatype = draw(st.sampled_from(["FP32", "FP64", "INT32", "INT64", "UINT8", "BOOL", "BYTES"]))
     count = draw(st.sampled_from([math.prod(shape), math.prod(shape) + 1, max(0, math.prod(shape) - 1)]))
-    leaf = {"BYTES": st.text(max_size=4), "BOOL": st.booleans()}.get(datatype, st.integers(-300, 300) | st.floats(-1e3, 1e3))
-    return {"name": "x", "shape": shape, "datatype": datatype, "data": draw(st.lists(leaf, min_size=count, max_size=count))}
+    leaf = {"BYTES": st.text(max_size=4), "BOOL": st.booleans()}.get(
+        datatype, st.integers(-300, 300) | st.floats(-1e3, 1e3)
+    )
+    return {
+        "name": "x",
+        "shape": shape,
+        "datatype": datatype,
+        "data": draw(st.lists(leaf, min_size=count, max_size=count)),
+    }
 
 
 @PROPERTY
@@ -217,10 +258,17 @@ SIGNATURE = Signature(
 @given(features=JSON_VALUES, count=JSON_VALUES)
 def test_model_inputs_fit_the_signature_exactly_or_raise_a_client_error(features: object, count: object) -> None:
     try:
-        arrays = {"features": tfserving.json_to_array("features", features), "count": tfserving.json_to_array("count", count)}
-        inputs = preprocessing.to_model_inputs(arrays, (), SIGNATURE, PreprocessingConfig(), max_pixels=MAX_PIXELS, max_rows=64)
+        arrays = {
+            "features": tfserving.json_to_array("features", features),
+            "count": tfserving.json_to_array("count", count),
+        }
+        inputs = preprocessing.to_model_inputs(
+            arrays, (), SIGNATURE, PreprocessingConfig(), max_pixels=MAX_PIXELS, max_rows=64
+        )
     except ServingError:
         return
     assert inputs["features"].dtype == np.float32 and inputs["features"].shape[1:] == (4,)
     assert inputs["count"].dtype == np.int32 and inputs["count"].shape == (inputs["features"].shape[0],)
-    np.testing.assert_array_equal(inputs["count"], np.asarray(count, dtype=np.float64))  # no silent rounding or wrap-around
+    np.testing.assert_array_equal(
+        inputs["count"], np.asarray(count, dtype=np.float64)
+    )  # no silent rounding or wrap-around

@@ -40,40 +40,51 @@ SID = ServableId("m", 3)
 
 # --- TF Serving URLs ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path,request_,method", [
-    ("m:predict", ServableRequest("m"), "predict"),
-    ("m/versions/12:classify", ServableRequest("m", version=12), "classify"),
-    ("m/labels/stable:regress", ServableRequest("m", label="stable"), "regress"),
-    ("m/VERSIONS/12:Predict", ServableRequest("m", version=12), "predict"),
-])
+
+@pytest.mark.parametrize(
+    "path,request_,method",
+    [
+        ("m:predict", ServableRequest("m"), "predict"),
+        ("m/versions/12:classify", ServableRequest("m", version=12), "classify"),
+        ("m/labels/stable:regress", ServableRequest("m", label="stable"), "regress"),
+        ("m/VERSIONS/12:Predict", ServableRequest("m", version=12), "predict"),
+    ],
+)
 def test_post_urls(path: str, request_: ServableRequest, method: str) -> None:
     target = tfserving.parse_url(path, post=True)
     assert (target.request, target.method) == (request_, method)
 
 
-@pytest.mark.parametrize("path,request_,method", [
-    ("m", ServableRequest("m"), "status"),
-    ("m/versions/1", ServableRequest("m", version=1), "status"),
-    ("m/labels/canary/metadata", ServableRequest("m", label="canary"), "metadata"),
-])
+@pytest.mark.parametrize(
+    "path,request_,method",
+    [
+        ("m", ServableRequest("m"), "status"),
+        ("m/versions/1", ServableRequest("m", version=1), "status"),
+        ("m/labels/canary/metadata", ServableRequest("m", label="canary"), "metadata"),
+    ],
+)
 def test_get_urls(path: str, request_: ServableRequest, method: str) -> None:
     target = tfserving.parse_url(path, post=False)
     assert (target.request, target.method) == (request_, method)
 
 
-@pytest.mark.parametrize("path,post,fragment", [
-    ("m/versions/1/labels/x:predict", True, "both"),
-    ("m/versions/abc:predict", True, "positive integer"),
-    ("m:explain", True, "malformed"),
-    ("m/other", False, "malformed"),
-    ("m/labels/a-b:predict", True, "letters"),
-])
+@pytest.mark.parametrize(
+    "path,post,fragment",
+    [
+        ("m/versions/1/labels/x:predict", True, "both"),
+        ("m/versions/abc:predict", True, "positive integer"),
+        ("m:explain", True, "malformed"),
+        ("m/other", False, "malformed"),
+        ("m/labels/a-b:predict", True, "letters"),
+    ],
+)
 def test_bad_urls_are_invalid_input(path: str, post: bool, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         tfserving.parse_url(path, post=post)
 
 
 # --- TF Serving JSON tensors ----------------------------------------------------------------------
+
 
 def test_row_format_unnamed_named_and_b64() -> None:
     assert tfserving.decode_instances([1.0, 2.0])[UNNAMED].tolist() == [1.0, 2.0]
@@ -83,16 +94,19 @@ def test_row_format_unnamed_named_and_b64() -> None:
     assert encoded[UNNAMED].dtype == object and encoded[UNNAMED].tolist() == [b"\x00img\x00"]  # NULs kept
 
 
-@pytest.mark.parametrize("instances,error,fragment", [
-    ([[1, 2], [3]], InvalidTensor, "ragged"),
-    ([1, None], InvalidTensor, "null"),
-    ([{"a": 1}, {"b": 2}], InvalidInput, "same inputs"),
-    ([], InvalidInput, "empty"),
-    ("x", InvalidInput, "list"),
-    ([{"b64": "!!!"}], InvalidInput, "base64"),
-    ([1, "a"], InvalidTensor, "mixes"),
-    ([2**80], InvalidTensor, "64-bit"),
-])
+@pytest.mark.parametrize(
+    "instances,error,fragment",
+    [
+        ([[1, 2], [3]], InvalidTensor, "ragged"),
+        ([1, None], InvalidTensor, "null"),
+        ([{"a": 1}, {"b": 2}], InvalidInput, "same inputs"),
+        ([], InvalidInput, "empty"),
+        ("x", InvalidInput, "list"),
+        ([{"b64": "!!!"}], InvalidInput, "base64"),
+        ([1, "a"], InvalidTensor, "mixes"),
+        ([2**80], InvalidTensor, "64-bit"),
+    ],
+)
 def test_bad_rows(instances: object, error: type, fragment: str) -> None:
     with pytest.raises(error, match=fragment):
         tfserving.decode_instances(instances)
@@ -103,7 +117,9 @@ def test_predict_body_needs_exactly_one_format() -> None:
         tfserving.decode_predict_body({"instances": [1], "inputs": [1]}, ServableRequest("m"))
     with pytest.raises(InvalidInput, match="exactly one"):
         tfserving.decode_predict_body({}, ServableRequest("m"))
-    request, columnar = tfserving.decode_predict_body({"inputs": {"x": [[1, 2]]}, "signature_name": "s"}, ServableRequest("m"))
+    request, columnar = tfserving.decode_predict_body(
+        {"inputs": {"x": [[1, 2]]}, "signature_name": "s"}, ServableRequest("m")
+    )
     assert columnar and request.signature_name == "s" and request.inputs["x"].shape == (1, 2)
 
 
@@ -120,7 +136,9 @@ def test_predict_answers_drop_the_name_of_a_single_output() -> None:
     assert tfserving.encode_predict(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
     assert tfserving.encode_predict(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
     two = PredictResponse(SID, {"y": np.array([[1.0], [2.0]]), "z": np.array([7, 8])})
-    assert tfserving.encode_predict(two, columnar=False) == {"predictions": [{"y": [1.0], "z": 7}, {"y": [2.0], "z": 8}]}
+    assert tfserving.encode_predict(two, columnar=False) == {
+        "predictions": [{"y": [1.0], "z": 7}, {"y": [2.0], "z": 8}]
+    }
     assert tfserving.encode_predict(two, columnar=True) == {"outputs": {"y": [[1.0], [2.0]], "z": [7, 8]}}
 
 
@@ -138,10 +156,12 @@ def _status(*versions):
 
 def test_status_lists_versions_latest_first_with_errors() -> None:
     status = _status((1, ServableState.AVAILABLE), (2, ServableState.END, "bad file"))
-    assert tfserving.encode_status(status, ServableRequest("m")) == {"model_version_status": [
-        {"version": "2", "state": "END", "status": {"error_code": "UNKNOWN", "error_message": "bad file"}},
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
-    ]}
+    assert tfserving.encode_status(status, ServableRequest("m")) == {
+        "model_version_status": [
+            {"version": "2", "state": "END", "status": {"error_code": "UNKNOWN", "error_message": "bad file"}},
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        ]
+    }
     assert len(tfserving.encode_status(status, ServableRequest("m", label="stable"))["model_version_status"]) == 1
     with pytest.raises(ModelNotFound, match="version 5"):
         tfserving.encode_status(status, ServableRequest("m", version=5))
@@ -157,15 +177,20 @@ def test_metadata_has_the_doubled_signature_def_and_tensor_infos() -> None:
     assert body["model_spec"] == {"name": "m", "signature_name": "", "version": "3"}
     defs = body["metadata"]["signature_def"]["signature_def"]
     assert defs["serving_default"]["inputs"]["x"] == {
-        "dtype": "DT_FLOAT", "name": "x:0",
+        "dtype": "DT_FLOAT",
+        "name": "x:0",
         "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "2", "name": ""}], "unknown_rank": False},
     }
-    assert defs["c"]["inputs"]["inputs"] == {"dtype": "DT_STRING", "name": "tf_example:0",
-                                             "tensor_shape": {"dim": [], "unknown_rank": True}}
+    assert defs["c"]["inputs"]["inputs"] == {
+        "dtype": "DT_STRING",
+        "name": "tf_example:0",
+        "tensor_shape": {"dim": [], "unknown_rank": True},
+    }
     assert defs["c"]["method_name"] == "tensorflow/serving/classify" and defs["c"]["defaults"] == {}
 
 
 # --- tf.Example encoding ---------------------------------------------------------------------------
+
 
 def test_examples_are_the_protos_tensorflow_parses() -> None:
     from tensorflow.core.example import example_pb2
@@ -184,10 +209,16 @@ def test_examples_are_the_protos_tensorflow_parses() -> None:
     assert feature["e"].WhichOneof("kind") == "float_list"
 
 
-@pytest.mark.parametrize("features,fragment", [
-    ({"x": [1, "a"]}, "mixes"), ({"x": [[1]]}, "numbers, strings"), ({"x": None}, "null"),
-    ({"x": {"b64": "%%"}}, "base64"), ({"x": 2**70}, "int64"),
-])
+@pytest.mark.parametrize(
+    "features,fragment",
+    [
+        ({"x": [1, "a"]}, "mixes"),
+        ({"x": [[1]]}, "numbers, strings"),
+        ({"x": None}, "null"),
+        ({"x": {"b64": "%%"}}, "base64"),
+        ({"x": 2**70}, "int64"),
+    ],
+)
 def test_bad_example_features(features: dict, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         encode_example(features)
@@ -195,12 +226,17 @@ def test_bad_example_features(features: dict, fragment: str) -> None:
 
 # --- KServe v2 -------------------------------------------------------------------------------------
 
+
 def test_v2_json_inputs_flat_or_nested_and_requested_outputs() -> None:
-    body = {"id": "7", "inputs": [
-        {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
-        {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["hé"]},
-        {"name": "n", "shape": [1, 2], "datatype": "INT64", "data": [[5, 6]]},
-    ], "outputs": [{"name": "y", "parameters": {"classification": 2, "binary_data": True}}]}
+    body = {
+        "id": "7",
+        "inputs": [
+            {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
+            {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["hé"]},
+            {"name": "n", "shape": [1, 2], "datatype": "INT64", "data": [[5, 6]]},
+        ],
+        "outputs": [{"name": "y", "parameters": {"classification": 2, "binary_data": True}}],
+    }
     request, options = kserve_v2.decode_infer(json.dumps(body).encode(), b"", ServableRequest("m"))
     assert request.inputs["x"].dtype == np.float32 and request.inputs["x"].shape == (2, 2)
     assert request.inputs["t"].tolist() == ["hé".encode()]
@@ -212,10 +248,14 @@ def test_v2_json_inputs_flat_or_nested_and_requested_outputs() -> None:
 def test_v2_binary_inputs_follow_the_header_in_order() -> None:
     x = np.arange(4, dtype="<f4")
     strings = struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0)
-    header = json.dumps({"inputs": [
-        {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}},
-        {"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(strings)}},
-    ]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}},
+                {"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(strings)}},
+            ]
+        }
+    ).encode()
     body = header + x.tobytes() + strings
     head, binary = kserve_v2.split_body(body, str(len(header)))
     request, _ = kserve_v2.decode_infer(head, binary, ServableRequest("m"))
@@ -223,14 +263,21 @@ def test_v2_binary_inputs_follow_the_header_in_order() -> None:
     assert request.inputs["s"].tolist() == [b"ab", b""]
 
 
-@pytest.mark.parametrize("inputs,error,fragment", [
-    ([{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}], InvalidTensor, "needs 2 values"),
-    ([{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}], InvalidInput, "not supported"),
-    ([{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], InvalidInput, "does not fit"),
-    ([{"name": "x", "shape": "1", "datatype": "FP32", "data": [1]}], InvalidInput, "shape"),
-    ([{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}], InvalidTensor, "FP32"),
-    ([], InvalidInput, "non-empty"),
-])
+@pytest.mark.parametrize(
+    "inputs,error,fragment",
+    [
+        ([{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}], InvalidTensor, "needs 2 values"),
+        ([{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}], InvalidInput, "not supported"),
+        (
+            [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}],
+            InvalidInput,
+            "does not fit",
+        ),
+        ([{"name": "x", "shape": "1", "datatype": "FP32", "data": [1]}], InvalidInput, "shape"),
+        ([{"name": "x", "shape": [1], "datatype": "FP32", "data": ["a"]}], InvalidTensor, "FP32"),
+        ([], InvalidInput, "non-empty"),
+    ],
+)
 def test_v2_bad_inputs(inputs: list, error: type, fragment: str) -> None:
     with pytest.raises(error, match=fragment):
         kserve_v2.decode_infer(json.dumps({"inputs": inputs}).encode(), b"", ServableRequest("m"))
@@ -239,11 +286,17 @@ def test_v2_bad_inputs(inputs: list, error: type, fragment: str) -> None:
 def test_v2_encode_json_binary_and_classification() -> None:
     response = PredictResponse(SID, {"y": np.array([[0.25, 0.75]], np.float32)}, labels=("a", "b"))
     header, binary = kserve_v2.encode_infer(response, kserve_v2.InferOptions(id="1"))
-    assert binary == b"" and header == {"model_name": "m", "model_version": "3", "id": "1", "outputs": [
-        {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]}
+    assert binary == b"" and header == {
+        "model_name": "m",
+        "model_version": "3",
+        "id": "1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}],
+    }
     options = kserve_v2.InferOptions(outputs=(kserve_v2.RequestedOutput("y", True, 1),))
     header, binary = kserve_v2.encode_infer(response, options)
-    assert header["outputs"] == [{"name": "y", "datatype": "BYTES", "shape": [1, 1], "parameters": {"binary_data_size": len(binary)}}]
+    assert header["outputs"] == [
+        {"name": "y", "datatype": "BYTES", "shape": [1, 1], "parameters": {"binary_data_size": len(binary)}}
+    ]
     assert binary == struct.pack("<I", 12) + b"0.750000:1:b"
 
 
@@ -258,13 +311,19 @@ def test_v2_raw_binary_request_is_the_only_inputs_bytes() -> None:
 def test_v2_metadata_names_and_dims() -> None:
     metadata = ModelMetadata(SID, {"serving_default": SIG}, "serving_default", (), "cpu")
     assert kserve_v2.encode_model_metadata(metadata, [3], "keras") == {
-        "name": "m", "versions": ["3"], "platform": "keras",
+        "name": "m",
+        "versions": ["3"],
+        "platform": "keras",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}, {"name": "z", "datatype": "INT64", "shape": [-1]}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [-1, 1]},
+            {"name": "z", "datatype": "INT64", "shape": [-1]},
+        ],
     }
 
 
 # --- native ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def flask_app() -> Flask:
@@ -275,9 +334,15 @@ def test_native_decodes_multipart_raw_and_json(flask_app: Flask) -> None:
     import io
 
     target = ServableRequest("m")
-    with flask_app.test_request_context("/", method="POST", data={
-            "image": [(io.BytesIO(b"one"), "a.png"), (io.BytesIO(b"two"), "b.png")], "other": (io.BytesIO(b"three"), "c.png")},
-            content_type="multipart/form-data"):
+    with flask_app.test_request_context(
+        "/",
+        method="POST",
+        data={
+            "image": [(io.BytesIO(b"one"), "a.png"), (io.BytesIO(b"two"), "b.png")],
+            "other": (io.BytesIO(b"three"), "c.png"),
+        },
+        content_type="multipart/form-data",
+    ):
         from flask import request
 
         assert native.decode_predict(request, target, max_images=3).images == (b"one", b"two", b"three")
@@ -290,7 +355,9 @@ def test_native_decodes_multipart_raw_and_json(flask_app: Flask) -> None:
     with flask_app.test_request_context("/", method="POST", data=b"x", content_type="text/csv"):
         with pytest.raises(UnsupportedMediaType, match="text/csv"):
             native.decode_predict(request, target, max_images=1)
-    with flask_app.test_request_context("/", method="POST", data={"field": "no file"}, content_type="multipart/form-data"):
+    with flask_app.test_request_context(
+        "/", method="POST", data={"field": "no file"}, content_type="multipart/form-data"
+    ):
         with pytest.raises(InvalidInput, match="'image'"):
             native.decode_predict(request, target, max_images=1)
 
@@ -306,8 +373,9 @@ def test_outputs_are_chosen_by_output_filter_in_tf_serving_and_outputs_natively(
         with pytest.raises(InvalidInput, match="output_filter"):
             tfserving.decode_predict_body({"instances": [[1]], "output_filter": bad}, ServableRequest("m"))
     target = ServableRequest("m")
-    with flask_app.test_request_context("/?outputs=backbone/avg_pool,y&outputs=z", method="POST", data=b"raw",
-                                        content_type="image/jpeg"):
+    with flask_app.test_request_context(
+        "/?outputs=backbone/avg_pool,y&outputs=z", method="POST", data=b"raw", content_type="image/jpeg"
+    ):
         chosen = native.decode_predict(request, target, max_images=1)
         assert (chosen.images, chosen.outputs) == ((b"raw",), ("backbone/avg_pool", "y", "z"))
     with flask_app.test_request_context("/", method="POST", json={"instances": [[1, 2]], "output_filter": ["y"]}):
@@ -327,7 +395,11 @@ def test_model_view_shows_how_images_are_preprocessed_and_why() -> None:
     info = ServableInfo(path="m.keras", format="keras", loader="keras3", preprocessing=choice)
     status = ModelStatus("m", (VersionStatus(3, ServableState.AVAILABLE, info=info),), {}, ())
     (version,) = native.encode_model(status, None)["versions"]
-    assert version["preprocessing"] == {"mode": "caffe", "chosen_by": "auto", "reason": "Keras Applications ResNet recognised"}
+    assert version["preprocessing"] == {
+        "mode": "caffe",
+        "chosen_by": "auto",
+        "reason": "Keras Applications ResNet recognised",
+    }
 
 
 @pytest.mark.parametrize("args,threshold,top_k", [({}, 0.5, None), ({"threshold": "0.9", "top_k": "3"}, 0.9, 3)])
@@ -346,18 +418,32 @@ def test_native_encode_classes_per_output() -> None:
     from service.classification import predict_classes
     from service.dataplane import ClassesResponse
 
-    response = ClassesResponse(SID, {
-        "kind": predict_classes(np.array([[0.2, 0.8]]), top_k=1, labels=("a", "b")),
-        "flag": predict_classes(np.array([[0.1]])),
-    })
-    assert native.encode_classes(response) == {"model": "m", "version": 3, "predictions": [{
-        "kind": {"class_id": 1, "label": "b", "score": pytest.approx(0.8), "top_k": [
-            {"class_id": 1, "label": "b", "score": pytest.approx(0.8)}]},
-        "flag": {"class_id": 0, "label": None, "score": pytest.approx(0.9)},
-    }]}
+    response = ClassesResponse(
+        SID,
+        {
+            "kind": predict_classes(np.array([[0.2, 0.8]]), top_k=1, labels=("a", "b")),
+            "flag": predict_classes(np.array([[0.1]])),
+        },
+    )
+    assert native.encode_classes(response) == {
+        "model": "m",
+        "version": 3,
+        "predictions": [
+            {
+                "kind": {
+                    "class_id": 1,
+                    "label": "b",
+                    "score": pytest.approx(0.8),
+                    "top_k": [{"class_id": 1, "label": "b", "score": pytest.approx(0.8)}],
+                },
+                "flag": {"class_id": 0, "label": None, "score": pytest.approx(0.9)},
+            }
+        ],
+    }
 
 
 # --- hostile inputs never become a 500 -------------------------------------------------------------
+
 
 def test_deeply_nested_json_is_invalid_input() -> None:
     deep = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -373,14 +459,16 @@ def test_example_integer_below_int64_is_refused_without_looping() -> None:
 
 
 def test_v2_absurd_bytes_shape_is_refused_before_allocating() -> None:
-    header = json.dumps({"inputs": [{"name": "s", "shape": [2**40, 2**40], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "s", "shape": [2**40, 2**40], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}
+    ).encode()
     with pytest.raises(InvalidInput, match="larger than 2147483647"):
         kserve_v2.decode_infer(header, b"\0" * 8, ServableRequest("m"))
 
 
 def test_v2_bytes_shape_within_bounds_is_still_checked_against_its_data_before_allocating() -> None:
-    header = json.dumps({"inputs": [{"name": "s", "shape": [2**15, 2**15], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "s", "shape": [2**15, 2**15], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}
+    ).encode()
     with pytest.raises(InvalidTensor, match="cannot hold"):
         kserve_v2.decode_infer(header, b"\0" * 8, ServableRequest("m"))

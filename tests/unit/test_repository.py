@@ -87,7 +87,9 @@ def test_versioned_folder_serves_the_latest_complete_version_by_default(tmp_path
     ("config", "expected"),
     [("version_policy: all\n", [1, 2, 3]), ("version_policy: specific\nversions: [1, 3, 7]\n", [1, 3])],
 )
-def test_version_policy_all_and_specific(tmp_path: Path, repo: ModelRepository, config: str, expected: list[int]) -> None:
+def test_version_policy_all_and_specific(
+    tmp_path: Path, repo: ModelRepository, config: str, expected: list[int]
+) -> None:
     for v in (1, 2, 3):
         write(tmp_path / "m" / str(v) / "model.keras")
     write(tmp_path / "m" / "config.yaml", config + "version_labels:\n  stable: 1\n")
@@ -121,7 +123,9 @@ def test_unversioned_folder_is_version_1(tmp_path: Path, repo: ModelRepository) 
     assert version.labels == ("x",)
 
 
-def test_unsafe_names_temporary_files_plugins_and_other_files_are_skipped(tmp_path: Path, repo: ModelRepository) -> None:
+def test_unsafe_names_temporary_files_plugins_and_other_files_are_skipped(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
     write(tmp_path / "good.h5")
     write(tmp_path / "bad name.h5")
     write(tmp_path / ".hidden.keras")
@@ -265,12 +269,17 @@ def test_a_folder_with_another_tools_config_json_gets_the_default_config_and_one
     assert version.path == tmp_path / "hub"
     notes = [r for r in caplog.records if "config.json" in r.getMessage()]
     assert [(r.levelno, r.getMessage()) for r in notes] == [
-        (logging.INFO, "hub/config.json: config.json is not a kerasserve model config (none of its keys is ours); "
-         "ignored, the model gets the default config")
+        (
+            logging.INFO,
+            "hub/config.json: config.json is not a kerasserve model config (none of its keys is ours); "
+            "ignored, the model gets the default config",
+        )
     ]
 
 
-def test_another_tools_config_json_in_a_version_folder_keeps_the_model_folder_config(tmp_path: Path, repo: ModelRepository) -> None:
+def test_another_tools_config_json_in_a_version_folder_keeps_the_model_folder_config(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
     write(tmp_path / "m" / "config.yaml", "labels: [a, b]\n")
     write(tmp_path / "m" / "1" / "model.keras")
     write(tmp_path / "m" / "1" / "config.json", HUB_CONFIG)
@@ -319,7 +328,9 @@ def test_configmap_style_symlink_swap_changes_the_fingerprint(tmp_path: Path, re
     assert after.pending == {1: SETTLING} or after.aspired[0].fingerprint != before
 
 
-def test_plugins_fingerprint_follows_the_plugin_files(tmp_path: Path, repo: ModelRepository, clocks: FakeClocks) -> None:
+def test_plugins_fingerprint_follows_the_plugin_files(
+    tmp_path: Path, repo: ModelRepository, clocks: FakeClocks
+) -> None:
     write(tmp_path / "plugins" / "a.py", "A = 1\n")
     repo.scan()
     first = repo.plugins_fingerprint()

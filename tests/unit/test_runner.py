@@ -70,9 +70,17 @@ def distinct_rows(n: int, width: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("max_batch_size", "sizes"),
-    [(1, (1,)), (2, (1, 2)), (5, (1, 2, 3, 4, 5)), (32, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)), (20, (1, 2, 3, 4, 6, 8, 12, 16, 20))],
+    [
+        (1, (1,)),
+        (2, (1, 2)),
+        (5, (1, 2, 3, 4, 5)),
+        (32, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)),
+        (20, (1, 2, 3, 4, 6, 8, 12, 16, 20)),
+    ],
 )
-def test_default_allowed_batch_sizes_increase_and_end_at_the_maximum(max_batch_size: int, sizes: tuple[int, ...]) -> None:
+def test_default_allowed_batch_sizes_increase_and_end_at_the_maximum(
+    max_batch_size: int, sizes: tuple[int, ...]
+) -> None:
     assert default_allowed_batch_sizes(max_batch_size) == sizes
 
 
@@ -196,7 +204,9 @@ def test_warm_up_skips_signatures_with_string_inputs() -> None:
         return {"length": tf.strings.length(text)}
 
     model.signatures["serving_default"] = Signature(
-        "serving_default", inputs=(TensorInfo("text", "string", (None,)),), outputs=(TensorInfo("length", "int32", (None,)),)
+        "serving_default",
+        inputs=(TensorInfo("text", "string", (None,)),),
+        outputs=(TensorInfo("length", "int32", (None,)),),
     )
     model.functions["serving_default"] = lambda **inputs: serve(inputs["text"])
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(1, 2))
@@ -216,7 +226,9 @@ def test_warm_up_raises_when_a_fully_known_signature_fails() -> None:
         return {"y": x}
 
     model.signatures["serving_default"] = Signature(
-        "serving_default", inputs=(TensorInfo("x", "float32", (None, 2)),), outputs=(TensorInfo("y", "float32", (None, 2)),)
+        "serving_default",
+        inputs=(TensorInfo("x", "float32", (None, 2)),),
+        outputs=(TensorInfo("y", "float32", (None, 2)),),
     )
     model.functions["serving_default"] = lambda **inputs: serve(inputs["x"])
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(1, 2))
@@ -241,8 +253,19 @@ def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() 
 
     if os.environ.get("KERASSERVE_FRESH_RUNNER_TEST") != "1":
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__}"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"{__file__}::{test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, "KERASSERVE_FRESH_RUNNER_TEST": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -286,14 +309,16 @@ def keras_cnn(tmp_path_factory: pytest.TempPathFactory):
     from service.loader import Loader
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((12, 12, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.BatchNormalization(),
-        keras.layers.Dropout(0.5),  # must be inactive: training=False
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(5, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.5),  # must be inactive: training=False
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
     folder = tmp_path_factory.mktemp("runner-models")
     model.save(folder / "cnn.keras")
     loaded = Loader(CustomObjectRegistry(), Settings(models_dir=folder)).load(folder / "cnn.keras")
@@ -303,7 +328,9 @@ def keras_cnn(tmp_path_factory: pytest.TempPathFactory):
 
 def test_keras_model_through_the_runner_matches_the_model_itself_for_every_row_count(keras_cnn) -> None:
     loaded, model = keras_cnn
-    runner = InferenceRunner(loaded, loaded.default_signature, device=CPU, allowed_batch_sizes=default_allowed_batch_sizes(8))
+    runner = InferenceRunner(
+        loaded, loaded.default_signature, device=CPU, allowed_batch_sizes=default_allowed_batch_sizes(8)
+    )
     runner.warm_up()
     rng = np.random.default_rng(0)
     (output,) = (t.name for t in loaded.signature.outputs)

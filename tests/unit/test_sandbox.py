@@ -34,8 +34,13 @@ def test_crafted_lambda_file_really_kills_a_python_process_with_sigsegv(files: P
         "keras.saving.load_model(sys.argv[1], compile=False); print('survived')"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", code, str(files / "lambda_crash.keras")], env=env, cwd=REPO,
-                          capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(files / "lambda_crash.keras")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGSEGV, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert b"survived" not in done.stdout
 
@@ -52,8 +57,14 @@ def test_lambda_bytecode_this_python_cannot_read_needs_no_probe(tmp_path: Path) 
     # The loader refuses unreadable bytecode (it asks for a replacement) before anything runs.
     readable = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode("ascii")
     layers = [
-        {"class_name": "Lambda", "config": {"name": "new", "function": [readable, None, None], "function_type": "lambda"}},
-        {"class_name": "Lambda", "config": {"name": "old", "function": ["4wEAAAAAAAAA", None, None], "function_type": "lambda"}},
+        {
+            "class_name": "Lambda",
+            "config": {"name": "new", "function": [readable, None, None], "function_type": "lambda"},
+        },
+        {
+            "class_name": "Lambda",
+            "config": {"name": "old", "function": ["4wEAAAAAAAAA", None, None], "function_type": "lambda"},
+        },
         {"class_name": "Lambda", "config": {"name": "named", "function": "my_fn", "function_type": "function"}},
     ]
     architecture = tmp_path / "model.json"

@@ -20,12 +20,16 @@ def test_no_token_configured_means_no_check(tmp_path: Path) -> None:
     security.check_bearer(None, settings)
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"]
+)
 def test_probes_metrics_and_docs_stay_open(tmp_path: Path, path: str) -> None:
     assert not security.needs_token(path, "GET", Settings(models_dir=tmp_path, auth_token="s3cret"))
 
 
-@pytest.mark.parametrize("path", ["/predict", "/models", "/models/m", "/v1/models/m:predict", "/v2/models/m/infer", "/v2/models/m"])
+@pytest.mark.parametrize(
+    "path", ["/predict", "/models", "/models/m", "/v1/models/m:predict", "/v2/models/m/infer", "/v2/models/m"]
+)
 def test_predict_and_management_routes_need_the_token(tmp_path: Path, path: str) -> None:
     settings = Settings(models_dir=tmp_path, auth_token="s3cret")
     assert security.needs_token(path, "POST", settings)
@@ -34,8 +38,15 @@ def test_predict_and_management_routes_need_the_token(tmp_path: Path, path: str)
 
 @pytest.mark.parametrize(
     ("header", "fragment"),
-    [(None, "needs `Authorization: Bearer"), ("", "needs"), ("Basic czNjcmV0", "must be `Bearer"), ("Bearer", "must be"),
-     ("Bearer wrong", "not valid"), ("Bearer s3cret2", "not valid"), ("Bearer \udcff", "not valid")],
+    [
+        (None, "needs `Authorization: Bearer"),
+        ("", "needs"),
+        ("Basic czNjcmV0", "must be `Bearer"),
+        ("Bearer", "must be"),
+        ("Bearer wrong", "not valid"),
+        ("Bearer s3cret2", "not valid"),
+        ("Bearer \udcff", "not valid"),
+    ],
 )
 def test_bad_bearer_tokens_are_unauthorized(tmp_path: Path, header: str | None, fragment: str) -> None:
     with pytest.raises(Unauthorized, match=fragment):
@@ -50,19 +61,33 @@ def test_good_bearer_token_passes(tmp_path: Path) -> None:
 
 def test_cors_is_off_by_default(tmp_path: Path) -> None:
     assert Settings(models_dir=tmp_path).cors_origins == []
-    assert security.cors_headers("https://evil.example", preflight=True, requested_headers="Authorization",
-                                 settings=Settings(models_dir=tmp_path)) == {}
+    assert (
+        security.cors_headers(
+            "https://evil.example",
+            preflight=True,
+            requested_headers="Authorization",
+            settings=Settings(models_dir=tmp_path),
+        )
+        == {}
+    )
 
 
 def test_cors_allows_only_listed_origins(tmp_path: Path) -> None:
     settings = Settings(models_dir=tmp_path, cors_origins=["https://app.example"])
-    assert security.cors_headers("https://evil.example", preflight=False, requested_headers=None, settings=settings) == {}
+    assert (
+        security.cors_headers("https://evil.example", preflight=False, requested_headers=None, settings=settings) == {}
+    )
     simple = security.cors_headers("https://app.example", preflight=False, requested_headers=None, settings=settings)
     assert simple["Access-Control-Allow-Origin"] == "https://app.example" and simple["Vary"] == "Origin"
     assert "Access-Control-Allow-Methods" not in simple
-    preflight = security.cors_headers("https://app.example", preflight=True, requested_headers="authorization, x-evil", settings=settings)
+    preflight = security.cors_headers(
+        "https://app.example", preflight=True, requested_headers="authorization, x-evil", settings=settings
+    )
     assert preflight["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
-    assert "Authorization" in preflight["Access-Control-Allow-Headers"] and "x-evil" not in preflight["Access-Control-Allow-Headers"]
+    assert (
+        "Authorization" in preflight["Access-Control-Allow-Headers"]
+        and "x-evil" not in preflight["Access-Control-Allow-Headers"]
+    )
 
 
 def test_cors_wildcard(tmp_path: Path) -> None:
@@ -76,7 +101,9 @@ def test_plain_model_names_pass(name: str) -> None:
     security.check_model_name(name)
 
 
-@pytest.mark.parametrize("name", ["", "..", ".", "../etc", "a/b", "a\x00b", ".hidden", "-x", "na me", "\ufffd", "é", "x" * 129, "a\nb"])
+@pytest.mark.parametrize(
+    "name", ["", "..", ".", "../etc", "a/b", "a\x00b", ".hidden", "-x", "na me", "\ufffd", "é", "x" * 129, "a\nb"]
+)
 def test_unsafe_model_names_are_invalid_input_without_raw_control_characters(name: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         security.check_model_name(name)

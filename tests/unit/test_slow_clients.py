@@ -43,14 +43,17 @@ def test_a_chunked_body_is_buffered_up_to_its_last_chunk_and_trailers() -> None:
     assert pending.body_end == len(pending.data)
 
 
-@pytest.mark.parametrize("head", [
-    b"POST /p HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (BUFFERED_BODY_BYTES + 1),
-    b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
-    b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n",
-    b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"POST /p HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"NONSENSE\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /p HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (BUFFERED_BODY_BYTES + 1),
+        b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"NONSENSE\r\n\r\n",
+    ],
+)
 def test_large_unusual_or_malformed_requests_go_to_a_thread_once_their_headers_are_in(head: bytes) -> None:
     pending = fed(head)
     assert pending.ready and pending.to_thread and pending.reserved == 0

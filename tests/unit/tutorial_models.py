@@ -154,10 +154,18 @@ def build_models(blog: ModuleType) -> dict[str, Built]:
         built[name] = Built(name, model, x, _run(model, x))
 
     inp = keras.Input((4,), name="x")
-    add("lambda_add", keras.Model(inp, keras.layers.Dense(2)(keras.layers.Lambda(lambda t: t + 2, name="plus_two")(inp))), [x4])
+    add(
+        "lambda_add",
+        keras.Model(inp, keras.layers.Dense(2)(keras.layers.Lambda(lambda t: t + 2, name="plus_two")(inp))),
+        [x4],
+    )
 
     img = keras.Input((4, 4, 1), name="image")
-    add("lambda_resize", keras.Model(img, blog.resize_layer()(img)), [rng.standard_normal((2, 4, 4, 1)).astype(np.float32)])
+    add(
+        "lambda_resize",
+        keras.Model(img, blog.resize_layer()(img)),
+        [rng.standard_normal((2, 4, 4, 1)).astype(np.float32)],
+    )
 
     inp = keras.Input((4,), name="x")
     add("lambda_noise", keras.Model(inp, blog.noise_layer()(keras.layers.Dense(3)(inp))), [x4])
@@ -193,7 +201,13 @@ def build_models(blog: ModuleType) -> dict[str, Built]:
     model.compile(optimizer="adam", loss=blog.mycrossentropy)
     add("mycrossentropy", model, [x4])
 
-    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((4,), name="x"),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     add("binary_classifier", model, [x4])
 
@@ -202,7 +216,9 @@ def build_models(blog: ModuleType) -> dict[str, Built]:
     merged = keras.layers.Concatenate()([a, b])
     add(
         "multi_input",
-        keras.Model([a, b], [keras.layers.Dense(2, name="first")(merged), keras.layers.Dense(1, name="second")(merged)]),
+        keras.Model(
+            [a, b], [keras.layers.Dense(2, name="first")(merged), keras.layers.Dense(1, name="second")(merged)]
+        ),
         [rng.standard_normal((3, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)],
     )
     return built
