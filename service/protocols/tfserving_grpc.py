@@ -250,9 +250,9 @@ def decode_examples(spec: model_pb2.ModelSpec, input_: input_pb2.Input, method: 
         raise InvalidInput("'examples' must be a non-empty list of tf.Example")
     return ExamplesRequest(
         target,
-        method,
+        method,  # type: ignore[arg-type]  # "classify" or "regress", from the RPC called
         tuple(example_features(e) for e in examples),
-        context,  # type: ignore[arg-type]  # method: "classify" or "regress", from the RPC called
+        context,
         spec.signature_name or None,
     )
 
