@@ -41,6 +41,8 @@ def needs_token(path: str, method: str, settings: Settings) -> bool:
         return False
     if method == "OPTIONS":
         return False  # CORS preflights never carry credentials; no route answers OPTIONS with data
+    if path == "/metrics":
+        return settings.metrics_need_token
     return path not in OPEN_PATHS
 
 

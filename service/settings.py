@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     auth_token: str | None = None
     """When set, predict and management routes need `Authorization: Bearer <token>`; probes stay open. Set but empty stops start-up (auth would silently be off)."""
 
+    metrics_need_token: bool = False
+    """With AUTH_TOKEN set, `/metrics` needs the token too (give Prometheus a bearer token); off: open like the probes."""
+
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS (comma-separated); empty turns CORS off."""
 

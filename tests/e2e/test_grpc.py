@@ -415,3 +415,43 @@ def test_sigterm_drains_the_call_in_flight_and_refuses_new_ones(
         assert http.process.wait(timeout=60) == 0
         assert refused.is_set()
         channel.close()
+
+
+def test_concurrent_grpc_and_rest_requests_share_device_calls(served: Served) -> None:
+    # The same batchers serve both transports: 64 one-row requests, half over gRPC, half over REST,
+    # sent at once, become fewer device calls than requests (read from /metrics, both workers).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.test_metrics import samples, value
+
+    requests_sent = 64
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    expected = binary_scores(rows).reshape(-1).tolist()
+
+    def via_grpc() -> list[float]:
+        request = predict_pb2.PredictRequest(model_spec=spec("binary"))
+        request.inputs["features"].CopyFrom(tf.make_tensor_proto(rows))
+        response = served.prediction.Predict(request, metadata=AUTH, timeout=30)
+        return tf.make_ndarray(response.outputs["probability"]).reshape(-1).tolist()
+
+    def via_rest() -> list[float]:
+        return (
+            np.asarray(served.rest("/v1/models/binary:predict", {"instances": rows.tolist()})["predictions"])
+            .reshape(-1)
+            .tolist()
+        )
+
+    before = samples(served.http)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(lambda i: via_grpc() if i % 2 else via_rest(), range(requests_sent)))
+    after = samples(served.http)
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, atol=1e-6)
+    batches = value(after, "kerasserve_batches_total", model="binary") - value(
+        before, "kerasserve_batches_total", model="binary"
+    )
+    batch_rows = value(after, "kerasserve_batch_rows_sum", model="binary") - value(
+        before, "kerasserve_batch_rows_sum", model="binary"
+    )
+    assert batch_rows == requests_sent
+    assert 1 <= batches < requests_sent

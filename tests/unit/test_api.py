@@ -466,6 +466,19 @@ def test_with_a_token_configured_predict_needs_it_and_probes_stay_open(tmp_path:
     assert (probe.status_code, probe.get_json()) == (200, {"status": "alive"})
 
 
+@pytest.mark.parametrize(("need", "status"), [(False, 200), (True, 401)])
+def test_metrics_need_the_token_only_when_configured(tmp_path: Path, need: bool, status: int) -> None:
+    app = make_app(tmp_path / "models", auth_token="s3cret", metrics_need_token=need)
+    client = app.test_client()
+    try:
+        without = client.get("/metrics")
+        with_token = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert without.status_code == status
+    assert with_token.status_code == 200 and "kerasserve_" in with_token.get_data(as_text=True)
+
+
 # --- hardening: requests of ordinary size that used to answer 500 -----------------------------------
 # Numbers in URLs, headers and query strings are ASCII digits only ('²' passes str.isdigit() but not
 # int(); int('١') is 1, yet a version is not written in Arabic-Indic digits).
