@@ -13,12 +13,15 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import re
+import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, UnsafeModelRefused
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,171 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _SIDE_SUFFIXES = (".yaml", ".yml", ".txt", ".md", ".npy", ".py", ".pyc", ".lock", ".tmp", ".part")
 _WEIGHT_NAME_SUFFIXES = (".weights.h5", "_weights.h5", "_weights.hdf5", ".h5", ".hdf5")
 _ARCH_STEM_SUFFIXES = ("_config", "_architecture", "_arch", "_model", "_json", ".architecture", ".config")
+
+MAX_WALK_DEPTH = 8
+"""Folder levels walked below a model folder (a SavedModel needs 2: `variables/`, `assets/`)."""
+MAX_ZIP_UNCOMPRESSED_BYTES = 64 * 1024**3
+"""Largest total a `.keras` zip may declare for its members once expanded (64 GiB)."""
+MAX_ZIP_RATIO = 200
+"""Largest expanded-size / file-size ratio of a `.keras` zip declaring over `ZIP_RATIO_FLOOR_BYTES`."""
+ZIP_RATIO_FLOOR_BYTES = 256 * 1024**2
+"""Below this declared total (256 MiB) the ratio is not checked: small zero-filled models compress well."""
+MAX_ZIP_MEMBERS = 10_000
+"""Most members a `.keras` zip may hold (Keras writes 3)."""
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def special_kind(mode: int) -> str | None:
+    """Name the kind of a non-regular, non-folder file from its `st_mode` (None for files and folders)."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+@dataclass(slots=True)
+class FolderWalk:
+    """What `walk_folder` found: regular files, non-regular files, and links it did not follow."""
+
+    files: list[Path] = field(default_factory=list)
+    special: list[tuple[Path, str]] = field(default_factory=list)
+    """Non-regular files (FIFOs, sockets, devices) and their kind: never opened."""
+    revisits: list[Path] = field(default_factory=list)
+    """Folders (through symlinks) not walked because they lead to a folder already walked or holding this one."""
+
+
+def walk_folder(folder: Path, *, skip: Callable[[str], bool] = lambda name: False) -> FolderWalk:
+    """Walk `folder` following symlinks, but never into a loop, and at most `MAX_WALK_DEPTH` levels deep.
+
+    A folder is walked once: a symlink to a folder already walked, to the folder holding the link or
+    to any of its parents (a loop) is recorded in `revisits` and not followed. Links leading out of
+    `folder` to other files and folders are followed (a corpus linked into the models folder).
+    Nothing is opened: each entry is only `stat`ed, so a FIFO can never block the walk. Dangling
+    links and names `skip` accepts are left out.
+    """
+    walk = FolderWalk()
+    real = Path(os.path.realpath(folder))
+    visited: set[tuple[int, int]] = set()
+    for parent in (real, *real.parents):
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return walk
+        visited.add((st.st_dev, st.st_ino))
+
+    def visit(dirpath: str, depth: int) -> None:
+        try:
+            names = sorted(entry.name for entry in os.scandir(dirpath))
+        except OSError:
+            return
+        for name in names:
+            if skip(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)  # follows symlinks; a dangling link or a link loop (ELOOP) raises
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in visited:
+                    walk.revisits.append(Path(path))
+                elif depth + 1 < MAX_WALK_DEPTH:
+                    visited.add(key)
+                    visit(path, depth + 1)
+            elif stat.S_ISREG(st.st_mode):
+                walk.files.append(Path(path))
+            else:
+                walk.special.append((Path(path), special_kind(st.st_mode) or "not a regular file"))
+
+    visit(str(folder), 0)
+    return walk
+
+
+def special_file_problem(path: Path, special: list[tuple[Path, str]]) -> str:
+    """The refusal message for non-regular files found in (or as) the model at `path` ("" when none)."""
+    if not special:
+        return ""
+    root = Path(path)
+    named = []
+    for file, kind in special[:3]:
+        try:
+            shown = str(file.relative_to(root.parent))
+        except ValueError:
+            shown = file.name
+        named.append(f"{shown} is {kind}")
+    more = f" (and {len(special) - 3} more)" if len(special) > 3 else ""
+    return (
+        f"refused: {'; '.join(named)}{more}, not a regular file: a model may hold only regular files and "
+        "folders (a FIFO would block the loader); see docs/security.md"
+    )
+
+
+def check_model_files(path: Path) -> None:
+    """Refuse a model file or folder holding FIFOs, sockets or devices, before anything is opened.
+
+    Raises:
+        UnsafeModelRefused: `path` is, or holds, a non-regular file.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: detect_format says so
+    if stat.S_ISDIR(mode):
+        problem = special_file_problem(path, walk_folder(path).special)
+    else:
+        kind = special_kind(mode)
+        problem = special_file_problem(path, [(path, kind)] if kind else [])
+    if problem:
+        raise UnsafeModelRefused(problem)
+
+
+def zip_bomb_problem(archive: zipfile.ZipFile, file_size: int, name: str) -> str:
+    """Say why the declared sizes of a `.keras` zip are absurd ("" when they are not), before expanding it.
+
+    Python's zipfile never expands a member beyond its declared `file_size`, so the declared sizes
+    bound what reading can cost. The ratio is taken against the file's size on disk, not the sum of
+    the members' compressed sizes, so members sharing one compressed stream (overlapping entries)
+    cannot hide.
+    """
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        return f"refused: {name} is a zip of {len(infos)} members (at most {MAX_ZIP_MEMBERS}); not a Keras model"
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ZIP_UNCOMPRESSED_BYTES:
+        return (
+            f"refused: {name} declares {total / 1024**3:.1f} GiB once expanded (at most "
+            f"{MAX_ZIP_UNCOMPRESSED_BYTES // 1024**3} GiB); a zip bomb?"
+        )
+    if total > ZIP_RATIO_FLOOR_BYTES and total > MAX_ZIP_RATIO * max(file_size, 1):
+        return (
+            f"refused: {name} would expand {total / max(file_size, 1):.0f} times ({file_size} bytes to "
+            f"{total / 1024**2:.0f} MiB; at most {MAX_ZIP_RATIO} times above "
+            f"{ZIP_RATIO_FLOOR_BYTES // 1024**2} MiB); a zip bomb?"
+        )
+    return ""
+
+
+def check_zip(path: Path) -> None:
+    """Refuse a zip whose declared sizes are absurd (a zip bomb), reading only its central directory.
+
+    Raises:
+        UnsafeModelRefused: see `zip_bomb_problem`.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            problem = zip_bomb_problem(archive, os.stat(path).st_size, path.name)
+    except (OSError, zipfile.BadZipFile):
+        return  # not a readable zip: whoever reads it reports that
+    if problem:
+        raise UnsafeModelRefused(problem)
 
 
 class ModelFormat(str, enum.Enum):
@@ -147,8 +315,11 @@ def _detect_file(path: Path) -> DetectedModel | None:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
+                problem = zip_bomb_problem(archive, path.stat().st_size, path.name)
         except (OSError, zipfile.BadZipFile):
             return None
+        if problem:
+            raise UnsafeModelRefused(problem, format=ModelFormat.KERAS_ZIP.value)
         if "config.json" in names:
             return DetectedModel(ModelFormat.KERAS_ZIP, path, keras_version=_zip_version(path), files=(path,))
         return None
@@ -180,7 +351,7 @@ def _is_saved_model_dir(path: Path) -> bool:
 
 def _detect_dir(path: Path) -> DetectedModel:
     if _is_saved_model_dir(path):
-        files = tuple(p for p in sorted(path.rglob("*")) if p.is_file())
+        files = tuple(walk_folder(path).files)
         return DetectedModel(ModelFormat.SAVED_MODEL, path, files=files)
     full: list[DetectedModel] = []
     pairs: list[DetectedModel] = []
@@ -224,8 +395,11 @@ def detect_format(path: Path) -> DetectedModel:
     Raises:
         ModelLoadError: nothing recognisable is there, or a folder holds several models. The message
             names the file, never the server's absolute path.
+        UnsafeModelRefused: `path` is or holds a FIFO, socket or device (refused before anything is
+            opened), or is a zip bomb (`zip_bomb_problem`).
     """
     path = Path(path)
+    check_model_files(path)
     if path.is_dir():
         return _detect_dir(path)
     if not path.is_file():

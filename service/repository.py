@@ -34,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from service.formats import SAVED_MODEL_FILES
+from service.formats import SAVED_MODEL_FILES, FolderWalk, special_file_problem, special_kind, walk_folder
 from service.model_config import (
     CONFIG_SUFFIXES,
     FOLDER_CONFIG_NAMES,
@@ -58,7 +58,6 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 """Safe model names: they appear in URLs, metric labels and file names."""
 VERSION_DIR = re.compile(r"^[0-9]{1,18}$")
 _SHARD = re.compile(r"^variables\.data-(\d+)-of-(\d+)$")
-_MAX_DEPTH = 8
 
 SETTLING = "settling"
 """`ModelSource.pending` reason of a version whose files are still changing."""
@@ -119,6 +118,8 @@ class _Candidate:
     configs: list[Path]
     labels_file: Path | None
     missing: str = ""
+    special: list[tuple[Path, str]] = field(default_factory=list)
+    """FIFOs, sockets and devices in the version: it is refused (`VersionSource.error`), never read."""
 
 
 class ModelRepository:
@@ -152,7 +153,7 @@ class ModelRepository:
     def note_arrived(self, path: str | os.PathLike[str]) -> None:
         """Record that `path` (a file or folder) arrived by atomic rename: its current files are complete."""
         path = Path(path)
-        files = [path] if path.is_file() else [p for p in _walk_files(path)] if path.is_dir() else []
+        files = [path] if path.is_file() else _walk_files(path).files if path.is_dir() else []
         with self._lock:
             for file in files:
                 signature = _stat(file)
@@ -204,17 +205,24 @@ class ModelRepository:
                 entries = []
             names = {e.name for e in entries}
             claimed: dict[str, list[Path]] = {}
+            models_real = Path(os.path.realpath(self.models_dir))
             for entry in entries:
                 name = entry.name
                 if is_ignored(name) or name == PLUGINS_FOLDER:
                     continue
                 path = Path(entry.path)
                 if path.is_dir():
+                    if models_real.is_relative_to(os.path.realpath(path)):
+                        self._note(name, f"skipped {name}: a symlink to a folder holding the models folder (a loop)")
+                        continue
                     claimed.setdefault(name, []).insert(0, path)
                     continue
                 stem, suffix = os.path.splitext(name)
-                if not path.is_file():
-                    self._note(name, f"skipped {name}: not a regular file (a dangling link?)")
+                kind = _special(path)
+                if kind and suffix.lower() in MODEL_FILE_SUFFIXES:
+                    claimed.setdefault(stem, []).append(path)  # refused as a version, never opened
+                elif not path.is_file():
+                    self._note(name, f"skipped {name}: not a regular file ({kind or 'a dangling link or a loop?'})")
                 elif suffix.lower() in MODEL_FILE_SUFFIXES:
                     claimed.setdefault(stem, []).append(path)
                 elif not _is_companion(name, names):
@@ -249,7 +257,7 @@ class ModelRepository:
         folder = self.models_dir / PLUGINS_FOLDER
         digest = hashlib.sha1()
         settled = True
-        for file in _walk_files(folder) if folder.is_dir() else []:
+        for file in _walk_files(folder).files if folder.is_dir() else []:
             signature = _stat(file)
             if signature is not None:
                 settled = self._settled(file, signature, now, now_wall, seen) and settled
@@ -282,7 +290,12 @@ class ModelRepository:
         else:
             model_configs = _first_existing(path.parent, tuple(name + s for s in CONFIG_SUFFIXES))
             labels = path.parent / f"{name}.labels.txt"
-            candidates = [_Candidate(1, path, [path], [], labels if labels.is_file() else None)]
+            kind = _special(path)
+            candidates = [
+                _Candidate(
+                    1, path, [path], [], labels if labels.is_file() else None, special=[(path, kind)] if kind else []
+                )
+            ]
 
         model_config, model_error = self._read_configs(model_configs)
         present: set[int] = set()
@@ -327,10 +340,16 @@ class ModelRepository:
             [] if model_configs and folder == model_configs[0].parent else _first_existing(folder, FOLDER_CONFIG_NAMES)
         )
         skip = {str(p) for p in [*configs, *model_configs]}
-        files = [f for f in _walk_files(folder) if str(f) not in skip]
+        walk = _walk_files(folder)
+        for link in walk.revisits:
+            where = display_path(link, self.models_dir)
+            self._note(f"{link}:loop", f"{where}: not followed, it leads to a folder already walked (a symlink loop?)")
+        files = [f for f in walk.files if str(f) not in skip]
         labels_file = next((p for p in labels if p.is_file()), None)
         files = [f for f in files if f != labels_file]
-        return _Candidate(version, folder, files, configs, labels_file, _missing_parts(folder, files))
+        # A version holding a FIFO is refused, not left waiting for the part the FIFO stands in for.
+        missing = "" if walk.special else _missing_parts(folder, files)
+        return _Candidate(version, folder, files, configs, labels_file, missing, walk.special)
 
     def _version_source(
         self,
@@ -341,7 +360,7 @@ class ModelRepository:
         model_error: str,
         seen: dict,
     ) -> VersionSource:
-        error = model_error
+        error = special_file_problem(cand.path, cand.special) or model_error
         config = model_config
         if not error and cand.configs:
             version_config, error = self._read_configs(cand.configs)
@@ -357,6 +376,8 @@ class ModelRepository:
             {*cand.files, *model_configs, *cand.configs, *([cand.labels_file] if cand.labels_file else [])}
         ):
             digest.update(f"{file}\0{seen[str(file)][0]}\n".encode())
+        for file, kind in cand.special:
+            digest.update(f"{file}\0{kind}\n".encode())
         if error:
             self._note(f"{name}:{cand.version}:config", error)
         return VersionSource(
@@ -410,21 +431,21 @@ def _list_dir(path: Path) -> list[Path]:
         return []
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every non-ignored file under `folder` (following symlinks, skipping hidden and temporary names)."""
-    files: list[Path] = []
-    root_depth = len(folder.parts)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        if len(Path(dirpath).parts) - root_depth >= _MAX_DEPTH:
-            dirnames[:] = []
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        # A dangling link is no file: it would never settle and hold the version back forever.
-        files.extend(
-            Path(dirpath, f)
-            for f in sorted(filenames)
-            if not is_ignored(f) and os.path.isfile(os.path.join(dirpath, f))
-        )
-    return files
+def _special(path: Path) -> str | None:
+    """The kind of `path` when it is a FIFO, socket or device (following symlinks), else None."""
+    try:
+        return special_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def _walk_files(folder: Path) -> FolderWalk:
+    """Every non-ignored file under `folder`: following symlinks but never a loop, skipping hidden and temporary names.
+
+    Dangling links are no files (they would never settle and hold the version back forever);
+    FIFOs, sockets and devices are listed apart (`FolderWalk.special`) and never opened.
+    """
+    return walk_folder(folder, skip=is_ignored)
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> list[Path]:

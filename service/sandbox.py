@@ -28,13 +28,13 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from service import errors, lambda_code
 from service.errors import ModelLoadError, strip_paths
-from service.formats import HDF5_MAGIC, ZIP_MAGIC
+from service.formats import HDF5_MAGIC, ZIP_MAGIC, check_model_files, check_zip, walk_folder
 from service.model_config import ModelConfig
 from service.settings import Settings
 
@@ -44,6 +44,35 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """Folder holding the `service` package: the child's PYTHONPATH."""
 _RESULT_ERRORS = {cls.__name__: cls for cls in (ModelLoadError, errors.MissingCustomObject, errors.UnsafeModelRefused)}
 _STDERR_TAIL_BYTES = 4000
+CHILD_ENV_NAMES = frozenset(
+    {"PATH", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ"}
+)
+"""Environment variables the probe child inherits, besides those starting with `CHILD_ENV_PREFIXES`."""
+CHILD_ENV_PREFIXES = ("LC_", "TF_", "KERAS_", "CUDA_", "XLA_", "OMP_", "MKL_")
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE")
+"""A variable whose name holds one of these never reaches the child, even with an allowed prefix."""
+_CHILD_SETTINGS_EXCLUDED = {"auth_token"}
+"""Settings the child is not told (it serves nothing, so it needs no token)."""
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The probe child's environment: what Python and TensorFlow need, never the server's secrets.
+
+    Only `CHILD_ENV_NAMES` and names starting with `CHILD_ENV_PREFIXES` pass, unless the name holds
+    a secret-looking word (`AUTH_TOKEN`, `AWS_SECRET_ACCESS_KEY`, `TF_..._TOKEN` never do). The child
+    gets its settings from the request file, so it needs no other variable; `PYTHONPATH` starts with
+    this package, `CUDA_VISIBLE_DEVICES` is empty (no GPU) and `PROMETHEUS_MULTIPROC_DIR` is dropped.
+    """
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES))
+        and not any(word in name.upper() for word in _SECRET_WORDS)
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the probe never needs (or takes memory from) a GPU
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
 
 
 # --- is a probe needed? ----------------------------------------------------------------------------
@@ -76,7 +105,8 @@ def _walk_dicts(value: Any) -> Iterator[dict]:
 
 
 def _model_configs(path: Path) -> list[Any]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    check_model_files(path)  # a FIFO would block the reads below: refused first
+    files = [path] if path.is_file() else walk_folder(path).files if path.is_dir() else []
     configs: list[Any] = []
     for file in files:
         try:
@@ -90,6 +120,7 @@ def _file_config(file: Path) -> list[Any]:
     with file.open("rb") as stream:
         magic = stream.read(8)
     if magic.startswith(ZIP_MAGIC):
+        check_zip(file)
         with zipfile.ZipFile(file) as archive:
             if "config.json" not in archive.namelist():
                 return []
@@ -156,16 +187,12 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
                 {
                     "path": str(path),
                     "config": config.model_dump(mode="json") if config is not None else None,
-                    "settings": settings.model_dump(mode="json"),
+                    "settings": settings.model_dump(mode="json", exclude=_CHILD_SETTINGS_EXCLUDED),
                 }
             ),
             encoding="utf-8",
         )
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the probe never needs (or takes memory from) a GPU
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the child must not write metric files for the workers
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env = child_environment(os.environ)
         with stderr_file.open("wb") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.sandbox", str(request_file), str(result_file), str(os.getpid())],
