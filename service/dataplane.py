@@ -280,6 +280,8 @@ class DataPlane:
             servable.config.preprocessing,
             max_pixels=self._settings.max_image_pixels,
             max_rows=self._settings.max_images_per_request,
+            max_request_pixels=self._settings.max_request_pixels,
+            max_decode_s=self._settings.max_request_decode_s,
         )
         return arrays, expanded
 

@@ -18,6 +18,7 @@ import functools
 import io
 import logging
 import struct
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,48 @@ UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)
 """What Pillow raises for files it cannot read (truncated, corrupt, unsupported modes)."""
 MALFORMED = (TypeError, struct.error, IndexError, KeyError, ZeroDivisionError, zlib.error)
 """What escapes Pillow's parsers on malformed fields of a file it did recognise (EXIF and TIFF tags above all)."""
+JPEG_NORMAL_SCANS = 10
+"""Scans of an ordinary progressive colour JPEG (libjpeg's and Pillow's `progressive=True` script). libjpeg walks every
+block of a progressive JPEG once per scan, even an empty one, so a JPEG of S scans is charged its pixels x S / 10 (at
+least its pixels) against MAX_REQUEST_PIXELS: ordinary files cost their pixels, a file of many empty scans its real work."""
+
+
+class DecodeBudget:
+    """What one request may spend decoding images, across all its image inputs: pixels and CPU seconds.
+
+    Pixels are charged from the headers, for every image, before any is decoded (`charge`); time is the request
+    thread's CPU time, checked after each image (`check_time`). Neither is enforced anywhere else.
+    """
+
+    def __init__(self, *, max_pixels: int | None, max_seconds: float | None) -> None:
+        self.max_pixels = max_pixels
+        self.max_seconds = max_seconds
+        self.pixels = 0
+        self._start = time.thread_time()
+
+    def charge(self, image: Image.Image, data: bytes) -> None:
+        """Add an opened image's decode cost (its pixels, more for a JPEG of many scans); 413 past the budget."""
+        width, height = image.size
+        cost = width * height
+        scans = data.count(b"\xff\xda") if image.format == "JPEG" else 1  # SOS markers; 0xFF in scan data is stuffed
+        if scans > JPEG_NORMAL_SCANS:
+            cost = cost * scans // JPEG_NORMAL_SCANS
+        self.pixels += cost
+        if self.max_pixels is not None and self.pixels > self.max_pixels:
+            what = f"a JPEG of {scans} scans counts {cost} pixels; " if scans > JPEG_NORMAL_SCANS else ""
+            raise PayloadTooLarge(
+                f"{what}the request's images need {self.pixels} pixels of decoding, over the limit of "
+                f"{self.max_pixels} per request (MAX_REQUEST_PIXELS)"
+            )
+
+    def check_time(self) -> None:
+        """Raise 413 once the request thread has spent more CPU time decoding than allowed."""
+        spent = time.thread_time() - self._start
+        if self.max_seconds is not None and spent > self.max_seconds:
+            raise PayloadTooLarge(
+                f"decoding the request's images took {spent:.2f}s of CPU, over the limit of "
+                f"{self.max_seconds:g}s per request (MAX_REQUEST_DECODE_S)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +245,11 @@ def decode_image(data: bytes, spec: ImageSpec, *, max_pixels: int) -> np.ndarray
         InvalidInput: not a readable image.
         PayloadTooLarge: the image has more pixels than allowed.
     """
-    image = open_image(data, max_pixels=max_pixels)
+    return _decode_opened(open_image(data, max_pixels=max_pixels), spec)
+
+
+def _decode_opened(image: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """Decode an image `open_image` opened (and checked) into an uint8 array (H, W, C) for `spec`."""
     mode = PIL_MODE_BY_CHANNELS[spec.channels]
     try:
         if image.format == "JPEG" and spec.height and spec.width:
@@ -302,22 +349,39 @@ def keras_preprocess(pixels: np.ndarray, mode: str, dtype: np.dtype) -> np.ndarr
     return out
 
 
-def decode_images(images: Sequence[bytes], spec: ImageSpec, *, max_pixels: int) -> np.ndarray:
+def decode_images(
+    images: Sequence[bytes], spec: ImageSpec, *, max_pixels: int, budget: DecodeBudget | None = None
+) -> np.ndarray:
     """Decode several encoded images into one batch tensor for `spec`'s input.
+
+    Every image is opened (headers only) and charged to `budget` before the first is decoded, so a request whose
+    images together declare too many pixels costs no decoding; the budget's time is checked after each image.
 
     Raises:
         InvalidInput: an image cannot be decoded, or images of different sizes go to an input
             whose size is not fixed.
-        PayloadTooLarge: an image has more pixels than allowed.
+        PayloadTooLarge: an image has more pixels than allowed, or the request is over its budget.
     """
-    arrays = []
+    budget = budget or DecodeBudget(max_pixels=None, max_seconds=None)
+    opened = []
     for index, data in enumerate(images):
         try:
-            arrays.append(decode_image(data, spec, max_pixels=max_pixels))
+            image = open_image(data, max_pixels=max_pixels)
+            budget.charge(image, data)
         except (InvalidInput, PayloadTooLarge) as err:
             if len(images) == 1:
                 raise
             raise type(err)(f"image {index}: {err}") from err
+        opened.append(image)
+    arrays = []
+    for index, image in enumerate(opened):
+        try:
+            arrays.append(_decode_opened(image, spec))
+        except (InvalidInput, PayloadTooLarge) as err:
+            if len(images) == 1:
+                raise
+            raise type(err)(f"image {index}: {err}") from err
+        budget.check_time()
     if len({a.shape for a in arrays}) > 1:
         raise InvalidInput(
             f"images of different sizes for input '{spec.input}', whose size is not fixed; "
@@ -346,6 +410,8 @@ def to_model_inputs(
     *,
     max_pixels: int,
     max_rows: int,
+    max_request_pixels: int | None = None,
+    max_decode_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Turn a request's arrays and images into exactly the tensors `signature` takes.
 
@@ -355,8 +421,10 @@ def to_model_inputs(
     Raises:
         InvalidInput: unknown or missing inputs, undecodable images, unequal batch sizes.
         InvalidTensor: values that do not fit an input's dtype or shape.
-        PayloadTooLarge: more rows than `max_rows`, or too many pixels.
+        PayloadTooLarge: more rows than `max_rows`, too many pixels in an image, or the request's images over
+            `max_request_pixels` or `max_decode_s` of CPU (one `DecodeBudget` for all its image inputs; None: no limit).
     """
+    budget = DecodeBudget(max_pixels=max_request_pixels, max_seconds=max_decode_s)
     named = dict(inputs)
     if images:
         spec = image_spec(signature, config)
@@ -384,7 +452,9 @@ def to_model_inputs(
     for tensor in signature.inputs:
         array = named[tensor.name]
         if is_encoded(array) and tensor.dtype not in STRING_DTYPES:
-            array = _decode_image_tensor(array, signature, config, tensor, max_pixels=max_pixels, max_rows=max_rows)
+            array = _decode_image_tensor(
+                array, signature, config, tensor, max_pixels=max_pixels, max_rows=max_rows, budget=budget
+            )
         else:
             array = cast_tensor(array, tensor)
         if has_batch:
@@ -416,6 +486,7 @@ def _decode_image_tensor(
     *,
     max_pixels: int,
     max_rows: int,
+    budget: DecodeBudget,
 ) -> np.ndarray:
     """Decode a column of encoded images for `tensor`, or refuse when it does not take images."""
     if len(tensor.shape) not in (3, 4):
@@ -426,7 +497,7 @@ def _decode_image_tensor(
     if flat.size > max_rows:
         raise PayloadTooLarge(f"{flat.size} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
     spec = image_spec(signature, config.model_copy(update={"input": tensor.name}))
-    return decode_images([bytes(v) for v in flat], spec, max_pixels=max_pixels)
+    return decode_images([bytes(v) for v in flat], spec, max_pixels=max_pixels, budget=budget)
 
 
 def cast_tensor(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:

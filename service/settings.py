@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Largest decoded image (width x height); larger ones get 413."""
 
+    max_request_pixels: int = Field(100_000_000, ge=1)
+    """Most pixels one request's images may decode, all together, counted from their headers before any is decoded (a JPEG of over 10 scans counts its pixels x scans / 10); more gets 413. 100 million: 2.5 images of MAX_IMAGE_PIXELS or 64 of 1.5 Mpx, about 1 s of one core (docs/security.md)."""
+
+    max_request_decode_s: float = Field(5.0, gt=0)
+    """Most CPU seconds one request's image decoding may take, checked after each image; more gets 413."""
+
     auth_token: str | None = None
     """When set, predict and management routes need `Authorization: Bearer <token>`; probes stay open. Set but empty stops start-up (auth would silently be off)."""
 
