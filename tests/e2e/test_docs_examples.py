@@ -197,6 +197,13 @@ NOT_SETTINGS = {
     "SYNC_INTERVAL_S": "the object-storage sync container's variable",
     "SOAK_S": "the soak test's variable",
     "MAX_CONTENT_LENGTH": "a Flask config key",
+    "ELOOP": "an errno name",
+    **dict.fromkeys(
+        ["PATH", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE"]
+        + ["LC_", "TF_", "KERAS_", "CUDA_", "XLA_", "OMP_", "MKL_"]
+        + ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE"],
+        "environment names (or parts of names) the Lambda probe's child keeps or drops (docs/security.md)",
+    ),
 }
 
 
