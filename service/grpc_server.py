@@ -29,6 +29,7 @@ from tritonclient.grpc import service_pb2_grpc
 from service import grpc_errors, grpc_services, security
 from service.dataplane import DataPlane
 from service.errors import Unauthorized
+from service.metrics import GRPC, observe_request
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,21 @@ class _BearerToken(grpc.ServerInterceptor):
             handler = continuation(handler_call_details)
             if handler is None:
                 return None  # an unknown method: UNIMPLEMENTED, whoever asks
-            return _refusal(handler, err)
+            return _refusal(handler, err, method)
         return continuation(handler_call_details)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, error: Unauthorized) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers `error` without parsing the request."""
+def _route(method: str) -> str:
+    """The `route` label of a method: '/tensorflow.serving.PredictionService/Predict' -> 'PredictionService/Predict'."""
+    service, _, name = method.lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{name}"
+
+
+def _refusal(handler: grpc.RpcMethodHandler, error: Unauthorized, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers `error` without parsing the request (counted, as REST's 401s)."""
 
     def refuse(_request, context: grpc.ServicerContext):
+        observe_request(GRPC, _route(method), "", grpc_errors.code_for(error).name, None)
         grpc_errors.abort(context, error)
 
     if handler.request_streaming and handler.response_streaming:

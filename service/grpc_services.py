@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -24,7 +25,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from service import grpc_errors, security
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ModelNotReady, Unimplemented
-from service.logs import request_id_var
+from service.logs import protocol_var, request_id_var
+from service.metrics import GRPC, UNKNOWN_MODEL, observe_request
 from service.protocols import kserve_v2_grpc, tfserving_grpc
 from service.servable import ServableState
 from service.settings import Settings
@@ -49,21 +51,49 @@ _Response = TypeVar("_Response")
 
 
 def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
-    """Run one unary method with a request id, and map every error through `grpc_errors`."""
+    """Run one unary method with a request id, map every error through `grpc_errors`, and count it
+    in the request metrics (`protocol="grpc"`, `route="<Service>/<Method>"`, `code` the status name)."""
 
     @functools.wraps(method)
     def call(self, request, context: grpc.ServicerContext) -> _Response:
+        started = time.monotonic()
         given = dict(context.invocation_metadata()).get(REQUEST_ID_KEY, "")
         request_id = given if isinstance(given, str) and _plain(given) else uuid.uuid4().hex
         request_id_var.set(request_id)
+        protocol_var.set(GRPC)
         context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        code = grpc.StatusCode.OK
         try:
             return method(self, request, context)
         except Exception as err:  # noqa: BLE001 - every error becomes a status, as REST's handlers do
+            code = grpc_errors.code_for(err)
             grpc_errors.abort(context, err)
             raise  # not reached: abort raises
+        finally:
+            model = _model_label(self._dataplane, request)
+            route = f"{self.SERVICE}/{method.__name__}"
+            observe_request(GRPC, route, model, code.name, time.monotonic() - started)
 
     return call
+
+
+def _model_label(dataplane: DataPlane, request) -> str:
+    """The `model` label of a call: the model it names when the repository knows it, else `_unknown` ("" for none).
+
+    The same rule as REST's: client-chosen names never become label values.
+    """
+    fields = request.DESCRIPTOR.fields_by_name
+    if "model_spec" in fields:
+        name = request.model_spec.name
+    elif "model_name" in fields:
+        name = request.model_name
+    elif "name" in fields:
+        name = request.name
+    else:
+        return ""
+    if name and not dataplane.knows_model(name):
+        return UNKNOWN_MODEL
+    return name
 
 
 def _plain(value: str) -> bool:
@@ -72,6 +102,8 @@ def _plain(value: str) -> bool:
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """`tensorflow.serving.PredictionService`: Predict, Classify, Regress, GetModelMetadata. Thread-safe."""
+
+    SERVICE = "PredictionService"
 
     def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
         self._dataplane = dataplane
@@ -114,6 +146,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """`tensorflow.serving.ModelService`: GetModelStatus; the model configuration comes from MODELS_DIR. Thread-safe."""
 
+    SERVICE = "ModelService"
+
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
 
@@ -133,6 +167,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService`: health, metadata and ModelInfer (the other methods answer UNIMPLEMENTED). Thread-safe."""
+
+    SERVICE = "GRPCInferenceService"
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
