@@ -41,8 +41,9 @@ SERVICE_NAMES = (
     "tensorflow.serving.ModelService",
     "inference.GRPCInferenceService",
     "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
 )
-"""Services this server hosts; Health answers for each of them, and for the whole server ("")."""
+"""Services this server hosts (what reflection lists); Health answers for each of them, and for the whole server ("")."""
 
 WATCH_INTERVAL_S = 1.0
 """How often Health.Watch looks at readiness again."""
