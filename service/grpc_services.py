@@ -213,7 +213,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
-    """`grpc.health.v1.Health`: SERVING exactly when `/readyz` would answer 200 (every worker's models loaded).
+    """`grpc.health.v1.Health`: SERVING exactly when `/readyz` would answer 200 (every worker's models loaded);
+    for a model name as the service, SERVING when that model has an AVAILABLE version (NOT_FOUND for unknown models).
 
     Readiness is read at each call rather than pushed, so it cannot lag behind `/readyz`. Watch
     streams end when the server begins to stop, so they never hold a graceful shutdown up. Thread-safe.
@@ -223,26 +224,42 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self._dataplane = dataplane
         self._stopping = stopping
 
-    def _status(self) -> int:
-        if self._stopping.is_set() or not self._dataplane.readiness().ready:
+    def _status(self, service: str = "") -> int:
+        if self._stopping.is_set():
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        if service and service not in SERVICE_NAMES:  # a model: SERVING when it has an AVAILABLE version
+            versions = self._dataplane.model_status(service).versions
+            available = any(v.state is ServableState.AVAILABLE for v in versions)
+            return health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        if not self._dataplane.readiness().ready:
             return health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse.SERVING
 
+    def _known(self, service: str) -> bool:
+        return not service or service in SERVICE_NAMES or self._dataplane.knows_model(service)
+
     def Check(self, request, context):
-        if request.service and request.service not in SERVICE_NAMES:
+        if not self._known(request.service):
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}",
+                f"unknown service or model '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}",
             )
-        return health_pb2.HealthCheckResponse(status=self._status())
+        try:
+            return health_pb2.HealthCheckResponse(status=self._status(request.service))
+        except ModelNotFound:  # removed from the repository since _known
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service or model '{request.service}'")
+            raise  # not reached: abort raises
 
     def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:
-        if request.service and request.service not in SERVICE_NAMES:
+        if not self._known(request.service):
             yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             return
         last = None
         while context.is_active():
-            status = self._status()
+            try:
+                status = self._status(request.service)
+            except ModelNotFound:  # the model left the repository
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status

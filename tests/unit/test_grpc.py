@@ -453,6 +453,14 @@ def test_health_knows_the_hosted_services_and_reload_config_is_unimplemented(ser
     with pytest.raises(grpc.RpcError) as raised:
         served.health.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # A model name is a service too: SERVING with an AVAILABLE version; an unknown model is NOT_FOUND.
+    check = served.health.Check(health_pb2.HealthCheckRequest(service="double"), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as raised:
+        served.health.Check(health_pb2.HealthCheckRequest(service="nomodel"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    unknown = served.health.Watch(health_pb2.HealthCheckRequest(service="nomodel"), timeout=10)
+    assert [r.status for r in unknown] == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
     with pytest.raises(grpc.RpcError) as raised:
         served.models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), metadata=AUTH, timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED and "MODELS_DIR" in raised.value.details()
@@ -471,8 +479,11 @@ def test_health_is_serving_exactly_when_readyz_is_200(tmp_path: Path) -> None:
         )
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        model = health_pb2.HealthCheckRequest(service="double")
+        assert health.Check(model, timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING  # still loading
         gate.set()
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=10)
+        assert health.Check(model, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         assert (
             health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         )
