@@ -53,6 +53,11 @@ def status_for(error: ServingError) -> grpc.StatusCode:
     return next((GRPC_STATUS[c] for c in type(error).__mro__ if c in GRPC_STATUS), grpc.StatusCode.INTERNAL)
 
 
+def code_for(error: Exception) -> grpc.StatusCode:
+    """The status code `abort` answers `error` with (INTERNAL for anything that is not a ServingError)."""
+    return status_for(error) if isinstance(error, ServingError) else grpc.StatusCode.INTERNAL
+
+
 def message_for(error: ServingError) -> str:
     """The message REST's error body carries for `error`."""
     if isinstance(error, InferenceError):

@@ -7,7 +7,8 @@ the kernel spreads new connections over the workers, as the HTTP listener does.
 
 The bearer token (AUTH_TOKEN) is checked from the `authorization` metadata by an interceptor before
 a message is even parsed; health (`grpc.health.v1.Health`, ServerLive, ServerReady) stays open, as
-the HTTP probes do. The largest message a client may send is MAX_REQUEST_BYTES, as for HTTP bodies.
+the HTTP probes do; server reflection (`grpc.reflection.v1alpha.ServerReflection`, what `grpcurl list`
+asks) needs the token like every other method. The largest message a client may send is MAX_REQUEST_BYTES, as for HTTP bodies.
 
 Stopping: `begin_stop(grace_s)` (on SIGTERM) refuses new calls at once and gives the calls in
 flight `grace_s` to finish; `wait_stopped` (at the worker's exit) waits for them, before the models
@@ -22,13 +23,20 @@ import threading
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-from tritonclient.grpc import service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service import grpc_errors, grpc_services, security
 from service.dataplane import DataPlane
 from service.errors import Unauthorized
+from service.metrics import GRPC, observe_request
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,11 @@ OPEN_METHODS = frozenset(
 )
 """Methods that never need the bearer token, besides every `grpc.health.v1.Health` method (the probes)."""
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+DECLARING_MODULES = (prediction_service_pb2, model_service_pb2, service_pb2, health_pb2)
+"""The modules declaring the hosted services: imported so their files are in protobuf's default pool, which
+reflection answers from (TF Serving's `*_pb2_grpc` modules do not import the file declaring their service)."""
 
 
 def _address(host: str, port: int) -> str:
@@ -65,14 +78,21 @@ class _BearerToken(grpc.ServerInterceptor):
             handler = continuation(handler_call_details)
             if handler is None:
                 return None  # an unknown method: UNIMPLEMENTED, whoever asks
-            return _refusal(handler, err)
+            return _refusal(handler, err, method)
         return continuation(handler_call_details)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, error: Unauthorized) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers `error` without parsing the request."""
+def _route(method: str) -> str:
+    """The `route` label of a method: '/tensorflow.serving.PredictionService/Predict' -> 'PredictionService/Predict'."""
+    service, _, name = method.lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{name}"
+
+
+def _refusal(handler: grpc.RpcMethodHandler, error: Unauthorized, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers `error` without parsing the request (counted, as REST's 401s)."""
 
     def refuse(_request, context: grpc.ServicerContext):
+        observe_request(GRPC, _route(method), "", grpc_errors.code_for(error).name, None)
         grpc_errors.abort(context, error)
 
     if handler.request_streaming and handler.response_streaming:
@@ -134,6 +154,7 @@ def start(settings: Settings, dataplane: DataPlane) -> GrpcServer:
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(grpc_services.ModelService(dataplane), server)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(grpc_services.InferenceService(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(grpc_services.HealthService(dataplane, stopping), server)
+    reflection.enable_server_reflection(grpc_services.SERVICE_NAMES, server)  # `grpcurl list`, `grpcurl describe`
     address = _address(settings.host, settings.grpc_port)
     try:
         port = server.add_insecure_port(address)

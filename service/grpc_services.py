@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -24,7 +25,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from service import grpc_errors, security
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ModelNotReady, Unimplemented
-from service.logs import request_id_var
+from service.logs import protocol_var, request_id_var
+from service.metrics import GRPC, UNKNOWN_MODEL, observe_request
 from service.protocols import kserve_v2_grpc, tfserving_grpc
 from service.servable import ServableState
 from service.settings import Settings
@@ -39,8 +41,9 @@ SERVICE_NAMES = (
     "tensorflow.serving.ModelService",
     "inference.GRPCInferenceService",
     "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
 )
-"""Services this server hosts; Health answers for each of them, and for the whole server ("")."""
+"""Services this server hosts (what reflection lists); Health answers for each of them, and for the whole server ("")."""
 
 WATCH_INTERVAL_S = 1.0
 """How often Health.Watch looks at readiness again."""
@@ -49,21 +52,49 @@ _Response = TypeVar("_Response")
 
 
 def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
-    """Run one unary method with a request id, and map every error through `grpc_errors`."""
+    """Run one unary method with a request id, map every error through `grpc_errors`, and count it
+    in the request metrics (`protocol="grpc"`, `route="<Service>/<Method>"`, `code` the status name)."""
 
     @functools.wraps(method)
     def call(self, request, context: grpc.ServicerContext) -> _Response:
+        started = time.monotonic()
         given = dict(context.invocation_metadata()).get(REQUEST_ID_KEY, "")
         request_id = given if isinstance(given, str) and _plain(given) else uuid.uuid4().hex
         request_id_var.set(request_id)
+        protocol_var.set(GRPC)
         context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        code = grpc.StatusCode.OK
         try:
             return method(self, request, context)
         except Exception as err:  # noqa: BLE001 - every error becomes a status, as REST's handlers do
+            code = grpc_errors.code_for(err)
             grpc_errors.abort(context, err)
             raise  # not reached: abort raises
+        finally:
+            model = _model_label(self._dataplane, request)
+            route = f"{self.SERVICE}/{method.__name__}"
+            observe_request(GRPC, route, model, code.name, time.monotonic() - started)
 
     return call
+
+
+def _model_label(dataplane: DataPlane, request) -> str:
+    """The `model` label of a call: the model it names when the repository knows it, else `_unknown` ("" for none).
+
+    The same rule as REST's: client-chosen names never become label values.
+    """
+    fields = request.DESCRIPTOR.fields_by_name
+    if "model_spec" in fields:
+        name = request.model_spec.name
+    elif "model_name" in fields:
+        name = request.model_name
+    elif "name" in fields:
+        name = request.name
+    else:
+        return ""
+    if name and not dataplane.knows_model(name):
+        return UNKNOWN_MODEL
+    return name
 
 
 def _plain(value: str) -> bool:
@@ -72,6 +103,8 @@ def _plain(value: str) -> bool:
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """`tensorflow.serving.PredictionService`: Predict, Classify, Regress, GetModelMetadata. Thread-safe."""
+
+    SERVICE = "PredictionService"
 
     def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
         self._dataplane = dataplane
@@ -114,6 +147,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """`tensorflow.serving.ModelService`: GetModelStatus; the model configuration comes from MODELS_DIR. Thread-safe."""
 
+    SERVICE = "ModelService"
+
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
 
@@ -133,6 +168,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService`: health, metadata and ModelInfer (the other methods answer UNIMPLEMENTED). Thread-safe."""
+
+    SERVICE = "GRPCInferenceService"
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -176,7 +213,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
-    """`grpc.health.v1.Health`: SERVING exactly when `/readyz` would answer 200 (every worker's models loaded).
+    """`grpc.health.v1.Health`: SERVING exactly when `/readyz` would answer 200 (every worker's models loaded);
+    for a model name as the service, SERVING when that model has an AVAILABLE version (NOT_FOUND for unknown models).
 
     Readiness is read at each call rather than pushed, so it cannot lag behind `/readyz`. Watch
     streams end when the server begins to stop, so they never hold a graceful shutdown up. Thread-safe.
@@ -186,26 +224,42 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self._dataplane = dataplane
         self._stopping = stopping
 
-    def _status(self) -> int:
-        if self._stopping.is_set() or not self._dataplane.readiness().ready:
+    def _status(self, service: str = "") -> int:
+        if self._stopping.is_set():
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        if service and service not in SERVICE_NAMES:  # a model: SERVING when it has an AVAILABLE version
+            versions = self._dataplane.model_status(service).versions
+            available = any(v.state is ServableState.AVAILABLE for v in versions)
+            return health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        if not self._dataplane.readiness().ready:
             return health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse.SERVING
 
+    def _known(self, service: str) -> bool:
+        return not service or service in SERVICE_NAMES or self._dataplane.knows_model(service)
+
     def Check(self, request, context):
-        if request.service and request.service not in SERVICE_NAMES:
+        if not self._known(request.service):
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown service '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}",
+                f"unknown service or model '{request.service}'; this server hosts {', '.join(SERVICE_NAMES)}",
             )
-        return health_pb2.HealthCheckResponse(status=self._status())
+        try:
+            return health_pb2.HealthCheckResponse(status=self._status(request.service))
+        except ModelNotFound:  # removed from the repository since _known
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service or model '{request.service}'")
+            raise  # not reached: abort raises
 
     def Watch(self, request, context) -> Iterator[health_pb2.HealthCheckResponse]:
-        if request.service and request.service not in SERVICE_NAMES:
+        if not self._known(request.service):
             yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             return
         last = None
         while context.is_active():
-            status = self._status()
+            try:
+                status = self._status(request.service)
+            except ModelNotFound:  # the model left the repository
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status

@@ -16,16 +16,19 @@ import time
 from service.settings import Settings
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+protocol_var: contextvars.ContextVar[str] = contextvars.ContextVar("protocol", default="-")
+"""The protocol of the request being answered (`rest`, `grpc`; `-` outside requests), in every log line."""
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.protocol = protocol_var.get()
         return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, exception."""
+    """One JSON object per line: time, level, logger, message, request_id, protocol, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -34,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
+            "protocol": getattr(record, "protocol", "-"),
             "pid": record.process,
         }
         if record.exc_info:
@@ -52,7 +56,9 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s [req %(request_id)s]")
+            logging.Formatter(
+                "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s [%(protocol)s req %(request_id)s]"
+            )
         )
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())

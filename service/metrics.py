@@ -17,9 +17,18 @@ client-chosen names never become label values, so the metric files stay bounded.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-REQUESTS = Counter("kerasserve_requests_total", "Requests answered.", ["route", "model", "code"])
+REST = "rest"
+GRPC = "grpc"
+"""Values of the `protocol` label of the request metrics."""
+
+REQUESTS = Counter("kerasserve_requests_total", "Requests answered.", ["protocol", "route", "model", "code"])
+"""`route`: the Flask endpoint (REST) or `Service/Method` (gRPC); `code`: the HTTP status (REST) or the
+gRPC status code name (`OK`, `NOT_FOUND`, ...)."""
 REQUEST_SECONDS = Histogram(
-    "kerasserve_request_duration_seconds", "Request to response.", ["route", "model"], buckets=LATENCY_BUCKETS_S
+    "kerasserve_request_duration_seconds",
+    "Request to response.",
+    ["protocol", "route", "model"],
+    buckets=LATENCY_BUCKETS_S,
 )
 BATCH_ROWS = Histogram(
     "kerasserve_batch_rows", "Rows per device call (before padding).", ["model"], buckets=BATCH_BUCKETS
@@ -60,3 +69,10 @@ MODELS_AVAILABLE = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+
+
+def observe_request(protocol: str, route: str, model: str, code: str, seconds: float | None) -> None:
+    """Count one answered request and observe its duration (None: not timed). `model` must already be bounded."""
+    REQUESTS.labels(protocol=protocol, route=route, model=model, code=code).inc()
+    if seconds is not None:
+        REQUEST_SECONDS.labels(protocol=protocol, route=route, model=model).observe(seconds)

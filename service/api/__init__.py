@@ -19,8 +19,8 @@ from werkzeug.routing import BaseConverter, ValidationError
 from service import security
 from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
-from service.logs import request_id_var
-from service.metrics import REQUEST_SECONDS, REQUESTS, UNKNOWN_MODEL
+from service.logs import protocol_var, request_id_var
+from service.metrics import REST, UNKNOWN_MODEL, observe_request
 from service.protocols import parse_int
 
 __all__ = ["EXTENSION", "Runtime", "dataplane", "note_model", "register_blueprints", "runtime"]
@@ -51,6 +51,7 @@ def _start_request() -> None:
     # A client's id is echoed only when it is short and plain, so it can go into logs and headers safely.
     g.kerasserve_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
     request_id_var.set(g.kerasserve_request_id)
+    protocol_var.set(REST)
 
 
 def _finish_request(response: Response) -> Response:
@@ -63,10 +64,9 @@ def _finish_request(response: Response) -> Response:
         # Only models that exist become label values, whether the request failed before the lookup
         # (400, 415) or at it (404): made-up names would grow the metric files without bound.
         model = UNKNOWN_MODEL
-    REQUESTS.labels(route=route, model=model, code=str(response.status_code)).inc()
     started = g.get("kerasserve_started")
-    if started is not None:
-        REQUEST_SECONDS.labels(route=route, model=model).observe(time.monotonic() - started)
+    seconds = None if started is None else time.monotonic() - started
+    observe_request(REST, route, model, str(response.status_code), seconds)
     return response
 
 

@@ -8,15 +8,19 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.conftest import wait_until
 from tests.e2e.api_models import binary_scores, build_api_models
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, free_port, start_server
 
 REQUESTS = 12
+GRPC_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     built = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     models = tmp_path_factory.mktemp("metrics_models")
     shutil.copyfile(built / "binary.keras", models / "binary.keras")
-    with start_server(models, tmp_path_factory.mktemp("metrics_logs"), WORKERS="2") as running:
+    with start_server(
+        models, tmp_path_factory.mktemp("metrics_logs"), WORKERS="2", GRPC_PORT=str(GRPC_PORT)
+    ) as running:
         # The server counts as up once one worker is ready; wait for the other too (the livesum
         # gauge adds the workers' AVAILABLE versions up), so no request meets a loading worker.
         wait_until(
@@ -61,10 +67,20 @@ def test_request_and_batch_metrics_move(server: Server) -> None:
         return value(after, name, **labels) - value(before, name, **labels)
 
     # Requests are counted by route, model and status, over both workers.
-    assert moved("kerasserve_requests_total", route="predict.predict", model="binary", code="200") == REQUESTS
-    assert moved("kerasserve_requests_total", route="predict.predict", model="_unknown", code="404") == 1
-    assert moved("kerasserve_request_duration_seconds_count", route="predict.predict", model="binary") == REQUESTS
-    assert moved("kerasserve_request_duration_seconds_sum", route="predict.predict", model="binary") > 0
+    assert (
+        moved("kerasserve_requests_total", protocol="rest", route="predict.predict", model="binary", code="200")
+        == REQUESTS
+    )
+    assert (
+        moved("kerasserve_requests_total", protocol="rest", route="predict.predict", model="_unknown", code="404") == 1
+    )
+    assert (
+        moved("kerasserve_request_duration_seconds_count", protocol="rest", route="predict.predict", model="binary")
+        == REQUESTS
+    )
+    assert (
+        moved("kerasserve_request_duration_seconds_sum", protocol="rest", route="predict.predict", model="binary") > 0
+    )
     # Every request became (part of) a device call of 2 rows or more.
     batches = moved("kerasserve_batches_total", model="binary")
     assert 1 <= batches <= REQUESTS
@@ -72,6 +88,36 @@ def test_request_and_batch_metrics_move(server: Server) -> None:
     assert moved("kerasserve_batch_rows_sum", model="binary") == 2 * REQUESTS
     assert moved("kerasserve_batch_queue_seconds_count", model="binary") == REQUESTS
     assert moved("kerasserve_batch_compute_seconds_count", model="binary") == batches
+
+
+def test_grpc_calls_are_counted_with_protocol_grpc_and_rest_calls_with_protocol_rest(server: Server) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "binary"
+    request.inputs["features"].CopyFrom(tf.make_tensor_proto(np.array([[1, 2, 3, 4]], dtype=np.float32)))
+    unknown = predict_pb2.PredictRequest()
+    unknown.CopyFrom(request)
+    unknown.model_spec.name = "madeup-grpc"
+    before = samples(server)
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(3):
+            stub.Predict(request, timeout=30)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(unknown, timeout=30)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert server.post("/models/binary/predict", json={"instances": [[1, 2, 3, 4]]}).status_code == 200
+    after = samples(server)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = "PredictionService/Predict"
+    assert moved("kerasserve_requests_total", protocol="grpc", route=route, model="binary", code="OK") == 3
+    assert moved("kerasserve_requests_total", protocol="grpc", route=route, model="_unknown", code="NOT_FOUND") == 1
+    assert moved("kerasserve_request_duration_seconds_count", protocol="grpc", route=route, model="binary") == 3
+    assert moved("kerasserve_requests_total", protocol="rest", route="predict.predict", model="binary", code="200") == 1
+    assert moved("kerasserve_requests_total", protocol="grpc", route="predict.predict", model="binary", code="200") == 0
+    assert not any("madeup-grpc" in dict(labels).values() for _, labels in after)
 
 
 def test_made_up_model_names_never_become_label_values(server: Server) -> None:
@@ -92,9 +138,9 @@ def test_made_up_model_names_never_become_label_values(server: Server) -> None:
     current = samples(server)
     labels = {dict(labels).get("model") for _, labels in current}
     assert [name for name in names if name in labels] == []
-    assert value(current, "kerasserve_requests_total", route="predict.predict", model="_unknown", code="415") >= len(
-        names
-    )
+    assert value(
+        current, "kerasserve_requests_total", protocol="rest", route="predict.predict", model="_unknown", code="415"
+    ) >= len(names)
 
 
 def test_model_gauges_and_load_times_are_exported(server: Server) -> None:

@@ -127,8 +127,8 @@ def test_failed_load_is_reported_without_server_paths_or_tracebacks(server: Serv
 def test_request_id_is_in_the_answer_and_in_the_log_lines_of_that_request(server: Server) -> None:
     response = server.post("/models/broken/predict", json=ROW, headers={**AUTH, "X-Request-ID": "sec-test-42"})
     assert response.headers["X-Request-ID"] == "sec-test-42"
-    wait_until(lambda: "[req sec-test-42]" in server.log(), timeout_s=10)
-    line = next(line for line in server.log().splitlines() if "[req sec-test-42]" in line)
+    wait_until(lambda: "[rest req sec-test-42]" in server.log(), timeout_s=10)
+    line = next(line for line in server.log().splitlines() if "[rest req sec-test-42]" in line)
     assert "broken" in line
 
 

@@ -143,7 +143,9 @@ def test_metrics_counts_answered_requests_in_prometheus_text(client: FlaskClient
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
-    assert 'kerasserve_requests_total{code="200",model="",route="health.healthz"}' in response.get_data(as_text=True)
+    assert 'kerasserve_requests_total{code="200",model="",protocol="rest",route="health.healthz"}' in response.get_data(
+        as_text=True
+    )
 
 
 def test_openapi_document_is_served_as_json(client: FlaskClient) -> None:
@@ -755,8 +757,11 @@ def test_requests_for_a_model_that_exists_keep_its_label_when_they_fail_early(cl
     client.post("/v1/models/double:predict", data="{", content_type="application/json")
     client.post("/models/double/versions/9/predict", json={"instances": [[1, 2]]})
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'kerasserve_requests_total{code="400",model="double",route="tfserving.predict_classify_regress"}' in text
-    assert 'kerasserve_requests_total{code="404",model="double",route="predict.predict"}' in text
+    assert (
+        'kerasserve_requests_total{code="400",model="double",protocol="rest",route="tfserving.predict_classify_regress"}'
+        in text
+    )
+    assert 'kerasserve_requests_total{code="404",model="double",protocol="rest",route="predict.predict"}' in text
 
 
 @pytest.mark.parametrize("path", ["..", ".hidden", "a%20b", "%ED%A0%80", "x" * 200, "²"])

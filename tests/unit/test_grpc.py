@@ -18,6 +18,8 @@ import pytest
 import tensorflow as tf
 from flask.testing import FlaskClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     model_management_pb2,
@@ -28,7 +30,7 @@ from tensorflow_serving.apis import (
 )
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service import errors, grpc_errors
+from service import errors, grpc_errors, grpc_services
 from service.api import EXTENSION
 from service.api.errors import HTTP_STATUS
 from service.app import serve_grpc
@@ -411,6 +413,32 @@ def test_without_the_token_calls_are_unauthenticated_with_rests_message_and_prob
     assert served.v2.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
 
 
+class _WithToken(grpc.StreamStreamClientInterceptor):
+    """Adds the bearer token to streaming calls (the reflection client takes a channel, not metadata)."""
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        details = client_call_details._replace(metadata=(*(client_call_details.metadata or ()), *AUTH))
+        return continuation(details, request_iterator)
+
+
+def test_reflection_lists_every_hosted_service_and_describes_their_messages(served: Served) -> None:
+    database = ProtoReflectionDescriptorDatabase(grpc.intercept_channel(served.channel, _WithToken()))
+    assert sorted(database.get_services()) == sorted(grpc_services.SERVICE_NAMES)
+    for name in grpc_services.SERVICE_NAMES:  # each is described (what `grpcurl describe` needs)
+        declared = database.FindFileContainingSymbol(name)
+        assert name in {f"{declared.package}.{service.name}" for service in declared.service}
+    infer = database.FindFileContainingSymbol("inference.GRPCInferenceService")
+    assert "ModelInfer" in {m.name for s in infer.service for m in s.method}
+
+
+def test_reflection_needs_the_token_like_every_other_method(served: Served) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+    answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    with pytest.raises(grpc.RpcError) as raised:
+        list(answers)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_a_message_over_max_request_bytes_is_resource_exhausted(served: Served) -> None:
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="double"))
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((20_000, 2), np.float32)))  # 160 kB > 64 kB
@@ -425,6 +453,14 @@ def test_health_knows_the_hosted_services_and_reload_config_is_unimplemented(ser
     with pytest.raises(grpc.RpcError) as raised:
         served.health.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # A model name is a service too: SERVING with an AVAILABLE version; an unknown model is NOT_FOUND.
+    check = served.health.Check(health_pb2.HealthCheckRequest(service="double"), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as raised:
+        served.health.Check(health_pb2.HealthCheckRequest(service="nomodel"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    unknown = served.health.Watch(health_pb2.HealthCheckRequest(service="nomodel"), timeout=10)
+    assert [r.status for r in unknown] == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
     with pytest.raises(grpc.RpcError) as raised:
         served.models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), metadata=AUTH, timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED and "MODELS_DIR" in raised.value.details()
@@ -443,8 +479,11 @@ def test_health_is_serving_exactly_when_readyz_is_200(tmp_path: Path) -> None:
         )
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        model = health_pb2.HealthCheckRequest(service="double")
+        assert health.Check(model, timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING  # still loading
         gate.set()
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=10)
+        assert health.Check(model, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         assert (
             health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         )
