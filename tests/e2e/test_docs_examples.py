@@ -199,6 +199,11 @@ NOT_SETTINGS = {
     "MAX_CONTENT_LENGTH": "a Flask config key",
     "ELOOP": "an errno name",
     **dict.fromkeys(
+        ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL"]
+        + ["UNIMPLEMENTED", "DEADLINE_EXCEEDED", "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"],
+        "gRPC status codes and health states",
+    ),
+    **dict.fromkeys(
         ["PATH", "PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE"]
         + ["LC_", "TF_", "KERAS_", "CUDA_", "XLA_", "OMP_", "MKL_"]
         + ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE"],
