@@ -1,4 +1,4 @@
-"""Every artifact of /work/shared/corpus loads through the Loader and computes the right numbers.
+"""Every artifact of ../shared/corpus (beside the repository) loads through the Loader and computes the right numbers.
 
 Expected values come from MANIFEST.md where the sources document them (half_plus_two / three, tfjs
 times-three, dl4j cnn_batch_norm and sparse_xent_mlp). Elsewhere the Loader's output is compared
