@@ -78,6 +78,17 @@ class InferenceError(ServingError):
     """The model failed while computing a valid request (HTTP 500, message kept generic)."""
 
 
+UNEXPECTED_MESSAGE = "internal error; see the server log"
+"""What a client is told about a bug, over any transport (the traceback goes to the log only)."""
+
+
+def client_message(error: ServingError) -> str:
+    """The message a client is told for `error`, over any transport (REST's error body, gRPC's details)."""
+    if isinstance(error, InferenceError):
+        return str(error) or "the model failed while computing"
+    return str(error)
+
+
 class ModelLoadError(Exception):
     """A model file could not be turned into a servable.
 

@@ -13,6 +13,7 @@ import logging
 import grpc
 
 from service.errors import (
+    UNEXPECTED_MESSAGE,
     InferenceError,
     InvalidInput,
     InvalidTensor,
@@ -25,6 +26,7 @@ from service.errors import (
     Unauthorized,
     Unimplemented,
     UnsupportedMediaType,
+    client_message,
 )
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,6 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
 }
 """Status code per error class; the classes are those of `service.api.errors.HTTP_STATUS` (a test keeps them equal)."""
 
-UNEXPECTED_MESSAGE = "internal error; see the server log"
-"""What a client is told about a bug (REST's 500 says the same)."""
-
 
 def status_for(error: ServingError) -> grpc.StatusCode:
     """Status of the nearest class in GRPC_STATUS; INTERNAL when none is listed."""
@@ -58,19 +57,12 @@ def code_for(error: Exception) -> grpc.StatusCode:
     return status_for(error) if isinstance(error, ServingError) else grpc.StatusCode.INTERNAL
 
 
-def message_for(error: ServingError) -> str:
-    """The message REST's error body carries for `error`."""
-    if isinstance(error, InferenceError):
-        return str(error) or "the model failed while computing"
-    return str(error)
-
-
 def abort(context: grpc.ServicerContext, error: Exception) -> None:
     """End the call with the status and message for `error` (never returns: `context.abort` raises)."""
     if isinstance(error, ServingError):
         code = status_for(error)
         if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
             log.warning("%s answered %s: %s", type(error).__name__, code.name, error)
-        context.abort(code, message_for(error))
+        context.abort(code, client_message(error))
     log.error("unexpected error while answering a gRPC call", exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, UNEXPECTED_MESSAGE)

@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from service.errors import (
+    UNEXPECTED_MESSAGE,
     InferenceError,
     InvalidInput,
     InvalidTensor,
@@ -25,6 +26,7 @@ from service.errors import (
     Unauthorized,
     Unimplemented,
     UnsupportedMediaType,
+    client_message,
 )
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,7 @@ def handle_serving_error(error: ServingError) -> Response:
     status = status_for(error)
     if status >= 500:
         log.warning("%s answered %d: %s", type(error).__name__, status, error)
-    message = (
-        str(error) if not isinstance(error, InferenceError) else (str(error) or "the model failed while computing")
-    )
-    response = error_response(message, status)
+    response = error_response(client_message(error), status)
     if status == 503:
         retry_after = getattr(error, "retry_after_s", None) or RETRY_AFTER_S.get(type(error), 1)
         response.headers["Retry-After"] = str(int(retry_after))
@@ -93,7 +92,7 @@ def handle_http_exception(error: HTTPException) -> Response:
 def handle_unexpected(error: Exception) -> Response:
     """Answer a bug with a generic 500; the traceback goes to the log only."""
     log.error("unexpected error while answering a request", exc_info=error)
-    return error_response("internal error; see the server log", 500)
+    return error_response(UNEXPECTED_MESSAGE, 500)
 
 
 def register_error_handlers(app: Flask) -> None:

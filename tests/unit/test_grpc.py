@@ -72,8 +72,8 @@ def test_each_error_maps_to_its_status_code(error: errors.ServingError, code: gr
 
 
 def test_a_bare_inference_error_gets_rests_generic_message() -> None:
-    assert grpc_errors.message_for(errors.InferenceError()) == "the model failed while computing"
-    assert grpc_errors.message_for(errors.ModelNotFound("m", 3)) == "version 3 of model 'm' does not exist"
+    assert errors.client_message(errors.InferenceError()) == "the model failed while computing"
+    assert errors.client_message(errors.ModelNotFound("m", 3)) == "version 3 of model 'm' does not exist"
 
 
 # --- TensorProto conversion, against TensorFlow's own ---------------------------------------------
