@@ -116,21 +116,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         predict = tfserving_grpc.decode_predict(request, max_bytes=self._settings.max_request_bytes)
         return tfserving_grpc.encode_predict(self._dataplane.predict(predict), request.model_spec.signature_name)
 
+    def _run_examples(self, request, method: str):
+        """Classify and Regress: the request's tf.Examples through the data plane."""
+        security.check_model_name(request.model_spec.name)
+        examples = tfserving_grpc.decode_examples(request.model_spec, request.input, method)
+        return self._dataplane.classify_examples(examples)
+
     @_rpc
     def Classify(self, request, context):
-        security.check_model_name(request.model_spec.name)
-        examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "classify")
         return tfserving_grpc.encode_classify(
-            self._dataplane.classify_examples(examples), request.model_spec.signature_name
+            self._run_examples(request, "classify"), request.model_spec.signature_name
         )
 
     @_rpc
     def Regress(self, request, context):
-        security.check_model_name(request.model_spec.name)
-        examples = tfserving_grpc.decode_examples(request.model_spec, request.input, "regress")
-        return tfserving_grpc.encode_regress(
-            self._dataplane.classify_examples(examples), request.model_spec.signature_name
-        )
+        return tfserving_grpc.encode_regress(self._run_examples(request, "regress"), request.model_spec.signature_name)
 
     @_rpc
     def MultiInference(self, request, context):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,28 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 30.0, interva
             last_error = err
         time.sleep(interval_s)
     pytest.fail(f"condition not met within {timeout_s}s (last error: {last_error!r})")
+
+
+IN_FRESH_PROCESS = "KERASSERVE_IN_FRESH_PROCESS"
+"""Set in the child of `run_in_fresh_process`, so the tests it runs know where they are."""
+
+
+def in_fresh_process() -> bool:
+    return os.environ.get(IN_FRESH_PROCESS) == "1"
+
+
+def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """Run pytest on `pytest_args` in a new interpreter (TensorFlow's once-per-process state fresh); fail if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result
 
 
 def in_ci() -> bool:

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.e2e.conftest import free_port, serve
+from tests.e2e.conftest import Server, free_port, serve
 
 DEPLOY = REPO / "deploy"
 KSERVE_MODEL_MOUNT = "/mnt/models"  # KServe's storage initializer: an emptyDir, read-only in the predictor
@@ -242,6 +242,27 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+def serve_as_manifest(container: ServerContainer, env: dict[str, str], port: int, log_path: Path):
+    """The container's command, run from the repository root (the image's /app) as its user."""
+    return serve(
+        container.command,
+        cwd=REPO,
+        env=env,
+        url=f"http://127.0.0.1:{port}",
+        log_path=log_path,
+        timeout_s=300,
+        **identity(container),
+    )
+
+
+def predict_tiny(server: Server) -> None:
+    """The tiny model answers a prediction: two softmax scores."""
+    response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+    assert response.status_code == 200, response.text
+    (scores,) = response.json()["predictions"]
+    assert len(scores) == 2 and abs(sum(scores) - 1.0) < 1e-5
+
+
 @pytest.mark.parametrize("container", [c for c in CONTAINERS if not c.gpus], ids=lambda c: c.manifest)
 def test_manifest_starts_the_server_and_it_answers_a_prediction(
     container: ServerContainer, mounted_models, tmp_path: Path
@@ -250,20 +271,9 @@ def test_manifest_starts_the_server_and_it_answers_a_prediction(
     before = snapshot(models)
     port, grpc_port = free_port(), free_port()
     env = environment(container, models, port, grpc_port)
-    with serve(
-        container.command,
-        cwd=REPO,
-        env=env,
-        url=f"http://127.0.0.1:{port}",
-        log_path=tmp_path / "server.log",
-        timeout_s=300,
-        **identity(container),
-    ) as server:
+    with serve_as_manifest(container, env, port, tmp_path / "server.log") as server:
         # Ready means every worker is (WORKERS=2 here): the first prediction must succeed.
-        response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
-        assert response.status_code == 200, response.text
-        (scores,) = response.json()["predictions"]
-        assert len(scores) == 2 and abs(sum(scores) - 1.0) < 1e-5
+        predict_tiny(server)
         if env.get("GRPC_PORT", "0") != "0":  # ready over HTTP: ready over gRPC too
             assert grpc_serving(grpc_port)
     if container.read_only:
@@ -279,17 +289,8 @@ def test_gpu_manifest_serves_on_a_gpu_or_says_clearly_there_is_none(
     port = free_port()
     env = environment(container, models, port)
     if gpu_visible():
-        with serve(
-            container.command,
-            cwd=REPO,
-            env=env,
-            url=f"http://127.0.0.1:{port}",
-            log_path=tmp_path / "server.log",
-            timeout_s=300,
-            **identity(container),
-        ) as server:
-            response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
-            assert response.status_code == 200, response.text
+        with serve_as_manifest(container, env, port, tmp_path / "server.log") as server:
+            predict_tiny(server)
         return
     # No GPU here: the manifest's DEVICE=gpu must stop the server with a message saying so, not serve on CPU.
     result = subprocess.run(

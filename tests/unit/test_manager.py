@@ -23,7 +23,7 @@ from service.manager import Builder, ServableManager
 from service.repository import VersionSource
 from service.servable import Servable, ServableInfo, ServableRequest, ServableState, Signature, TensorInfo
 from service.settings import Settings
-from tests.conftest import wait_until
+from tests.conftest import in_fresh_process, run_in_fresh_process, wait_until
 from tests.unit.fakes import serve
 
 SIGNATURE = Signature(
@@ -414,11 +414,10 @@ def test_polling_finds_versions_inotify_cannot_see_behind_a_symlinked_folder(
 # --- the real loader, runner and batcher -----------------------------------------------------------
 # A manager's start() configures TensorFlow for the whole process (once: device, threads), which
 # other test modules check from a fresh state. So the tests using the real loader run in a fresh
-# interpreter: `test_real_tensorflow_manager_tests_in_a_fresh_process` starts pytest on them with
-# IN_FRESH_PROCESS set; in this process they are skipped.
-IN_FRESH_PROCESS = "KERASSERVE_TEST_FRESH_PROCESS"
+# interpreter: `test_real_tensorflow_manager_tests_in_a_fresh_process` starts pytest on them through
+# `run_in_fresh_process`; in this process they are skipped.
 fresh_process_only = pytest.mark.skipif(
-    os.environ.get(IN_FRESH_PROCESS) != "1",
+    not in_fresh_process(),
     reason="runs in a fresh process (see test_real_tensorflow_manager_tests_in_a_fresh_process)",
 )
 
@@ -432,34 +431,9 @@ def real_builder(settings: Settings) -> Builder:
     return builder
 
 
-@pytest.mark.skipif(os.environ.get(IN_FRESH_PROCESS) == "1", reason="already in the fresh process")
+@pytest.mark.skipif(in_fresh_process(), reason="already in the fresh process")
 def test_real_tensorflow_manager_tests_in_a_fresh_process() -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "not slow",
-            "-k",
-            "real_keras or real_plugin",
-            __file__,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stdout[-4000:]
+    result = run_in_fresh_process("-m", "not slow", "-k", "real_keras or real_plugin", __file__)
     assert "2 passed" in result.stdout, result.stdout[-2000:]
 
 

@@ -29,6 +29,7 @@ from service.runner import (
 )
 from service.servable import Signature, TensorInfo
 from service.settings import Settings
+from tests.conftest import in_fresh_process, run_in_fresh_process
 
 CPU = "/CPU:0"
 
@@ -246,29 +247,9 @@ def test_constructor_refuses_allowed_sizes_that_do_not_increase() -> None:
 def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() -> None:
     # The first configuration of a process stands, and other tests of this process (a started
     # ServableBuilder) may have made it: the check runs in a fresh interpreter.
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    if os.environ.get("KERASSERVE_FRESH_RUNNER_TEST") != "1":
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                f"{__file__}::{test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__}",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "KERASSERVE_FRESH_RUNNER_TEST": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    if not in_fresh_process():
+        name = test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__
+        run_in_fresh_process(f"{__file__}::{name}", timeout_s=300)
         return
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if not has_gpu:
@@ -292,7 +273,6 @@ def test_tf_thread_pools_share_the_cores_between_workers_on_cpu_and_stay_default
 
 
 def test_available_cores_counts_this_process_cores_at_most() -> None:
-    import os
 
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
 
