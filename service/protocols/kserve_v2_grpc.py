@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2
 from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
-from service.protocols import kserve_v2
+from service.protocols import check_shape, kserve_v2, parse_int
 from service.servable import ServableRequest
 
 EXTENSIONS: tuple[str, ...] = ("classification",)
@@ -49,9 +49,10 @@ def decode_target(name: str, version: str) -> ServableRequest:
     """The version a request names: `version` empty for the latest; a non-numeric one does not exist (as REST)."""
     if not version:
         return ServableRequest.latest(name)
-    if not version.isdigit() or len(version) > 18 or int(version) < 1:
+    number = parse_int(version)
+    if number is None or number < 1:
         raise ModelNotFound(name)
-    return ServableRequest.specific(name, int(version))
+    return ServableRequest.specific(name, number)
 
 
 def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
@@ -63,9 +64,9 @@ def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: b
         raise InvalidInput(
             f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(kserve_v2.V2_TO_NUMPY)}"
         )
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
+    if any(d < 0 for d in tensor.shape):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    shape = check_shape(tensor.shape, name)
     count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):
