@@ -208,8 +208,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     def ModelInfer(self, request, context):
         security.check_model_name(request.model_name)
-        predict = kserve_v2_grpc.decode_infer(request)
-        return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id)
+        predict, classes = kserve_v2_grpc.decode_infer(request)
+        return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id, classes)
 
 
 class HealthService(health_pb2_grpc.HealthServicer):

@@ -7,8 +7,9 @@ plane's responses into that protocol's JSON or bytes. Adapters never call a mode
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from service.errors import InvalidInput
 
@@ -65,6 +66,33 @@ def _lone_surrogate(value: object) -> str:
 MAX_RANK = 32
 """Most dimensions a request tensor may have (numpy's limit is 64, some of its functions stop at 32;
 models rarely pass 6)."""
+
+MAX_ELEMENTS = 2**31 - 1
+"""Most elements a request tensor may declare, and the largest dimension: far more than a body under
+MAX_REQUEST_BYTES can carry, far from the int64 overflow numpy fails on."""
+
+
+def check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    """Bound a declared shape (non-negative integers) before anything is allocated for it: its rank,
+    every dimension and the element count. The one check of every protocol's declared shapes.
+
+    Raises:
+        InvalidInput: more than MAX_RANK dimensions, a dimension or a product over MAX_ELEMENTS
+            (numpy refuses more than 64 dimensions, and int64 overflows).
+    """
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK}")
+    largest = max(shape, default=0)
+    if largest > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape dimension {largest} is larger than {MAX_ELEMENTS}")
+    # Zero dimensions aside: numpy refuses a shape like [2**31, 2**31, 0] too. At most 32 factors
+    # below 2**31 make a small Python integer.
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} is too large: its dimensions multiply to more than {MAX_ELEMENTS}"
+        )
+    return tuple(shape)
+
 
 _ASCII_INT = re.compile(r"[0-9]+")
 _ASCII_FLOAT = re.compile(

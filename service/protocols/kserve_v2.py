@@ -22,7 +22,7 @@ from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.preprocessing import STRING_DTYPES, cast_tensor
-from service.protocols import MAX_RANK, leaves, parse_int, parse_json_object
+from service.protocols import check_shape, leaves, parse_int, parse_json_object
 from service.servable import ServableRequest, TensorInfo
 
 SERVER_NAME = "kerasserve"
@@ -45,10 +45,6 @@ V2_TO_NUMPY = {
     "BYTES": "object",
 }
 NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()} | {"string": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"}
-
-MAX_ELEMENTS = 2**31 - 1
-"""Most elements a request tensor may declare, and the largest dimension: far more than a body under
-MAX_REQUEST_BYTES can carry, far from the int64 overflow numpy fails on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,26 +142,15 @@ def encode_bytes_elements(array: np.ndarray) -> bytes:
 
 
 def _shape(value: object, name: str) -> tuple[int, ...]:
-    """Check a request shape before anything is allocated for it: rank, every dimension and the element count.
+    """Check a request shape before anything is allocated for it: a list of non-negative integers,
+    bounded by `protocols.check_shape`.
 
     Raises:
-        InvalidInput: not a list of non-negative integers, more than MAX_RANK dimensions, a dimension
-            or a product over MAX_ELEMENTS (numpy refuses more than 64 dimensions and int64 overflows).
+        InvalidInput: not a list of non-negative integers, or out of `check_shape`'s bounds.
     """
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
-    if len(value) > MAX_RANK:
-        raise InvalidInput(f"input '{name}': shape has {len(value)} dimensions; at most {MAX_RANK}")
-    largest = max(value, default=0)
-    if largest > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': shape dimension {largest} is larger than {MAX_ELEMENTS}")
-    # Zero dimensions aside: numpy refuses a shape like [2**31, 2**31, 0] too. At most 32 factors
-    # below 2**31 make a small Python integer.
-    if math.prod(d for d in value if d) > MAX_ELEMENTS:
-        raise InvalidInput(
-            f"input '{name}': shape {value} is too large: its dimensions multiply to more than {MAX_ELEMENTS}"
-        )
-    return tuple(value)
+    return check_shape(value, name)
 
 
 def _decode_input(entry: object, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:

@@ -6,8 +6,9 @@ little-endian, row-major bytes entry per input, BYTES elements each behind a 4-b
 layout of the HTTP binary extension, decoded by the same helpers). Answers always carry
 `raw_output_contents`, as Triton's do. Metadata answers are REST's JSON (`protocols.kserve_v2`)
 parsed into the messages, so the two transports cannot drift apart. The classification extension
-is not offered over gRPC yet: a request asking for it is refused, not silently answered with scores.
-Never calls a model or the manager.
+(`parameters["classification"].int64_param = K` on a requested output, as tritonclient's
+`InferRequestedOutput(name, class_count=K)` sends it) answers that output as REST does: the K best
+values as `"value:index[:label]"` BYTES. Never calls a model or the manager.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
+from service.classification import triton_classes
 from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
-from service.protocols import kserve_v2
+from service.protocols import check_shape, kserve_v2, parse_int
 from service.servable import ServableRequest
 
-EXTENSIONS: tuple[str, ...] = ()
-"""Extensions offered over gRPC (ServerMetadata): none yet; raw tensors are part of the gRPC protocol itself."""
+EXTENSIONS: tuple[str, ...] = ("classification",)
+"""Extensions offered over gRPC (ServerMetadata); raw tensors are part of the gRPC protocol itself."""
 
 # v2 datatype -> the InferTensorContents field carrying it (FP16 and BF16 only travel raw).
 _CONTENTS = {
@@ -47,9 +49,10 @@ def decode_target(name: str, version: str) -> ServableRequest:
     """The version a request names: `version` empty for the latest; a non-numeric one does not exist (as REST)."""
     if not version:
         return ServableRequest.latest(name)
-    if not version.isdigit() or len(version) > 18 or int(version) < 1:
+    number = parse_int(version)
+    if number is None or number < 1:
         raise ModelNotFound(name)
-    return ServableRequest.specific(name, int(version))
+    return ServableRequest.specific(name, number)
 
 
 def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
@@ -61,9 +64,9 @@ def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: b
         raise InvalidInput(
             f"input '{name}': datatype '{datatype}' is not supported; use one of {', '.join(kserve_v2.V2_TO_NUMPY)}"
         )
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
+    if any(d < 0 for d in tensor.shape):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    shape = check_shape(tensor.shape, name)
     count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):
@@ -95,13 +98,25 @@ def _decode_input(tensor: service_pb2.ModelInferRequest.InferInputTensor, raw: b
     return array.reshape(shape)
 
 
-def decode_infer(request: service_pb2.ModelInferRequest) -> PredictRequest:
-    """Turn a `ModelInferRequest` into the data plane's PredictRequest.
+def _classification(output: service_pb2.ModelInferRequest.InferRequestedOutputTensor) -> int | None:
+    """The K of the classification extension on a requested output, or None when not asked."""
+    if "classification" not in output.parameters:
+        return None
+    param = output.parameters["classification"]
+    k = param.int64_param if param.WhichOneof("parameter_choice") == "int64_param" else None
+    if k is None or k < 1:
+        raise InvalidInput(f"output '{output.name}': classification must be a positive integer (int64_param)")
+    return k
+
+
+def decode_infer(request: service_pb2.ModelInferRequest) -> tuple[PredictRequest, dict[str, int]]:
+    """Turn a `ModelInferRequest` into the data plane's PredictRequest, and the classification
+    extension's K per requested output that asks for it.
 
     Raises:
         ModelNotFound: a version that is not a positive integer.
         InvalidInput: no inputs, an input twice, a bad datatype, shape or raw entry count, a
-            requested output twice, or the classification extension.
+            requested output twice, or a classification parameter that is not a positive int64.
         InvalidTensor: data that does not match its shape or datatype.
     """
     target = decode_target(request.model_name, request.model_version)
@@ -117,17 +132,16 @@ def decode_infer(request: service_pb2.ModelInferRequest) -> PredictRequest:
         if tensor.name in inputs:
             raise InvalidInput(f"input '{tensor.name}' appears twice")
         inputs[tensor.name] = _decode_input(tensor, raw[index] if raw else None)
-    outputs = []
+    outputs: list[str] = []
+    classes: dict[str, int] = {}
     for output in request.outputs:
-        if "classification" in output.parameters:
-            raise InvalidInput(
-                f"output '{output.name}': the classification extension is not available over gRPC yet; "
-                "use the HTTP API (POST /v2/models/<name>/infer) or apply top-k to the scores"
-            )
         if output.name in outputs:
             raise InvalidInput(f"output '{output.name}' is requested twice")
         outputs.append(output.name)
-    return PredictRequest(target, inputs, outputs=tuple(outputs) or None)
+        k = _classification(output)
+        if k is not None:
+            classes[output.name] = k
+    return PredictRequest(target, inputs, outputs=tuple(outputs) or None), classes
 
 
 def _datatype_of(array: np.ndarray) -> str:
@@ -137,8 +151,11 @@ def _datatype_of(array: np.ndarray) -> str:
     return kserve_v2.NUMPY_TO_V2.get(array.dtype.name, array.dtype.name.upper())
 
 
-def encode_infer(response: PredictResponse, request_id: str = "") -> service_pb2.ModelInferResponse:
-    """The `ModelInferResponse`: every output's name, datatype and shape, its data in `raw_output_contents`."""
+def encode_infer(
+    response: PredictResponse, request_id: str = "", classes: dict[str, int] | None = None
+) -> service_pb2.ModelInferResponse:
+    """The `ModelInferResponse`: every output's name, datatype and shape, its data in
+    `raw_output_contents`; an output named in `classes` as the classification extension's K best."""
     message = service_pb2.ModelInferResponse(
         model_name=response.servable_id.name,
         model_version=str(response.servable_id.version),
@@ -146,6 +163,8 @@ def encode_infer(response: PredictResponse, request_id: str = "") -> service_pb2
     )
     for name, array in response.outputs.items():
         array = np.asarray(array)
+        if classes and name in classes:
+            array = triton_classes(array, classes[name], response.labels)
         message.outputs.add(name=name, datatype=_datatype_of(array), shape=list(array.shape))
         if array.dtype == object or array.dtype.kind in "SU":
             message.raw_output_contents.append(kserve_v2.encode_bytes_elements(array))

@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 
 from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InferenceError, InvalidInput, InvalidTensor, PayloadTooLarge
-from service.protocols import tfserving
+from service.protocols import check_shape, tfserving
 from service.servable import ServableId, ServableRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,9 +110,10 @@ def tensor_to_array(name: str, tensor: tensor_pb2.TensorProto, *, max_bytes: int
     """
     if tensor.tensor_shape.unknown_rank:
         raise InvalidInput(f"input '{name}': the tensor's shape has unknown rank; send its dimensions")
-    shape = tuple(int(d.size) for d in tensor.tensor_shape.dim)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    dims = [int(d.size) for d in tensor.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise InvalidInput(f"input '{name}': shape {dims} has a negative dimension")
+    shape = check_shape(dims, name)
     count = math.prod(shape)
     if tensor.dtype == types_pb2.DT_STRING:
         values: list = list(tensor.string_val)

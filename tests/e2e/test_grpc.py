@@ -288,6 +288,33 @@ def test_bytes_images_are_decoded_as_rests(served: Served, triton) -> None:
     np.testing.assert_allclose(result.as_numpy("digit"), digits_scores(pixels[None]), atol=1e-5)
 
 
+def test_classification_extension_equals_rests(served: Served, triton) -> None:
+    rows = np.array([[0.0, 1.0, 0.0, 2.0], [3.0, 0.5, -1.0, 0.0]], dtype=np.float32)
+    tensor = grpcclient.InferInput("features", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    result = triton.infer(
+        "two_heads",
+        [tensor],
+        outputs=[grpcclient.InferRequestedOutput("kind", class_count=2)],
+        headers=TRITON_HEADERS,
+    )
+    rest = served.rest(
+        "/v2/models/two_heads/infer",
+        {
+            "inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32", "data": rows.reshape(-1).tolist()}],
+            "outputs": [{"name": "kind", "parameters": {"classification": 2}}],
+        },
+    )
+    (output,) = rest["outputs"]
+    got = result.as_numpy("kind")
+    assert list(got.shape) == output["shape"] == [2, 2]
+    assert result.get_output("kind").datatype == output["datatype"] == "BYTES"
+    assert [v.decode() for v in got.reshape(-1)] == output["data"]
+    best = np.argmax(two_heads(rows)[0], axis=-1)
+    assert [int(row[0].decode().split(":")[1]) for row in got] == best.tolist()
+    assert "classification" in triton.get_server_metadata(headers=TRITON_HEADERS).extensions
+
+
 # --- errors: the status code, and REST's message -------------------------------------------------------
 
 

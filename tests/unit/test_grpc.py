@@ -34,7 +34,7 @@ from service import errors, grpc_errors, grpc_services
 from service.api import EXTENSION
 from service.api.errors import HTTP_STATUS
 from service.app import serve_grpc
-from service.protocols import kserve_v2_grpc, tfserving_grpc
+from service.protocols import kserve_v2, kserve_v2_grpc, tfserving_grpc
 from tests.conftest import wait_until
 from tests.e2e.conftest import free_port
 from tests.unit.test_api import make_app
@@ -175,14 +175,14 @@ def test_v2_inputs_from_typed_contents_and_from_raw_contents_are_the_same_array(
     raw = infer_request(datatype="FP32", shape=[1, 3])
     raw.raw_input_contents.append(values.astype("<f4").tobytes())
     for request in (typed, raw):
-        decoded = kserve_v2_grpc.decode_infer(request)
+        decoded, _ = kserve_v2_grpc.decode_infer(request)
         np.testing.assert_array_equal(decoded.inputs["x"], values)
 
 
 def test_v2_raw_bytes_elements_are_length_prefixed() -> None:
     request = infer_request(datatype="BYTES", shape=[2])
     request.raw_input_contents.append(b"\x01\x00\x00\x00a\x02\x00\x00\x00bc")
-    assert kserve_v2_grpc.decode_infer(request).inputs["x"].tolist() == [b"a", b"bc"]
+    assert kserve_v2_grpc.decode_infer(request)[0].inputs["x"].tolist() == [b"a", b"bc"]
 
 
 def _too_few_values(request: service_pb2.ModelInferRequest) -> None:
@@ -197,9 +197,14 @@ def _raw_entry_per_input(request: service_pb2.ModelInferRequest) -> None:
     request.raw_input_contents.extend([b"", b""])
 
 
-def _classification(request: service_pb2.ModelInferRequest) -> None:
+def _classification_zero(request: service_pb2.ModelInferRequest) -> None:
     request.inputs[0].contents.fp32_contents.extend([1.0, 2.0, 3.0])
-    request.outputs.add(name="y").parameters["classification"].int64_param = 2
+    request.outputs.add(name="y").parameters["classification"].int64_param = 0
+
+
+def _classification_string(request: service_pb2.ModelInferRequest) -> None:
+    request.inputs[0].contents.fp32_contents.extend([1.0, 2.0, 3.0])
+    request.outputs.add(name="y").parameters["classification"].string_param = "2"
 
 
 @pytest.mark.parametrize(
@@ -208,7 +213,8 @@ def _classification(request: service_pb2.ModelInferRequest) -> None:
         (_too_few_values, errors.InvalidTensor, "shape [1, 3] needs 3 values, got 1"),
         (_raw_too_short, errors.InvalidTensor, "5 bytes do not hold 3 FP32 values"),
         (_raw_entry_per_input, errors.InvalidInput, "raw_input_contents holds 2 entries for 1 inputs"),
-        (_classification, errors.InvalidInput, "classification extension is not available over gRPC"),
+        (_classification_zero, errors.InvalidInput, "output 'y': classification must be a positive integer"),
+        (_classification_string, errors.InvalidInput, "output 'y': classification must be a positive integer"),
     ],
 )
 def test_v2_decoding_errors(build, error: type[Exception], message: str) -> None:
@@ -237,6 +243,24 @@ def test_v2_answers_carry_raw_output_contents() -> None:
     assert (message.model_name, message.model_version, message.id) == ("m", "2", "req-1")
     assert [(o.name, o.datatype, list(o.shape)) for o in message.outputs] == [("y", "FP32", [1, 2])]
     assert message.raw_output_contents[0] == scores.astype("<f4").tobytes()
+
+
+def test_v2_classification_extension_answers_the_k_best_as_rest_does() -> None:
+    from service.dataplane import PredictResponse
+    from service.servable import ServableId
+
+    request = infer_request(datatype="FP32", shape=[1, 3])
+    request.inputs[0].contents.fp32_contents.extend([1.0, 2.0, 3.0])
+    request.outputs.add(name="y").parameters["classification"].int64_param = 2
+    _, classes = kserve_v2_grpc.decode_infer(request)
+    assert classes == {"y": 2}
+    scores = np.array([[0.1, 0.7, 0.2]], np.float32)
+    response = PredictResponse(ServableId("m", 1), {"y": scores}, labels=("a", "b", "c"))
+    message = kserve_v2_grpc.encode_infer(response, "", classes)
+    assert [(o.name, o.datatype, list(o.shape)) for o in message.outputs] == [("y", "BYTES", [1, 2])]
+    assert message.raw_output_contents[0] == kserve_v2.encode_bytes_elements(
+        np.array([[b"0.700000:1:b", b"0.200000:2:c"]], dtype=object)
+    )
 
 
 # --- the server, in-process over fake models ----------------------------------------------------------
