@@ -40,9 +40,11 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/mypy
 
 # The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
-# docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.
+# docs/benchmarks.{md,json,png}, then gRPC beside REST (about 4 minutes) docs/benchmarks-grpc.md.
+# BENCH_ARGS=--quick for a short run.
 bench: $(TEST_STAMP)
 	$(PY) bench/benchmark.py $(BENCH_ARGS)
+	$(PY) bench/grpc_bench.py --out docs/benchmarks-grpc.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
