@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 WRK_SCRIPT = REPO / "bench" / "post.lua"
 MODEL = "cnn"
+INPUT = "image"
 SAMPLES = 8
 
 
@@ -120,7 +121,7 @@ def grpc_requests(kind: str, samples: list) -> list:
                 tensor_content=sample.astype("<f4").tobytes(),
             )
             request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=MODEL))
-            request.inputs["image"].CopyFrom(tensor)
+            request.inputs[INPUT].CopyFrom(tensor)
             messages.append(request)
         return messages
     from tritonclient.grpc import service_pb2
@@ -128,7 +129,7 @@ def grpc_requests(kind: str, samples: list) -> list:
     messages = []
     for sample in samples:
         request = service_pb2.ModelInferRequest(model_name=MODEL)
-        request.inputs.add(name="image", datatype="FP32", shape=list(sample.shape))
+        request.inputs.add(name=INPUT, datatype="FP32", shape=list(sample.shape))
         request.raw_input_contents.append(np.asarray(sample, "<f4").tobytes())
         messages.append(request)
     return messages
