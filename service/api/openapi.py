@@ -1,7 +1,8 @@
-"""GET /openapi.json: the OpenAPI document of the native API, kept in `openapi.yaml` beside this file.
+"""GET /openapi.json: the OpenAPI document of every route, kept in `openapi.yaml` beside this file.
 
 The document is written by hand next to the code it describes; tests validate it with
-openapi-spec-validator and check that every native route is in it.
+openapi-spec-validator and check that every Flask rule and method is in it (TF Serving's and KServe
+v2's routes included, tagged `tfserving` and `kserve-v2`), and schemathesis fuzzes all of it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tests.e2e.api_models import build_api_models
 from tests.e2e.conftest import Server, start_server
 from tests.e2e.figures import record
 
-MAX_EXAMPLES = 110
+MAX_EXAMPLES = 60
 MIN_CASES = 1000
 GUNICORN_LIMITS = (400, 414, 431)
 """Statuses gunicorn itself answers (in HTML) for request lines or headers over its limits."""

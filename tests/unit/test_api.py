@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -153,6 +154,26 @@ def test_openapi_document_is_served_as_json(client: FlaskClient) -> None:
     assert response.status_code == 200
     body = response.get_json()
     assert body["openapi"] == "3.0.3" and "/models/{name}/predict" in body["paths"]
+
+
+def test_openapi_document_has_every_route_with_its_methods(client: FlaskClient) -> None:
+    """Every Flask rule (its methods included) is an operation of /openapi.json, so the fuzzer
+    (tests/e2e/test_fuzz_openapi.py), which reads that document, reaches every route. TF Serving's
+    `/v1/models/<path:path>` is one rule for many documented paths: each of its methods must be
+    documented under /v1/models/ at least once."""
+    document = client.get("/openapi.json").get_json()["paths"]
+    app = client.application
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        methods = {m.lower() for m in rule.methods or ()} - {"head", "options"}
+        if rule.rule == "/v1/models/<path:path>":
+            for method in methods:
+                assert any(p.startswith("/v1/models/") and method in ops for p, ops in document.items()), method
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        assert path in document, f"{rule.rule} is not in openapi.yaml"
+        assert methods <= set(document[path]), f"{rule.rule}: {methods - set(document[path])} not documented"
 
 
 # --- native model views ---------------------------------------------------------------------------
