@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from tests.docs_examples import (
     same_shape,
     shown_json,
 )
-from tests.e2e.conftest import Quickstart, Server, free_port, start_server
+from tests.e2e.conftest import Quickstart, Server, copy_trained_digits, free_port, start_server
 
 # Commands that cannot run on this machine, by prefix, with the reason (and where they are covered).
 NOT_RUNNABLE = {
@@ -84,10 +83,7 @@ def docs_grpc_server(
 ) -> Iterator[DocsServer]:
     """The docs' gRPC client snippets' server: digits and the corpus half_plus_two, gRPC on a free port."""
     models = tmp_path_factory.mktemp("docs-grpc-models")
-    trained = quickstart.clone / "models"
-    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
-        shutil.copy2(trained / name, models / name)
-    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_trained_digits(quickstart, models)
     (models / "half_plus_two").symlink_to(corpus / "half_plus_two_cpu")
     grpc_port = free_port()
     with start_server(
@@ -125,10 +121,7 @@ def test_client_snippets_were_found() -> None:
 @pytest.fixture(scope="module")
 def docs_server(quickstart: Quickstart, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = tmp_path_factory.mktemp("docs-models")
-    trained = quickstart.clone / "models"
-    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
-        shutil.copy2(trained / name, models / name)
-    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_trained_digits(quickstart, models)
     build_two_heads(models / "two_heads.keras")
     with start_server(models, tmp_path_factory.mktemp("docs-logs"), DEFAULT_MODEL="digits", timeout_s=240) as server:
         yield server
