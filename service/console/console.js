@@ -298,8 +298,13 @@
       parts.push("-H 'Content-Type: application/json'", "-d " + quote($("try-json").value));
     }
     parts.push(quote(new URL(target(), location.href).href));
-    $("try-curl").value = parts.join(" ");
+    const field = $("try-curl");
+    field.value = parts.join(" ");
+    field.style.height = "auto"; // as tall as the line wraps
+    field.style.height = field.scrollHeight + 2 + "px";
   }
+
+  window.addEventListener("resize", updateCurl);
 
   $("copy-curl").addEventListener("click", async () => {
     const field = $("try-curl");

@@ -11,6 +11,7 @@ Makefile installs Chromium when it is missing (as root); without it these tests 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -214,6 +215,32 @@ def test_health_shows_the_request_rate_and_p99_of_the_model_tried(browser: WebDr
     assert float(text(browser, f"{row} .rate")) > 0
     assert 0 < float(text(browser, f"{row} .p99").removesuffix(" ms")) <= 10_000
     assert text(browser, "#ready-reason") == "Ready: every model present at start-up has loaded."
+
+
+def test_a_json_tensor_shows_the_raw_outputs_and_a_bad_body_the_servers_400(browser: WebDriver, server: Server) -> None:
+    open_console(browser, server)
+    choose_model(browser, "digits")
+    browser.find_element(By.CSS_SELECTOR, 'input[name="input"][value="json"]').click()
+    Select(browser.find_element(By.ID, "try-route")).select_by_value("predict")
+    blank = [[[0.0]] * 28] * 28
+    body = json.dumps({"instances": [blank]})
+    field = browser.find_element(By.ID, "try-json")
+    browser.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))", field, body
+    )
+    browser.find_element(By.ID, "try-run").click()
+    wait_until(lambda: text(browser, "#try-status").startswith("HTTP 200 from digits version 1"), timeout_s=30)
+    values = json.loads(text(browser, "#try-results .result .value"))
+    assert len(values) == 10 and abs(sum(values) - 1) < 1e-3  # the softmax of one row
+    assert browser.find_element(By.ID, "try-curl").get_attribute("value") == (
+        f"curl -H 'Content-Type: application/json' -d '{body}' '{server.url}/models/digits/predict'"
+    )
+    field.clear()
+    field.send_keys('{"instances": [1, 2')
+    browser.find_element(By.ID, "try-run").click()
+    wait_until(lambda: text(browser, "#try-status").startswith("HTTP 400: "), timeout_s=30)
+    assert "JSON" in text(browser, "#try-status")
+    assert text(browser, "#try-results") == ""
 
 
 # --- accessibility and small screens --------------------------------------------------------------

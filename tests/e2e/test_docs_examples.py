@@ -36,6 +36,7 @@ from tests.e2e.conftest import Quickstart, Server, copy_trained_digits, free_por
 NOT_RUNNABLE = {
     "make run": "run literally, in a fresh clone, by tests/e2e/test_first_run.py (the `quickstart` fixture)",
     "make test": "the suite itself; its entry point is checked by tests/test_ci_entry.py",
+    "make screenshot": "reruns tests/e2e/test_console.py's screenshot test, which the suite runs (into a temporary folder)",
     "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
     ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
