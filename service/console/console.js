@@ -94,7 +94,11 @@
     $("models-error").textContent = response.ok ? "" : "GET /models: " + text;
     if (!response.ok || text === modelsText) return;
     modelsText = text;
+    const before = new Map(models.map((m) => [m.name, modelState(m)]));
     models = JSON.parse(text).models;
+    // The list is redrawn silently; one polite line says which models changed state.
+    const changed = models.filter((m) => before.size && before.get(m.name) !== modelState(m));
+    if (changed.length) $("announce").textContent = changed.map((m) => `${m.name} is ${modelState(m)}`).join(". ");
     renderModels();
     renderChoices();
   }
@@ -103,11 +107,13 @@
     const response = await call("readyz");
     const body = await response.json();
     const ready = $("ready");
-    ready.textContent = body.ready ? "ready" : "not ready";
-    ready.className = "pill " + (body.ready ? "ok" : "bad");
-    $("ready-reason").textContent = body.ready
+    const reason = body.ready
       ? "Ready: every model present at start-up has loaded."
       : "Not ready: " + (body.error || "models are still loading");
+    if (ready.textContent === (body.ready ? "ready" : "not ready") && $("ready-reason").textContent === reason) return;
+    ready.textContent = body.ready ? "ready" : "not ready"; // changed only: screen readers announce each change
+    ready.className = "pill " + (body.ready ? "ok" : "bad");
+    $("ready-reason").textContent = reason;
   }
 
   async function pollMetrics() {

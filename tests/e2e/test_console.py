@@ -172,6 +172,9 @@ def test_a_good_file_goes_from_loading_to_available_without_a_reload(
     wait_until(available, timeout_s=90, interval_s=0.1)
     assert "LOADING" in seen and seen[-1] == "AVAILABLE", seen
     assert browser.execute_script("return window.sameDocument") is True  # the page was never reloaded
+    # Screen readers hear the change once, in a polite live region (the list itself is redrawn silently).
+    announced = browser.find_element(By.ID, "announce").get_attribute("textContent")
+    assert "digits_copy is AVAILABLE" in announced, announced
     options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#try-model option")]
     assert "digits_copy" in options
 
