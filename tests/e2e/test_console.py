@@ -11,6 +11,7 @@ Makefile installs Chromium when it is missing (as root); without it these tests 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -196,6 +197,27 @@ def test_uploading_a_7_shows_7_first_with_a_high_score_the_json_and_the_latency(
     assert [score for _, score in classes] == sorted((score for _, score in classes), reverse=True)
     raw = browser.find_element(By.ID, "try-raw").get_attribute("textContent")
     assert '"label": "7"' in raw and '"model": "digits"' in raw
+
+
+def test_an_image_dropped_onto_the_form_is_the_one_sent(browser: WebDriver, server: Server) -> None:
+    open_console(browser, server)
+    choose_model(browser, "digits")
+    # What a drop from the file manager delivers: a DataTransfer holding the file, in a `drop` event.
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "4.png", {type: "image/png"}));
+        document.getElementById("images-input").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        """,
+        base64.b64encode((REPO / "examples" / "4.png").read_bytes()).decode("ascii"),
+    )
+    assert text(browser, "#chosen figcaption") == "4.png"
+    browser.find_element(By.ID, "try-run").click()
+    wait_until(lambda: text(browser, "#try-status").startswith("HTTP 200"), timeout_s=30)
+    assert text(browser, "#try-results .result h3") == "4.png"
+    assert top_classes(browser)[0][0] == "4"
 
 
 def test_the_curl_line_reproduces_the_request(browser: WebDriver, server: Server) -> None:
