@@ -12,7 +12,12 @@ TESTS ?= tests
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test lint venv bench clean
+.PHONY: run test lint venv bench screenshot clean
+
+# The browser tests (tests/e2e/test_console.py) drive Debian's Chromium through its chromedriver; the
+# tests never download a browser. Installed here, once, when either file is missing (as root: CI runs
+# `make test` as root); otherwise nothing is done, and without them the browser tests skip, saying why.
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 
 $(RUN_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +35,15 @@ run: $(RUN_STAMP)
 	MODELS_DIR=$(MODELS_DIR) $(PY) -m service default-model --if-empty
 	MODELS_DIR=$(MODELS_DIR) $(VENV)/bin/gunicorn wsgi:app
 
+$(BROWSER) &:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "not root: Chromium is not installed, the browser tests will skip (apt-get install -y chromium chromium-driver)"; \
+	fi
+
 # Lint and type-check first (seconds), then the suite. `make lint` alone: the same checks.
-test: lint
+test: lint $(BROWSER)
 	$(PY) -m pytest $(TESTS)
 
 lint: $(TEST_STAMP)
@@ -45,6 +57,10 @@ lint: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(PY) bench/benchmark.py $(BENCH_ARGS)
 	$(PY) bench/grpc_bench.py --out docs/benchmarks-grpc.md $(BENCH_ARGS)
+
+# Rewrites docs/console.png: the console's screenshot test (which the suite runs into a temporary folder).
+screenshot: $(TEST_STAMP) $(BROWSER)
+	CONSOLE_SCREENSHOT=docs/console.png $(PY) -m pytest tests/e2e/test_console.py -k screenshot -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache

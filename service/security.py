@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"})
 """Routes that never need the bearer token: probes (kubelet sends no token), metrics and the API description."""
+CONSOLE_PATH = "/"
+CONSOLE_FILES = "/ui/"
+"""The web console's page and the prefix of its files: static, no data in them, so open (a browser cannot send a
+bearer token when it opens a page); the page asks for the token and sends it with every call it makes."""
 
 CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Inference-Header-Content-Length")
 """Request headers a browser may send cross-origin."""
@@ -36,14 +40,14 @@ _MAX_SHOWN_NAME = 64
 
 # --- authentication ------------------------------------------------------------------------------
 def needs_token(path: str, method: str, settings: Settings) -> bool:
-    """Tell whether a request must carry the bearer token: every route but probes, metrics, API docs and preflights."""
+    """Tell whether a request must carry the bearer token: every route but probes, metrics, API docs, the console's files and preflights."""
     if not settings.auth_token:
         return False
     if method == "OPTIONS":
         return False  # CORS preflights never carry credentials; no route answers OPTIONS with data
     if path == "/metrics":
         return settings.metrics_need_token
-    return path not in OPEN_PATHS
+    return path not in OPEN_PATHS and path != CONSOLE_PATH and not path.startswith(CONSOLE_FILES)
 
 
 def check_bearer(authorization: str | None, settings: Settings) -> None:

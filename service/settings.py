@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     """Write logs as one JSON object per line instead of plain text."""
 
+    console: bool = True
+    """Serve the web console at `/` (models and their states, a try-it form, health; its files under `/ui/`); off: `/` and `/ui/` answer 404."""
+
     # --- models -------------------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), validate_default=True)
     """Folder watched for model files and version folders; `plugins/` inside it holds plugins. A relative path is taken from the directory the server starts in."""

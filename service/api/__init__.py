@@ -111,7 +111,7 @@ def register_blueprints(app: Flask) -> None:
     `before_request` / `after_request` hooks registered here, after `_start_request`, so that their
     refusals carry a request id and are counted like every other response.
     """
-    from service.api import health, kserve_v2, models, openapi, predict, tfserving
+    from service.api import console, health, kserve_v2, models, openapi, predict, tfserving
     from service.api import metrics as metrics_api
 
     app.url_map.converters["version"] = VersionConverter  # before the blueprints' rules are bound
@@ -119,5 +119,14 @@ def register_blueprints(app: Flask) -> None:
     app.before_request(_guard_request)
     app.after_request(_finish_request)
     app.after_request(_add_cors)
-    for blueprint in (health.bp, metrics_api.bp, openapi.bp, predict.bp, models.bp, tfserving.bp, kserve_v2.bp):
+    for blueprint in (
+        console.bp,
+        health.bp,
+        metrics_api.bp,
+        openapi.bp,
+        predict.bp,
+        models.bp,
+        tfserving.bp,
+        kserve_v2.bp,
+    ):
         app.register_blueprint(blueprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +173,14 @@ class Quickstart:
     clone: Path
     server: Server
     port: int
+
+
+def copy_trained_digits(quickstart: Quickstart, models: Path) -> None:
+    """Copy the digits model `make run` trained in the Quickstart clone (model, config, labels, plugin) into `models`."""
+    trained = quickstart.clone / "models"
+    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
+        shutil.copy2(trained / name, models / name)
+    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="session")

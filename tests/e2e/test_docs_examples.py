@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,12 +30,13 @@ from tests.docs_examples import (
     same_shape,
     shown_json,
 )
-from tests.e2e.conftest import Quickstart, Server, free_port, start_server
+from tests.e2e.conftest import Quickstart, Server, copy_trained_digits, free_port, start_server
 
 # Commands that cannot run on this machine, by prefix, with the reason (and where they are covered).
 NOT_RUNNABLE = {
     "make run": "run literally, in a fresh clone, by tests/e2e/test_first_run.py (the `quickstart` fixture)",
     "make test": "the suite itself; its entry point is checked by tests/test_ci_entry.py",
+    "make screenshot": "reruns tests/e2e/test_console.py's screenshot test, which the suite runs (into a temporary folder)",
     "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
     ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
@@ -84,10 +84,7 @@ def docs_grpc_server(
 ) -> Iterator[DocsServer]:
     """The docs' gRPC client snippets' server: digits and the corpus half_plus_two, gRPC on a free port."""
     models = tmp_path_factory.mktemp("docs-grpc-models")
-    trained = quickstart.clone / "models"
-    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
-        shutil.copy2(trained / name, models / name)
-    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_trained_digits(quickstart, models)
     (models / "half_plus_two").symlink_to(corpus / "half_plus_two_cpu")
     grpc_port = free_port()
     with start_server(
@@ -125,10 +122,7 @@ def test_client_snippets_were_found() -> None:
 @pytest.fixture(scope="module")
 def docs_server(quickstart: Quickstart, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = tmp_path_factory.mktemp("docs-models")
-    trained = quickstart.clone / "models"
-    for name in ("digits.keras", "digits.yaml", "digits.labels.txt"):
-        shutil.copy2(trained / name, models / name)
-    shutil.copytree(trained / "plugins", models / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_trained_digits(quickstart, models)
     build_two_heads(models / "two_heads.keras")
     with start_server(models, tmp_path_factory.mktemp("docs-logs"), DEFAULT_MODEL="digits", timeout_s=240) as server:
         yield server

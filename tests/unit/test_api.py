@@ -176,6 +176,57 @@ def test_openapi_document_has_every_route_with_its_methods(client: FlaskClient) 
         assert methods <= set(document[path]), f"{rule.rule}: {methods - set(document[path])} not documented"
 
 
+# --- the web console -------------------------------------------------------------------------------
+
+CONSOLE_FILES = ("index.html", "console.js", "console.css")
+
+
+def test_console_page_and_its_files_are_served_under_a_strict_content_security_policy(client: FlaskClient) -> None:
+    page = client.get("/")
+    script = client.get("/ui/console.js")
+    style = client.get("/ui/console.css")
+    assert (page.status_code, page.mimetype) == (200, "text/html")
+    assert '<script src="ui/console.js" defer></script>' in page.get_data(as_text=True)
+    assert (script.status_code, script.mimetype) == (200, "text/javascript")
+    assert (style.status_code, style.mimetype) == (200, "text/css")
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_console_files_are_small_and_fetch_nothing_from_elsewhere() -> None:
+    from service.api.console import CONSOLE_FOLDER
+
+    texts = [(CONSOLE_FOLDER / name).read_text(encoding="utf-8") for name in CONSOLE_FILES]
+    assert sorted(p.name for p in CONSOLE_FOLDER.iterdir()) == sorted(CONSOLE_FILES)
+    assert sum(len(t.encode()) for t in texts) < 40_000  # a few tens of kB, no library
+    assert not [t for t in texts if re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", t, re.IGNORECASE)]
+
+
+def test_console_answers_404_for_unknown_files_and_paths_out_of_its_folder(client: FlaskClient) -> None:
+    message = "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others"
+    for path in ("/ui/nothing.js", "/ui/../settings.py", "/ui/%2e%2e/api/console.py", "/ui/"):
+        assert_error(client.get(path), 404, message)
+
+
+def test_console_off_answers_404_and_with_a_token_its_files_stay_open(tmp_path: Path) -> None:
+    off = make_app(tmp_path / "off", console=False)
+    guarded = make_app(tmp_path / "guarded", auth_token="s3cret")
+    try:
+        off_page, off_script = off.test_client().get("/"), off.test_client().get("/ui/console.js")
+        client = guarded.test_client()
+        page, script, data = client.get("/"), client.get("/ui/console.js"), client.get("/models")
+    finally:
+        off.extensions[EXTENSION].stop()
+        guarded.extensions[EXTENSION].stop()
+    assert (off_page.status_code, off_script.status_code) == (404, 404)
+    assert off_page.get_json() == {
+        "error": "no such URL; see /openapi.json for the native API, /v1/models/<name> and /v2 for the others"
+    }
+    assert (page.status_code, script.status_code) == (200, 200)
+    assert data.status_code == 401  # the page asks for the token before it shows any data
+
+
 # --- native model views ---------------------------------------------------------------------------
 
 

@@ -21,14 +21,15 @@ def test_no_token_configured_means_no_check(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"]
+    "path",
+    ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json", "/", "/ui/console.js"],
 )
-def test_probes_metrics_and_docs_stay_open(tmp_path: Path, path: str) -> None:
+def test_probes_metrics_docs_and_the_console_files_stay_open(tmp_path: Path, path: str) -> None:
     assert not security.needs_token(path, "GET", Settings(models_dir=tmp_path, auth_token="s3cret"))
 
 
 @pytest.mark.parametrize(
-    "path", ["/predict", "/models", "/models/m", "/v1/models/m:predict", "/v2/models/m/infer", "/v2/models/m"]
+    "path", ["/predict", "/models", "/models/m", "/v1/models/m:predict", "/v2/models/m/infer", "/v2/models/m", "/uix"]
 )
 def test_predict_and_management_routes_need_the_token(tmp_path: Path, path: str) -> None:
     settings = Settings(models_dir=tmp_path, auth_token="s3cret")
