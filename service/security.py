@@ -4,7 +4,7 @@ Pure decisions over plain values (paths, header values, settings); the API layer
 its request hooks and the manager calls `check_models_dir` before it loads anything. Model files
 and plugins are code (loading a Lambda layer runs the bytecode stored in the file), so whoever can
 write to MODELS_DIR can run code in the server: `check_models_dir` refuses a folder every user can
-write to. See docs/security.md for the threat model. Imports neither Flask nor TensorFlow.
+write to (a read-only mount is safe whatever its mode bits say). See docs/security.md for the threat model. Imports neither Flask nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def models_dir_problem(models_dir: Path) -> str:
 
     Unsafe: the folder or its `plugins/` folder is writable by every user (sticky or not: anyone
     could add a model or a plugin), or a parent folder is writable by every user without the sticky
-    bit (anyone could swap the whole folder). Symlinks are followed.
+    bit (anyone could swap the whole folder). Symlinks are followed. A folder on a read-only mount
+    is safe whatever its mode bits say: nobody can change its entries (KServe's /mnt/models is an
+    emptyDir, mode 0777, mounted read-only), so each folder is judged by the mount it lives on.
     """
     try:
         folder = Path(models_dir).resolve()
@@ -156,13 +158,25 @@ def models_dir_problem(models_dir: Path) -> str:
         return ""
     for candidate, what in ((folder, "MODELS_DIR"), (folder / PLUGINS_FOLDER, "its plugins folder")):
         mode = _mode(candidate)
-        if mode is not None and stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
+        if mode is not None and stat.S_ISDIR(mode) and mode & stat.S_IWOTH and not on_read_only_mount(candidate):
             return f"{what} ({candidate.name}) is writable by every user (mode {stat.S_IMODE(mode):o})"
     for parent in folder.parents:
         mode = _mode(parent)
-        if mode is not None and mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        if mode is not None and mode & stat.S_IWOTH and not mode & stat.S_ISVTX and not on_read_only_mount(parent):
             return f"a parent folder of MODELS_DIR ('{parent.name or parent}') is writable by every user without the sticky bit"
     return ""
+
+
+def on_read_only_mount(path: Path) -> bool:
+    """Tell whether the entries of folder `path` live on a mount that is read-only (`statvfs`'s ST_RDONLY).
+
+    The flag is the mount's own (a read-only bind mount of a writable file system counts), as the
+    kernel enforces it for every user in this mount namespace; False when `path` cannot be read.
+    """
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_models_dir(settings: Settings) -> None:

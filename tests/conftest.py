@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,30 @@ def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> subproces
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return result
+
+
+@contextmanager
+def read_only_mount(folder: Path) -> Iterator[Path]:
+    """Make `folder` a read-only mount of itself (a bind mount, remounted read-only) for the block.
+
+    How KServe mounts /mnt/models in the predictor. Needs root (CAP_SYS_ADMIN), as the suite has in
+    CI's container; where mounting is refused the test is skipped with the reason (in CI it fails).
+    """
+    folder = Path(folder)
+    bind = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        message = f"cannot make a read-only mount here (needs root): {bind.stderr.strip()}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        remount = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, text=True, check=False
+        )
+        assert remount.returncode == 0, remount.stderr
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def in_ci() -> bool:
