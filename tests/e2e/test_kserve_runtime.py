@@ -9,8 +9,9 @@ container's `runAsUser`. The model folder is made as KServe's storage initialize
 downloaded file or folder in an emptyDir (mode 0777), which the predictor mounts read-only (here a
 real read-only bind mount); the ConfigMap is written to a folder standing in for its mount path.
 
-The server must answer `/v1/models/flowers:predict` and `/v2/models/flowers/infer` (tritonclient)
-with the model's exact outputs, report SERVING over gRPC, run as the manifest's uid, and leave the
+The server must answer `/v1/models/flowers:predict` and `/v2/models/flowers/infer` (tritonclient),
+and KServe v2's ModelInfer over gRPC (tritonclient.grpc), with the model's exact outputs, report
+SERVING over gRPC's health service, run as the manifest's uid, and leave the
 folder as it found it.
 
 Running as the uid: the suite runs as root, but this machine's Python lives under a private /root,
@@ -258,6 +259,23 @@ def v2_infer(port: int) -> np.ndarray:
         client.close()
 
 
+def v2_grpc_infer(port: int) -> np.ndarray:
+    """The same inference over gRPC (grpc-v2, the runtime's second port), with tritonclient.grpc."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+    try:
+        metadata = client.get_model_metadata(NAME, as_json=True)
+        (inp,) = metadata["inputs"]
+        (out,) = metadata["outputs"]
+        tensor = grpcclient.InferInput(inp["name"], list(X.shape), inp["datatype"])
+        tensor.set_data_from_numpy(X.astype(np.float32))
+        result = client.infer(NAME, [tensor], outputs=[grpcclient.InferRequestedOutput(out["name"])])
+        return result.as_numpy(out["name"])
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.layout)
 def test_runtime_container_serves_the_example_under_its_name(example: Example, uploads, tmp_path: Path) -> None:
     container = runtime_container()
@@ -279,6 +297,7 @@ def test_runtime_container_serves_the_example_under_its_name(example: Example, u
             np.testing.assert_allclose(v1_predict(server), expected, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(v2_infer(http_port), expected, rtol=1e-5, atol=1e-6)
             assert grpc_serving(grpc_port)
+            np.testing.assert_allclose(v2_grpc_infer(grpc_port), expected, rtol=1e-5, atol=1e-6)
             models_listed = requests.get(f"{server.url}/v1/models/{NAME}", timeout=10).json()
             assert models_listed["model_version_status"][0]["state"] == "AVAILABLE"
             assert server.get("/v1/models/1").status_code == 404  # a version folder is never a model
