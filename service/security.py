@@ -15,6 +15,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import InsecureModelsDir, InvalidInput, Unauthorized
@@ -30,6 +31,8 @@ CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Infere
 CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "Inference-Header-Content-Length")
 """Response headers a cross-origin script may read."""
 CORS_MAX_AGE_S = 600
+MOUNTINFO = "/proc/self/mountinfo"
+"""Where Linux lists this process's mounts: a read-only mount counts only if no writable one shows the same files."""
 
 _MAX_SHOWN_NAME = 64
 
@@ -168,15 +171,75 @@ def models_dir_problem(models_dir: Path) -> str:
 
 
 def on_read_only_mount(path: Path) -> bool:
-    """Tell whether the entries of folder `path` live on a mount that is read-only (`statvfs`'s ST_RDONLY).
+    """Tell whether nobody in this mount namespace can change the entries of folder `path`.
 
-    The flag is the mount's own (a read-only bind mount of a writable file system counts), as the
-    kernel enforces it for every user in this mount namespace; False when `path` cannot be read.
+    True when the mount holding it is read-only (`statvfs`'s ST_RDONLY: the mount's own flag, so a
+    read-only bind mount counts, as the kernel enforces it for every user, root included) and no
+    writable mount in /proc/self/mountinfo reaches the same files (a read-only bind mount of a
+    world-writable folder that is also mounted writable elsewhere is no protection). Without
+    /proc/self/mountinfo (not Linux) the flag alone decides; False when `path` cannot be read.
     """
     try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+        real = os.path.realpath(path)
     except OSError:
         return False
+    mounts = _mount_table()
+    return mounts is None or not _writable_alias(real, mounts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    device: str  # major:minor
+    root: str  # the folder of the file system this mount shows
+    mount_point: str
+    writable: bool  # both the mount and its super block are read-write
+
+
+def _mount_table() -> list[_Mount] | None:
+    """This process's mounts, from /proc/self/mountinfo (in mount order); None when it cannot be read."""
+    try:
+        text = Path(MOUNTINFO).read_text()
+    except OSError:
+        return None
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        dash = fields.index("-", 6)
+        super_options = fields[dash + 3].split(",") if len(fields) > dash + 3 else []
+        mounts.append(
+            _Mount(
+                device=fields[2],
+                root=_unescape(fields[3]),
+                mount_point=_unescape(fields[4]),
+                writable="rw" in fields[5].split(",") and "ro" not in super_options,
+            )
+        )
+    return mounts
+
+
+def _writable_alias(real: str, mounts: list[_Mount]) -> bool:
+    """Whether a writable mount of the same file system shows the files at `real` (a resolved path)."""
+    holding = [m for m in mounts if real == m.mount_point or real.startswith(m.mount_point.rstrip("/") + "/")]
+    if not holding:
+        return False
+    ours = max(reversed(holding), key=lambda m: len(m.mount_point))  # the deepest; the latest of stacked ones
+    inside = os.path.relpath(real, ours.mount_point)
+    files = os.path.normpath(os.path.join(ours.root, inside)) if inside != "." else ours.root
+    for mount in mounts:
+        if mount is ours or mount.device != ours.device or not mount.writable:
+            continue
+        if files == mount.root or files.startswith(mount.root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (`\\040` is a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def check_models_dir(settings: Settings) -> None:

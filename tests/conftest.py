@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,26 +60,42 @@ def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> subproces
 
 @contextmanager
 def read_only_mount(folder: Path) -> Iterator[Path]:
-    """Make `folder` a read-only mount of itself (a bind mount, remounted read-only) for the block.
+    """Make `folder` a read-only mount holding what it held, for the block (how KServe mounts /mnt/models).
 
-    How KServe mounts /mnt/models in the predictor. Needs root (CAP_SYS_ADMIN), as the suite has in
-    CI's container; where mounting is refused the test is skipped with the reason (in CI it fails).
+    Its files are copied onto a fresh tmpfs (an emptyDir with `medium: Memory` is one) mounted over
+    the folder with the folder's mode and owner, which is then remounted read-only: no writable
+    mount shows those files anywhere (a read-only bind mount of the folder onto itself would leave
+    the writable file system beneath it in /proc/self/mountinfo, which the server counts as
+    writable). Needs root (CAP_SYS_ADMIN), as the suite has in CI's container; where mounting is
+    refused the test is skipped with the reason (in CI it fails). The originals lie untouched under
+    the mount and are visible again when the block ends.
     """
     folder = Path(folder)
-    bind = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        message = f"cannot make a read-only mount here (needs root): {bind.stderr.strip()}"
+    st = folder.stat()
+    saved = Path(tempfile.mkdtemp(prefix="kerasserve-ro-")) / "content"
+    shutil.copytree(folder, saved, symlinks=True)
+    options = f"mode={stat.S_IMODE(st.st_mode):o},uid={st.st_uid},gid={st.st_gid},size=512m"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        shutil.rmtree(saved.parent)
+        message = f"cannot make a read-only mount here (needs root): {mounted.stderr.strip()}"
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     try:
-        remount = subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, text=True, check=False
-        )
+        shutil.copytree(saved, folder, symlinks=True, dirs_exist_ok=True)
+        for entry in saved.rglob("*"):  # copytree keeps modes and times, not owners
+            if not entry.is_symlink():
+                os.chown(folder / entry.relative_to(saved), entry.stat().st_uid, entry.stat().st_gid)
+        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True, text=True)
         assert remount.returncode == 0, remount.stderr
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+        shutil.rmtree(saved.parent, ignore_errors=True)
 
 
 def in_ci() -> bool:

@@ -155,6 +155,26 @@ def test_world_writable_folder_on_a_read_only_mount_is_safe(tmp_path: Path) -> N
         security.check_models_dir(Settings(models_dir=models))
 
 
+def test_read_only_bind_mount_of_a_folder_writable_elsewhere_is_refused(tmp_path: Path) -> None:
+    # A read-only view of a world-writable folder that stays writable at its own path protects nothing.
+    shared = tmp_path / "shared-models"
+    shared.mkdir()
+    shared.chmod(0o777)
+    view = tmp_path / "view"
+    view.mkdir()
+    view.chmod(0o777)
+    bound = subprocess.run(["mount", "--bind", str(shared), str(view)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        assert os.statvfs(view).f_flag & os.ST_RDONLY  # the mount itself is read-only...
+        assert not security.on_read_only_mount(view)  # ...but shared-models is writable by anyone
+        assert "MODELS_DIR (view) is writable by every user" in security.models_dir_problem(view)
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
 def test_read_only_mount_under_a_world_writable_parent_is_still_refused(tmp_path: Path) -> None:
     # The mount point cannot be renamed, but a writable parent above it can be swapped wholesale.
     parent = tmp_path / "shared"
