@@ -153,7 +153,8 @@ def models_dir_problem(models_dir: Path) -> str:
     could add a model or a plugin), or a parent folder is writable by every user without the sticky
     bit (anyone could swap the whole folder). Symlinks are followed. A folder on a read-only mount
     is safe whatever its mode bits say: nobody can change its entries (KServe's /mnt/models is an
-    emptyDir, mode 0777, mounted read-only), so each folder is judged by the mount it lives on.
+    emptyDir, mode 0777, mounted read-only), so each folder is judged by the mount it lives on
+    (`on_read_only_mount`, which also asks that no writable mount shows the same files).
     """
     try:
         folder = Path(models_dir).resolve()
