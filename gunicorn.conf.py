@@ -9,16 +9,19 @@ import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
 
+from service import gpus as _gpus
 from service.settings import Settings as _Settings  # underscore: gunicorn treats globals as settings
 
 _settings = _Settings()
+# Found once, in the master, without TensorFlow (service/gpus.py); none asked for with DEVICE=cpu.
+_visible_gpus = () if _settings.device == "cpu" else _gpus.visible_gpus(_os.environ)
 
 wsgi_app = "wsgi:app"
 bind = f"{_settings.host}:{_settings.port}"
 # gunicorn's gthread worker (threads of one worker share its servables and batchers) that spreads
 # keep-alive connections evenly over the workers; see service/worker.py.
 worker_class = "service.worker.BalancedThreadWorker"
-workers = _settings.workers
+workers = _settings.workers or _gpus.default_workers(_visible_gpus, _settings.device)
 threads = _settings.threads
 preload_app = False  # TensorFlow starts in each worker, after the fork
 graceful_timeout = _settings.graceful_timeout_s
@@ -47,6 +50,27 @@ def on_starting(server):
             "(docs/security.md) unless a proxy in front authenticates",
             _settings.host,
             _settings.port,
+        )
+
+
+def pre_fork(server, worker):
+    """Give the new worker the lowest slot no living worker holds: a replacement keeps its predecessor's GPU."""
+    taken = {getattr(w, "kerasserve_slot", -1) for w in server.WORKERS.values()}
+    worker.kerasserve_slot = _gpus.free_slot(taken)
+
+
+def post_fork(server, worker):
+    """Pin the worker to GPU (slot mod N) before TensorFlow starts in it (the app is built after this hook)."""
+    changes = _gpus.worker_environment(_visible_gpus, worker.kerasserve_slot, _settings.device)
+    _os.environ.update(changes)
+    if changes:
+        server.log.info(
+            "worker %d (pid %d) runs on GPU %s of %d visible (%s)",
+            worker.kerasserve_slot,
+            worker.pid,
+            changes["CUDA_VISIBLE_DEVICES"],
+            len(_visible_gpus),
+            ", ".join(_visible_gpus),
         )
 
 

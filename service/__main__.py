@@ -1,6 +1,8 @@
 """Command line of kerasserve: `python -m service <command> [args]`.
 
 Commands:
+    serve [args]             start gunicorn with gunicorn.conf.py; the arguments KServe and TF Serving
+                             runtimes pass (`--model_name`, `--model_dir`, `--http_port`, ...) become settings
     inspect PATH...          how each model file loads and what it needs (non-zero exit if any fails)
     default-model [args]     train and write the default `digits` model (service/default_model.py)
 
@@ -19,6 +21,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        # Its own parser: it tolerates the arguments other runtimes take (service/serve.py).
+        from service import serve
+
+        return serve.main(argv[1:])
     if argv and argv[0] == "default-model":
         # Its own argparse owns every argument after the command name.
         from service import default_model
@@ -31,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     inspect_command.build_parser(
         commands.add_parser("inspect", help="show how model files load and what they need; exit 1 if any fails")
+    )
+    commands.add_parser(
+        "serve", help="start the server (gunicorn); KServe's --model_name/--model_dir/--http_port/--grpc_port"
     )
     commands.add_parser("default-model", help="train and write the default digits model (see --help of the command)")
     args = parser.parse_args(argv)

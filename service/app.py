@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from service import pod_readiness
+from service import pod_readiness, security
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
 from service.api.json import FastJSONProvider
@@ -48,7 +48,12 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
         builder = ServableBuilder(settings)
         builder.start()  # security gate on MODELS_DIR, TensorFlow configuration, gc.freeze
     manager = ServableManager(builder, settings, on_recycle=recycle_worker)
-    watcher = RepositoryWatcher(ModelRepository(settings.models_dir, settle_s=settings.settle_s), manager, settings)
+    repository = ModelRepository(settings.models_dir, settle_s=settings.settle_s, model_name=settings.model_name)
+    if security.on_read_only_mount(settings.models_dir):
+        # Nothing here can write it: versions change only when the mount's source changes (a
+        # ConfigMap update, the writable side of a bind mount), which the watcher still sees.
+        log.info("models folder %s is on a read-only mount; watching for changes made outside", settings.models_dir)
+    watcher = RepositoryWatcher(repository, manager, settings)
     # The watcher scans once before returning, so the manager starts with the start-up models known
     # and builds its first registry from the plugins that scan saw.
     watcher.start()
@@ -72,7 +77,10 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings), stop)
     register_blueprints(app)
     register_error_handlers(app)
-    log.info("kerasserve app ready to serve %s", settings.models_dir)
+    if settings.model_name:
+        log.info("kerasserve app ready to serve %s as the one model '%s'", settings.models_dir, settings.model_name)
+    else:
+        log.info("kerasserve app ready to serve %s", settings.models_dir)
     return app
 
 

@@ -15,6 +15,10 @@ Layout (see docs/model-repository.md):
     models/<name>/<N>/...             numeric version folders (TF Serving layout; `00000123` is version 123)
     models/plugins/                   plugin modules, not a model
 
+Single-model mode (`model_name`, MODEL_NAME; KServe's `--model_name` with `/mnt/models`): the folder
+is that one model's base path, read like `models/<name>/` above: a model file or SavedModel at its
+root is version 1, numbered folders are versions; `plugins/` is still plugins, never part of a version.
+
 A file counts as complete once it arrived by atomic rename (seen by inotify) or its size and mtime
 stayed unchanged for `settle_s`; a SavedModel folder once `saved_model.pb` and every variables shard
 are there too. This module never loads a model and imports neither Flask nor TensorFlow.
@@ -133,10 +137,22 @@ class ModelRepository:
         models_dir: Path,
         *,
         settle_s: float,
+        model_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """Read `models_dir` as a repository of models, or as the base path of the one model `model_name`.
+
+        Raises:
+            ValueError: `model_name` is not a valid model name.
+        """
+        if model_name is not None and not MODEL_NAME.match(model_name):
+            raise ValueError(
+                f"MODEL_NAME '{model_name}' is not a valid model name: it must start with a letter or digit and "
+                "hold only letters, digits, '_', '-' and '.' (at most 128 characters)"
+            )
         self.models_dir = Path(models_dir)
+        self.model_name = model_name
         self.settle_s = settle_s
         self._clock = clock
         self._wall_clock = wall_clock
@@ -198,56 +214,67 @@ class ModelRepository:
         models: dict[str, ModelSource] = {}
         with self._lock:
             self._next_deadline = None
-            try:
-                entries = sorted(os.scandir(self.models_dir), key=lambda e: e.name)
-            except OSError as err:
-                self._note("(models dir)", f"cannot list {self.models_dir}: {err}")
-                entries = []
-            names = {e.name for e in entries}
-            claimed: dict[str, list[Path]] = {}
-            models_real = Path(os.path.realpath(self.models_dir))
-            for entry in entries:
-                name = entry.name
-                if is_ignored(name) or name == PLUGINS_FOLDER:
-                    continue
-                path = Path(entry.path)
-                if path.is_dir():
-                    if models_real.is_relative_to(os.path.realpath(path)):
-                        self._note(name, f"skipped {name}: a symlink to a folder holding the models folder (a loop)")
-                        continue
-                    claimed.setdefault(name, []).insert(0, path)
-                    continue
-                stem, suffix = os.path.splitext(name)
-                kind = _special(path)
-                if kind and suffix.lower() in MODEL_FILE_SUFFIXES:
-                    claimed.setdefault(stem, []).append(path)  # refused as a version, never opened
-                elif not path.is_file():
-                    self._note(name, f"skipped {name}: not a regular file ({kind or 'a dangling link or a loop?'})")
-                elif suffix.lower() in MODEL_FILE_SUFFIXES:
-                    claimed.setdefault(stem, []).append(path)
-                elif not _is_companion(name, names):
-                    self._note(
-                        name,
-                        f"skipped {name}: not a model file ({', '.join(MODEL_FILE_SUFFIXES)}) or folder",
-                        logging.INFO,
-                    )
-            for name, paths in claimed.items():
-                if not MODEL_NAME.match(name):
-                    self._note(name, f"skipped '{name}': model names may only hold letters, digits, '_', '-' and '.'")
-                    continue
-                if len(paths) > 1:
-                    self._note(
-                        name,
-                        f"model '{name}' is claimed by {', '.join(p.name for p in paths)}; serving {paths[0].name}",
-                    )
-                source = self._scan_model(name, paths[0], now, now_wall, seen)
+            if self.model_name is None:
+                self._scan_repository(now, now_wall, seen, models)
+            elif self.models_dir.is_dir():
+                source = self._scan_model(self.model_name, self.models_dir, now, now_wall, seen)
                 if source is not None:
-                    models[name] = source
+                    models[self.model_name] = source
+            else:
+                self._note("(models dir)", f"cannot list {self.models_dir}: not a folder")
             self._plugins = self._scan_plugins(now, now_wall, seen)
             self._seen = seen
             self._arrived = {k: v for k, v in self._arrived.items() if k in seen}
             self._scanned_once = True
         return models
+
+    def _scan_repository(self, now: float, now_wall: float, seen: dict, models: dict[str, ModelSource]) -> None:
+        """Add every model of a repository folder (one per file stem or folder name) to `models`."""
+        try:
+            entries = sorted(os.scandir(self.models_dir), key=lambda e: e.name)
+        except OSError as err:
+            self._note("(models dir)", f"cannot list {self.models_dir}: {err}")
+            entries = []
+        names = {e.name for e in entries}
+        claimed: dict[str, list[Path]] = {}
+        models_real = Path(os.path.realpath(self.models_dir))
+        for entry in entries:
+            name = entry.name
+            if is_ignored(name) or name == PLUGINS_FOLDER:
+                continue
+            path = Path(entry.path)
+            if path.is_dir():
+                if models_real.is_relative_to(os.path.realpath(path)):
+                    self._note(name, f"skipped {name}: a symlink to a folder holding the models folder (a loop)")
+                    continue
+                claimed.setdefault(name, []).insert(0, path)
+                continue
+            stem, suffix = os.path.splitext(name)
+            kind = _special(path)
+            if kind and suffix.lower() in MODEL_FILE_SUFFIXES:
+                claimed.setdefault(stem, []).append(path)  # refused as a version, never opened
+            elif not path.is_file():
+                self._note(name, f"skipped {name}: not a regular file ({kind or 'a dangling link or a loop?'})")
+            elif suffix.lower() in MODEL_FILE_SUFFIXES:
+                claimed.setdefault(stem, []).append(path)
+            elif not _is_companion(name, names):
+                self._note(
+                    name,
+                    f"skipped {name}: not a model file ({', '.join(MODEL_FILE_SUFFIXES)}) or folder",
+                    logging.INFO,
+                )
+        for name, paths in claimed.items():
+            if not MODEL_NAME.match(name):
+                self._note(name, f"skipped '{name}': model names may only hold letters, digits, '_', '-' and '.'")
+                continue
+            if len(paths) > 1:
+                self._note(
+                    name,
+                    f"model '{name}' is claimed by {', '.join(p.name for p in paths)}; serving {paths[0].name}",
+                )
+            source = self._scan_model(name, paths[0], now, now_wall, seen)
+            if source is not None:
+                models[name] = source
 
     def plugins_fingerprint(self) -> str | None:
         """Fingerprint of the files in `models/plugins/` at the last scan; None while one is still settling."""
@@ -268,7 +295,7 @@ class ModelRepository:
         model_configs: list[Path] = []
         if path.is_dir():
             model_configs = _first_existing(path, FOLDER_CONFIG_NAMES)
-            children = _list_dir(path)
+            children = [c for c in _list_dir(path) if not self._is_plugins(c)]
             version_dirs = [c for c in children if VERSION_DIR.match(c.name) and c.is_dir()]
             if version_dirs:
                 candidates = []
@@ -344,7 +371,7 @@ class ModelRepository:
         for link in walk.revisits:
             where = display_path(link, self.models_dir)
             self._note(f"{link}:loop", f"{where}: not followed, it leads to a folder already walked (a symlink loop?)")
-        files = [f for f in walk.files if str(f) not in skip]
+        files = [f for f in walk.files if str(f) not in skip and not any(map(self._is_plugins, f.parents))]
         labels_file = next((p for p in labels if p.is_file()), None)
         files = [f for f in files if f != labels_file]
         # A version holding a FIFO is refused, not left waiting for the part the FIFO stands in for.
@@ -388,6 +415,10 @@ class ModelRepository:
             labels=labels,
             error=error,
         )
+
+    def _is_plugins(self, path: Path) -> bool:
+        """Tell whether `path` is the plugins folder (inside a single model's base path, it is not a version's)."""
+        return path == self.models_dir / PLUGINS_FOLDER
 
     def _read_configs(self, paths: list[Path]) -> tuple[ModelConfig, str]:
         """Read the config file in `paths` (zero or one); return the config and an error message.

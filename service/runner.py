@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from service import extra_outputs as extra_outputs_
 from service.errors import InferenceError, InvalidInput, ModelLoadError
+from service.gpus import DEFAULT_CPU_WORKERS
 from service.servable import Signature, TensorInfo, row_count
 from service.settings import Settings
 
@@ -91,7 +92,7 @@ def tf_thread_counts(settings: Settings, gpu: bool) -> tuple[int, int]:
     a third of the p99 on a busy one (docs/benchmarks.md), because every worker's default pools
     otherwise each claim every core. With a GPU TensorFlow's defaults stay.
     """
-    share = 0 if gpu else max(1, available_cores() // settings.workers)
+    share = 0 if gpu else max(1, available_cores() // (settings.workers or DEFAULT_CPU_WORKERS))
     return (settings.tf_intra_op_threads or share, settings.tf_inter_op_threads or share)
 
 
@@ -124,19 +125,27 @@ def configure_tensorflow(settings: Settings) -> str:
             log.warning("TensorFlow thread settings ignored, the runtime is already initialised: %s", err)
         for gpu in gpus:
             try:
-                # Without memory growth the first model takes the whole GPU and every other worker
-                # (or a second version loaded during a swap) fails to allocate.
-                tf.config.experimental.set_memory_growth(gpu, True)
+                if settings.gpu_memory_limit_mb:
+                    # A hard cap, for workers sharing one GPU (more workers than GPUs).
+                    tf.config.set_logical_device_configuration(
+                        gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=settings.gpu_memory_limit_mb)]
+                    )
+                else:
+                    # Without memory growth the first model takes the whole GPU and every other worker
+                    # (or a second version loaded during a swap) fails to allocate.
+                    tf.config.experimental.set_memory_growth(gpu, True)
             except (RuntimeError, ValueError) as err:
-                log.warning("GPU memory growth not set on %s: %s", gpu.name, err)
+                log.warning("GPU memory settings not applied on %s: %s", gpu.name, err)
         if settings.device == "gpu" and not gpus:
             raise ValueError("DEVICE=gpu but TensorFlow sees no GPU; set DEVICE=auto or DEVICE=cpu")
         device = "/GPU:0" if gpus and settings.device != "cpu" else "/CPU:0"
         log.info(
-            "TensorFlow %s: models run on %s (%d GPU(s) visible); intra-op threads %s, inter-op threads %s",
+            "TensorFlow %s: models run on %s (%d GPU(s) visible, GPU memory limit %s); "
+            "intra-op threads %s, inter-op threads %s",
             tf.__version__,
             device,
             len(gpus),
+            f"{settings.gpu_memory_limit_mb} MiB" if settings.gpu_memory_limit_mb else "none",
             tf.config.threading.get_intra_op_parallelism_threads() or "auto",
             tf.config.threading.get_inter_op_parallelism_threads() or "auto",
         )

@@ -4,7 +4,7 @@ Pure decisions over plain values (paths, header values, settings); the API layer
 its request hooks and the manager calls `check_models_dir` before it loads anything. Model files
 and plugins are code (loading a Lambda layer runs the bytecode stored in the file), so whoever can
 write to MODELS_DIR can run code in the server: `check_models_dir` refuses a folder every user can
-write to. See docs/security.md for the threat model. Imports neither Flask nor TensorFlow.
+write to (a read-only mount is safe whatever its mode bits say). See docs/security.md for the threat model. Imports neither Flask nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import InsecureModelsDir, InvalidInput, Unauthorized
@@ -34,6 +35,8 @@ CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Infere
 CORS_EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "Inference-Header-Content-Length")
 """Response headers a cross-origin script may read."""
 CORS_MAX_AGE_S = 600
+MOUNTINFO = "/proc/self/mountinfo"
+"""Where Linux lists this process's mounts: a read-only mount counts only if no writable one shows the same files."""
 
 _MAX_SHOWN_NAME = 64
 
@@ -152,7 +155,10 @@ def models_dir_problem(models_dir: Path) -> str:
 
     Unsafe: the folder or its `plugins/` folder is writable by every user (sticky or not: anyone
     could add a model or a plugin), or a parent folder is writable by every user without the sticky
-    bit (anyone could swap the whole folder). Symlinks are followed.
+    bit (anyone could swap the whole folder). Symlinks are followed. A folder on a read-only mount
+    is safe whatever its mode bits say: nobody can change its entries (KServe's /mnt/models is an
+    emptyDir, mode 0777, mounted read-only), so each folder is judged by the mount it lives on
+    (`on_read_only_mount`, which also asks that no writable mount shows the same files).
     """
     try:
         folder = Path(models_dir).resolve()
@@ -160,13 +166,85 @@ def models_dir_problem(models_dir: Path) -> str:
         return ""
     for candidate, what in ((folder, "MODELS_DIR"), (folder / PLUGINS_FOLDER, "its plugins folder")):
         mode = _mode(candidate)
-        if mode is not None and stat.S_ISDIR(mode) and mode & stat.S_IWOTH:
+        if mode is not None and stat.S_ISDIR(mode) and mode & stat.S_IWOTH and not on_read_only_mount(candidate):
             return f"{what} ({candidate.name}) is writable by every user (mode {stat.S_IMODE(mode):o})"
     for parent in folder.parents:
         mode = _mode(parent)
-        if mode is not None and mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        if mode is not None and mode & stat.S_IWOTH and not mode & stat.S_ISVTX and not on_read_only_mount(parent):
             return f"a parent folder of MODELS_DIR ('{parent.name or parent}') is writable by every user without the sticky bit"
     return ""
+
+
+def on_read_only_mount(path: Path) -> bool:
+    """Tell whether nobody in this mount namespace can change the entries of folder `path`.
+
+    True when the mount holding it is read-only (`statvfs`'s ST_RDONLY: the mount's own flag, so a
+    read-only bind mount counts, as the kernel enforces it for every user, root included) and no
+    writable mount in /proc/self/mountinfo reaches the same files (a read-only bind mount of a
+    world-writable folder that is also mounted writable elsewhere is no protection). Without
+    /proc/self/mountinfo (not Linux) the flag alone decides; False when `path` cannot be read.
+    """
+    try:
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+        real = os.path.realpath(path)
+    except OSError:
+        return False
+    mounts = _mount_table()
+    return mounts is None or not _writable_alias(real, mounts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    device: str  # major:minor
+    root: str  # the folder of the file system this mount shows
+    mount_point: str
+    writable: bool  # both the mount and its super block are read-write
+
+
+def _mount_table() -> list[_Mount] | None:
+    """This process's mounts, from /proc/self/mountinfo (in mount order); None when it cannot be read."""
+    try:
+        text = Path(MOUNTINFO).read_text()
+    except OSError:
+        return None
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        dash = fields.index("-", 6)
+        super_options = fields[dash + 3].split(",") if len(fields) > dash + 3 else []
+        mounts.append(
+            _Mount(
+                device=fields[2],
+                root=_unescape(fields[3]),
+                mount_point=_unescape(fields[4]),
+                writable="rw" in fields[5].split(",") and "ro" not in super_options,
+            )
+        )
+    return mounts
+
+
+def _writable_alias(real: str, mounts: list[_Mount]) -> bool:
+    """Whether a writable mount of the same file system shows the files at `real` (a resolved path)."""
+    holding = [m for m in mounts if real == m.mount_point or real.startswith(m.mount_point.rstrip("/") + "/")]
+    if not holding:
+        return False
+    ours = max(reversed(holding), key=lambda m: len(m.mount_point))  # the deepest; the latest of stacked ones
+    inside = os.path.relpath(real, ours.mount_point)
+    files = os.path.normpath(os.path.join(ours.root, inside)) if inside != "." else ours.root
+    for mount in mounts:
+        if mount is ours or mount.device != ours.device or not mount.writable:
+            continue
+        if files == mount.root or files.startswith(mount.root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (`\\040` is a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def check_models_dir(settings: Settings) -> None:

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8500, ge=0, le=65535)
     """TCP port of the gRPC API (TF Serving's PredictionService and ModelService, KServe v2's GRPCInferenceService, grpc.health.v1); every worker listens on it (SO_REUSEPORT). 0 turns gRPC off."""
 
-    workers: int = Field(2, ge=1)
-    """gunicorn worker processes; each loads every model (one per core on CPU, 1 per GPU)."""
+    workers: int | None = Field(None, ge=1)
+    """gunicorn worker processes; each loads every model. Unset: one per visible GPU on a GPU host (worker i runs on GPU i mod N), else 2."""
 
     threads: int = Field(16, ge=1)
     """Request threads per worker (gthread); requests of one worker share its batchers."""
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     model_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra plugin modules to import at start (comma-separated import paths), besides `<MODELS_DIR>/plugins/*.py`."""
 
+    model_name: str | None = None
+    """Single-model mode (KServe, TF Serving): MODELS_DIR is this one model's base path (a model file or SavedModel at its root, or numbered version folders) and every route serves it under this name. Unset: MODELS_DIR is a repository of models named by file or folder."""
+
     default_model: str | None = None
     """Model answering `/predict` without a model name; unset means the only model, if exactly one."""
 
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
     """Load Lambda layers (Python code stored in model files) from MODELS_DIR; off refuses such files."""
 
     allow_world_writable_models: bool = False
-    """Load from a world-writable MODELS_DIR; off refuses, since model files and plugins are code."""
+    """Load from a world-writable MODELS_DIR; off refuses, since model files and plugins are code. A folder on a read-only mount is never refused, whatever its mode bits (KServe's /mnt/models)."""
 
     lambda_probe: bool = True
     """Load files whose Lambda layers hold Python code in a throw-away subprocess first; a crash there fails only that version."""
@@ -101,7 +104,10 @@ class Settings(BaseSettings):
     """Recycle a worker (gracefully) after this many version swaps, to give memory back; 0 = never."""
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    """Where models run: the first GPU when there is one (`auto`), or forced."""
+    """Where models run: a GPU when there is one (`auto`), or forced. With several GPUs each worker gets its own (worker i: GPU i mod N)."""
+
+    gpu_memory_limit_mb: int = Field(0, ge=0)
+    """Most GPU memory one worker may allocate on its GPU, in MiB (several workers sharing a GPU); 0: no limit, memory grows as needed."""
 
     # --- batching (per-model config files override these) ------------------------------------
     max_batch_size: int = Field(32, ge=1)

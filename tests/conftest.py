@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +56,46 @@ def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> subproces
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return result
+
+
+@contextmanager
+def read_only_mount(folder: Path) -> Iterator[Path]:
+    """Make `folder` a read-only mount holding what it held, for the block (how KServe mounts /mnt/models).
+
+    Its files are copied onto a fresh tmpfs (an emptyDir with `medium: Memory` is one) mounted over
+    the folder with the folder's mode and owner, which is then remounted read-only: no writable
+    mount shows those files anywhere (a read-only bind mount of the folder onto itself would leave
+    the writable file system beneath it in /proc/self/mountinfo, which the server counts as
+    writable). Needs root (CAP_SYS_ADMIN), as the suite has in CI's container; where mounting is
+    refused the test is skipped with the reason (in CI it fails). The originals lie untouched under
+    the mount and are visible again when the block ends.
+    """
+    folder = Path(folder)
+    st = folder.stat()
+    saved = Path(tempfile.mkdtemp(prefix="kerasserve-ro-")) / "content"
+    shutil.copytree(folder, saved, symlinks=True)
+    options = f"mode={stat.S_IMODE(st.st_mode):o},uid={st.st_uid},gid={st.st_gid},size=512m"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        shutil.rmtree(saved.parent)
+        message = f"cannot make a read-only mount here (needs root): {mounted.stderr.strip()}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        shutil.copytree(saved, folder, symlinks=True, dirs_exist_ok=True)
+        for entry in saved.rglob("*"):  # copytree keeps modes and times, not owners
+            if not entry.is_symlink():
+                os.chown(folder / entry.relative_to(saved), entry.stat().st_uid, entry.stat().st_gid)
+        os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True, text=True)
+        assert remount.returncode == 0, remount.stderr
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        shutil.rmtree(saved.parent, ignore_errors=True)
 
 
 def in_ci() -> bool:

@@ -9,17 +9,22 @@ a manifest passes is one `Settings` accepts.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+from service.serve import settings_environment
 from service.settings import Settings
 from tests.conftest import REPO
 
@@ -30,26 +35,13 @@ MANIFESTS = sorted(path for path in DEPLOY.rglob("*.yaml"))
 CONFIGMAP = DEPLOY / "kubernetes" / "configmap.yaml"
 SYNC_CONFIGMAP = DEPLOY / "kubernetes" / "object-storage" / "sync-configmap.yaml"
 
-# KServe's predictor spec is a Kubernetes PodSpec plus these component fields (ComponentExtensionSpec
-# and PredictorExtensionSpec); the PodSpec part is validated against the Pod schema.
-KSERVE_COMPONENT_FIELDS = {
-    "minReplicas",
-    "maxReplicas",
-    "scaleTarget",
-    "scaleMetric",
-    "containerConcurrency",
-    "timeout",
-    "canaryTrafficPercent",
-    "logger",
-    "batcher",
-    "labels",
-    "annotations",
-    "deploymentStrategy",
-    "model",
-    "storageUri",
-    "protocolVersion",
-    "runtimeVersion",
+KSERVE = DEPLOY / "kserve"
+KSERVE_SCHEMAS = REPO / "tests" / "data" / "kserve"  # vendored from KServe's published CRDs (README.md there)
+KSERVE_KINDS = {
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntime.v1alpha1.json",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.v1beta1.json",
 }
+KUBERNETES_DEFAULT_GRACE_S = 30  # a pod's terminationGracePeriodSeconds when nothing sets it
 
 
 def documents(path: Path) -> list[dict]:
@@ -161,14 +153,39 @@ def test_dockerignore_sends_exactly_what_the_image_copies() -> None:
 # --- Kubernetes and KServe manifests ------------------------------------------------------------
 
 
+def strict(schema: object) -> object:
+    """A CRD schema that refuses unknown fields, as `kubectl apply --validate=strict` does.
+
+    CRD schemas leave `additionalProperties` out (the API server prunes unknown fields silently):
+    every object with `properties` and no `additionalProperties` or
+    `x-kubernetes-preserve-unknown-fields` gets `additionalProperties: false`.
+    """
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in result
+        and "additionalProperties" not in result
+        and not result.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        result["additionalProperties"] = False
+    return result
+
+
+@functools.cache
+def kserve_validator(api_version: str, kind: str) -> jsonschema.Draft4Validator:
+    schema = json.loads((KSERVE_SCHEMAS / KSERVE_KINDS[(api_version, kind)]).read_text())
+    # Kubernetes' structural schemas are OpenAPI v3.0 schemas: Draft 4 keywords and semantics.
+    return jsonschema.Draft4Validator(strict(schema), format_checker=None)
+
+
 def validate_kserve(doc: dict) -> None:
-    """Validate an InferenceService: its predictor's PodSpec part against the Pod schema."""
-    assert doc["apiVersion"] == "serving.kserve.io/v1beta1"
-    predictor = dict(doc["spec"]["predictor"])
-    assert predictor.get("containers"), "a custom predictor needs `containers`"
-    pod_spec = {key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS}
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": doc["metadata"]["name"]}, "spec": pod_spec}
-    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    """Validate a KServe resource against KServe's CRD schema (strict: unknown fields are errors)."""
+    validator = kserve_validator(doc["apiVersion"], doc["kind"])
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:10])
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -176,11 +193,44 @@ def test_manifest_matches_the_kubernetes_schema(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path} holds no manifest"
     for doc in docs:
-        if doc["kind"] == "InferenceService":
+        if (doc["apiVersion"], doc["kind"]) in KSERVE_KINDS:
             validate_kserve(doc)
         else:
             # Raises SchemaNotFoundError for an unknown kind, so nothing is skipped silently.
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    "where, change",
+    [
+        ("runtime: a misspelt field", lambda d: d["spec"].update(supportedModelFormat=[])),
+        ("runtime: a string priority", lambda d: d["spec"]["supportedModelFormats"][0].update(priority="high")),
+        ("runtime: priority 0", lambda d: d["spec"]["supportedModelFormats"][0].update(priority=0)),
+        (
+            "runtime: a misspelt probe field",
+            lambda d: d["spec"]["containers"][0]["livenessProbe"].update(periodSecondz=1),
+        ),
+        ("runtime: no containers", lambda d: d["spec"].pop("containers")),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_kserve_validation_rejects_a_broken_runtime(where: str, change) -> None:
+    runtime = copy.deepcopy(kserve_runtime())
+    change(runtime)
+    with pytest.raises(AssertionError):
+        validate_kserve(runtime)
+
+
+def test_kserve_validation_rejects_a_broken_inference_service() -> None:
+    (_, service), *_ = all_documents("InferenceService")
+    broken = copy.deepcopy(service)
+    broken["spec"]["predictor"]["model"]["storageURI"] = broken["spec"]["predictor"]["model"].pop("storageUri")
+    with pytest.raises(AssertionError, match="storageURI"):
+        validate_kserve(broken)
+    broken = copy.deepcopy(service)
+    del broken["spec"]["predictor"]["model"]["modelFormat"]["name"]
+    with pytest.raises(AssertionError, match="'name' is a required property"):
+        validate_kserve(broken)
 
 
 def test_validation_rejects_a_misspelt_probe_field() -> None:
@@ -199,6 +249,7 @@ def test_manifests_cover_every_kind_the_issue_asks_for() -> None:
         "ConfigMap",
         "PersistentVolumeClaim",
         "InferenceService",
+        "ClusterServingRuntime",
     } <= kinds
 
 
@@ -216,11 +267,15 @@ def test_configmap_holds_only_valid_settings() -> None:
 
 
 def container_settings(container: dict) -> Settings:
-    """The Settings a container runs with: the ConfigMap (when referenced), then its `env` values."""
+    """The Settings a container runs with: the ConfigMap (when referenced), its `env` values, then `serve`'s args."""
     values: dict[str, str] = {}
     if any(ref.get("configMapRef", {}).get("name") == "kerasserve-config" for ref in container.get("envFrom", [])):
         values.update(configmap_settings())
     values.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    if container.get("command", [])[-1:] == ["serve"]:
+        from_args, unknown = settings_environment(container.get("args", []))
+        assert not unknown, f"arguments `serve` does not use: {unknown}"
+        values.update(from_args)
     fields = {key.lower(): value for key, value in values.items() if key.lower() in Settings.model_fields}
     return Settings(**fields)
 
@@ -230,9 +285,7 @@ def server_pods() -> list[tuple[str, dict]]:
     pods = [
         (str(path.relative_to(DEPLOY)), doc["spec"]["template"]["spec"]) for path, doc in all_documents("Deployment")
     ]
-    pods += [
-        (str(path.relative_to(DEPLOY)), doc["spec"]["predictor"]) for path, doc in all_documents("InferenceService")
-    ]
+    pods += [(str(path.relative_to(DEPLOY)), doc["spec"]) for path, doc in all_documents("ClusterServingRuntime")]
     assert len(pods) >= 4
     return pods
 
@@ -273,7 +326,9 @@ def test_termination_grace_outlasts_the_longest_request(where: str, pod: dict) -
         assert pre_stop["exec"]["command"][0] == "sleep"
         pre_stop_s = int(pre_stop["exec"]["command"][1])
     assert settings.graceful_timeout_s >= settings.request_timeout_s
-    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + settings.graceful_timeout_s
+    # A ServingRuntime sets no pod fields: its pods get Kubernetes' default grace.
+    grace = pod.get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S)
+    assert grace > pre_stop_s + settings.graceful_timeout_s
 
 
 def test_gpu_variant_asks_for_one_gpu_and_one_worker() -> None:
@@ -319,6 +374,76 @@ def test_service_routes_http_and_grpc_by_port_name() -> None:
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["port"] == Settings().grpc_port
     assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # plaintext HTTP/2
+
+
+# --- the KServe serving runtime and its InferenceServices ----------------------------------------
+
+
+def kserve_runtime() -> dict:
+    ((_, runtime),) = all_documents("ClusterServingRuntime")
+    return runtime
+
+
+def test_runtime_serves_keras_and_tensorflow_formats_with_auto_selection() -> None:
+    formats = {(f["name"], f["version"]): f for f in kserve_runtime()["spec"]["supportedModelFormats"]}
+    assert set(formats) == {("keras", "3"), ("keras", "2"), ("tensorflow", "2")}
+    assert all(f["autoSelect"] for f in formats.values())
+    # The only Keras runtime; below KServe's own TF Serving runtime (priority 2) for SavedModels.
+    assert formats[("keras", "3")]["priority"] == formats[("keras", "2")]["priority"] == 2
+    assert formats[("tensorflow", "2")]["priority"] == 1
+
+
+def test_runtime_speaks_both_rest_and_both_grpc_protocols_on_its_ports() -> None:
+    spec = kserve_runtime()["spec"]
+    assert spec["protocolVersions"] == ["v1", "v2", "grpc-v1", "grpc-v2"]
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    settings = container_settings(container)
+    assert (settings.port, settings.grpc_port) == (8080, 8081)  # KServe's conventional ports
+    assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(settings.port)
+
+
+def test_runtime_passes_kserve_arguments_to_serve_and_runs_as_non_root() -> None:
+    (container,) = kserve_runtime()["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "service", "serve"]
+    assert "--model_name={{.Name}}" in container["args"]
+    assert "--model_dir=/mnt/models" in container["args"]
+    settings = container_settings(container)
+    assert settings.model_name == "{{.Name}}" and str(settings.models_dir) == "/mnt/models"
+    assert settings.workers is None  # one worker per GPU on GPU nodes
+    assert not settings.allow_world_writable_models  # the read-only mount is safe without it
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_inference_services_name_a_format_of_the_runtime_and_cover_the_three_layouts() -> None:
+    runtime = kserve_runtime()
+    formats = {(f["name"], f["version"]) for f in runtime["spec"]["supportedModelFormats"]}
+    uris = []
+    for path, service in all_documents("InferenceService"):
+        model = service["spec"]["predictor"]["model"]
+        assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats, path
+        assert model.get("runtime", runtime["metadata"]["name"]) == runtime["metadata"]["name"], path
+        assert "containers" not in service["spec"]["predictor"], f"{path}: the runtime supplies the container"
+        uris.append(model["storageUri"])
+    assert sorted(Path(u).suffix for u in uris) == ["", ".h5", ".keras"]
+
+
+def test_h5_example_mounts_its_plugin_from_the_configmap_beside_it() -> None:
+    docs = documents(KSERVE / "flowers-h5-plugin.yaml")
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (service,) = [d for d in docs if d["kind"] == "InferenceService"]
+    predictor = service["spec"]["predictor"]
+    (volume,) = predictor["volumes"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    (mount,) = predictor["model"]["volumeMounts"]
+    assert mount["name"] == volume["name"] and mount["readOnly"]
+    env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
+    assert env["PYTHONPATH"] == mount["mountPath"]
+    assert f"{env['MODEL_PLUGINS']}.py" in config_map["data"]
 
 
 # --- the object-storage sync script: copy, then rename -------------------------------------------

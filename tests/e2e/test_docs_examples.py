@@ -192,6 +192,7 @@ NOT_SETTINGS = {
     "SOAK_S": "the soak test's variable",
     "MAX_CONTENT_LENGTH": "a Flask config key",
     "ELOOP": "an errno name",
+    "ST_RDONLY": "a statvfs flag (a read-only mount)",
     **dict.fromkeys(
         ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL"]
         + ["UNIMPLEMENTED", "DEADLINE_EXCEEDED", "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"],

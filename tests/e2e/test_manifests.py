@@ -1,19 +1,19 @@
 """Manifests as contracts: each manifest in deploy/ starts the server here the way Kubernetes would.
 
-For every server container (a `kerasserve` image) in deploy/kubernetes/ and deploy/kserve/, the test
-reads what Kubernetes would run: the container's command/args (else the image's CMD from the
+For every server container (a `kerasserve` image) in deploy/kubernetes/ (deploy/kserve/'s serving
+runtime has its own contract test, tests/e2e/test_kserve_runtime.py), the test reads what Kubernetes would run: the container's command/args (else the image's CMD from the
 Dockerfile), the image's ENV, the ConfigMap it loads and its own env (optional secrets absent),
 the pod's user and group ids, and the volume mounted at MODELS_DIR. It then runs that command from
 the repository root (the image's /app) with the venv first on PATH (the image's /opt/venv), as that
 user (when the suite runs as root), with MODELS_DIR pointing at a folder made the way Kubernetes
-makes the mount: an emptyDir is mode 0777; a PVC with `fsGroup` is group-owned and setgid (2775);
-KServe's /mnt/models is the storage initializer's emptyDir, mounted read-only. Only PORT (and
-GRPC_PORT, where on) differ.
+makes the mount: an emptyDir is mode 0777; a PVC with `fsGroup` is group-owned and setgid (2775).
+Only PORT (and GRPC_PORT, where on) differ.
 The server must become ready and answer a prediction, and must not write into a read-only mount.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,11 +30,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, read_only_mount
 from tests.e2e.conftest import Server, free_port, serve
 
 DEPLOY = REPO / "deploy"
-KSERVE_MODEL_MOUNT = "/mnt/models"  # KServe's storage initializer: an emptyDir, read-only in the predictor
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,9 @@ def server_containers() -> list[ServerContainer]:
     found = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") not in {"Deployment", "InferenceService"}:
+            if not doc or doc.get("kind") != "Deployment":
                 continue
-            pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]
+            pod = doc["spec"]["template"]["spec"]
             for container in pod["containers"]:
                 if not container["image"].startswith("kerasserve"):
                     continue
@@ -98,8 +97,6 @@ def server_containers() -> list[ServerContainer]:
                     volume = volumes[mounts[models_dir]["name"]]
                     kind = next(k for k in volume if k != "name")
                     read_only = bool(mounts[models_dir].get("readOnly", False))
-                elif doc["kind"] == "InferenceService" and models_dir == KSERVE_MODEL_MOUNT:
-                    kind, read_only = "emptyDir", True
                 else:
                     raise AssertionError(f"{path}: nothing is mounted at MODELS_DIR={models_dir}")
                 limits = container.get("resources", {}).get("limits", {})
@@ -127,8 +124,7 @@ def test_every_server_manifest_is_covered() -> None:
         "deploy/kubernetes/deployment.yaml",
         "deploy/kubernetes/gpu/deployment.yaml",
         "deploy/kubernetes/object-storage/deployment.yaml",
-        "deploy/kserve/inferenceservice.yaml",
-    }
+    }  # deploy/kserve/'s ClusterServingRuntime: tests/e2e/test_kserve_runtime.py
 
 
 def gpu_visible() -> bool:
@@ -153,6 +149,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mounted_models(tiny_model: Path) -> Iterator[Callable[[ServerContainer], Path]]:
     """Factory: a models folder made the way Kubernetes mounts the container's volume, holding `tiny.keras`."""
     made: list[Path] = []
+    mounts = contextlib.ExitStack()
 
     def make(container: ServerContainer) -> Path:
         base = Path(tempfile.mkdtemp(prefix="kerasserve-manifest-"))  # under /tmp, reachable by any uid
@@ -167,9 +164,12 @@ def mounted_models(tiny_model: Path) -> Iterator[Callable[[ServerContainer], Pat
         elif container.fs_group is not None and os.geteuid() == 0:
             os.chown(models, 0, container.fs_group)  # fsGroup: group-owned, setgid, group-writable
             models.chmod(0o2775)
+        if container.read_only:
+            mounts.enter_context(read_only_mount(models))  # what `readOnly: true` makes of the volume
         return models
 
-    yield make
+    with mounts:
+        yield make
     for base in made:
         shutil.rmtree(base, ignore_errors=True)
 

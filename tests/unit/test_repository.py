@@ -367,3 +367,69 @@ def test_dangling_links_are_not_files_and_never_hold_a_version_back(tmp_path: Pa
 
     assert list(models) == ["m"]
     assert [v.id.version for v in models["m"].aspired] == [1]
+
+
+# --- single-model mode (MODEL_NAME, KServe's --model_name with /mnt/models) -----------------------
+
+
+def single(folder: Path, clocks: FakeClocks, name: str = "flowers") -> ModelRepository:
+    return ModelRepository(
+        folder, settle_s=1.0, model_name=name, clock=lambda: clocks.now, wall_clock=lambda: clocks.wall
+    )
+
+
+def test_single_model_file_at_the_root_is_version_1_of_the_named_model(tmp_path: Path, clocks: FakeClocks) -> None:
+    write(tmp_path / "model.keras")  # KServe downloads a file storageUri into /mnt/models/<file name>
+    write(tmp_path / "config.yaml", "batching:\n  max_batch_size: 4\n")
+    write(tmp_path / "labels.txt", "daisy\nrose\n")
+    write(tmp_path / "plugins" / "layers.py", "X = 1\n")
+
+    models = single(tmp_path, clocks).scan()
+
+    assert list(models) == ["flowers"]
+    (version,) = models["flowers"].aspired
+    assert version.id == ServableId("flowers", 1)
+    assert version.path == tmp_path
+    assert version.config.batching.max_batch_size == 4
+    assert version.labels == ("daisy", "rose")
+
+
+def test_single_model_saved_model_at_the_root_is_version_1(tmp_path: Path, clocks: FakeClocks) -> None:
+    saved_model(tmp_path)
+    (version,) = single(tmp_path, clocks).scan()["flowers"].aspired
+    assert (version.id, version.path) == (ServableId("flowers", 1), tmp_path)
+
+
+def test_single_model_numbered_folders_are_its_versions(tmp_path: Path, clocks: FakeClocks) -> None:
+    saved_model(tmp_path / "1")
+    saved_model(tmp_path / "00000002")
+    write(tmp_path / "plugins" / "layers.py", "X = 1\n")
+
+    models = single(tmp_path, clocks).scan()
+
+    assert list(models) == ["flowers"]  # never a model called `1`, nor `plugins`
+    assert [v.id for v in models["flowers"].aspired] == [ServableId("flowers", 2)]
+    assert models["flowers"].present == {1, 2}
+
+
+def test_single_model_plugins_are_not_part_of_the_version(tmp_path: Path, clocks: FakeClocks) -> None:
+    write(tmp_path / "model.h5")
+    repository = single(tmp_path, clocks)
+    before = repository.scan()["flowers"].aspired[0].fingerprint
+    write(tmp_path / "plugins" / "layers.py", "X = 2\n")
+    repository.scan()
+    clocks.advance(2.0)
+    after = repository.scan()
+    assert after["flowers"].aspired[0].fingerprint == before  # a plugin change rebuilds the registry instead
+    assert repository.plugins_fingerprint() is not None
+
+
+def test_single_model_folder_with_only_plugins_has_no_model_yet(tmp_path: Path, clocks: FakeClocks) -> None:
+    write(tmp_path / "plugins" / "layers.py", "X = 1\n")
+    assert single(tmp_path, clocks).scan() == {}
+    assert single(tmp_path / "missing", clocks).scan() == {}
+
+
+def test_single_model_name_must_be_a_valid_model_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="MODEL_NAME '../x' is not a valid model name"):
+        ModelRepository(tmp_path, settle_s=1.0, model_name="../x")

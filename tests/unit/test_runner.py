@@ -266,6 +266,7 @@ def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() 
 def test_tf_thread_pools_share_the_cores_between_workers_on_cpu_and_stay_default_on_gpu(monkeypatch) -> None:
     monkeypatch.setattr(runner, "available_cores", lambda: 8)
     assert tf_thread_counts(Settings(workers=2), gpu=False) == (4, 4)
+    assert tf_thread_counts(Settings(workers=None), gpu=False) == (4, 4)  # unset on a CPU host: 2 workers
     assert tf_thread_counts(Settings(workers=3), gpu=False) == (2, 2)
     assert tf_thread_counts(Settings(workers=16), gpu=False) == (1, 1)  # never 0 (= TF's own pools)
     assert tf_thread_counts(Settings(workers=2, tf_intra_op_threads=3), gpu=False) == (3, 4)  # explicit wins

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from service import security
 from service.api.errors import register_error_handlers
 from service.errors import InsecureModelsDir, InvalidInput, Unauthorized
 from service.settings import Settings
+from tests.conftest import read_only_mount
 
 
 def test_no_token_configured_means_no_check(tmp_path: Path) -> None:
@@ -136,6 +138,67 @@ def test_parent_writable_by_everyone_needs_the_sticky_bit(tmp_path: Path) -> Non
     assert "parent folder" in security.models_dir_problem(parent / "models")
     parent.chmod(0o1777)  # like /tmp: others cannot rename or delete our folder
     assert security.models_dir_problem(parent / "models") == ""
+
+
+def test_world_writable_folder_on_a_read_only_mount_is_safe(tmp_path: Path) -> None:
+    # What KServe makes: an emptyDir (mode 0777) mounted read-only at /mnt/models.
+    models = tmp_path / "models"
+    (models / "plugins").mkdir(parents=True)
+    models.chmod(0o777)
+    (models / "plugins").chmod(0o777)
+    assert "MODELS_DIR" in security.models_dir_problem(models)
+    with read_only_mount(models):
+        assert security.on_read_only_mount(models)
+        assert security.models_dir_problem(models) == ""
+        security.check_models_dir(Settings(models_dir=models))  # no override needed
+    assert not security.on_read_only_mount(models)
+    with pytest.raises(InsecureModelsDir):
+        security.check_models_dir(Settings(models_dir=models))
+
+
+def test_read_only_bind_mount_of_a_folder_writable_elsewhere_is_refused(tmp_path: Path) -> None:
+    # A read-only view of a world-writable folder that stays writable at its own path protects nothing.
+    shared = tmp_path / "shared-models"
+    shared.mkdir()
+    shared.chmod(0o777)
+    view = tmp_path / "view"
+    view.mkdir()
+    view.chmod(0o777)
+    bound = subprocess.run(["mount", "--bind", str(shared), str(view)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        assert os.statvfs(view).f_flag & os.ST_RDONLY  # the mount itself is read-only...
+        assert not security.on_read_only_mount(view)  # ...but shared-models is writable by anyone
+        assert "MODELS_DIR (view) is writable by every user" in security.models_dir_problem(view)
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def test_read_only_mount_under_a_world_writable_parent_is_still_refused(tmp_path: Path) -> None:
+    # The mount point cannot be renamed, but a writable parent above it can be swapped wholesale.
+    parent = tmp_path / "shared"
+    models = parent / "inner" / "models"
+    models.mkdir(parents=True)
+    parent.chmod(0o777)
+    with read_only_mount(models):
+        assert "parent folder of MODELS_DIR ('shared')" in security.models_dir_problem(models)
+
+
+def test_writable_plugins_mount_inside_a_read_only_models_mount_is_refused(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "plugins").mkdir(parents=True)
+    writable = tmp_path / "writable-plugins"
+    writable.mkdir()
+    writable.chmod(0o777)
+    with read_only_mount(models):
+        mounted = subprocess.run(["mount", "--bind", str(writable), str(models / "plugins")], capture_output=True)
+        assert mounted.returncode == 0, mounted.stderr
+        try:
+            assert "plugins folder" in security.models_dir_problem(models)
+        finally:
+            subprocess.run(["umount", str(models / "plugins")], check=True)
 
 
 def test_missing_models_dir_is_not_a_problem(tmp_path: Path) -> None:
