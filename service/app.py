@@ -25,6 +25,7 @@ from service.builder import ServableBuilder
 from service.dataplane import DataPlane
 from service.logs import configure_logging
 from service.manager import Builder, ServableManager
+from service.model_control import ModelControl
 from service.repository import ModelRepository, RepositoryWatcher
 from service.settings import Settings
 
@@ -48,7 +49,11 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
         builder = ServableBuilder(settings)
         builder.start()  # security gate on MODELS_DIR, TensorFlow configuration, gc.freeze
     manager = ServableManager(builder, settings, on_recycle=recycle_worker)
-    watcher = RepositoryWatcher(ModelRepository(settings.models_dir, settle_s=settings.settle_s), manager, settings)
+    # Which models serve (MODEL_CONTROL): decisions shared by every worker, read by the watcher on each scan.
+    control = ModelControl(settings)
+    watcher = RepositoryWatcher(
+        ModelRepository(settings.models_dir, settle_s=settings.settle_s), manager, settings, control=control
+    )
     # The watcher scans once before returning, so the manager starts with the start-up models known
     # and builds its first registry from the plugins that scan saw.
     watcher.start()
@@ -69,7 +74,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = FastJSONProvider(app)
-    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings), stop)
+    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings, control), stop)
     register_blueprints(app)
     register_error_handlers(app)
     log.info("kerasserve app ready to serve %s", settings.models_dir)
