@@ -729,10 +729,14 @@ class ServableManager:
                 budget,
             )
             return False
+        if any(v.draining for m in others for v in m.versions.values()):
+            # One unload at a time: the model loaded last gets the time of a whole load to be borrowed
+            # by the request waiting for it before it can be the least recently used.
+            return False
         victims = [
             m
             for m in others
-            if not any(v.loading or v.draining for v in m.versions.values())
+            if not any(v.loading for v in m.versions.values())
             and any(v.servable is not None for v in m.versions.values())
         ]
         if victims:

@@ -20,6 +20,7 @@ import requests
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import Server, start_server
+from tests.e2e.figures import record
 from tests.e2e.scaled_models import save_scaled_model
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -88,6 +89,7 @@ def test_load_serves_at_once_in_the_answering_worker_and_soon_in_every_worker(cl
     converged_s = time.monotonic() - started
     assert {"name": "two", "version": "1", "state": "READY", "reason": ""} in client.get_model_repository_index()
     assert client.get_model_repository_index(query_params=None) == client.get_model_repository_index()
+    record("model_control_load_two_workers", load_answered_s=round(loaded_s, 3), all_workers_s=round(converged_s, 3))
     # Well under POLL_INTERVAL_S after the load answered: the other worker woke on the file's event.
     assert converged_s - loaded_s < 5, (loaded_s, converged_s)
 
