@@ -12,7 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -155,7 +156,7 @@ class DataPlane:
 
     def _predict(self, request: PredictRequest) -> tuple[PredictResponse, bool]:
         """Run `request`; True when a unit axis was added to the inputs (see `predict`)."""
-        with self._manager.handle(request.target) as servable:
+        with self._handle(request.target) as servable:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
@@ -194,7 +195,7 @@ class DataPlane:
             The errors of `predict`; InvalidInput for features that do not fit; Unimplemented when
             the signature takes serialized examples this server cannot run.
         """
-        with self._manager.handle(request.target) as servable:
+        with self._handle(request.target) as servable:
             wanted = request.signature_name or servable.default_signature
             if wanted not in servable.signatures:
                 raise InvalidInput(self._unknown_signature(servable, wanted))
@@ -227,7 +228,7 @@ class DataPlane:
         Raises:
             ModelNotFound / ModelNotReady.
         """
-        with self._manager.handle(target, load=load) as servable:
+        with self._handle(target, load=load) as servable:
             return ModelMetadata(
                 servable.id, servable.signatures, servable.default_signature, servable.labels, servable.info.device
             )
@@ -333,6 +334,32 @@ class DataPlane:
         return self._manager.default_model()
 
     # --- internals --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _handle(self, target: ServableRequest, *, load: bool = True) -> Iterator[Servable]:
+        """The manager's handle; a model in the folder but not loaded under MODEL_CONTROL=explicit is
+        refused with how to load it, rather than "does not exist"."""
+        handle = self._manager.handle(target, load=load)
+        try:
+            servable = handle.__enter__()
+        except ModelNotFound:
+            name = target.name
+            if (
+                self._control.explicit
+                and name in self._control.repository_names()
+                and name not in self._manager.model_names()
+            ):
+                error = ModelNotFound(name)
+                error.args = (
+                    f"model '{name}' is not loaded (MODEL_CONTROL=explicit); "
+                    f"load it with POST /v2/repository/models/{name}/load",
+                )
+                raise error from None
+            raise
+        try:
+            yield servable
+        finally:
+            handle.__exit__(None, None, None)
 
     @staticmethod
     def _unknown_signature(servable: Servable, name: str) -> str:

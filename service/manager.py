@@ -366,7 +366,8 @@ class ServableManager:
             for name, model in self._models.items():
                 serving = [v.servable for v in model.versions.values() if v.servable is not None]
                 found = [f"{s.id}: {p}" for s in serving if (p := s.health())]
-                models[name] = bool(serving) and not found
+                # A model MAX_LOADED_MODELS left unloaded can answer: a request loads it.
+                models[name] = (bool(serving) or model.evicted) and not found
                 if found:
                     problems[name] = found
             reason = self._not_ready_reason_locked(models, problems)

@@ -98,7 +98,7 @@ def test_unload_stops_the_model_in_every_worker(client, server: Server) -> None:
     client.load_model("three")
     wait_until(lambda: answers(server, "three") == [6.0] * CONNECTIONS, timeout_s=30)
     client.unload_model("three")
-    with pytest.raises(InferenceServerException, match="Request for unknown model|does not exist"):
+    with pytest.raises(InferenceServerException, match=r"model .three. is not loaded \(MODEL_CONTROL=explicit\)"):
         infer(client, "three")
     wait_until(lambda: answers(server, "three") == [404] * CONNECTIONS, timeout_s=30)
     assert {"name": "three", "state": "UNAVAILABLE", "reason": "unloaded"} in client.get_model_repository_index()

@@ -857,7 +857,14 @@ def test_explicit_control_serves_only_the_startup_models_and_lists_the_others_by
         {"name": "sum"},
     ]
     assert explicit.post("/models/double/predict", json={"instances": [[1, 2]]}).status_code == 200
-    assert_error(explicit.post("/models/sum/predict", json={"instances": [[1, 2]]}), 404, "model 'sum' does not exist")
+    assert_error(
+        explicit.post("/models/sum/predict", json={"instances": [[1, 2]]}),
+        404,
+        "model 'sum' is not loaded (MODEL_CONTROL=explicit); load it with POST /v2/repository/models/sum/load",
+    )
+    assert_error(
+        explicit.post("/models/nope/predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist"
+    )
 
 
 def test_load_answers_once_the_model_serves_and_unload_once_it_no_longer_does(explicit: FlaskClient) -> None:

@@ -611,7 +611,9 @@ def test_a_budget_loads_the_first_models_and_a_request_swaps_in_another_for_the_
     wait_until(lambda: manager.readiness().ready, timeout_s=10)
     assert resident(manager) == ["a", "b"]
     assert [s.name for s in manager.statuses() if s.evicted] == ["c", "d"]
-    assert manager.readiness().ready  # models left out by the budget do not hold readiness
+    # Models left out by the budget do not hold readiness, and each can answer (a request loads it).
+    assert manager.readiness().ready
+    assert manager.readiness().models == {"a": True, "b": True, "c": True, "d": True}
 
     assert predict(manager, ServableRequest.latest("b")) == 2.0  # b is now the most recently used
     assert predict(manager, ServableRequest.latest("c"), 2.0) == 6.0  # waits for c, which takes a's place
