@@ -118,7 +118,13 @@ class ModelControl:
     def unload(self, name: str) -> None:
         """Decide that `name` no longer serves (every worker follows). Raises ModelControlDisabled under poll."""
         self.require_explicit()
-        self._change(lambda d: Decisions(d.loaded - {name}, d.unloaded | {name}))
+        with self._lock:
+            known = name in self._repository
+        # Only names that mean something are kept (the index shows them "unloaded"): made-up names
+        # from clients must not grow the file.
+        self._change(
+            lambda d: Decisions(d.loaded - {name}, d.unloaded | {name} if known or name in d.loaded else d.unloaded)
+        )
         log.info("model '%s' unloaded through the repository API (MODEL_CONTROL=explicit)", name)
 
     def rescan(self) -> None:

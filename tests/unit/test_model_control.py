@@ -37,6 +37,8 @@ def test_explicit_serves_the_startup_models_then_what_is_loaded(tmp_path: Path) 
     assert explicit.select({"a", "b", "c"}) == {"b"}
     assert explicit.decisions().unloaded == {"a"}
     assert explicit.repository_names() == {"a", "b", "c"}
+    explicit.unload("made-up")  # idempotent, and not kept: clients cannot grow the decisions file
+    assert explicit.decisions().unloaded == {"a"}
 
 
 def test_startup_star_means_the_models_in_the_folder_at_start_only(tmp_path: Path) -> None:
