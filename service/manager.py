@@ -659,6 +659,7 @@ class ServableManager:
                     del model.versions[number]
             if not model.versions:
                 del self._models[name]
+                self._last_used.pop(name, None)
                 log.info("model '%s' removed", name)
 
     # --- MAX_LOADED_MODELS ------------------------------------------------------------------------

@@ -955,3 +955,31 @@ def test_repository_routes_need_the_token(tmp_path: Path) -> None:
 
 
 _REPOSITORY_URLS = ("/v2/repository/index", "/v2/repository/models/sum/load", "/v2/repository/models/sum/unload")
+
+
+def test_with_a_budget_the_index_and_listings_show_which_models_are_loaded(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", max_loaded_models=2)
+    client = app.test_client()
+    not_loaded = "not loaded: MAX_LOADED_MODELS models are loaded; the next request for it loads it"
+    try:
+        before = client.post("/v2/repository/index").get_json()
+        listing = {m["name"]: m["resident"] for m in client.get("/models").get_json()["models"]}
+        predict = client.post("/models/sum/predict", json={"instances": [[1, 2]]})
+        after = client.post("/v2/repository/index").get_json()
+        digits = client.get("/v1/models/digits").get_json()
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert before[1:] == [
+        {"name": "digits", "version": "1", "state": "READY", "reason": ""},
+        {"name": "double", "version": "1", "state": "READY", "reason": ""},
+        {"name": "sum", "version": "1", "state": "UNAVAILABLE", "reason": not_loaded},
+    ]
+    assert listing == {"broken": False, "digits": True, "double": True, "sum": False}  # the listing loaded nothing
+    assert (predict.status_code, predict.get_json()["predictions"]) == (200, [[3.0]])
+    # sum took the place of the least recently used model: digits, loaded before double.
+    assert after[1:] == [
+        {"name": "digits", "version": "1", "state": "UNAVAILABLE", "reason": not_loaded},
+        {"name": "double", "version": "1", "state": "READY", "reason": ""},
+        {"name": "sum", "version": "1", "state": "READY", "reason": ""},
+    ]
+    assert digits["model_version_status"][0]["state"] == "END"
