@@ -179,6 +179,9 @@ class ModelControl:
                 except FileNotFoundError:
                     current = self._startup_decisions()
                     log.info("model control: serving %s at start (STARTUP_MODELS)", sorted(current.loaded) or "nothing")
+                    missing = sorted(current.loaded - self._repository)
+                    if missing:
+                        log.warning("STARTUP_MODELS names %s, not in MODELS_DIR: each loads once it arrives", missing)
                 except (OSError, ValueError) as err:
                     log.warning("cannot read %s (%s); rewriting it from the decisions read before", self._path, err)
                     current = self._decisions or self._startup_decisions()
