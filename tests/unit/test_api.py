@@ -983,3 +983,19 @@ def test_with_a_budget_the_index_and_listings_show_which_models_are_loaded(tmp_p
         {"name": "sum", "version": "1", "state": "READY", "reason": ""},
     ]
     assert digits["model_version_status"][0]["state"] == "END"
+
+
+def test_explicit_load_under_a_budget_takes_the_place_of_the_least_recently_used(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", model_control="explicit", startup_models=["double"], max_loaded_models=1)
+    client = app.test_client()
+    try:
+        load = client.post("/v2/repository/models/sum/load")
+        index = {e["name"]: e.get("state") for e in client.post("/v2/repository/index").get_json()}
+        double = client.post("/models/double/predict", json={"instances": [[1, 2]]})
+        resident = {m["name"]: m["resident"] for m in client.get("/models").get_json()["models"]}
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert load.status_code == 200
+    assert index == {"broken": None, "digits": None, "double": "UNAVAILABLE", "sum": "READY"}
+    assert (double.status_code, double.get_json()["predictions"]) == (200, [[2.0, 4.0]])
+    assert resident == {"double": True, "sum": False}  # both still loaded by decision, one in memory
