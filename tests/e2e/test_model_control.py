@@ -41,7 +41,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         WORKERS="2",
         MODEL_CONTROL="explicit",
         STARTUP_MODELS="one",
-        POLL_INTERVAL_S="5",  # convergence must not wait for the poll: the decisions file's event wakes it
+        # No poll within the module's few minutes: every convergence below comes from inotify's event for
+        # the decisions file (a test taking the poll's path would time out).
+        POLL_INTERVAL_S="600",
     ) as running:
         yield running
 
@@ -90,8 +92,6 @@ def test_load_serves_at_once_in_the_answering_worker_and_soon_in_every_worker(cl
     assert {"name": "two", "version": "1", "state": "READY", "reason": ""} in client.get_model_repository_index()
     assert client.get_model_repository_index(query_params=None) == client.get_model_repository_index()
     record("model_control_load_two_workers", load_answered_s=round(loaded_s, 3), all_workers_s=round(converged_s, 3))
-    # Well under POLL_INTERVAL_S after the load answered: the other worker woke on the file's event.
-    assert converged_s - loaded_s < 5, (loaded_s, converged_s)
 
 
 def test_unload_stops_the_model_in_every_worker(client, server: Server) -> None:
