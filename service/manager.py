@@ -139,6 +139,8 @@ class ServableManager:
         self._stopping = False
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._budgeted = bool(settings.max_loaded_models or settings.max_loaded_bytes)
+        """MAX_LOADED_MODELS or MAX_LOADED_BYTES is set."""
         self._last_used: dict[str, float] = {}
         """Model -> when a request last borrowed it (MAX_LOADED_MODELS unloads the least recent)."""
 
@@ -263,7 +265,7 @@ class ServableManager:
             ModelNotReady: the model (or that version) exists but is not AVAILABLE (loading, failed,
                 unloading, or not loaded again within LOAD_WAIT_S).
         """
-        budget = self._settings.max_loaded_models
+        budget = self._budgeted
         for _ in range(_HANDLE_RETRIES):
             servable = self._lookup_or_load(request) if budget and load else self._lookup(request)
             servable.acquire()
@@ -420,7 +422,7 @@ class ServableManager:
         one to unload.
         """
         order = sorted(self._models)
-        if self._settings.max_loaded_models:
+        if self._budgeted:
             order.sort(key=lambda n: (not self._resident_locked(self._models[n]), self._last_used.get(n, 0.0)))
         for name in order:
             model = self._models[name]
@@ -493,7 +495,7 @@ class ServableManager:
                 version.state = ServableState.AVAILABLE
                 model.ever_available = True
                 model.evicted = False
-                if self._settings.max_loaded_models:
+                if self._budgeted:
                     # The most recently used now: the request waiting for it borrows it before it can leave.
                     self._last_used[model.name] = time.monotonic()
                 info = servable.info
@@ -709,26 +711,46 @@ class ServableManager:
 
     def _resident_locked(self, model: _Model) -> bool:
         """Whether `model` holds memory: a version loaded, loading or still unloading."""
-        return any(v.servable is not None or v.loading or v.draining for v in model.versions.values())
+        return any(_holds_memory(v) for v in model.versions.values())
+
+    def _bytes_locked(self, model: _Model, *, incoming: bool = False) -> int:
+        """Bytes of `model`'s files held in memory (`incoming`: of the versions it would load now)."""
+        return sum(
+            v.source.size_bytes
+            for v in model.versions.values()
+            if v.source is not None and ((v.aspired and v.servable is None) if incoming else _holds_memory(v))
+        )
+
+    def _fits_locked(self, model: _Model, others: list[_Model]) -> bool:
+        """Whether `model` fits beside the resident `others` under MAX_LOADED_MODELS and MAX_LOADED_BYTES."""
+        budget, max_bytes = self._settings.max_loaded_models, self._settings.max_loaded_bytes
+        if budget and len(others) >= budget:
+            return False
+        if max_bytes and others:  # a model over the byte budget still loads, alone
+            held = sum(self._bytes_locked(m) for m in others)
+            return held + self._bytes_locked(model, incoming=True) <= max_bytes
+        return True
 
     def _make_room_locked(self, model: _Model) -> bool:
-        """Under MAX_LOADED_MODELS, tell whether `model` may start loading now; unload the least recently
-        used model to make room when the budget is full (the caller waits for its unload to finish)."""
-        budget = self._settings.max_loaded_models
-        if not budget or self._resident_locked(model):
+        """Under MAX_LOADED_MODELS / MAX_LOADED_BYTES, tell whether `model` may start loading now; unload the
+        least recently used model to make room when the budget is full (the caller waits for its unload)."""
+        if not self._budgeted or self._resident_locked(model):
             return True
         if model.evicted:
             return False
         others = [m for m in self._models.values() if m is not model and self._resident_locked(m)]
-        if len(others) < budget:
+        if self._fits_locked(model, others):
             return True
+        budget = self._settings.max_loaded_models
         if not model.ever_available and self._last_used.get(model.name) is None:
             # Never asked for and no room (start-up with more models than the budget): it waits for a request.
             model.evicted = True
             log.info(
-                "model '%s' not loaded: %d models are loaded (MAX_LOADED_MODELS); a request loads it",
+                "model '%s' not loaded: %d models are loaded (MAX_LOADED_MODELS=%d, MAX_LOADED_BYTES=%d); a request loads it",
                 model.name,
+                len(others),
                 budget,
+                self._settings.max_loaded_bytes,
             )
             return False
         if any(v.draining for m in others for v in m.versions.values()):
@@ -757,9 +779,11 @@ class ServableManager:
                 version.state = ServableState.UNLOADING
         model.evicted = True
         log.info(
-            "model '%s' unloaded: least recently used of %d loaded models (MAX_LOADED_MODELS); a request loads it again",
+            "model '%s' unloaded: the least recently used loaded model (MAX_LOADED_MODELS=%d, MAX_LOADED_BYTES=%d); "
+            "a request loads it again",
             model.name,
             self._settings.max_loaded_models,
+            self._settings.max_loaded_bytes,
         )
         metrics.MODEL_EVICTIONS.labels(model=model.name).inc()
         self._commit_locked(extra_leaving=leaving)
@@ -885,6 +909,11 @@ def _close(servable: Servable) -> None:
         servable.close()
     except Exception:  # noqa: BLE001 - a failing close must not stop unloading
         log.exception("%s did not close cleanly", servable.id)
+
+
+def _holds_memory(version: _Version) -> bool:
+    """A version loaded, loading or still unloading."""
+    return version.servable is not None or bool(version.loading) or version.draining > 0
 
 
 def _describe(version: _Version) -> str:

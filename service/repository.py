@@ -95,6 +95,8 @@ class VersionSource:
     config: ModelConfig = field(default_factory=ModelConfig)
     labels: tuple[str, ...] = ()
     error: str = ""
+    size_bytes: int = 0
+    """Bytes of the version's files on disk (what MAX_LOADED_BYTES counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +390,7 @@ class ModelRepository:
             config=config,
             labels=labels,
             error=error,
+            size_bytes=sum(seen[str(file)][0][0] for file in cand.files),
         )
 
     def _read_configs(self, paths: list[Path]) -> tuple[ModelConfig, str]:

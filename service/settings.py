@@ -109,8 +109,11 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(0, ge=0)
     """Most models one worker keeps loaded; beyond it the least recently used model is unloaded and loads again on its next request. 0: no limit."""
 
+    max_loaded_bytes: int = Field(0, ge=0)
+    """Most bytes of model files (as on disk) one worker keeps loaded; beyond it the least recently used model is unloaded, as with MAX_LOADED_MODELS (both may be set). A model larger than the budget still loads, alone. 0: no limit."""
+
     load_wait_s: float = Field(60.0, gt=0)
-    """Longest a request waits for a model to load: a repository API `load`, or a request for a model not loaded because of MAX_LOADED_MODELS; then 503."""
+    """Longest a request waits for a model to load: a repository API `load`, or a request for a model not loaded because of MAX_LOADED_MODELS or MAX_LOADED_BYTES; then 503."""
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where models run: the first GPU when there is one (`auto`), or forced."""

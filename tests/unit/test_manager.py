@@ -685,3 +685,22 @@ def test_a_lookup_that_must_not_load_leaves_an_evicted_model_unloaded(
         pass
     assert resident(manager) == ["a"]
     assert len(counting.built) == 1
+
+
+def test_a_byte_budget_counts_the_model_files_and_a_model_over_it_loads_alone(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    for number, name in enumerate("abc", start=1):
+        repo.put_file(f"{name}.h5", str(number).ljust(1000))  # 1000 bytes each
+    repo.put_file("big.h5", "9".ljust(3000))
+    manager = budget_manager(repo, counting, stops, max_loaded_bytes=2500)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    assert resident(manager) == ["a", "b"]  # 2000 bytes; c (and big) would go over 2500
+
+    assert predict(manager, ServableRequest.latest("c")) == 3.0
+    assert resident(manager) == ["b", "c"]
+    assert predict(manager, ServableRequest.latest("big")) == 9.0  # over the budget by itself: alone
+    assert resident(manager) == ["big"]
+    assert predict(manager, ServableRequest.latest("a")) == 1.0
+    assert resident(manager) == ["a"]
+    assert counting.most_alive == 2
