@@ -381,7 +381,9 @@ INDEX_STATES = {
     ServableState.END: "UNAVAILABLE",
 }
 """Triton's model states for the manager's version states (a version waiting to load is LOADING)."""
-EVICTED_REASON = "not loaded: MAX_LOADED_MODELS models are loaded; the next request for it loads it"
+EVICTED_REASON = (
+    "not loaded: the loaded models fill MAX_LOADED_MODELS or MAX_LOADED_BYTES; the next request for it loads it"
+)
 
 
 def _optional_body(body: bytes, what: str) -> dict:

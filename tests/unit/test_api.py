@@ -960,7 +960,9 @@ _REPOSITORY_URLS = ("/v2/repository/index", "/v2/repository/models/sum/load", "/
 def test_with_a_budget_the_index_and_listings_show_which_models_are_loaded(tmp_path: Path) -> None:
     app = make_app(tmp_path / "models", max_loaded_models=2)
     client = app.test_client()
-    not_loaded = "not loaded: MAX_LOADED_MODELS models are loaded; the next request for it loads it"
+    not_loaded = (
+        "not loaded: the loaded models fill MAX_LOADED_MODELS or MAX_LOADED_BYTES; the next request for it loads it"
+    )
     try:
         before = client.post("/v2/repository/index").get_json()
         listing = {m["name"]: m["resident"] for m in client.get("/models").get_json()["models"]}
