@@ -43,6 +43,16 @@ def on_starting(server):
         _shutil.rmtree(folder, ignore_errors=True)
         _os.makedirs(folder, exist_ok=True)
     server.log.info("prometheus multiprocess folder: %s", folder)
+    # MODEL_CONTROL=explicit: the workers share their load/unload decisions through one file that
+    # lives as long as this server (service/model_control.py); the first worker writes STARTUP_MODELS.
+    if _settings.model_control == "explicit":
+        control_file = _os.environ.get("MODEL_CONTROL_FILE")
+        if not control_file:
+            control_file = _os.path.join(_tempfile.mkdtemp(prefix="kerasserve-control-"), "model-control.json")
+            _os.environ["MODEL_CONTROL_FILE"] = control_file  # inherited by every worker
+        for stale in (control_file, control_file + ".lock"):
+            if _os.path.exists(stale):
+                _os.remove(stale)  # decisions last as long as the server, as in Triton
     # Once, in the master: a server reachable from other hosts without a token should say so at start.
     if _settings.auth_token is None and _settings.host not in {"127.0.0.1", "localhost", "::1"}:
         server.log.warning(

@@ -25,6 +25,7 @@ from service.builder import ServableBuilder
 from service.dataplane import DataPlane
 from service.logs import configure_logging
 from service.manager import Builder, ServableManager
+from service.model_control import ModelControl
 from service.repository import ModelRepository, RepositoryWatcher
 from service.settings import Settings
 
@@ -53,7 +54,9 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
         # Nothing here can write it: versions change only when the mount's source changes (a
         # ConfigMap update, the writable side of a bind mount), which the watcher still sees.
         log.info("models folder %s is on a read-only mount; watching for changes made outside", settings.models_dir)
-    watcher = RepositoryWatcher(repository, manager, settings)
+    # Which models serve (MODEL_CONTROL): decisions shared by every worker, read by the watcher on each scan.
+    control = ModelControl(settings)
+    watcher = RepositoryWatcher(repository, manager, settings, control=control)
     # The watcher scans once before returning, so the manager starts with the start-up models known
     # and builds its first registry from the plugins that scan saw.
     watcher.start()
@@ -74,7 +77,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = FastJSONProvider(app)
-    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings), stop)
+    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings, control), stop)
     register_blueprints(app)
     register_error_handlers(app)
     if settings.model_name:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -22,12 +23,15 @@ from service import classification, examples, pod_readiness, preprocessing
 from service.errors import (
     InferenceError,
     InvalidInput,
+    ModelLoadFailed,
+    ModelNotFound,
     Overloaded,
     PayloadTooLarge,
     ServingError,
     Unimplemented,
 )
-from service.servable import Servable, ServableId, ServableRequest, Signature
+from service.model_control import ModelControl
+from service.servable import Servable, ServableId, ServableRequest, ServableState, Signature
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -104,15 +108,31 @@ class ModelMetadata:
     device: str
 
 
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One line of the repository index: a version the manager knows, or a model it holds no version of."""
+
+    name: str
+    version: int | None = None
+    state: ServableState | None = None
+    """None: in the models folder, never loaded (Triton lists the name alone)."""
+    reason: str = ""
+    evicted: bool = False
+    """Left unloaded by MAX_LOADED_MODELS; the next request loads it."""
+    unloaded: bool = False
+    """Unloaded through the repository API."""
+
+
 class DataPlane:
     """Protocol-independent serving operations over one `ServableManager`.
 
     Created once per worker by `create_app`; holds no per-request state. Thread-safe.
     """
 
-    def __init__(self, manager: ServableManager, settings: Settings) -> None:
+    def __init__(self, manager: ServableManager, settings: Settings, control: ModelControl | None = None) -> None:
         self._manager = manager
         self._settings = settings
+        self._control = control or ModelControl(settings)
 
     # --- inference --------------------------------------------------------------------------------
 
@@ -136,7 +156,7 @@ class DataPlane:
 
     def _predict(self, request: PredictRequest) -> tuple[PredictResponse, bool]:
         """Run `request`; True when a unit axis was added to the inputs (see `predict`)."""
-        with self._manager.handle(request.target) as servable:
+        with self._handle(request.target) as servable:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
@@ -175,7 +195,7 @@ class DataPlane:
             The errors of `predict`; InvalidInput for features that do not fit; Unimplemented when
             the signature takes serialized examples this server cannot run.
         """
-        with self._manager.handle(request.target) as servable:
+        with self._handle(request.target) as servable:
             wanted = request.signature_name or servable.default_signature
             if wanted not in servable.signatures:
                 raise InvalidInput(self._unknown_signature(servable, wanted))
@@ -200,13 +220,15 @@ class DataPlane:
 
     # --- metadata ---------------------------------------------------------------------------------
 
-    def metadata(self, target: ServableRequest) -> ModelMetadata:
+    def metadata(self, target: ServableRequest, *, load: bool = True) -> ModelMetadata:
         """Return the signatures and labels of the version answering `target`.
+
+        `load=False`: a model left unloaded by MAX_LOADED_MODELS is not loaded for it (ModelNotReady).
 
         Raises:
             ModelNotFound / ModelNotReady.
         """
-        with self._manager.handle(target) as servable:
+        with self._handle(target, load=load) as servable:
             return ModelMetadata(
                 servable.id, servable.signatures, servable.default_signature, servable.labels, servable.info.device
             )
@@ -233,6 +255,76 @@ class DataPlane:
                 return Readiness(ready=False, models=readiness.models, reason=waiting)
         return readiness
 
+    # --- model control (Triton's repository extension) --------------------------------------------
+
+    def load_model(self, name: str) -> ModelStatus:
+        """Load (or reload) model `name` and return once it is AVAILABLE in this worker (Triton's `load`).
+
+        The decision goes to every worker (`service.model_control`); this worker rescans the folder
+        at once and waits (LOAD_WAIT_S) until each version the repository aspires is AVAILABLE with
+        its current files, or failed. A loaded model whose files did not change is not loaded again.
+
+        Raises:
+            ModelControlDisabled: MODEL_CONTROL=poll.
+            ModelNotFound: no model `name` in the models folder.
+            ModelLoadFailed: no complete version, or a version failed to load (its error).
+            ModelNotReady: still loading after LOAD_WAIT_S.
+        """
+        control = self._control
+        control.require_explicit()
+        control.rescan()  # a model copied in just before the call counts
+        if name not in control.repository_names() and name not in self._manager.model_names():
+            error = ModelNotFound(name)
+            error.args = (f"failed to load '{name}', failed to poll from model repository: no model '{name}' in it",)
+            raise error
+        control.load(name)
+        control.rescan()
+        try:
+            status = self._manager.wait_loaded(name, self._settings.load_wait_s)
+        except ModelNotFound:
+            raise ModelLoadFailed(f"failed to load '{name}', no version is available") from None
+        failures = [f"version {v.version}: {v.error}" for v in status.versions if v.error]
+        if failures:
+            raise ModelLoadFailed(f"load failed for model '{name}': {'; '.join(failures)}")
+        if not any(v.state is ServableState.AVAILABLE for v in status.versions):
+            raise ModelLoadFailed(f"failed to load '{name}', no version is available")
+        return status
+
+    def unload_model(self, name: str) -> None:
+        """Unload every version of model `name` in every worker (Triton's `unload`); idempotent.
+
+        Returns once no version of it is loaded in this worker (its requests in flight finished, or
+        LOAD_WAIT_S passed); the other workers follow on their next scan (the decisions file's
+        inotify event, else within POLL_INTERVAL_S).
+
+        Raises:
+            ModelControlDisabled: MODEL_CONTROL=poll.
+        """
+        self._control.require_explicit()
+        self._control.unload(name)
+        self._control.rescan()
+        if not self._manager.wait_unloaded(name, self._settings.load_wait_s):
+            log.warning(
+                "model '%s' still has requests in flight %gs after its unload", name, self._settings.load_wait_s
+            )
+
+    def repository_index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model of the repository, loaded or not, one entry per version the manager knows (Triton's index)."""
+        unloaded = self._control.decisions().unloaded if self._control.explicit else frozenset()
+        statuses = {s.name: s for s in self._manager.statuses()}
+        entries: list[IndexEntry] = []
+        for name in sorted(self._control.repository_names() | set(statuses)):
+            status = statuses.get(name)
+            if status is None or not status.versions:
+                if not ready_only:
+                    entries.append(IndexEntry(name, unloaded=name in unloaded))
+                continue
+            for v in status.versions:
+                if ready_only and v.state is not ServableState.AVAILABLE:
+                    continue
+                entries.append(IndexEntry(name, v.version, v.state, v.error, evicted=status.evicted))
+        return entries
+
     def knows_model(self, name: str) -> bool:
         """Tell whether the repository knows model `name`, in any state."""
         return name in self._manager.model_names()
@@ -242,6 +334,32 @@ class DataPlane:
         return self._manager.default_model()
 
     # --- internals --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _handle(self, target: ServableRequest, *, load: bool = True) -> Iterator[Servable]:
+        """The manager's handle; a model in the folder but not loaded under MODEL_CONTROL=explicit is
+        refused with how to load it, rather than "does not exist"."""
+        handle = self._manager.handle(target, load=load)
+        try:
+            servable = handle.__enter__()
+        except ModelNotFound:
+            name = target.name
+            if (
+                self._control.explicit
+                and name in self._control.repository_names()
+                and name not in self._manager.model_names()
+            ):
+                error = ModelNotFound(name)
+                error.args = (
+                    f"model '{name}' is not loaded (MODEL_CONTROL=explicit); "
+                    f"load it with POST /v2/repository/models/{name}/load",
+                )
+                raise error from None
+            raise
+        try:
+            yield servable
+        finally:
+            handle.__exit__(None, None, None)
 
     @staticmethod
     def _unknown_signature(servable: Servable, name: str) -> str:

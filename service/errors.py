@@ -78,6 +78,20 @@ class InferenceError(ServingError):
     """The model failed while computing a valid request (HTTP 500, message kept generic)."""
 
 
+class ModelControlDisabled(ServingError):
+    """The repository API's `load` or `unload` was called while MODEL_CONTROL=poll (HTTP 503, as Triton answers)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "explicit model load / unload is not allowed if polling is enabled; "
+            "start the server with MODEL_CONTROL=explicit to load and unload models through this API"
+        )
+
+
+class ModelLoadFailed(ServingError):
+    """A repository API `load` found no version to load, or a version failed to load (HTTP 400, as Triton answers)."""
+
+
 UNEXPECTED_MESSAGE = "internal error; see the server log"
 """What a client is told about a bug, over any transport (the traceback goes to the log only)."""
 

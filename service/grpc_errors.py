@@ -17,6 +17,8 @@ from service.errors import (
     InferenceError,
     InvalidInput,
     InvalidTensor,
+    ModelControlDisabled,
+    ModelLoadFailed,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelLoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     RequestTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -42,6 +45,7 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
     InferenceError: grpc.StatusCode.INTERNAL,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    ModelControlDisabled: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.UNAVAILABLE,
 }
 """Status code per error class; the classes are those of `service.api.errors.HTTP_STATUS` (a test keeps them equal)."""

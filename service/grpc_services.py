@@ -167,7 +167,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """`inference.GRPCInferenceService`: health, metadata and ModelInfer (the other methods answer UNIMPLEMENTED). Thread-safe."""
+    """`inference.GRPCInferenceService`: health, metadata, ModelInfer and the model repository extension
+    (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload); the other methods answer UNIMPLEMENTED. Thread-safe."""
 
     SERVICE = "GRPCInferenceService"
 
@@ -210,6 +211,23 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         security.check_model_name(request.model_name)
         predict, classes = kserve_v2_grpc.decode_infer(request)
         return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id, classes)
+
+    @_rpc
+    def RepositoryIndex(self, request, context):
+        return kserve_v2_grpc.encode_repository_index(self._dataplane.repository_index(ready_only=request.ready))
+
+    @_rpc
+    def RepositoryModelLoad(self, request, context):
+        security.check_model_name(request.model_name)
+        kserve_v2_grpc.check_load_parameters(request)
+        self._dataplane.load_model(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc
+    def RepositoryModelUnload(self, request, context):
+        security.check_model_name(request.model_name)
+        self._dataplane.unload_model(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
 
 
 class HealthService(health_pb2_grpc.HealthServicer):

@@ -81,6 +81,9 @@ class _Model:
     versions: dict[int, _Version] = field(default_factory=dict)
     version_labels: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     ever_available: bool = False
+    evicted: bool = False
+    """Not loaded because of MAX_LOADED_MODELS (unloaded as least recently used, or never fitted); a
+    request for it loads it again (`handle` waits for that)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,10 @@ class ServableManager:
         self._stopping = False
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._budgeted = bool(settings.max_loaded_models or settings.max_loaded_bytes)
+        """MAX_LOADED_MODELS or MAX_LOADED_BYTES is set."""
+        self._last_used: dict[str, float] = {}
+        """Model -> when a request last borrowed it (MAX_LOADED_MODELS unloads the least recent)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -247,16 +254,20 @@ class ServableManager:
 
     # --- what the data plane calls ---------------------------------------------------------------
     @contextmanager
-    def handle(self, request: ServableRequest) -> Iterator[Servable]:
+    def handle(self, request: ServableRequest, *, load: bool = True) -> Iterator[Servable]:
         """Borrow the servable answering `request` for one call; it stays loaded until returned.
+
+        A model left unloaded by MAX_LOADED_MODELS is loaded again first (unless `load` is False):
+        the call waits for it, at most LOAD_WAIT_S.
 
         Raises:
             ModelNotFound: no such model, version or label.
             ModelNotReady: the model (or that version) exists but is not AVAILABLE (loading, failed,
-                unloading).
+                unloading, or not loaded again within LOAD_WAIT_S).
         """
+        budget = self._budgeted
         for _ in range(_HANDLE_RETRIES):
-            servable = self._lookup(request)
+            servable = self._lookup_or_load(request) if budget and load else self._lookup(request)
             servable.acquire()
             # The unloader removes a servable from the map before waiting for its borrowers, so one
             # still in the map after acquire() cannot be closed under us; otherwise look again.
@@ -270,10 +281,44 @@ class ServableManager:
             servable.release()
         else:
             raise ModelNotReady(request.name, "its versions are changing; retry")
+        if budget:
+            self._last_used[request.name] = time.monotonic()  # one dict store: no lock on the request path
         try:
             yield servable
         finally:
             servable.release()
+
+    def wait_loaded(self, name: str, timeout_s: float) -> ModelStatus:
+        """Wait until every version of `name` the repository aspires is AVAILABLE with its current files
+        or failed to load (the repository API's synchronous `load`); return the model's status.
+
+        A model left unloaded by MAX_LOADED_MODELS is loaded again (it becomes the most recently used).
+
+        Raises:
+            ModelNotFound: the repository gives the manager no version of `name`.
+            ModelNotReady: still loading after `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                model = self._models.get(name)
+                if model is None:
+                    raise ModelNotFound(name)
+                self._demand_locked(model)
+                if self._load_settled_locked(model):
+                    return self._status_locked(model)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ModelNotReady(name, f"still loading after {timeout_s:g}s (LOAD_WAIT_S)")
+                self._cond.wait(remaining)
+
+    def wait_unloaded(self, name: str, timeout_s: float) -> bool:
+        """Wait until no version of `name` is loaded, loading or unloading (its requests in flight
+        finished); False on timeout (the repository API's synchronous `unload`)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (model := self._models.get(name)) is None or not self._resident_locked(model), timeout_s
+            )
 
     def model_names(self) -> list[str]:
         """Every model the repository knows, in any state, sorted."""
@@ -323,7 +368,8 @@ class ServableManager:
             for name, model in self._models.items():
                 serving = [v.servable for v in model.versions.values() if v.servable is not None]
                 found = [f"{s.id}: {p}" for s in serving if (p := s.health())]
-                models[name] = bool(serving) and not found
+                # A model MAX_LOADED_MODELS left unloaded can answer: a request loads it.
+                models[name] = (bool(serving) or model.evicted) and not found
                 if found:
                     problems[name] = found
             reason = self._not_ready_reason_locked(models, problems)
@@ -369,10 +415,19 @@ class ServableManager:
                 self._registry_built = True
 
     def _next_load_locked(self) -> VersionSource | None:
-        """Pick the next version to load (highest first) and mark it LOADING."""
-        for name in sorted(self._models):
-            for number in sorted(self._models[name].versions, reverse=True):
-                version = self._models[name].versions[number]
+        """Pick the next version to load (highest first) and mark it LOADING.
+
+        Under MAX_LOADED_MODELS, loaded models come first (their new versions), then the others by
+        when they were last asked for; a model that does not fit waits for the least recently used
+        one to unload.
+        """
+        order = sorted(self._models)
+        if self._budgeted:
+            order.sort(key=lambda n: (not self._resident_locked(self._models[n]), self._last_used.get(n, 0.0)))
+        for name in order:
+            model = self._models[name]
+            for number in sorted(model.versions, reverse=True):
+                version = model.versions[number]
                 source = version.source
                 if not version.aspired or source is None or version.loading:
                     continue
@@ -380,7 +435,10 @@ class ServableManager:
                     continue
                 if version.failed == (source.fingerprint, self._registry_fp):
                     continue  # bounded retries: only a change of its files or of the plugins retries it
+                if not self._make_room_locked(model):
+                    break
                 version.loading = source.fingerprint
+                self._note_loaded_locked()
                 if version.servable is None:
                     version.state = ServableState.LOADING
                     version.error = ""
@@ -436,6 +494,10 @@ class ServableManager:
                 version.error = ""
                 version.state = ServableState.AVAILABLE
                 model.ever_available = True
+                model.evicted = False
+                if self._budgeted:
+                    # The most recently used now: the request waiting for it borrows it before it can leave.
+                    self._last_used[model.name] = time.monotonic()
                 info = servable.info
 
                 def announce() -> None:
@@ -533,6 +595,10 @@ class ServableManager:
         for name in set(self._serving) | set(serving):
             metrics.MODELS_AVAILABLE.labels(model=name).set(len(serving[name].versions) if name in serving else 0)
         self._serving = MappingProxyType(serving)
+        self._note_loaded_locked()
+
+    def _note_loaded_locked(self) -> None:
+        metrics.MODELS_LOADED.set(sum(1 for m in self._models.values() if self._resident_locked(m)))
 
     def _finish_unload(self, holder: list[Servable]) -> None:
         servable = holder.pop()
@@ -559,6 +625,7 @@ class ServableManager:
                 version.draining -= 1
                 if version.state == ServableState.UNLOADING and version.servable is None and not version.draining:
                     version.state = ServableState.END
+            self._note_loaded_locked()
             self._unloads += 1
             limit = self._settings.swaps_before_recycle
             if (
@@ -594,7 +661,149 @@ class ServableManager:
                     del model.versions[number]
             if not model.versions:
                 del self._models[name]
+                self._last_used.pop(name, None)
                 log.info("model '%s' removed", name)
+
+    # --- MAX_LOADED_MODELS ------------------------------------------------------------------------
+    def _lookup_or_load(self, request: ServableRequest) -> Servable:
+        """`_lookup`, but a model left unloaded by MAX_LOADED_MODELS is loaded again first (waits LOAD_WAIT_S)."""
+        try:
+            return self._lookup(request)
+        except ModelNotReady:
+            pass
+        timeout_s = self._settings.load_wait_s
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                try:
+                    return self._lookup(request)
+                except ModelNotReady:
+                    model = self._models.get(request.name)
+                    if model is None or not self._loadable_locked(model):
+                        raise
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ModelNotReady(
+                            request.name, f"not loaded again within {timeout_s:g}s (MAX_LOADED_MODELS, LOAD_WAIT_S)"
+                        ) from None
+                    # Asked again on every wake-up: under heavy churn it may have been unloaded again.
+                    self._demand_locked(model)
+                    self._cond.wait(remaining)
+
+    def _loadable_locked(self, model: _Model) -> bool:
+        """Tell whether waiting can make `model` AVAILABLE: it was unloaded for the budget or is on its way."""
+        if model.evicted:
+            return True
+        return any(
+            v.aspired
+            and v.source is not None
+            and v.failed != (v.source.fingerprint, self._registry_fp)
+            and v.state is not ServableState.AVAILABLE
+            for v in model.versions.values()
+        )
+
+    def _demand_locked(self, model: _Model) -> None:
+        """A request (or a `load` call) wants `model` loaded: take it off the unloaded list as the most recent."""
+        self._last_used[model.name] = time.monotonic()
+        if model.evicted:
+            model.evicted = False
+            self._cond.notify_all()
+
+    def _resident_locked(self, model: _Model) -> bool:
+        """Whether `model` holds memory: a version loaded, loading or still unloading."""
+        return any(_holds_memory(v) for v in model.versions.values())
+
+    def _bytes_locked(self, model: _Model, *, incoming: bool = False) -> int:
+        """Bytes of `model`'s files held in memory (`incoming`: of the versions it would load now)."""
+        return sum(
+            v.source.size_bytes
+            for v in model.versions.values()
+            if v.source is not None and ((v.aspired and v.servable is None) if incoming else _holds_memory(v))
+        )
+
+    def _fits_locked(self, model: _Model, others: list[_Model]) -> bool:
+        """Whether `model` fits beside the resident `others` under MAX_LOADED_MODELS and MAX_LOADED_BYTES."""
+        budget, max_bytes = self._settings.max_loaded_models, self._settings.max_loaded_bytes
+        if budget and len(others) >= budget:
+            return False
+        if max_bytes and others:  # a model over the byte budget still loads, alone
+            held = sum(self._bytes_locked(m) for m in others)
+            return held + self._bytes_locked(model, incoming=True) <= max_bytes
+        return True
+
+    def _make_room_locked(self, model: _Model) -> bool:
+        """Under MAX_LOADED_MODELS / MAX_LOADED_BYTES, tell whether `model` may start loading now; unload the
+        least recently used model to make room when the budget is full (the caller waits for its unload)."""
+        if not self._budgeted or self._resident_locked(model):
+            return True
+        if model.evicted:
+            return False
+        others = [m for m in self._models.values() if m is not model and self._resident_locked(m)]
+        if self._fits_locked(model, others):
+            return True
+        budget = self._settings.max_loaded_models
+        if not model.ever_available and self._last_used.get(model.name) is None:
+            # Never asked for and no room (start-up with more models than the budget): it waits for a request.
+            model.evicted = True
+            log.info(
+                "model '%s' not loaded: %d models are loaded (MAX_LOADED_MODELS=%d, MAX_LOADED_BYTES=%d); a request loads it",
+                model.name,
+                len(others),
+                budget,
+                self._settings.max_loaded_bytes,
+            )
+            return False
+        if any(v.draining for m in others for v in m.versions.values()):
+            # One unload at a time: the model loaded last gets the time of a whole load to be borrowed
+            # by the request waiting for it before it can be the least recently used.
+            return False
+        victims = [
+            m
+            for m in others
+            if not any(v.loading for v in m.versions.values())
+            and any(v.servable is not None for v in m.versions.values())
+        ]
+        if victims:
+            victim = min(victims, key=lambda m: (self._last_used.get(m.name, 0.0), m.name))
+            self._evict_locked(victim)
+        return False
+
+    def _evict_locked(self, model: _Model) -> None:
+        """Unload every version of `model` (least recently used) to stay within MAX_LOADED_MODELS."""
+        leaving = []
+        for version in model.versions.values():
+            if version.servable is not None:
+                leaving.append(version.servable)
+                version.servable = None
+                version.loaded_fingerprint = ""
+                version.state = ServableState.UNLOADING
+        model.evicted = True
+        log.info(
+            "model '%s' unloaded: the least recently used loaded model (MAX_LOADED_MODELS=%d, MAX_LOADED_BYTES=%d); "
+            "a request loads it again",
+            model.name,
+            self._settings.max_loaded_models,
+            self._settings.max_loaded_bytes,
+        )
+        metrics.MODEL_EVICTIONS.labels(model=model.name).inc()
+        self._commit_locked(extra_leaving=leaving)
+
+    def _load_settled_locked(self, model: _Model) -> bool:
+        """Whether a `load` call is done: no version settling, and every aspired version AVAILABLE with its
+        current files or failed with them."""
+        for v in model.versions.values():
+            if v.pending == SETTLING:
+                return False
+            if not v.aspired or v.source is None:
+                continue
+            if v.loading:
+                return False
+            if v.servable is not None and v.loaded_fingerprint == v.source.fingerprint:
+                continue
+            if v.failed is not None and v.failed[0] == v.source.fingerprint:
+                continue
+            return False
+        return True
 
     # --- lookups and views ---------------------------------------------------------------------
     def _lookup(self, request: ServableRequest) -> Servable:
@@ -638,7 +847,10 @@ class ServableManager:
                 labels = s.labels
             else:
                 statuses.append(VersionStatus(number, v.state, v.error))
-        return ModelStatus(model.name, tuple(statuses), model.version_labels, labels)
+        resident = any(v.servable is not None for v in model.versions.values())
+        return ModelStatus(
+            model.name, tuple(statuses), model.version_labels, labels, resident=resident, evicted=model.evicted
+        )
 
     def _not_ready_reason_locked(self, available: Mapping[str, bool], problems: Mapping[str, list[str]]) -> str:
         if self._startup is None:
@@ -646,13 +858,20 @@ class ServableManager:
         waiting = sorted(n for n in self._startup if n in self._models and not self._settled_locked(self._models[n]))
         if waiting:
             return f"loading {', '.join(waiting)}"
-        lost = sorted(n for n, m in self._models.items() if m.ever_available and not available[n] and n not in problems)
+        lost = sorted(
+            n
+            for n, m in self._models.items()
+            if m.ever_available and not m.evicted and not available[n] and n not in problems
+        )
         reasons = [f"no AVAILABLE version of {', '.join(lost)}"] if lost else []
         reasons += [problem for name in sorted(problems) for problem in problems[name]]
         return "; ".join(reasons)
 
     def _settled_locked(self, model: _Model) -> bool:
-        """Tell whether a model reached AVAILABLE, or has nothing left to wait for (failed or incomplete)."""
+        """Tell whether a model reached AVAILABLE, or has nothing left to wait for (failed, incomplete, or
+        left unloaded by MAX_LOADED_MODELS)."""
+        if model.evicted:
+            return True
         for v in model.versions.values():
             if v.servable is not None:
                 return True
@@ -690,6 +909,11 @@ def _close(servable: Servable) -> None:
         servable.close()
     except Exception:  # noqa: BLE001 - a failing close must not stop unloading
         log.exception("%s did not close cleanly", servable.id)
+
+
+def _holds_memory(version: _Version) -> bool:
+    """A version loaded, loading or still unloading."""
+    return version.servable is not None or bool(version.loading) or version.draining > 0
 
 
 def _describe(version: _Version) -> str:

@@ -69,6 +69,16 @@ MODELS_AVAILABLE = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+MODEL_EVICTIONS = Counter(
+    "kerasserve_model_evictions_total",
+    "Models unloaded as the least recently used, to stay within MAX_LOADED_MODELS.",
+    ["model"],
+)
+MODELS_LOADED = Gauge(
+    "kerasserve_models_loaded",
+    "Models holding memory in a worker (a version loaded, loading or unloading: what MAX_LOADED_MODELS bounds); the most of any worker.",
+    multiprocess_mode="livemax",
+)
 
 
 def observe_request(protocol: str, route: str, model: str, code: str, seconds: float | None) -> None:

@@ -49,6 +49,7 @@ from service.model_config import (
     read_labels,
     read_model_config,
 )
+from service.model_control import ModelControl
 from service.servable import ServableId
 from service.settings import PLUGINS_FOLDER, Settings
 
@@ -98,6 +99,8 @@ class VersionSource:
     config: ModelConfig = field(default_factory=ModelConfig)
     labels: tuple[str, ...] = ()
     error: str = ""
+    size_bytes: int = 0
+    """Bytes of the version's files on disk (what MAX_LOADED_BYTES counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +417,7 @@ class ModelRepository:
             config=config,
             labels=labels,
             error=error,
+            size_bytes=sum(seen[str(file)][0][0] for file in cand.files),
         )
 
     def _is_plugins(self, path: Path) -> bool:
@@ -560,11 +564,24 @@ class RepositoryWatcher:
 
     DEBOUNCE_S = 0.05
 
-    def __init__(self, repository: ModelRepository, manager: AspiredVersionsTarget, settings: Settings) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        manager: AspiredVersionsTarget,
+        settings: Settings,
+        *,
+        control: ModelControl | None = None,
+    ) -> None:
         self.repository = repository
         self.manager = manager
         self.poll_interval_s = settings.poll_interval_s
+        self.control = control or ModelControl(settings)
+        self.control.attach(self.rescan)
+        self._wait_s = settings.load_wait_s
         self._wake = threading.Event()
+        self._scans = threading.Condition()
+        self._scans_started = 0
+        self._scans_done = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer = None
@@ -591,22 +608,51 @@ class RepositoryWatcher:
             self._thread.join(timeout=10)
 
     def scan_once(self) -> None:
-        """Scan the repository and pass every model's full aspired list (and plugin changes) to the manager."""
-        models = self.repository.scan()
-        plugins = self.repository.plugins_fingerprint()
-        if plugins is not None:
-            self.manager.set_plugins_fingerprint(plugins)
-        for name, source in models.items():
-            self.manager.set_aspired_versions(
-                name,
-                source.aspired,
-                present=source.present,
-                pending=source.pending,
-                version_labels=source.version_labels,
-            )
-        for name in self.manager.model_names():
-            if name not in models:
-                self.manager.set_aspired_versions(name, ())
+        """Scan the repository and pass every serving model's full aspired list (and plugin changes) to the manager.
+
+        The models that serve are those the model control selects (all of them under
+        MODEL_CONTROL=poll); every other model the manager knows gets an empty list, so it unloads.
+        """
+        with self._scans:
+            self._scans_started += 1
+        try:
+            models = self.repository.scan()
+            serving = self.control.select(models)
+            plugins = self.repository.plugins_fingerprint()
+            if plugins is not None:
+                self.manager.set_plugins_fingerprint(plugins)
+            for name, source in models.items():
+                if name in serving:
+                    self.manager.set_aspired_versions(
+                        name,
+                        source.aspired,
+                        present=source.present,
+                        pending=source.pending,
+                        version_labels=source.version_labels,
+                    )
+            for name in self.manager.model_names():
+                if name not in serving:
+                    self.manager.set_aspired_versions(name, ())
+        finally:
+            with self._scans:
+                self._scans_done += 1
+                self._scans.notify_all()
+
+    def rescan(self) -> None:
+        """Scan now (on the watcher's thread) and return once a scan that started after this call fed the manager.
+
+        The repository API calls it after a decision, so the answering worker acts on it before it
+        answers. Scans stay on one thread, in order: a scan that read the folder earlier can never
+        feed the manager after a later one.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            self.scan_once()
+            return
+        with self._scans:
+            wanted = self._scans_started + 1
+        self._wake.set()
+        with self._scans:
+            self._scans.wait_for(lambda: self._scans_done >= wanted, timeout=self._wait_s)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -651,6 +697,10 @@ class RepositoryWatcher:
             # Full events: a rename from outside the folder (mv /tmp/x models/) is a move, not a create.
             observer = InotifyObserver(generate_full_events=True)
             observer.schedule(_Handler(), str(folder), recursive=True)
+            control_file = self.control.path
+            if control_file is not None and control_file.parent.is_dir():
+                # Another worker's load/unload decision: act on it now, not at the next poll.
+                observer.schedule(_Handler(), str(control_file.parent), recursive=False)
             observer.daemon = True
             observer.start()
         except Exception as err:  # noqa: BLE001 - e.g. inotify watch limit reached

@@ -103,6 +103,24 @@ class Settings(BaseSettings):
     swaps_before_recycle: int = Field(0, ge=0)
     """Recycle a worker (gracefully) after this many version swaps, to give memory back; 0 = never."""
 
+    model_control: Literal["poll", "explicit"] = "poll"
+    """Which models serve: `poll`, every model in MODELS_DIR (the repository API's load and unload answer 503); `explicit`, only those named by STARTUP_MODELS and loaded through `POST /v2/repository/models/<name>/load` (Triton's model control modes)."""
+
+    startup_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """With MODEL_CONTROL=explicit, the models loaded at start (comma-separated names; `*`: every model in MODELS_DIR at start)."""
+
+    model_control_file: Path | None = None
+    """File where explicit load and unload decisions are kept, so every worker follows them; gunicorn.conf.py sets a fresh one per server start. Unset: the decisions stay in the process (one worker)."""
+
+    max_loaded_models: int = Field(0, ge=0)
+    """Most models one worker keeps loaded; beyond it the least recently used model is unloaded and loads again on its next request. 0: no limit."""
+
+    max_loaded_bytes: int = Field(0, ge=0)
+    """Most bytes of model files (as on disk) one worker keeps loaded; beyond it the least recently used model is unloaded, as with MAX_LOADED_MODELS (both may be set). A model larger than the budget still loads, alone. 0: no limit."""
+
+    load_wait_s: float = Field(60.0, gt=0)
+    """Longest a request waits for a model to load: a repository API `load`, or a request for a model not loaded because of MAX_LOADED_MODELS or MAX_LOADED_BYTES; then 503."""
+
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where models run: a GPU when there is one (`auto`), or forced. With several GPUs each worker gets its own (worker i: GPU i mod N)."""
 
@@ -150,7 +168,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS (comma-separated); empty turns CORS off."""
 
-    @field_validator("model_plugins", "cors_origins", mode="before")
+    @field_validator("model_plugins", "cors_origins", "startup_models", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

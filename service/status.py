@@ -40,6 +40,10 @@ class ModelStatus:
     version_labels: Mapping[str, int]
     labels: tuple[str, ...]
     """Class labels of the serving (latest AVAILABLE) version."""
+    resident: bool = False
+    """A version is loaded in this worker (AVAILABLE)."""
+    evicted: bool = False
+    """Not loaded because of MAX_LOADED_MODELS; the next request for it loads it again."""
 
 
 @dataclass(frozen=True, slots=True)

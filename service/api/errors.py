@@ -17,6 +17,8 @@ from service.errors import (
     InferenceError,
     InvalidInput,
     InvalidTensor,
+    ModelControlDisabled,
+    ModelLoadFailed,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HTTP_STATUS: dict[type[ServingError], int] = {
     InvalidInput: 400,
+    ModelLoadFailed: 400,
     Unauthorized: 401,
     ModelNotFound: 404,
     RequestTimeout: 408,
@@ -42,6 +45,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     InferenceError: 500,
     Unimplemented: 501,
     ModelNotReady: 503,
+    ModelControlDisabled: 503,
     Overloaded: 503,
 }
 RETRY_AFTER_S: dict[type[ServingError], int] = {ModelNotReady: 5}

@@ -1,7 +1,8 @@
-"""KServe v2 / Triton HTTP surface: /v2, health, model metadata and readiness, and infer.
+"""KServe v2 / Triton HTTP surface: /v2, health, model metadata and readiness, infer, and the model repository extension.
 
 Health and readiness calls answer 200 or 400 with an empty body, as Triton does; errors are
-`{"error": ...}`. Infer takes JSON or the binary tensor data extension and answers in kind.
+`{"error": ...}`. Infer takes JSON or the binary tensor data extension and answers in kind. The
+repository index lists every model of the folder; `load` and `unload` need MODEL_CONTROL=explicit.
 """
 
 from __future__ import annotations
@@ -93,3 +94,29 @@ def infer(name: str, version: str | None = None):
         mimetype="application/octet-stream",
         headers={kserve_v2.HEADER_LENGTH: str(len(text))},
     )
+
+
+@bp.post("/v2/repository/index")
+def repository_index():
+    """Every model of the repository, with each known version's state (Triton's index)."""
+    ready_only = kserve_v2.decode_repository_index(request.get_data(cache=False))
+    index = kserve_v2.encode_repository_index(dataplane().repository_index(ready_only=ready_only))
+    return Response(json.dumps(index, separators=(",", ":")), mimetype="application/json")
+
+
+@bp.post("/v2/repository/models/<name>/load")
+def repository_load(name: str):
+    """Load (or reload) a model; answers once it is AVAILABLE in this worker (MODEL_CONTROL=explicit)."""
+    note_model(name)
+    kserve_v2.decode_repository_load(request.get_data(cache=False))
+    dataplane().load_model(name)
+    return Response(status=200)
+
+
+@bp.post("/v2/repository/models/<name>/unload")
+def repository_unload(name: str):
+    """Unload a model from every worker (MODEL_CONTROL=explicit)."""
+    note_model(name)
+    kserve_v2.decode_repository_unload(request.get_data(cache=False))
+    dataplane().unload_model(name)
+    return Response(status=200)

@@ -14,9 +14,9 @@ bp = Blueprint("models", __name__)
 
 
 def _metadata(name: str) -> ModelMetadata | None:
-    """Metadata of the serving version, or None while no version is AVAILABLE."""
+    """Metadata of the serving version, or None while no version is AVAILABLE (a listing loads nothing)."""
     try:
-        return dataplane().metadata(ServableRequest.latest(name))
+        return dataplane().metadata(ServableRequest.latest(name), load=False)
     except (ModelNotReady, ModelNotFound):
         return None
 

@@ -19,14 +19,14 @@ import numpy as np
 
 from service import __version__
 from service.classification import triton_classes
-from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
+from service.dataplane import IndexEntry, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.preprocessing import STRING_DTYPES, cast_tensor
 from service.protocols import check_shape, leaves, parse_int, parse_json_object
-from service.servable import ServableRequest, TensorInfo
+from service.servable import ServableRequest, ServableState, TensorInfo
 
 SERVER_NAME = "kerasserve"
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 V2_TO_NUMPY = {
@@ -355,3 +355,84 @@ def encode_model_metadata(metadata: ModelMetadata, versions: list[int], format_:
 def server_metadata() -> dict:
     """`GET /v2`: server name, version and extensions."""
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+# --- the model repository extension ----------------------------------------------------------------
+INDEX_STATES = {
+    ServableState.START: "LOADING",
+    ServableState.LOADING: "LOADING",
+    ServableState.AVAILABLE: "READY",
+    ServableState.UNLOADING: "UNLOADING",
+    ServableState.END: "UNAVAILABLE",
+}
+"""Triton's model states for the manager's version states (a version waiting to load is LOADING)."""
+EVICTED_REASON = (
+    "not loaded: the loaded models fill MAX_LOADED_MODELS or MAX_LOADED_BYTES; the next request for it loads it"
+)
+
+
+def _optional_body(body: bytes, what: str) -> dict:
+    """An optional JSON object body (tritonclient sends an empty one to the index)."""
+    return parse_json_object(body, what=what) if body.strip() else {}
+
+
+def decode_repository_index(body: bytes) -> bool:
+    """`POST /v2/repository/index`: empty, or `{"ready": bool}`; return `ready` (only models ready for inference).
+
+    Raises:
+        InvalidInput: not a JSON object, or `ready` not a boolean.
+    """
+    ready = _optional_body(body, "repository index request").get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput("repository index request: 'ready' must be true or false")
+    return ready
+
+
+def decode_repository_load(body: bytes) -> None:
+    """`POST /v2/repository/models/<name>/load`: empty, or `{"parameters": {...}}`.
+
+    Raises:
+        InvalidInput: not a JSON object, `parameters` not an object, or Triton's `config` and
+            `file:` overrides, which this server does not take (a model's config file sits beside it).
+    """
+    parameters = _parameters(_optional_body(body, "load request").get("parameters"), "load request")
+    overrides = sorted(k for k in parameters if k == "config" or str(k).startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"load request: parameter '{overrides[0]}' (a Triton model config or file override) is not supported; "
+            "put the model's files and config file (docs/model-config.md) in the models folder"
+        )
+
+
+def decode_repository_unload(body: bytes) -> None:
+    """`POST /v2/repository/models/<name>/unload`: empty, or `{"parameters": {"unload_dependents": bool}}`.
+
+    `unload_dependents` is accepted and has nothing to act on (no ensembles here).
+
+    Raises:
+        InvalidInput: not a JSON object, `parameters` not an object, `unload_dependents` not a boolean.
+    """
+    parameters = _parameters(_optional_body(body, "unload request").get("parameters"), "unload request")
+    if not isinstance(parameters.get("unload_dependents", False), bool):
+        raise InvalidInput("unload request: 'unload_dependents' must be true or false")
+
+
+def encode_repository_index(entries: list[IndexEntry]) -> list[dict]:
+    """Triton's index: `[{"name", "version"?, "state"?, "reason"?}]`; a model never loaded is listed by name alone."""
+    index: list[dict] = []
+    for entry in entries:
+        if entry.state is None:
+            index.append(
+                {"name": entry.name, "state": "UNAVAILABLE", "reason": "unloaded"}
+                if entry.unloaded
+                else {"name": entry.name}
+            )
+            continue
+        state = INDEX_STATES[entry.state]
+        reason = entry.reason
+        if entry.evicted and entry.state in (ServableState.START, ServableState.END):
+            state, reason = "UNAVAILABLE", reason or EVICTED_REASON
+        elif entry.state is ServableState.END and not reason:
+            reason = "unloaded"
+        index.append({"name": entry.name, "version": str(entry.version), "state": state, "reason": reason})
+    return index

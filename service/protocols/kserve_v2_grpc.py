@@ -20,12 +20,12 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
 from service.classification import triton_classes
-from service.dataplane import ModelMetadata, PredictRequest, PredictResponse
+from service.dataplane import IndexEntry, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.protocols import check_shape, kserve_v2, parse_int
 from service.servable import ServableRequest
 
-EXTENSIONS: tuple[str, ...] = ("classification",)
+EXTENSIONS: tuple[str, ...] = ("classification", "model_repository")
 """Extensions offered over gRPC (ServerMetadata); raw tensors are part of the gRPC protocol itself."""
 
 # v2 datatype -> the InferTensorContents field carrying it (FP16 and BF16 only travel raw).
@@ -187,3 +187,25 @@ def encode_server_metadata() -> service_pb2.ServerMetadataResponse:
     """The `ServerMetadataResponse`: REST's server name and version, and the extensions offered over gRPC."""
     rest = kserve_v2.server_metadata()
     return service_pb2.ServerMetadataResponse(name=rest["name"], version=rest["version"], extensions=list(EXTENSIONS))
+
+
+def encode_repository_index(entries: list[IndexEntry]) -> service_pb2.RepositoryIndexResponse:
+    """The `RepositoryIndexResponse`: REST's index entries (a model never loaded: its name alone)."""
+    response = service_pb2.RepositoryIndexResponse()
+    for entry in kserve_v2.encode_repository_index(entries):
+        response.models.add(**entry)
+    return response
+
+
+def check_load_parameters(request: service_pb2.RepositoryModelLoadRequest) -> None:
+    """Refuse Triton's `config` and `file:` overrides, as REST does.
+
+    Raises:
+        InvalidInput: the request carries either.
+    """
+    overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"load request: parameter '{overrides[0]}' (a Triton model config or file override) is not supported; "
+            "put the model's files and config file (docs/model-config.md) in the models folder"
+        )

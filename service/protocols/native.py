@@ -212,6 +212,8 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
         "version_labels": dict(status.version_labels),
         "labels": list(status.labels),
         "serving_version": None,
+        # Whether this worker holds a version in memory (MAX_LOADED_MODELS unloads the least recently used).
+        "resident": status.resident,
     }
     if metadata is not None:
         default = metadata.signatures[metadata.default_signature]

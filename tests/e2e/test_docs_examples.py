@@ -39,11 +39,13 @@ NOT_RUNNABLE = {
     "make screenshot": "reruns tests/e2e/test_console.py's screenshot test, which the suite runs (into a temporary folder)",
     "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
     ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
+    ".venv/bin/python bench/lru_budget.py": "the MAX_LOADED_MODELS bench (minutes); tests/e2e/test_model_budget.py runs it at a small scale",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
     "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
     "POD=$(kubectl ": "no Kubernetes cluster here",
     "cp ": "copies the user's own model files; landing files by rename in a watched folder is tested in tests/e2e/test_hot_swap.py",
     "curl -F image=@rose.jpg": "the worked fine-tuned ResNet50 example (the user's flowers model and photo); the same requests (caffe auto-detected, extra outputs, ?outputs=) run against a fine-tuned ResNet50 in tests/e2e/test_transfer_learning.py",
+    "curl -s -X POST localhost:8000/v2/repository/models/": "needs MODEL_CONTROL=explicit (the docs server polls); load and unload run through tritonclient against two workers in tests/e2e/test_model_control.py and through every answer in tests/unit/test_api.py",
     "MODELS_DIR=models python -m service inspect": "needs the user's flowers.keras; `python -m service inspect` is tested in tests/unit/test_inspect.py",
 }
 # Values in shown answers that depend on the trained weights beyond the top class (compared by type only).
@@ -178,6 +180,7 @@ PLACEHOLDERS = {"name": "digits", "v": "1", "N": "1", "version": "1", "L": "stab
 NOT_SETTINGS = {
     **dict.fromkeys(["START", "LOADING", "AVAILABLE", "UNLOADING", "END", "FAILED", "UNKNOWN"], "version states"),
     **dict.fromkeys(["INT64", "FP32", "BYTES"], "KServe v2 datatypes"),
+    "READY": "a Triton model state in the repository index (UNAVAILABLE, LOADING and UNLOADING are listed elsewhere)",
     "INFO": "a log level",
     "OPTIONS": "an HTTP method",
     "SIGTERM": "a signal",

@@ -26,6 +26,9 @@ from tests.e2e.figures import record
 MAX_EXAMPLES = 60
 MIN_CASES = 1000
 GUNICORN_LIMITS = (400, 414, 431)
+POLLING_REFUSAL = "explicit model load / unload is not allowed if polling is enabled"
+"""Triton's 503 for the repository API's load / unload under MODEL_CONTROL=poll (this server's
+default): an answer by design, not a fault; tests/e2e/test_model_control.py runs them under explicit."""
 """Statuses gunicorn itself answers (in HTML) for request lines or headers over its limits."""
 STATUSES: Counter = Counter()
 """status code -> number of generated requests answered with it."""
@@ -73,6 +76,8 @@ def test_no_generated_request_gets_a_server_error(server: Server, operations: li
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call(base_url=server.url, session=session, timeout=30)
                 STATUSES[response.status_code] += 1
+                if response.status_code == 503 and POLLING_REFUSAL in response.text:
+                    return
                 case.validate_response(response, checks=[not_a_server_error])
                 # schemathesis gives headers lowercased, as lists of values.
                 content_type = (response.headers.get("content-type") or [""])[0]
@@ -89,7 +94,8 @@ def test_no_generated_request_gets_a_server_error(server: Server, operations: li
 
 def test_enough_requests_were_generated_and_the_worker_never_restarted(server: Server) -> None:
     total = sum(STATUSES.values())
-    server_errors = sum(count for status, count in STATUSES.items() if status >= 500)
+    server_errors = sum(count for status, count in STATUSES.items() if status >= 500 and status != 503)
+    # 503 is counted apart: only the repository API's load / unload under poll may answer it (checked above).
     record(
         "fuzz_openapi", cases=total, status_5xx=server_errors, statuses={str(k): v for k, v in sorted(STATUSES.items())}
     )

@@ -39,6 +39,7 @@ BROKEN = {
     "version_labels": {},
     "labels": [],
     "serving_version": None,
+    "resident": False,
 }
 DIGITS = {
     "name": "digits",
@@ -57,6 +58,7 @@ DIGITS = {
     "version_labels": {},
     "labels": ["cat", "dog", "bird"],
     "serving_version": 1,
+    "resident": True,
     "device": "/CPU:0",
     "default_signature": "serving_default",
     **DIGITS_TENSORS,
@@ -439,7 +441,11 @@ def test_v2_server_metadata(client: FlaskClient) -> None:
     response = client.get("/v2")
     assert (response.status_code, response.get_json()) == (
         200,
-        {"name": "kerasserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "classification"]},
+        {
+            "name": "kerasserve",
+            "version": "0.1.0",
+            "extensions": ["binary_tensor_data", "classification", "model_repository"],
+        },
     )
 
 
@@ -862,3 +868,208 @@ def test_tfserving_tensors_deeper_than_32_dimensions_are_422(client: FlaskClient
                 422,
                 {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"},
             ), (url, depth, leaf)
+
+
+# --- KServe v2 model repository extension (Triton's index, load, unload) ------------------------
+
+BROKEN_ERROR = "'broken.h5' is truncated or corrupt"
+
+
+def test_repository_index_lists_every_model_with_its_triton_state(client: FlaskClient) -> None:
+    everything = client.post("/v2/repository/index")
+    ready = client.post("/v2/repository/index", json={"ready": True})
+    assert (everything.status_code, everything.get_json()) == (
+        200,
+        [
+            {"name": "broken", "version": "1", "state": "UNAVAILABLE", "reason": BROKEN_ERROR},
+            {"name": "digits", "version": "1", "state": "READY", "reason": ""},
+            {"name": "double", "version": "1", "state": "READY", "reason": ""},
+            {"name": "sum", "version": "1", "state": "READY", "reason": ""},
+        ],
+    )
+    assert [entry["name"] for entry in ready.get_json()] == ["digits", "double", "sum"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[]", "repository index request must be a JSON object"),
+        (b'{"ready": "yes"}', "repository index request: 'ready' must be true or false"),
+    ],
+)
+def test_a_malformed_repository_index_request_is_400(client: FlaskClient, body: bytes, message: str) -> None:
+    assert_error(client.post("/v2/repository/index", data=body), 400, message)
+
+
+def test_load_and_unload_are_refused_with_tritons_answer_under_poll(client: FlaskClient) -> None:
+    message = (
+        "explicit model load / unload is not allowed if polling is enabled; "
+        "start the server with MODEL_CONTROL=explicit to load and unload models through this API"
+    )
+    for action in ("load", "unload"):
+        response = client.post(f"/v2/repository/models/double/{action}")
+        assert_error(response, 503, message)
+    assert client.post("/models/double/predict", json={"instances": [[1, 2]]}).status_code == 200
+
+
+@pytest.fixture
+def explicit(tmp_path: Path) -> Iterator[FlaskClient]:
+    """An app with MODEL_CONTROL=explicit that loads only `double` at start."""
+    app = make_app(tmp_path / "models", model_control="explicit", startup_models=["double"])
+    yield app.test_client()
+    app.extensions[EXTENSION].stop()
+
+
+def test_explicit_control_serves_only_the_startup_models_and_lists_the_others_by_name(explicit: FlaskClient) -> None:
+    index = explicit.post("/v2/repository/index").get_json()
+    assert index == [
+        {"name": "broken"},
+        {"name": "digits"},
+        {"name": "double", "version": "1", "state": "READY", "reason": ""},
+        {"name": "sum"},
+    ]
+    assert explicit.post("/models/double/predict", json={"instances": [[1, 2]]}).status_code == 200
+    assert_error(
+        explicit.post("/models/sum/predict", json={"instances": [[1, 2]]}),
+        404,
+        "model 'sum' is not loaded (MODEL_CONTROL=explicit); load it with POST /v2/repository/models/sum/load",
+    )
+    assert_error(
+        explicit.post("/models/nope/predict", json={"instances": [[1, 2]]}), 404, "model 'nope' does not exist"
+    )
+
+
+def test_load_answers_once_the_model_serves_and_unload_once_it_no_longer_does(explicit: FlaskClient) -> None:
+    load = explicit.post("/v2/repository/models/sum/load")
+    assert (load.status_code, load.data) == (200, b"")
+    # No waiting: the answer came after the version became AVAILABLE.
+    predict = explicit.post("/models/sum/predict", json={"instances": [[1, 2]]})
+    assert (predict.status_code, predict.get_json()) == (200, {"model": "sum", "version": 1, "predictions": [[3.0]]})
+    assert {"name": "sum", "version": "1", "state": "READY", "reason": ""} in explicit.post(
+        "/v2/repository/index"
+    ).get_json()
+    # A second load of an unchanged model answers at once and loads nothing again.
+    assert explicit.post("/v2/repository/models/sum/load", json={}).status_code == 200
+
+    unload = explicit.post("/v2/repository/models/sum/unload", json={"parameters": {"unload_dependents": False}})
+    assert (unload.status_code, unload.data) == (200, b"")
+    assert explicit.post("/models/sum/predict", json={"instances": [[1, 2]]}).status_code == 404
+    assert {"name": "sum", "state": "UNAVAILABLE", "reason": "unloaded"} in explicit.post(
+        "/v2/repository/index"
+    ).get_json()
+    # Unloading twice, or a model that was never loaded, is not an error (as in Triton).
+    assert explicit.post("/v2/repository/models/sum/unload").status_code == 200
+    assert explicit.post("/v2/repository/models/digits/unload").status_code == 200
+
+
+def test_load_of_a_model_that_fails_is_400_with_the_load_error(explicit: FlaskClient) -> None:
+    response = explicit.post("/v2/repository/models/broken/load")
+    assert_error(response, 400, f"load failed for model 'broken': version 1: {BROKEN_ERROR}")
+    assert {"name": "broken", "version": "1", "state": "UNAVAILABLE", "reason": BROKEN_ERROR} in explicit.post(
+        "/v2/repository/index"
+    ).get_json()
+
+
+def test_load_of_a_model_missing_from_the_folder_is_404(explicit: FlaskClient) -> None:
+    response = explicit.post("/v2/repository/models/nope/load")
+    assert_error(response, 404, "failed to load 'nope', failed to poll from model repository: no model 'nope' in it")
+    assert "nope" not in [entry["name"] for entry in explicit.post("/v2/repository/index").get_json()]
+
+
+def test_load_sees_a_model_copied_in_just_before_the_call(explicit: FlaskClient, tmp_path: Path) -> None:
+    # The watcher polls every 60 s here: the load call itself rescans the folder.
+    (tmp_path / "models" / "late.h5").write_text("a fake model file")
+    response = explicit.post("/v2/repository/models/late/load")
+    # 'late' is no model FakeBuilder knows, so it fails to load: what matters is that it was found.
+    assert_error(response, 400, "load failed for model 'late': version 1: 'late.h5' is truncated or corrupt")
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "message"),
+    [
+        ("load", b"not json", "load request is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("load", b'{"parameters": []}', "load request 'parameters' must be an object"),
+        (
+            "load",
+            b'{"parameters": {"config": "{}"}}',
+            "load request: parameter 'config' (a Triton model config or file override) is not supported; "
+            "put the model's files and config file (docs/model-config.md) in the models folder",
+        ),
+        (
+            "unload",
+            b'{"parameters": {"unload_dependents": "no"}}',
+            "unload request: 'unload_dependents' must be true or false",
+        ),
+    ],
+)
+def test_malformed_load_and_unload_requests_are_400(
+    explicit: FlaskClient, action: str, body: bytes, message: str
+) -> None:
+    assert_error(explicit.post(f"/v2/repository/models/double/{action}", data=body), 400, message)
+
+
+def test_an_unsafe_model_name_in_a_load_url_is_400(explicit: FlaskClient) -> None:
+    response = explicit.post("/v2/repository/models/.hidden/load")
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith("model name '.hidden' is not valid")
+
+
+def test_repository_routes_need_the_token(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", auth_token="s3cret", model_control="explicit")
+    client = app.test_client()
+    try:
+        refused = [client.post(url).status_code for url in _REPOSITORY_URLS]
+        allowed = [client.post(url, headers={"Authorization": "Bearer s3cret"}).status_code for url in _REPOSITORY_URLS]
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert refused == [401, 401, 401]
+    assert allowed == [200, 200, 200]
+
+
+_REPOSITORY_URLS = ("/v2/repository/index", "/v2/repository/models/sum/load", "/v2/repository/models/sum/unload")
+
+
+def test_with_a_budget_the_index_and_listings_show_which_models_are_loaded(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", max_loaded_models=2)
+    client = app.test_client()
+    not_loaded = (
+        "not loaded: the loaded models fill MAX_LOADED_MODELS or MAX_LOADED_BYTES; the next request for it loads it"
+    )
+    try:
+        before = client.post("/v2/repository/index").get_json()
+        listing = {m["name"]: m["resident"] for m in client.get("/models").get_json()["models"]}
+        predict = client.post("/models/sum/predict", json={"instances": [[1, 2]]})
+        after = client.post("/v2/repository/index").get_json()
+        digits = client.get("/v1/models/digits").get_json()
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert before[1:] == [
+        {"name": "digits", "version": "1", "state": "READY", "reason": ""},
+        {"name": "double", "version": "1", "state": "READY", "reason": ""},
+        {"name": "sum", "version": "1", "state": "UNAVAILABLE", "reason": not_loaded},
+    ]
+    assert listing == {"broken": False, "digits": True, "double": True, "sum": False}  # the listing loaded nothing
+    assert (predict.status_code, predict.get_json()["predictions"]) == (200, [[3.0]])
+    # sum took the place of the least recently used model: digits, loaded before double.
+    assert after[1:] == [
+        {"name": "digits", "version": "1", "state": "UNAVAILABLE", "reason": not_loaded},
+        {"name": "double", "version": "1", "state": "READY", "reason": ""},
+        {"name": "sum", "version": "1", "state": "READY", "reason": ""},
+    ]
+    assert digits["model_version_status"][0]["state"] == "END"
+
+
+def test_explicit_load_under_a_budget_takes_the_place_of_the_least_recently_used(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "models", model_control="explicit", startup_models=["double"], max_loaded_models=1)
+    client = app.test_client()
+    try:
+        load = client.post("/v2/repository/models/sum/load")
+        index = {e["name"]: e.get("state") for e in client.post("/v2/repository/index").get_json()}
+        double = client.post("/models/double/predict", json={"instances": [[1, 2]]})
+        resident = {m["name"]: m["resident"] for m in client.get("/models").get_json()["models"]}
+    finally:
+        app.extensions[EXTENSION].stop()
+    assert load.status_code == 200
+    assert index == {"broken": None, "digits": None, "double": "UNAVAILABLE", "sum": "READY"}
+    assert (double.status_code, double.get_json()["predictions"]) == (200, [[2.0, 4.0]])
+    assert resident == {"double": True, "sum": False}  # both still loaded by decision, one in memory

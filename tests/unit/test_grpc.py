@@ -531,3 +531,56 @@ def test_grpc_port_must_differ_from_port_and_zero_turns_it_off() -> None:
         Settings(port=9000, grpc_port=9000)
     assert Settings(port=9000, grpc_port=0).grpc_port == 0
     assert Settings().grpc_port == 8500
+
+
+# --- the model repository extension over gRPC (tritonclient's own grpc client) ------------------
+
+
+def test_repository_index_load_and_unload_over_grpc_match_rest(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    port = free_port()
+    app = make_app(
+        tmp_path / "models", host="127.0.0.1", grpc_port=port, model_control="explicit", startup_models=["double"]
+    )
+    server = serve_grpc(app)
+    assert server is not None
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+    rest = app.test_client()
+
+    def rest_index() -> list[dict]:  # proto3 JSON leaves out empty strings (an empty reason)
+        return [{k: v for k, v in e.items() if v != ""} for e in rest.post("/v2/repository/index").get_json()]
+
+    try:
+        assert client.get_model_repository_index(as_json=True)["models"] == rest_index()
+        client.load_model("sum")
+        assert client.is_model_ready("sum")
+        with pytest.raises(InferenceServerException, match="load failed for model 'broken': version 1: "):
+            client.load_model("broken")
+        with pytest.raises(InferenceServerException, match="failed to load 'nope', failed to poll"):
+            client.load_model("nope")
+        with pytest.raises(InferenceServerException, match="parameter 'config' .* is not supported"):
+            client.load_model("sum", config="{}")
+        client.unload_model("sum")
+        assert not client.is_model_ready("sum")
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert {"name": "sum", "state": "UNAVAILABLE", "reason": "unloaded"} in index
+        assert index == rest_index()
+        assert "model_repository" in client.get_server_metadata(as_json=True)["extensions"]
+    finally:
+        client.close()
+        server.wait_stopped(5)
+        app.extensions[EXTENSION].stop()
+
+
+def test_grpc_load_is_refused_under_poll_with_tritons_message(served: Served) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        served.v2.RepositoryModelLoad(
+            service_pb2.RepositoryModelLoadRequest(model_name="double"), metadata=AUTH, timeout=10
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.details().startswith("explicit model load / unload is not allowed if polling is enabled")
+    with pytest.raises(grpc.RpcError) as raised:
+        served.v2.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)  # no token
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

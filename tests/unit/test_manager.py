@@ -543,3 +543,164 @@ def test_changed_labels_file_loads_the_version_again(repo: Repo, make_manager, m
     wait_until(lambda: manager.status("m").labels == ("cat", "dog"), timeout_s=10)
     assert len(models.built) == 2
     wait_until(lambda: models.closed == [("m", 1, "2")], timeout_s=10)
+
+
+# --- MAX_LOADED_MODELS: more models than memory --------------------------------------------------
+
+
+class CountingModels(NumberModels):
+    """NumberModels that records the most servables alive at once (built and not yet closed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.alive = 0
+        self.most_alive = 0
+
+    def build(self, source: VersionSource) -> Servable:
+        with self._lock:
+            self.alive += 1
+            self.most_alive = max(self.most_alive, self.alive)
+        try:
+            servable = super().build(source)
+        except Exception:
+            with self._lock:
+                self.alive -= 1
+            raise
+        close = servable.close
+
+        def counted_close() -> None:
+            with self._lock:
+                self.alive -= 1
+            close()
+
+        servable.close = counted_close
+        return servable
+
+
+@pytest.fixture
+def counting() -> CountingModels:
+    return CountingModels()
+
+
+def budget_manager(repo: Repo, builder: NumberModels, stops: list, **options) -> ServableManager:
+    settings = Settings(models_dir=repo.models, settle_s=0, poll_interval_s=60, **options)
+    manager, stop = serve(settings, builder)
+    stops.append(stop)
+    return manager
+
+
+@pytest.fixture
+def stops() -> Iterator[list]:
+    stops: list[Callable[[], None]] = []
+    yield stops
+    for stop in stops:
+        stop()
+
+
+def resident(manager: ServableManager) -> list[str]:
+    return [status.name for status in manager.statuses() if status.resident]
+
+
+def test_a_budget_loads_the_first_models_and_a_request_swaps_in_another_for_the_least_recently_used(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    for number, name in enumerate("abcd", start=1):
+        repo.put_file(f"{name}.h5", str(number))
+    manager = budget_manager(repo, counting, stops, max_loaded_models=2)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    assert resident(manager) == ["a", "b"]
+    assert [s.name for s in manager.statuses() if s.evicted] == ["c", "d"]
+    # Models left out by the budget do not hold readiness, and each can answer (a request loads it).
+    assert manager.readiness().ready
+    assert manager.readiness().models == {"a": True, "b": True, "c": True, "d": True}
+
+    assert predict(manager, ServableRequest.latest("b")) == 2.0  # b is now the most recently used
+    assert predict(manager, ServableRequest.latest("c"), 2.0) == 6.0  # waits for c, which takes a's place
+    assert resident(manager) == ["b", "c"]
+    assert predict(manager, ServableRequest.latest("a")) == 1.0  # a again, in place of b
+    wait_until(lambda: resident(manager) == ["a", "c"], timeout_s=5)
+    assert states(manager, "b") == {1: ("END", "")}
+    assert manager.readiness().ready
+    assert counting.most_alive == 2
+
+
+def test_requests_over_more_models_than_the_budget_all_succeed_and_residency_stays_bounded(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    names = [f"m{i:02d}" for i in range(6)]
+    for number, name in enumerate(names, start=1):
+        repo.put_file(f"{name}.h5", str(number))
+    manager = budget_manager(repo, counting, stops, max_loaded_models=3, load_wait_s=30)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    failures: list[BaseException] = []
+    wrong: list[tuple[str, float]] = []
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(10):  # each unload runs gc.collect(), slow in a test process holding TensorFlow
+            index = int(rng.integers(len(names)))
+            try:
+                answer = predict(manager, ServableRequest.latest(names[index]))
+            except BaseException as err:  # noqa: BLE001 - every failure is counted
+                failures.append(err)
+                continue
+            if answer != index + 1:
+                wrong.append((names[index], answer))
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert (failures, wrong) == ([], [])
+    assert counting.most_alive <= 3
+    assert len(resident(manager)) <= 3
+
+
+def test_a_request_gives_up_after_load_wait_s_when_the_model_does_not_load_in_time(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    repo.put_file("a.h5", "1")
+    repo.put_file("b.h5", "2")
+    manager = budget_manager(repo, counting, stops, max_loaded_models=1, load_wait_s=0.3)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    counting.gate.clear()  # every build now hangs
+    try:
+        with pytest.raises(ModelNotReady, match=r"not loaded again within 0.3s \(MAX_LOADED_MODELS, LOAD_WAIT_S\)"):
+            predict(manager, ServableRequest.latest("b"))
+    finally:
+        counting.gate.set()
+    assert predict(manager, ServableRequest.latest("b")) == 2.0  # once loads work again, it comes in
+
+
+def test_a_lookup_that_must_not_load_leaves_an_evicted_model_unloaded(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    repo.put_file("a.h5", "1")
+    repo.put_file("b.h5", "2")
+    manager = budget_manager(repo, counting, stops, max_loaded_models=1)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    with pytest.raises(ModelNotReady), manager.handle(ServableRequest.latest("b"), load=False):
+        pass
+    assert resident(manager) == ["a"]
+    assert len(counting.built) == 1
+
+
+def test_a_byte_budget_counts_the_model_files_and_a_model_over_it_loads_alone(
+    repo: Repo, counting: CountingModels, stops: list
+) -> None:
+    for number, name in enumerate("abc", start=1):
+        repo.put_file(f"{name}.h5", str(number).ljust(1000))  # 1000 bytes each
+    repo.put_file("big.h5", "9".ljust(3000))
+    manager = budget_manager(repo, counting, stops, max_loaded_bytes=2500)
+    wait_until(lambda: manager.readiness().ready, timeout_s=10)
+    assert resident(manager) == ["a", "b"]  # 2000 bytes; c (and big) would go over 2500
+
+    assert predict(manager, ServableRequest.latest("c")) == 3.0
+    assert resident(manager) == ["b", "c"]
+    assert predict(manager, ServableRequest.latest("big")) == 9.0  # over the budget by itself: alone
+    assert resident(manager) == ["big"]
+    assert predict(manager, ServableRequest.latest("a")) == 1.0
+    assert resident(manager) == ["a"]
+    assert counting.most_alive == 2
