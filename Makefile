@@ -12,7 +12,7 @@ TESTS ?= tests
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test lint venv bench clean
+.PHONY: run test lint venv bench profile clean
 
 $(RUN_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,15 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
-# docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run.
+# The benchmark (about 30 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
+# docs/benchmarks.{md,json,png}. BENCH_ARGS=--quick for a short run (under 4 minutes, every yardstick).
 bench: $(TEST_STAMP)
 	$(PY) bench/benchmark.py $(BENCH_ARGS)
+
+# Where a request's CPU goes: py-spy (requirements-dev.txt; needs ptrace rights, e.g. root) on the
+# service's workers under wrk load. PROFILE_ARGS="--model mobilenet" for the other model.
+profile: $(TEST_STAMP)
+	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

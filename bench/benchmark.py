@@ -294,6 +294,7 @@ def fair_worker(model_path: Path, batches: list[int], slot_s: float, rounds: int
     print("READY", flush=True)
     start = float(sys.stdin.readline())
     rates: dict[int, list[float]] = {b: [] for b in batches}
+    cpu_per_row: dict[int, list[float]] = {b: [] for b in batches}
     cpu_started = time.process_time()
     for round_ in range(rounds):
         for j, batch in enumerate(batches):
@@ -301,12 +302,19 @@ def fair_worker(model_path: Path, batches: list[int], slot_s: float, rounds: int
             delay = slot_start - time.time()
             if delay > 0:
                 time.sleep(delay)
-            began, calls = time.perf_counter(), 0
+            began, cpu_began, calls = time.perf_counter(), time.process_time(), 0
             while calls < 1 or time.time() < slot_start + slot_s:
                 call({tensor.name: inputs[batch]})
                 calls += 1
             rates[batch].append(batch * calls / (time.perf_counter() - began))
-    print(json.dumps({"core": core, "images_per_s": rates, "cpu_s": time.process_time() - cpu_started}), flush=True)
+            cpu_per_row[batch].append((time.process_time() - cpu_began) / (batch * calls))
+    report = {
+        "core": core,
+        "images_per_s": rates,
+        "cpu_s_per_row": cpu_per_row,
+        "cpu_s": time.process_time() - cpu_started,
+    }
+    print(json.dumps(report), flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +365,11 @@ def measure_fair(model_path: Path, batches: tuple[int, ...], slot_s: float, roun
     summed: dict[str, float] = {}
     ranges: dict[str, list[float]] = {}
     per_process: dict[str, float] = {}
+    cpu_ms_per_row: dict[str, float] = {}
     for batch in batches:
+        cpu_ms_per_row[str(batch)] = 1000 * statistics.median(
+            value for r in reports for value in r["cpu_s_per_row"][str(batch)]
+        )
         per_round = [sum(r["images_per_s"][str(batch)][k] for r in reports) for k in range(rounds)]
         summed[str(batch)] = statistics.median(per_round)
         ranges[str(batch)] = [min(per_round), max(per_round)]
@@ -368,9 +380,10 @@ def measure_fair(model_path: Path, batches: tuple[int, ...], slot_s: float, roun
         "images_per_s": summed,
         "range": ranges,
         "per_process": per_process,
+        "cpu_ms_per_row": cpu_ms_per_row,
         "best": summed[best_batch],
         "best_batch": int(best_batch),
-        "model_s_per_row_batch1": 1.0 / per_process[str(batches[0])] if batches[0] == 1 else None,
+        "model_s_per_row_batch1": cpu_ms_per_row[str(batches[0])] / 1000 if batches[0] == 1 else None,
         "cpu_other_cores": round(max(other_s, 0.0) / wall, 2),
     }
 
@@ -521,7 +534,7 @@ def write_bodies(images: list[Path], folder: Path, content_type: str) -> list[Pa
 
 
 def run_wrk(server: Server, bodies: list[Path], concurrency: int, seconds: float) -> dict:
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
+    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
     argv += [server.url + "/predict", "--", MULTIPART, *map(str, bodies)]
     output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
@@ -732,11 +745,11 @@ def measure(
 
 
 def fair_s_per_row(fair: dict, rows: float) -> float:
-    """Model time per row of one single-threaded fair-limit process at `rows` rows per call
+    """Model CPU time per row of one single-threaded fair-limit process at `rows` rows per call
     (interpolated between the measured batch sizes, on a log scale of rows)."""
     import math
 
-    points = sorted((int(b), 1.0 / rate) for b, rate in fair["per_process"].items() if rate > 0)
+    points = sorted((int(b), ms / 1000) for b, ms in fair["cpu_ms_per_row"].items())
     if rows <= points[0][0]:
         return points[0][1]
     for (b0, t0), (b1, t1) in zip(points, points[1:]):
@@ -793,7 +806,7 @@ def summarise(runs: list[LoadResult], model_s_per_row: float | None) -> dict:
 
 
 def add_fair_model_time(point: dict, fair: dict) -> None:
-    """Non-model CPU per request again, with the model's time per row taken from the fair limit's
+    """Non-model CPU per request again, with the model's CPU time per row taken from the fair limit's
     pinned single-threaded processes at the point's rows per call instead of the service's own
     compute timer (which is wall time, so on a busy host it also counts waits for the CPU and the GIL)."""
     rows = point.get("rows_per_call") or 1.0
@@ -900,6 +913,7 @@ def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
                 if case.photo_12mp and args.photos_12mp:
                     big = write_bodies(sorted((workdir / "images").glob("big*.jpg")), workdir / "bodies", "image/jpeg")
                     run_wrk(server, big, TARGET_CONCURRENCY, args.warm_s)
+                    settle(server, big[0].read_bytes())
                     photo = sweep_points(server, big, args, settings, None, [TARGET_CONCURRENCY])[0]
                     add_fair_model_time(photo, fair)
                     photo["jpeg_bytes"] = statistics.median(p.stat().st_size for p in workdir.glob("images/big*.jpg"))
@@ -1063,12 +1077,15 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
         f"**Fair model limit** ({fair['processes']} pinned single-threaded processes at once, summed; other jobs used "
         f"{fair['cpu_other_cores']:.2f} cores meanwhile): **{fair['best']:.1f} images/s at batch {fair['best_batch']}**.",
         "",
-        "| batch | summed images/s (range) | one process images/s |",
-        "|---:|---:|---:|",
+        "| batch | summed images/s (range) | one process images/s | model CPU ms per row |",
+        "|---:|---:|---:|---:|",
     ]
     for batch, value in fair["images_per_s"].items():
         low, high = fair["range"][batch]
-        lines.append(f"| {batch} | {value:.1f} ({low:.0f}-{high:.0f}) | {fair['per_process'][batch]:.1f} |")
+        lines.append(
+            f"| {batch} | {value:.1f} ({low:.0f}-{high:.0f}) | {fair['per_process'][batch]:.1f} | "
+            f"{fair['cpu_ms_per_row'][batch]:.3f} |"
+        )
     lines += [
         "",
         f"Closed loop (wrk), requests/s and p99 ms: median of {args.reps} (range). Service settings: "
@@ -1089,7 +1106,7 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
         "",
         "Where the CPU goes, per request (server processes' CPU from /proc; model compute from the service's "
         "`kerasserve_batch_compute_seconds` / `kerasserve_batch_rows`, for the competent server the fair "
-        "limit's single-threaded batch-1 time; *fair model time*: the fair limit's per-process time per row at "
+        "limit's single-threaded batch-1 CPU time per row; *fair model time*: the fair limit's CPU time per row at "
         "the service's rows per call, which a busy host does not inflate):",
         "",
         "| clients | service rows per call | padding | service CPU ms | model ms per row | **non-model CPU ms** | "
@@ -1308,7 +1325,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {SERVERS}")
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.reps = args.reps or (1 if args.quick else 3)
-    args.warm_s = 0.5 if args.quick else 2.0
+    args.warm_s = 1.0 if args.quick else 2.0  # wrk takes whole seconds
     args.fair_slot_s = 0.5 if args.quick else 1.5
     args.open_loop_s = 2.0 if args.quick else 10.0
     args.photos_12mp = 2 if args.quick else 4

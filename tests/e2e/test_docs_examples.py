@@ -37,8 +37,10 @@ from tests.e2e.conftest import Quickstart, Server, free_port, start_server
 NOT_RUNNABLE = {
     "make run": "run literally, in a fresh clone, by tests/e2e/test_first_run.py (the `quickstart` fixture)",
     "make test": "the suite itself; its entry point is checked by tests/test_ci_entry.py",
-    "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
-    ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
+    "make bench": "the benchmark (about 30 minutes); `make bench` is the documented way to run it; its pieces are tested at tiny size in tests/unit/test_benchmark.py",
+    ".venv/bin/python bench/benchmark.py": "the benchmark (about 30 minutes), what `make bench` runs",
+    "make profile": "py-spy on the service under wrk load (about a minute, needs ptrace rights); its summary is tested in tests/unit/test_benchmark.py",
+    ".venv/bin/python bench/profile.py": "what `make profile` runs",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
     "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
     "POD=$(kubectl ": "no Kubernetes cluster here",

@@ -59,6 +59,7 @@ def test_fair_limit_runs_one_pinned_single_threaded_process_per_core_and_sums_th
     for batch, (low, high) in fair["range"].items():
         assert low <= fair["images_per_s"][batch] <= high
     assert 0 < fair["model_s_per_row_batch1"] < 1
+    assert fair["cpu_ms_per_row"]["1"] > 0 and fair["cpu_ms_per_row"]["4"] > 0
 
 
 def test_ceiling_app_parses_the_benchmarks_multipart_upload_and_answers_ten_scores(digit_png: Path) -> None:
@@ -199,6 +200,7 @@ def synthetic_result(args: argparse.Namespace) -> dict:
             "images_per_s": {"1": 80.0, "8": 120.0},
             "range": {"1": [78.0, 82.0], "8": [110.0, 125.0]},
             "per_process": {"1": 40.0, "8": 60.0},
+            "cpu_ms_per_row": {"1": 25.0, "8": 16.7},
             "best": 120.0,
             "best_batch": 8,
             "model_s_per_row_batch1": 0.025,
@@ -242,6 +244,10 @@ def test_summaries_give_median_range_padding_and_non_model_cpu() -> None:
         for rps in (100.0, 90.0, 120.0)
     ]
     summary = benchmark.summarise(runs, None)
+    fair = {"cpu_ms_per_row": {"1": 2.0, "4": 0.5, "16": 0.25}}
+    assert benchmark.fair_s_per_row(fair, 1) == pytest.approx(0.002)
+    assert benchmark.fair_s_per_row(fair, 2) == pytest.approx(0.00125)  # halfway, on a log scale
+    assert benchmark.fair_s_per_row(fair, 64) == pytest.approx(0.00025)
     assert summary["rps"] == 100.0 and summary["rps_range"] == [90.0, 120.0]
     assert summary["rows_per_call"] == 4.0 and summary["padding_fraction"] == pytest.approx(0.2)
     assert summary["cpu_ms_per_request"] == pytest.approx(1.0)
@@ -276,3 +282,28 @@ def test_quick_runs_every_yardstick_and_the_default_run_repeats_each_point_three
     assert benchmark.TARGET_CONCURRENCY in quick.concurrency
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--concurrency", "1,8"])
+
+
+def test_profile_summary_charges_each_sample_to_the_innermost_known_library(tmp_path: Path) -> None:
+    from bench import profile
+
+    raw = tmp_path / "cnn-gil.txt"
+    raw.write_text(
+        "\n".join(
+            [
+                "_loop (/r/service/batching.py:300);_call_padded (/r/service/runner.py:340);"
+                "TFE_Py_Execute (/v/tensorflow/python/_pywrap_tfe.so) 60",
+                "handle (/v/gunicorn/workers/gthread.py:10);predict (/r/service/api/predict.py:20);"
+                "decode_image (/r/service/preprocessing.py:241);resize (/v/PIL/Image.py:2200) 25",
+                "handle (/v/gunicorn/workers/gthread.py:10);observe (/v/prometheus_client/metrics.py:600) 10",
+                "handle (/v/gunicorn/workers/gthread.py:10) 5",
+            ]
+        )
+        + "\n"
+    )
+    summary = profile.summarise(raw)
+    assert "100 samples, 40% outside the model call" in summary
+    assert "| image decode and resize (Pillow) | 25.0% | 62% |" in summary
+    assert "| metrics (prometheus_client) | 10.0% | 25% |" in summary
+    assert "| gunicorn | 5.0% | 12% |" in summary
+    assert "| `handle (/v/gunicorn/workers/gthread.py)` | 100% |" in summary
