@@ -2,9 +2,9 @@
 
 Builds the benchmark's models (or reuses `--workdir` from `bench/benchmark.py --keep`), starts the
 service as the benchmark does, drives it with wrk (16 clients, the benchmark's multipart uploads)
-and records every worker with py-spy (`--subprocesses`, `--native`: Python and C frames; idle
-threads left out), then again with `--gil` (only the thread holding the GIL: the Python work that
-serialises a worker). Prints the share of samples per cost category and the top functions outside
+and records every worker with py-spy (`--subprocesses`; idle threads left out; time in C code is
+charged to the Python frame that called it), then again with `--gil` (only the thread holding the
+GIL: the Python work that serialises a worker). Prints the share of samples per cost category and the top functions outside
 the model call; the raw collapsed stacks are kept in `--out` for flame graphs.
 
     .venv/bin/python bench/profile.py --model cnn --seconds 20 --out /tmp/profile
@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -44,11 +43,22 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("Flask and werkzeug request handling", r"flask/|werkzeug/"),
     ("request reading and worker loop (service/worker.py, slow_clients)", r"service/(worker|slow_clients)\.py"),
     ("gunicorn", r"gunicorn/"),
-    ("batching (queue, futures, wake-ups)", r"service/batching\.py|concurrent/futures|threading\.py"),
+    (
+        "thread hand-offs (batcher queue, futures, gunicorn's thread pool, wake-ups)",
+        r"service/batching\.py|concurrent/futures|threading\.py",
+    ),
     ("kerasserve request path (api, protocols, data plane, preprocessing)", r"service/"),
 )
 FALLBACK = ("C library and kernel (I/O, locks, allocation)", r"libc|libpthread|\[kernel|syscall|epoll|recv|send")
 """Charged only when no frame of the stack matches a category (libc under Pillow is Pillow's cost)."""
+
+
+WAITING = re.compile(
+    r"^(Condition\.wait|Event\.wait|Queue\.get|SimpleQueue\.get|_worker|DelayedQueue\.get|Thread\.join|"
+    r"[\w.]*[Ss]elector\.select|select|poll|sleep|InotifyFD\._check_inotify_fd|_serve) \("
+)
+"""Innermost Python frames of a thread that waits (py-spy does not always tell these from running
+ones when the host is busy): such samples are not CPU and are left out."""
 
 
 def categorise(stack: list[str]) -> str:
@@ -76,7 +86,9 @@ def is_model(stack: list[str]) -> bool:
 
 
 def summarise(path: Path, top: int = 25) -> str:
-    stacks = read_collapsed(path)
+    every = read_collapsed(path)
+    stacks = [(stack, count) for stack, count in every if not WAITING.match(stack[-1])]
+    waiting = sum(count for _, count in every) - sum(count for _, count in stacks)
     total = sum(count for _, count in stacks) or 1
     categories: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -90,7 +102,11 @@ def summarise(path: Path, top: int = 25) -> str:
         for frame in set(stack):
             if "(" in frame and not frame.startswith(("<module>", "run (", "_bootstrap")):
                 inclusive[re.sub(r":\d+\)", ")", frame)] += count
-    lines = [f"{path.name}: {total} samples, {non_model / total:.0%} outside the model call", ""]
+    lines = [
+        f"{path.name}: {total} samples ({waiting} more of waiting threads left out), "
+        f"{non_model / total:.0%} outside the model call",
+        "",
+    ]
     lines += ["| category | share of all samples | share of non-model samples |", "|---|---:|---:|"]
     for name, count in categories.most_common():
         share_non_model = "-" if name == "model call (TensorFlow)" else f"{count / max(non_model, 1):.0%}"
@@ -125,14 +141,12 @@ def main(argv: list[str]) -> int:
     with benchmark.service_server(case, workdir, dict(case.service_env)) as server:
         benchmark.run_wrk(server, bodies, args.clients, 2)
         reports = []
-        for name, flags in (("all-threads", ["--native"]), ("gil", ["--gil", "--native"])):
+        # Without --native: C time (Pillow, TensorFlow) is charged to the Python frame that called it.
+        # With --native, reading TensorFlow's symbols alone takes py-spy over a minute, and waiting
+        # threads show up in C frames `WAITING` cannot recognise.
+        for name, flags in (("all-threads", []), ("gil", ["--gil"])):
             raw = args.out / f"{case.key}-{name}.txt"
-            load = threading.Thread(
-                target=benchmark.run_wrk, args=(server, bodies, args.clients, args.seconds + 4), daemon=True
-            )
-            load.start()
-            benchmark.log(f"py-spy {name}: {args.seconds:g} s")
-            subprocess.run(
+            spy = subprocess.Popen(
                 [
                     PY_SPY,
                     "record",
@@ -141,7 +155,7 @@ def main(argv: list[str]) -> int:
                     "--subprocesses",
                     *flags,
                     "--rate",
-                    "250",
+                    "100",
                     "--duration",
                     str(int(args.seconds)),
                     "--format",
@@ -149,10 +163,15 @@ def main(argv: list[str]) -> int:
                     "--output",
                     str(raw),
                 ],
-                check=True,
-                capture_output=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
-            load.join()
+            benchmark.log(f"py-spy {name}: {args.seconds:g} s under wrk load")
+            # py-spy takes a while to attach (reading symbols): keep wrk running until it is done.
+            while spy.poll() is None:
+                benchmark.run_wrk(server, bodies, args.clients, 5)
+            if spy.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {spy.stderr.read().decode()[-2000:] if spy.stderr else ''}")
             reports.append(summarise(raw))
     print("\n".join(reports))
     (args.out / f"{case.key}-summary.md").write_text("\n".join(reports))

@@ -187,6 +187,8 @@ NOT_SETTINGS = {
     **dict.fromkeys(["START", "LOADING", "AVAILABLE", "UNLOADING", "END", "FAILED", "UNKNOWN"], "version states"),
     **dict.fromkeys(["INT64", "FP32", "BYTES"], "KServe v2 datatypes"),
     "INFO": "a log level",
+    "BENCH_ARGS": "the Makefile's variable for `make bench` options (e.g. `BENCH_ARGS=--quick`)",
+    "PROFILE_ARGS": "the Makefile's variable for `make profile` options",
     "OPTIONS": "an HTTP method",
     "SIGTERM": "a signal",
     "HEALTHCHECK": "a Dockerfile instruction",

@@ -297,12 +297,13 @@ def test_profile_summary_charges_each_sample_to_the_innermost_known_library(tmp_
                 "decode_image (/r/service/preprocessing.py:241);resize (/v/PIL/Image.py:2200) 25",
                 "handle (/v/gunicorn/workers/gthread.py:10);observe (/v/prometheus_client/metrics.py:600) 10",
                 "handle (/v/gunicorn/workers/gthread.py:10) 5",
+                "_bootstrap (/p/threading.py:1);Condition.wait (/p/threading.py:320) 50",
             ]
         )
         + "\n"
     )
     summary = profile.summarise(raw)
-    assert "100 samples, 40% outside the model call" in summary
+    assert "100 samples (50 more of waiting threads left out), 40% outside the model call" in summary
     assert "| image decode and resize (Pillow) | 25.0% | 62% |" in summary
     assert "| metrics (prometheus_client) | 10.0% | 25% |" in summary
     assert "| gunicorn | 5.0% | 12% |" in summary
