@@ -123,6 +123,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", default="cnn", choices=sorted(benchmark.CASES))
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=benchmark.TARGET_CONCURRENCY)
+    parser.add_argument("--images", default=None, help="file pattern of the request images (default: the model's)")
     parser.add_argument("--workdir", type=Path, default=None, help="a kept benchmark work folder (models, images)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "kerasserve-profile")
     args = parser.parse_args(argv)
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> int:
         benchmark.run_python("build", str(workdir), "0")
     args.out.mkdir(parents=True, exist_ok=True)
     bodies = benchmark.write_bodies(
-        sorted((workdir / "images").glob(case.image_glob)), workdir / "bodies", case.image_type
+        sorted((workdir / "images").glob(args.images or case.image_glob)), workdir / "bodies", case.image_type
     )
     with benchmark.service_server(case, workdir, dict(case.service_env)) as server:
         benchmark.run_wrk(server, bodies, args.clients, 2)
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> int:
         # With --native, reading TensorFlow's symbols alone takes py-spy over a minute, and waiting
         # threads show up in C frames `WAITING` cannot recognise.
         for name, flags in (("all-threads", []), ("gil", ["--gil"])):
-            raw = args.out / f"{case.key}-{name}.txt"
+            raw = args.out / f"{case.key}{'-' + args.images.split('*')[0] if args.images else ''}-{name}.txt"
             spy = subprocess.Popen(
                 [
                     PY_SPY,
