@@ -12,7 +12,7 @@ TESTS ?= tests
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 TEST_STAMP := $(VENV)/.test-installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test lint venv bench screenshot clean
+.PHONY: run test lint venv bench profile screenshot clean
 
 # The browser tests (tests/e2e/test_console.py) drive Debian's Chromium through its chromedriver; the
 # tests never download a browser. Installed here, once, when either file is missing (as root: CI runs
@@ -51,9 +51,9 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The benchmark (about 15 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
+# The benchmark (about 30 minutes on 2 cores; needs wrk: apt-get install -y wrk). It rewrites
 # docs/benchmarks.{md,json,png}, then gRPC beside REST (about 4 minutes) docs/benchmarks-grpc.md.
-# BENCH_ARGS=--quick for a short run.
+# BENCH_ARGS=--quick for a short run (under 4 minutes, every yardstick; about 1 more for gRPC).
 bench: $(TEST_STAMP)
 	$(PY) bench/benchmark.py $(BENCH_ARGS)
 	$(PY) bench/grpc_bench.py --out docs/benchmarks-grpc.md $(BENCH_ARGS)
@@ -61,6 +61,11 @@ bench: $(TEST_STAMP)
 # Rewrites docs/console.png: the console's screenshot test (which the suite runs into a temporary folder).
 screenshot: $(TEST_STAMP) $(BROWSER)
 	CONSOLE_SCREENSHOT=docs/console.png $(PY) -m pytest tests/e2e/test_console.py -k screenshot -q
+
+# Where a request's CPU goes: py-spy (requirements-dev.txt; needs ptrace rights, e.g. root) on the
+# service's workers under wrk load. PROFILE_ARGS="--model mobilenet" for the other model.
+profile: $(TEST_STAMP)
+	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

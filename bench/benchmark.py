@@ -1,23 +1,32 @@
-"""kerasserve benchmark: in-process limit, the real service under wrk, and the tutorial-style app.
+"""kerasserve benchmark: the service against fair yardsticks, all measured in one run.
 
-One run, per model (a small CNN on 28x28 PNGs, MobileNetV2 on 640x480 JPEGs):
+Per model (a small CNN on 28x28 PNGs; MobileNetV2 on 640x480 JPEGs, and on 12-megapixel photos):
 
-(a) the in-process limit: the model's compiled forward pass (`tf.function`, fixed input signature)
-    called in a loop on random tensors, for several batch sizes; the best images/s is the limit;
-(b) the real service (`gunicorn wsgi:app`, the repository's gunicorn.conf.py) serving that model,
-    driven by wrk with real image files POSTed to `/predict` at several concurrencies;
-(c) the tutorial-style app (`bench/tutorial_app.py`: Flask, `model.predict` per request, gunicorn
-    with 2 sync workers), driven the same way;
+(a) **fair model limit**: one single-threaded process per core, each pinned to its core
+    (`os.sched_setaffinity`), all running at once, their images/s summed, calling the same compiled
+    model function the service uses (`service.runner.keras_signature`) on random tensors, per batch
+    size: the bound for the service's own design (one single-threaded worker per core);
+(b) **the service** (`gunicorn wsgi:app`, the repository's gunicorn.conf.py), with its rows per model
+    call, padding fraction and model compute time read from its `/metrics`;
+(c) **framework ceiling** (`bench/ceiling_app.py`): the same Flask + gunicorn stack and worker class
+    (`service.worker.BalancedThreadWorker`, 2 workers) parsing the same multipart upload and
+    answering a 10-score JSON, no model, no decode;
+(d) **competent hand-written server** (`bench/competent_app.py`): Flask + gunicorn, one TensorFlow
+    thread per worker, the compiled call per request, no batching;
+(e) **tutorial app** (`bench/tutorial_app.py`): Flask, `model.predict` per request;
 
-then prints and writes requests/s, p50/p99 latency, error counts and the ratios to (a) and (c) to
-`docs/benchmarks.md`, the raw numbers to `docs/benchmarks.json` and a plot to `docs/benchmarks.png`.
-The full run also sweeps gunicorn workers/threads and TensorFlow thread settings at 16 clients.
+(b)-(e) are driven by wrk with the same multipart uploads (8 files in turn) at several concurrencies,
+each point repeated (median and range). Then an open-loop run of the service at 50/80/95% of its
+measured capacity (`bench/openloop.py`, constant arrival rate) with p50/p99/p99.9. Non-model CPU
+per request = server CPU seconds / requests - model compute per row (from the metrics). Results go
+to `docs/benchmarks.md` (with the ratios against the targets of issue 14), `docs/benchmarks.json`
+and a plot, `docs/benchmarks.png`.
 
 Models are built by this script with random weights (MobileNetV2 with `weights=None`); nothing is
 downloaded. Needs wrk (`apt-get install -y wrk`) and matplotlib (requirements-dev.txt).
 
-    .venv/bin/python bench/benchmark.py            # full run (about 20 minutes on 2 cores)
-    .venv/bin/python bench/benchmark.py --quick    # short run (a few minutes): fewer points, no sweep
+    .venv/bin/python bench/benchmark.py            # full run (about 30 minutes on 2 cores)
+    .venv/bin/python bench/benchmark.py --quick    # short run (under 4 minutes): every yardstick, fewer points
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -49,8 +59,19 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 WRK_SCRIPT = REPO / "bench" / "post.lua"
+OPENLOOP_SCRIPT = REPO / "bench" / "openloop.py"
 TARGET_CONCURRENCY = 16
-LIMIT_ROUNDS = 3
+BOUNDARY = "kerasserve-bench-boundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+OPEN_LOOP_LOADS = (0.5, 0.8, 0.95)
+"""Open-loop arrival rates, as fractions of the service's measured capacity."""
+OPEN_LOOP_CONNECTIONS = 256
+COMPETENT_THREADS = 4
+"""gthread threads per worker of the competent server (gunicorn's sync workers, one request at a
+time, served 16 wrk connections at a sixth of the rate in a trial: a new connection per request)."""
+SERVERS = ("service", "competent", "ceiling", "tutorial")
+"""The servers driven by wrk, in the order they run."""
+PHOTO_12MP = (4000, 3000)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,15 +85,22 @@ class Case:
     title: str
     file: str
     images: str
-    content_type: str
+    image_glob: str
+    image_type: str
+    scale: str
+    """Pixel scaling of the model (the competent server's): `unit` (x / 255) or `symmetric` (x / 127.5 - 1)."""
     service_env: dict[str, str]
     """Environment of the service's main run."""
     sweep: tuple[dict[str, str], ...]
-    """Changes to `service_env` measured at 16 clients in the full run."""
-    limit_batches: tuple[int, ...]
-    min_ratio_to_limit: float | None = None
-    min_ratio_to_tutorial: float | None = None
+    """Changes to `service_env` measured at 16 clients with `--sweep`."""
+    fair_batches: tuple[int, ...]
+    min_ratio_to_fair: float | None = None
+    min_ratio_to_ceiling: float | None = None
+    min_ratio_to_competent: float | None = None
     max_p99_s: float = 1.0
+    photo_12mp: bool = False
+    """Also measure 12-megapixel JPEG photos (non-model CPU per request against this case's)."""
+    max_12mp_cpu_ratio: float = 2.0
 
 
 COMMON_ENV = {"MAX_BATCH_SIZE": "32", "BATCH_TIMEOUT_MS": "2", "LOG_LEVEL": "WARNING"}
@@ -90,7 +118,9 @@ CASES = {
         title="Small CNN (28x28x1, 10 classes)",
         file="digits_cnn.keras",
         images="28x28 grayscale PNG",
-        content_type="image/png",
+        image_glob="digit*.png",
+        image_type="image/png",
+        scale="unit",
         service_env=DEFAULTS,
         sweep=(
             TF_OWN_POOLS,
@@ -99,28 +129,32 @@ CASES = {
             {"THREADS": "8"},
             REUSE_PORT,
             {"WORKERS": "4", "THREADS": "8"},
-            {"WORKERS": "4", "THREADS": "8", **REUSE_PORT},
         ),
-        limit_batches=(1, 2, 4, 8, 16, 32, 64, 128),
-        min_ratio_to_tutorial=30.0,
-        max_p99_s=0.050,
+        fair_batches=(1, 2, 4, 8, 16, 32),
+        min_ratio_to_ceiling=0.60,
+        min_ratio_to_competent=1.5,
+        max_p99_s=0.025,
     ),
     "mobilenet": Case(
         key="mobilenet",
         title="MobileNetV2 (224x224x3, 1000 classes, weights=None)",
         file="mobilenet_v2.keras",
         images="640x480 RGB JPEG",
-        content_type="image/jpeg",
+        image_glob="photo*.jpg",
+        image_type="image/jpeg",
+        scale="symmetric",
         service_env=DEFAULTS,
         sweep=(
             TF_OWN_POOLS,
             {"WORKERS": "1"},
+            {"BATCH_TIMEOUT_MS": "0"},
             {"MAX_BATCH_SIZE": "8"},
-            {"MAX_BATCH_SIZE": "16"},
         ),
-        limit_batches=(1, 2, 4, 8, 16, 32),
-        min_ratio_to_limit=0.80,
-        max_p99_s=1.0,
+        fair_batches=(1, 2, 4, 8, 16, 32),
+        min_ratio_to_fair=0.85,
+        min_ratio_to_competent=1.5,
+        max_p99_s=0.200,
+        photo_12mp=True,
     ),
 }
 
@@ -144,22 +178,44 @@ class LoadResult:
     settings: dict[str, str] = field(default_factory=dict)
     per_worker_requests: dict[str, int] = field(default_factory=dict)
     per_worker_connections: dict[str, float] = field(default_factory=dict)
+    cpu_server_s: float = 0.0
+    """CPU seconds used by the server's processes (master and workers) during the run."""
     cpu_server_cores: float = 0.0
-    """CPU used by the server's processes during the run, in cores (1.0 = one core busy)."""
+    """The same in cores (1.0 = one core busy)."""
     cpu_client_cores: float = 0.0
     """CPU used by wrk."""
     cpu_other_cores: float = 0.0
     """CPU used by everything else on the host (other jobs): the noise in these numbers."""
+    model: dict[str, float] = field(default_factory=dict)
+    """The service's own counters over the run (from /metrics): rows, calls, compute_s, padding_rows."""
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + self.socket_errors + self.timeouts
 
 
 # --------------------------------------------------------------------------------------------------
 # Subprocess parts that import TensorFlow (the driver itself never does)
 # --------------------------------------------------------------------------------------------------
-def build_models(folder: Path) -> None:
-    """Write both models, their configs and the request images into `folder`."""
-    import keras
+def smooth_photo(rng, width: int, height: int, seed_scale: int):  # noqa: ANN001, ANN201 - numpy imported lazily
+    """A synthetic photo: smooth colour fields, gradients and sensor-like noise (JPEGs of a realistic size)."""
     import numpy as np
     from PIL import Image
+
+    coarse = rng.uniform(0, 255, (max(2, height // (40 * seed_scale)), max(2, width // (40 * seed_scale)), 3))
+    field_ = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8), "RGB").resize((width, height), Image.Resampling.BICUBIC),
+        dtype=np.float32,
+    )
+    y = np.linspace(-40, 40, height, dtype=np.float32)[:, None, None]
+    x = np.linspace(-30, 30, width, dtype=np.float32)[None, :, None]
+    noise = rng.normal(0, 6, (height, width, 3)).astype(np.float32)
+    return np.clip(field_ + y + x + noise, 0, 255).astype(np.uint8)
+
+
+def build_models(folder: Path, photos_12mp: int) -> None:
+    """Write both models, their configs and the request images into `folder`."""
+    import keras
 
     keras.utils.set_random_seed(0)
     (folder / "models-cnn").mkdir(parents=True, exist_ok=True)
@@ -184,7 +240,15 @@ def build_models(folder: Path) -> None:
     mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
     mobilenet.save(folder / "models-mobilenet" / CASES["mobilenet"].file)
     (folder / "models-mobilenet" / "mobilenet_v2.yaml").write_text("preprocessing:\n  scale: symmetric\n")
+    build_images(images, photos_12mp)
 
+
+def build_images(images: Path, photos_12mp: int) -> None:
+    """8 digit PNGs, 8 640x480 photo JPEGs and `photos_12mp` 4000x3000 photo JPEGs."""
+    import numpy as np
+    from PIL import Image
+
+    images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(8):
         digit = np.zeros((28, 28), np.float32)
@@ -196,50 +260,131 @@ def build_models(folder: Path) -> None:
         base = np.stack([np.sin(x / (20 + 7 * i)), np.cos(y / (15 + 5 * i)), np.sin((x + y) / 40)], axis=-1)
         photo = (base * 90 + 128 + rng.normal(0, 12, (480, 640, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(photo, "RGB").save(images / f"photo{i}.jpg", quality=90)
+    for i in range(photos_12mp):
+        width, height = PHOTO_12MP
+        Image.fromarray(smooth_photo(rng, width, height, 1 + i % 3), "RGB").save(images / f"big{i}.jpg", quality=90)
 
 
-def measure_limit(model_path: Path, batches: list[int], seconds: float, threads: int = 0) -> dict:
-    """Images/s of the compiled forward pass per batch size (TensorFlow's default threads, or `threads`)."""
-    import keras
-    import numpy as np
+def fair_worker(model_path: Path, batches: list[int], slot_s: float, rounds: int, core: int) -> None:
+    """One pinned, single-threaded process of the fair limit (driven over stdin/stdout by `measure_fair`).
+
+    Loads the model, builds the service's compiled call, warms every batch size up, prints `READY`,
+    reads the common start time (`time.time()`) from stdin, then runs each batch size in its own
+    time slot (`slot_s`), every round, slots aligned across processes; prints one JSON line: images/s
+    per batch size per round, and the process's CPU seconds.
+    """
+    os.sched_setaffinity(0, {core})
     import tensorflow as tf
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+    import numpy as np
+
+    from service.runner import keras_signature
+
     model = keras.models.load_model(model_path, compile=False)
-    shape = tuple(model.input_shape[1:])
-    forward = tf.function(
-        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)]
-    )
-    rng = np.random.default_rng(0)
-    inputs = {batch: rng.uniform(0, 1, (batch, *shape)).astype(np.float32) for batch in batches}
+    signature, call = keras_signature(model)
+    (tensor,) = signature.inputs
+    rng = np.random.default_rng(core)
+    inputs = {b: rng.uniform(0, 1, (b, *tensor.shape[1:])).astype(np.float32) for b in batches}
     for x in inputs.values():
         for _ in range(2):
-            forward(x).numpy()
-    # Rounds over every batch size, so a burst of load from other jobs on the host spreads over all
-    # of them instead of spoiling one; the median round counts.
-    samples: dict[int, list[float]] = {batch: [] for batch in batches}
-    cpu_s = {batch: 0.0 for batch in batches}
-    wall_s = {batch: 0.0 for batch in batches}
-    host_before, own_before, wall_before = host_busy_ticks(), time.process_time(), time.monotonic()
-    for _ in range(LIMIT_ROUNDS):
-        for batch, x in inputs.items():
-            calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
-            while calls < 2 or time.perf_counter() - started < seconds / LIMIT_ROUNDS:
-                forward(x).numpy()
+            call({tensor.name: x})
+    print("READY", flush=True)
+    start = float(sys.stdin.readline())
+    rates: dict[int, list[float]] = {b: [] for b in batches}
+    cpu_per_row: dict[int, list[float]] = {b: [] for b in batches}
+    cpu_started = time.process_time()
+    for round_ in range(rounds):
+        for j, batch in enumerate(batches):
+            slot_start = start + (round_ * len(batches) + j) * slot_s
+            delay = slot_start - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            began, cpu_began, calls = time.perf_counter(), time.process_time(), 0
+            while calls < 1 or time.time() < slot_start + slot_s:
+                call({tensor.name: inputs[batch]})
                 calls += 1
-            elapsed = time.perf_counter() - started
-            samples[batch].append(batch * calls / elapsed)
-            cpu_s[batch] += time.process_time() - cpu_started
-            wall_s[batch] += elapsed
-    result = {batch: statistics.median(values) for batch, values in samples.items()}
-    other_s = (host_busy_ticks() - host_before) / CLOCK_TICKS - (time.process_time() - own_before)
+            rates[batch].append(batch * calls / (time.perf_counter() - began))
+            cpu_per_row[batch].append((time.process_time() - cpu_began) / (batch * calls))
+    report = {
+        "core": core,
+        "images_per_s": rates,
+        "cpu_s_per_row": cpu_per_row,
+        "cpu_s": time.process_time() - cpu_started,
+    }
+    print(json.dumps(report), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fair limit: one pinned single-threaded process per core, at once
+# --------------------------------------------------------------------------------------------------
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def measure_fair(model_path: Path, batches: tuple[int, ...], slot_s: float, rounds: int) -> dict:
+    """Start one `fair_worker` per usable core, start them together, sum their images/s per batch size."""
+    cores = usable_cores()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    argv = [PYTHON, __file__, "fair", str(model_path), ",".join(map(str, batches)), str(slot_s), str(rounds)]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(core)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for core in cores
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"fair-limit worker failed:\n{proc.communicate()[1][-3000:]}")
+        start = time.time() + 0.5
+        host_before, wall_before = host_busy_ticks(), time.monotonic()
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(f"{start}\n", timeout=600 + rounds * len(batches) * slot_s)
+            if proc.returncode != 0:
+                raise RuntimeError(f"fair-limit worker failed:\n{err[-3000:]}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        wall = time.monotonic() - wall_before
+        own_s = sum(r["cpu_s"] for r in reports)
+        other_s = (host_busy_ticks() - host_before) / CLOCK_TICKS - own_s
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    summed: dict[str, float] = {}
+    ranges: dict[str, list[float]] = {}
+    per_process: dict[str, float] = {}
+    cpu_ms_per_row: dict[str, float] = {}
+    for batch in batches:
+        cpu_ms_per_row[str(batch)] = 1000 * statistics.median(
+            value for r in reports for value in r["cpu_s_per_row"][str(batch)]
+        )
+        per_round = [sum(r["images_per_s"][str(batch)][k] for r in reports) for k in range(rounds)]
+        summed[str(batch)] = statistics.median(per_round)
+        ranges[str(batch)] = [min(per_round), max(per_round)]
+        per_process[str(batch)] = statistics.median(value for r in reports for value in r["images_per_s"][str(batch)])
+    best_batch = max(summed, key=lambda b: summed[b])
     return {
-        "images_per_s": result,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "cores": {batch: round(cpu_s[batch] / wall_s[batch], 2) for batch in batches},
-        "cpu_other_cores": round(max(other_s, 0.0) / (time.monotonic() - wall_before), 2),
+        "processes": len(cores),
+        "images_per_s": summed,
+        "range": ranges,
+        "per_process": per_process,
+        "cpu_ms_per_row": cpu_ms_per_row,
+        "best": summed[best_batch],
+        "best_batch": int(best_batch),
+        "model_s_per_row_batch1": cpu_ms_per_row[str(batches[0])] / 1000 if batches[0] == 1 else None,
+        "cpu_other_cores": round(max(other_s, 0.0) / wall, 2),
     }
 
 
@@ -338,51 +483,90 @@ def service_server(case: Case, workdir: Path, settings: dict[str, str]) -> Abstr
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    return serve(f"kerasserve-{case.key}", [GUNICORN, "wsgi:app"], env, port, workdir, ready_path="/readyz")
+    return serve(f"service-{case.key}", [GUNICORN, "wsgi:app"], env, port, workdir, ready_path="/readyz")
 
 
-def tutorial_server(case: Case, workdir: Path, probe: bytes) -> AbstractContextManager[Server]:
+def app_server(kind: str, case: Case, workdir: Path, probe: bytes) -> AbstractContextManager[Server]:
+    """The tutorial, competent or ceiling app under gunicorn (not the repository's gunicorn.conf.py)."""
     port = free_port()
     empty_config = workdir / "empty_gunicorn_conf.py"
-    empty_config.write_text("")  # not the repository's gunicorn.conf.py
-    env = {**os.environ, "BENCH_MODEL": str(workdir / f"models-{case.key}" / case.file), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    argv = [
-        GUNICORN,
-        "-c",
-        str(empty_config),
-        "-w",
-        "2",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--timeout",
-        "300",
-        "--log-level",
-        "warning",
-        "bench.tutorial_app:app",
-    ]
-    return serve(
-        f"tutorial-{case.key}", argv, env, port, workdir, ready_path="/predict", probe=(probe, case.content_type)
-    )
+    empty_config.write_text("")
+    env = {
+        **os.environ,
+        "BENCH_MODEL": str(workdir / f"models-{case.key}" / case.file),
+        "BENCH_SCALE": case.scale,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    workers = ["-w", str(len(usable_cores()))]  # one per core
+    if kind == "competent":  # threads, so a worker decodes one request while another computes
+        workers += ["-k", "gthread", "--threads", str(COMPETENT_THREADS)]
+    if kind == "ceiling":  # the service's worker class and thread count
+        workers = ["-w", "2", "-k", "service.worker.BalancedThreadWorker", "--threads", "16", "--keep-alive", "5"]
+    argv = [GUNICORN, "-c", str(empty_config), *workers, "-b", f"127.0.0.1:{port}", "--timeout", "300"]
+    argv += ["--log-level", "warning", f"bench.{kind}_app:app"]
+    return serve(f"{kind}-{case.key}", argv, env, port, workdir, ready_path="/predict", probe=(probe, MULTIPART))
 
 
-def run_wrk(server: Server, case: Case, images: list[Path], concurrency: int, seconds: float) -> dict:
-    argv = [
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{seconds:g}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(WRK_SCRIPT),
-        server.url + "/predict",
-        "--",
-        case.content_type,
-        *map(str, images),
-    ]
+def settle(server: Server, body: bytes, workers: int = 2) -> None:
+    """Send one request after another (each waits for a free worker) until the backlog is gone."""
+    for _ in range(workers + 1):
+        http_status(server.url + "/predict", data=body, content_type=MULTIPART, timeout=120)
+
+
+def multipart_body(data: bytes, filename: str, content_type: str) -> bytes:
+    """One file in the field `image` of a multipart/form-data body (boundary `BOUNDARY`)."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def write_bodies(images: list[Path], folder: Path, content_type: str) -> list[Path]:
+    """The multipart request bodies of `images`, one file each (what wrk and the open-loop client send)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bodies = []
+    for image in images:
+        body = folder / f"{image.name}.multipart"
+        body.write_bytes(multipart_body(image.read_bytes(), image.name, content_type))
+        bodies.append(body)
+    return bodies
+
+
+def run_wrk(server: Server, bodies: list[Path], concurrency: int, seconds: float) -> dict:
+    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
+    argv += [server.url + "/predict", "--", MULTIPART, *map(str, bodies)]
     output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
     return json.loads(line.removeprefix("BENCH_JSON "))
+
+
+def run_open_loop(server: Server, bodies: list[Path], rate: float, seconds: float, warmup: float) -> dict:
+    """One open-loop run (bench/openloop.py in its own process), with the CPU of server, client and others."""
+    server_pids = [server.process.pid, *worker_pids(server.process.pid)]
+    host_before, server_before, client_before = host_busy_ticks(), process_ticks(server_pids), children_seconds()
+    argv = [
+        PYTHON,
+        str(OPENLOOP_SCRIPT),
+        server.url + "/predict",
+        MULTIPART,
+        f"{rate:.1f}",
+        f"{seconds:g}",
+        f"{warmup:g}",
+    ]
+    argv += [str(OPEN_LOOP_CONNECTIONS), *map(str, bodies)]
+    started = time.monotonic()
+    output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - started
+    host_s = (host_busy_ticks() - host_before) / CLOCK_TICKS
+    server_s = (process_ticks(server_pids) - server_before) / CLOCK_TICKS
+    client_s = children_seconds() - client_before
+    line = next(line for line in output.splitlines() if line.startswith("OPENLOOP_JSON "))
+    result = json.loads(line.removeprefix("OPENLOOP_JSON "))
+    result["cpu_server_cores"] = round(server_s / wall, 2)
+    result["cpu_client_cores"] = round(client_s / wall, 2)
+    result["cpu_other_cores"] = round(max(host_s - server_s - client_s, 0.0) / wall, 2)
+    return result
 
 
 def worker_pids(master: int) -> list[int]:
@@ -440,6 +624,36 @@ def requests_per_worker(metrics_dir: Path | None) -> dict[int, int]:
     return counts
 
 
+MODEL_COUNTERS = {
+    "rows": "kerasserve_batch_rows_sum",
+    "calls": "kerasserve_batch_rows_count",
+    "compute_s": "kerasserve_batch_compute_seconds_sum",
+    "padding_rows": "kerasserve_padding_rows_total",
+}
+"""The service's own counters the benchmark reads (summed over models and workers)."""
+
+
+def parse_model_counters(text: str) -> dict[str, float]:
+    """The `MODEL_COUNTERS` of a Prometheus text exposition, summed over their labels."""
+    wanted = {sample: key for key, sample in MODEL_COUNTERS.items()}
+    found = dict.fromkeys(MODEL_COUNTERS, 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        if name in wanted:
+            found[wanted[name]] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def model_counters(server: Server) -> dict[str, float]:
+    """The service's model counters now (empty for servers without /metrics)."""
+    if server.metrics_dir is None:
+        return {}
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        return parse_model_counters(response.read().decode())
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -469,8 +683,7 @@ def children_seconds() -> float:
 
 def measure(
     server: Server,
-    case: Case,
-    images: list[Path],
+    bodies: list[Path],
     concurrency: int,
     seconds: float,
     settings: dict[str, str],
@@ -490,12 +703,14 @@ def measure(
     rows_before = requests_per_worker(server.metrics_dir) if spread else {}
     if spread:
         sampler.start()
+    counters_before = model_counters(server)
     server_pids = [server.process.pid, *worker_pids(server.process.pid)]
     host_before, server_before, client_before = host_busy_ticks(), process_ticks(server_pids), children_seconds()
-    raw = run_wrk(server, case, images, concurrency, seconds)
+    raw = run_wrk(server, bodies, concurrency, seconds)
     host_s = (host_busy_ticks() - host_before) / CLOCK_TICKS
     server_s = (process_ticks(server_pids) - server_before) / CLOCK_TICKS
     client_s = children_seconds() - client_before
+    counters_after = model_counters(server)
     stop.set()
     if spread:
         sampler.join()
@@ -521,16 +736,93 @@ def measure(
         settings=settings,
         per_worker_requests={str(pid): rows_after.get(pid, 0) - rows_before.get(pid, 0) for pid in rows_after},
         per_worker_connections=connections,
+        cpu_server_s=round(server_s, 3),
         cpu_server_cores=round(server_s / seconds_run, 2),
         cpu_client_cores=round(client_s / seconds_run, 2),
         cpu_other_cores=round(max(host_s - server_s - client_s, 0.0) / seconds_run, 2),
+        model={k: round(counters_after[k] - counters_before.get(k, 0.0), 6) for k in counters_after},
+    )
+
+
+def fair_s_per_row(fair: dict, rows: float) -> float:
+    """Model CPU time per row of one single-threaded fair-limit process at `rows` rows per call
+    (interpolated between the measured batch sizes, on a log scale of rows)."""
+    import math
+
+    points = sorted((int(b), ms / 1000) for b, ms in fair["cpu_ms_per_row"].items())
+    if rows <= points[0][0]:
+        return points[0][1]
+    for (b0, t0), (b1, t1) in zip(points, points[1:]):
+        if rows <= b1:
+            w = (math.log(rows) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return t0 + w * (t1 - t0)
+    return points[-1][1]
+
+
+def summarise(runs: list[LoadResult], model_s_per_row: float | None) -> dict:
+    """Median and range of the repetitions of one point, and the CPU per request.
+
+    Non-model CPU per request: the server's CPU seconds over its requests, less the model's compute
+    per row, from the service's own counters (`kerasserve_batch_compute_seconds` / rows) or, for
+    servers without them, `model_s_per_row` (the fair limit's single-threaded batch-1 time); none
+    for a server without a model.
+    """
+    rps = [r.rps for r in runs]
+    p99 = [r.p99_ms for r in runs]
+    cpu_per_request = [r.cpu_server_s / r.requests for r in runs if r.requests]
+    model_per_row: list[float] = []
+    for r in runs:
+        if r.model.get("rows"):
+            model_per_row.append(r.model["compute_s"] / r.model["rows"])
+        elif model_s_per_row is not None:
+            model_per_row.append(model_s_per_row)
+    rows = sum(r.model.get("rows", 0.0) for r in runs)
+    calls = sum(r.model.get("calls", 0.0) for r in runs)
+    padding = sum(r.model.get("padding_rows", 0.0) for r in runs)
+    summary = {
+        "server": runs[0].server,
+        "concurrency": runs[0].concurrency,
+        "reps": len(runs),
+        "rps": statistics.median(rps),
+        "rps_range": [min(rps), max(rps)],
+        "p50_ms": statistics.median(r.p50_ms for r in runs),
+        "p99_ms": statistics.median(p99),
+        "p99_range": [min(p99), max(p99)],
+        "errors": sum(r.errors for r in runs),
+        "cpu_server_cores": statistics.median(r.cpu_server_cores for r in runs),
+        "cpu_client_cores": statistics.median(r.cpu_client_cores for r in runs),
+        "cpu_other_cores": statistics.median(r.cpu_other_cores for r in runs),
+        "cpu_ms_per_request": statistics.median(cpu_per_request) * 1000 if cpu_per_request else None,
+        "model_ms_per_row": statistics.median(model_per_row) * 1000 if model_per_row else None,
+        "rows_per_call": rows / calls if calls else None,
+        "padding_fraction": padding / (rows + padding) if rows + padding else None,
+        "runs": [asdict(r) for r in runs],
+    }
+    if summary["cpu_ms_per_request"] is not None:
+        summary["non_model_cpu_ms"] = summary["cpu_ms_per_request"] - (summary["model_ms_per_row"] or 0.0)
+    else:
+        summary["non_model_cpu_ms"] = None
+    return summary
+
+
+def add_fair_model_time(point: dict, fair: dict) -> None:
+    """Non-model CPU per request again, with the model's CPU time per row taken from the fair limit's
+    pinned single-threaded processes at the point's rows per call instead of the service's own
+    compute timer (which is wall time, so on a busy host it also counts waits for the CPU and the GIL)."""
+    rows = point.get("rows_per_call") or 1.0
+    point["fair_model_ms_per_row"] = fair_s_per_row(fair, rows) * 1000
+    point["non_model_cpu_fair_ms"] = (
+        point["cpu_ms_per_request"] - point["fair_model_ms_per_row"] if point["cpu_ms_per_request"] else None
     )
 
 
 def run_python(*args: str) -> str:
     """Run this script's TensorFlow part in a fresh interpreter; return its stdout (stderr on failure)."""
     done = subprocess.run(
-        [PYTHON, __file__, *args], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        [PYTHON, __file__, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)},
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
@@ -541,129 +833,157 @@ def log(message: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
+def point_line(case: Case, summary: dict) -> str:
+    extra = ""
+    if summary.get("non_model_cpu_ms") is not None:
+        extra = f" CPU/req {summary['cpu_ms_per_request']:.2f} ms, non-model {summary['non_model_cpu_ms']:.2f} ms"
+    if summary.get("non_model_cpu_fair_ms") is not None:
+        extra += f" ({summary['non_model_cpu_fair_ms']:.2f} ms with the fair model CPU)"
+    if summary.get("rows_per_call"):
+        extra += f", rows/call {summary['rows_per_call']:.1f}, padding {summary['padding_fraction']:.0%}"
+    return (
+        f"{case.key}: {summary['server']:9s} c={summary['concurrency']:3d} {summary['rps']:8.1f} req/s "
+        f"({summary['rps_range'][0]:.0f}-{summary['rps_range'][1]:.0f}) p50 {summary['p50_ms']:7.1f} ms "
+        f"p99 {summary['p99_ms']:7.1f} ms errors {summary['errors']}{extra}"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
+def sweep_points(
+    server: Server,
+    bodies: list[Path],
+    args: argparse.Namespace,
+    settings: dict[str, str],
+    model_s_per_row: float | None,
+    concurrencies: list[int],
+) -> list[dict]:
+    """Every concurrency, `args.reps` times (repetitions interleaved), summarised per concurrency."""
+    runs: dict[int, list[LoadResult]] = {c: [] for c in concurrencies}
+    for _ in range(args.reps):
+        for concurrency in concurrencies:
+            runs[concurrency].append(
+                measure(server, bodies, concurrency, args.duration, settings, spread=concurrency == TARGET_CONCURRENCY)
+            )
+    return [summarise(runs[c], model_s_per_row) for c in concurrencies]
+
+
 def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
-    images = sorted((workdir / "images").glob("digit*.png" if case.key == "cnn" else "photo*.jpg"))
-    log(f"{case.key}: in-process limit")
-    limits = [
-        json.loads(
-            run_python(
-                "limit",
-                str(workdir / f"models-{case.key}" / case.file),
-                ",".join(map(str, case.limit_batches)),
-                str(args.limit_seconds),
-                str(threads),
-            )
-            .strip()
-            .splitlines()[-1]
-        )
-        for threads in (0, 1)
-    ]
-    limit, limit_one_thread = limits
-    best_batch, best = max(limit["images_per_s"].items(), key=lambda kv: kv[1])
-    one_batch, one_best = max(limit_one_thread["images_per_s"].items(), key=lambda kv: kv[1])
+    images = sorted((workdir / "images").glob(case.image_glob))
+    bodies = write_bodies(images, workdir / "bodies", case.image_type)
+    model_path = workdir / f"models-{case.key}" / case.file
+    batches = case.fair_batches if not args.quick else tuple(b for b in case.fair_batches if b in (1, 8, 32))
+    log(f"{case.key}: fair limit, {len(usable_cores())} pinned single-threaded processes")
+    fair = measure_fair(model_path, batches, args.fair_slot_s, args.reps)
     log(
-        f"{case.key}: limit {best:.1f} images/s at batch {best_batch}; one TF thread: {one_best:.1f} at batch {one_batch}"
+        f"{case.key}: fair limit {fair['best']:.1f} images/s at batch {fair['best_batch']} "
+        f"(per batch: {', '.join(f'{b}: {v:.0f}' for b, v in fair['images_per_s'].items())})"
     )
-
-    result = {
-        "case": asdict(case),
-        "limit": limit,
-        "limit_best": best,
-        "limit_best_batch": int(best_batch),
-        "limit_one_thread": limit_one_thread,
-        "limit_one_thread_best": one_best,
-        "limit_one_thread_best_batch": int(one_batch),
-        "service": [],
-        "tutorial": [],
-        "sweep": [],
-    }
-    warm_s = 2 if args.quick else 4
-    settings = dict(case.service_env)
-    with service_server(case, workdir, settings) as server:
-        run_wrk(server, case, images, TARGET_CONCURRENCY, warm_s)
-        for concurrency in args.concurrency:
-            row = measure(
-                server, case, images, concurrency, args.duration, settings, spread=concurrency == TARGET_CONCURRENCY
+    model_s_per_row = fair["model_s_per_row_batch1"]
+    result: dict = {"case": asdict(case), "fair": fair, "open_loop": [], "photo_12mp": None, "sweep": []}
+    for kind in args.servers:
+        if kind == "service":
+            context = service_server(case, workdir, dict(case.service_env))
+        else:
+            context = app_server(kind, case, workdir, bodies[0].read_bytes())
+        with context as server:
+            # Every worker warm, every thread started; then wait until the server is idle again (sync
+            # workers finish what wrk left queued: the tutorial's first predict takes seconds).
+            run_wrk(server, bodies, TARGET_CONCURRENCY if kind != "tutorial" else 2, args.warm_s)
+            settle(server, bodies[0].read_bytes())
+            settings = dict(case.service_env) if kind == "service" else {"app": f"bench/{kind}_app.py"}
+            points = sweep_points(
+                server, bodies, args, settings, None if kind == "ceiling" else model_s_per_row, args.concurrency
             )
-            log(
-                f"{case.key}: service  c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
-                f"p99 {row.p99_ms:7.1f} ms errors {row.non2xx + row.socket_errors + row.timeouts} "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
-            )
-            result["service"].append(asdict(row))
-
-    probe = images[0].read_bytes()
-    with tutorial_server(case, workdir, probe) as server:
-        run_wrk(server, case, images, 4, warm_s)  # every worker takes its first (slow) predict
-        for concurrency in args.concurrency:
-            row = measure(server, case, images, concurrency, args.duration, {"WORKERS": "2", "worker_class": "sync"})
-            log(
-                f"{case.key}: tutorial c={concurrency:3d} {row.rps:8.1f} req/s p50 {row.p50_ms:7.1f} ms "
-                f"p99 {row.p99_ms:7.1f} ms errors {row.non2xx + row.socket_errors + row.timeouts} "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
-            )
-            result["tutorial"].append(asdict(row))
-
-    if not args.quick:
+            for point in points:
+                add_fair_model_time(point, fair)
+                log(point_line(case, point))
+            result[kind] = points
+            if kind == "service":
+                capacity = max(p["rps"] for p in points)
+                for load in OPEN_LOOP_LOADS:
+                    row = run_open_loop(server, bodies, capacity * load, args.open_loop_s, args.warm_s)
+                    row["load"] = load
+                    log(
+                        f"{case.key}: open loop {load:.0%} of {capacity:.0f} req/s: {row['achieved_rps']:.1f} req/s "
+                        f"p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} p99.9 {row['p999_ms']:.1f} ms, "
+                        f"{row['non2xx'] + row['errors']} errors, {row['dropped']} dropped, "
+                        f"client {row['cpu_client_cores']} cores"
+                    )
+                    result["open_loop"].append(row)
+                if case.photo_12mp and args.photos_12mp:
+                    big = write_bodies(sorted((workdir / "images").glob("big*.jpg")), workdir / "bodies", "image/jpeg")
+                    run_wrk(server, big, TARGET_CONCURRENCY, args.warm_s)
+                    settle(server, big[0].read_bytes())
+                    photo = sweep_points(server, big, args, settings, None, [TARGET_CONCURRENCY])[0]
+                    add_fair_model_time(photo, fair)
+                    photo["jpeg_bytes"] = statistics.median(p.stat().st_size for p in workdir.glob("images/big*.jpg"))
+                    log(point_line(case, photo).replace(": service ", ": 12 MP   "))
+                    result["photo_12mp"] = photo
+    if args.sweep:
         for variant in case.sweep:
             settings = {**case.service_env, **variant}
             with service_server(case, workdir, settings) as server:
-                run_wrk(server, case, images, TARGET_CONCURRENCY, warm_s)
-                row = measure(server, case, images, TARGET_CONCURRENCY, args.duration, settings, spread=True)
-            log(
-                f"{case.key}: sweep {variant} -> {row.rps:.1f} req/s p99 {row.p99_ms:.1f} ms "
-                f"cores server/wrk/other {row.cpu_server_cores}/{row.cpu_client_cores}/{row.cpu_other_cores}"
-            )
-            result["sweep"].append(asdict(row))
+                run_wrk(server, bodies, TARGET_CONCURRENCY, args.warm_s)
+                row = summarise(
+                    [measure(server, bodies, TARGET_CONCURRENCY, args.duration, settings, spread=True)], None
+                )
+            log(f"{case.key}: sweep {variant} -> {row['rps']:.1f} req/s p99 {row['p99_ms']:.1f} ms")
+            result["sweep"].append(row)
     return result
 
 
-def at(rows: list[dict], concurrency: int) -> dict | None:
-    return next((r for r in rows if r["concurrency"] == concurrency), None)
+def at(rows: list[dict] | None, concurrency: int) -> dict | None:
+    return next((r for r in rows or [] if r["concurrency"] == concurrency), None)
+
+
+def ratios(result: dict) -> dict[str, float | None]:
+    """The service's throughput at 16 clients over each yardstick's (None when one is missing)."""
+    service = at(result.get("service"), TARGET_CONCURRENCY)
+    if service is None:
+        return {}
+    found: dict[str, float | None] = {
+        "fair": service["rps"] / result["fair"]["best"] if result["fair"]["best"] else None
+    }
+    for kind in ("ceiling", "competent", "tutorial"):
+        other = at(result.get(kind), TARGET_CONCURRENCY)
+        found[kind] = service["rps"] / other["rps"] if other and other["rps"] else None
+    return found
 
 
 def verdicts(result: dict) -> list[tuple[str, bool]]:
     """The issue's targets at 16 clients, each with whether it was met."""
     case = result["case"]
-    service, tutorial = at(result["service"], TARGET_CONCURRENCY), at(result["tutorial"], TARGET_CONCURRENCY)
+    service = at(result.get("service"), TARGET_CONCURRENCY)
     if service is None:
         return []
+    found = ratios(result)
     checks = []
-    if case["min_ratio_to_limit"] is not None:
-        ratio = service["rps"] / result["limit_best"]
-        checks.append(
-            (
-                f"throughput {ratio:.2f}x the in-process limit (target >= {case['min_ratio_to_limit']:.2f}x)",
-                ratio >= case["min_ratio_to_limit"],
-            )
-        )
-    if case["min_ratio_to_tutorial"] is not None and tutorial is not None:
-        ratio = service["rps"] / tutorial["rps"]
-        checks.append(
-            (
-                f"throughput {ratio:.1f}x the tutorial app (target >= {case['min_ratio_to_tutorial']:.0f}x)",
-                ratio >= case["min_ratio_to_tutorial"],
-            )
-        )
+    for key, name, target in (
+        ("fair", "the fair model limit", case["min_ratio_to_fair"]),
+        ("ceiling", "the framework ceiling", case["min_ratio_to_ceiling"]),
+        ("competent", "the competent server", case["min_ratio_to_competent"]),
+    ):
+        if target is not None and found.get(key) is not None:
+            ratio = found[key]
+            checks.append((f"throughput {ratio:.2f}x {name} (target >= {target:.2f}x)", ratio >= target))
     checks.append(
         (
             f"p99 {service['p99_ms']:.1f} ms (target <= {case['max_p99_s'] * 1000:.0f} ms)",
             service["p99_ms"] <= case["max_p99_s"] * 1000,
         )
     )
-    errors = service["non2xx"] + service["socket_errors"] + service["timeouts"]
-    checks.append((f"{errors} non-2xx responses or socket errors (target 0)", errors == 0))
-    if service["per_worker_requests"]:
-        served = service["per_worker_requests"]
-        workers = int(service["settings"].get("WORKERS", "1"))
-        busy = sum(1 for n in served.values() if n > 0)
+    checks.append((f"{service['errors']} non-2xx responses or socket errors (target 0)", service["errors"] == 0))
+    photo = result.get("photo_12mp")
+    key = "non_model_cpu_fair_ms"  # model CPU from the fair limit: the same per row for both image sizes
+    if photo and photo.get(key) is not None and service.get(key):
+        ratio = photo[key] / service[key]
         checks.append(
             (
-                f"{busy} of {workers} workers served rows ({', '.join(map(str, sorted(served.values())))})",
-                busy == workers,
+                f"12 MP JPEG: non-model CPU {photo[key]:.2f} ms per request, {ratio:.2f}x the "
+                f"640x480 case's {service[key]:.2f} ms (target <= {case['max_12mp_cpu_ratio']:.1f}x)",
+                ratio <= case["max_12mp_cpu_ratio"],
             )
         )
     return checks
@@ -699,24 +1019,231 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def per_core_ratio(row: dict, result: dict) -> str:
-    """Service requests per server core-second over limit images per core-second: the ratio a host
-    without other jobs would show if both could use the same CPU."""
-    cores = result["limit"].get("cores", {}).get(str(result["limit_best_batch"]))
-    if not cores or not row["cpu_server_cores"]:
+def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def with_range(point: dict | None, key: str) -> str:
+    """`median (min-max)` of a summarised point's `rps` or `p99`, or `-`."""
+    if point is None:
         return "-"
-    return f"{(row['rps'] / row['cpu_server_cores']) / (result['limit_best'] / cores):.2f}x"
+    low, high = point[f"{key}_range"]
+    key = "p99_ms" if key == "p99" else key
+    if point["reps"] == 1:
+        return f"{point[key]:.1f}"
+    return f"{point[key]:.1f} ({low:.0f}-{high:.0f})"
 
 
-def cpu(row: dict) -> str:
-    return f"{row['cpu_server_cores']:.2f} / {row['cpu_client_cores']:.2f} / {row['cpu_other_cores']:.2f}"
+def headline(results: list[dict]) -> list[str]:
+    """The ratios at 16 clients against every yardstick, one row per model: what the README quotes."""
+    lines = [
+        "| model | service req/s | p99 ms | vs fair limit | vs framework ceiling | vs competent server | vs tutorial | targets met |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        service = at(result.get("service"), TARGET_CONCURRENCY)
+        if service is None:
+            continue
+        found = ratios(result)
+        checks = verdicts(result)
+        lines.append(
+            f"| {result['case']['title']} | {service['rps']:.1f} | {service['p99_ms']:.1f} | "
+            f"{fmt(found.get('fair'), '.2f', 'x')} | {fmt(found.get('ceiling'), '.2f', 'x')} | "
+            f"{fmt(found.get('competent'), '.2f', 'x')} | {fmt(found.get('tutorial'), '.1f', 'x')} | "
+            f"{sum(ok for _, ok in checks)} of {len(checks)} |"
+        )
+    return lines
+
+
+KEPT_HEADINGS = ("## Where the non-model CPU goes", "## gRPC beside REST")
+"""Hand-written sections of docs/benchmarks.md (from profiles) that a new run carries over unchanged."""
+
+
+def kept_sections(old_report: str) -> str:
+    """The `KEPT_HEADINGS` sections of the previous report, each up to the next `## ` heading."""
+    kept = []
+    for heading in KEPT_HEADINGS:
+        start = old_report.find(heading + "\n")
+        if start < 0:
+            continue
+        end = old_report.find("\n## ", start + len(heading))
+        kept.append(old_report[start : end if end >= 0 else len(old_report)].rstrip() + "\n")
+    return "\n".join(kept)
+
+
+def case_section(result: dict, args: argparse.Namespace) -> list[str]:
+    case = result["case"]
+    fair = result["fair"]
+    lines = [
+        f"## {case['title']}, {case['images']}",
+        "",
+        f"**Fair model limit** ({fair['processes']} pinned single-threaded processes at once, summed; other jobs used "
+        f"{fair['cpu_other_cores']:.2f} cores meanwhile): **{fair['best']:.1f} images/s at batch {fair['best_batch']}**.",
+        "",
+        "| batch | summed images/s (range) | one process images/s | model CPU ms per row |",
+        "|---:|---:|---:|---:|",
+    ]
+    for batch, value in fair["images_per_s"].items():
+        low, high = fair["range"][batch]
+        lines.append(
+            f"| {batch} | {value:.1f} ({low:.0f}-{high:.0f}) | {fair['per_process'][batch]:.1f} | "
+            f"{fair['cpu_ms_per_row'][batch]:.3f} |"
+        )
+    lines += [
+        "",
+        f"Closed loop (wrk), requests/s and p99 ms: median of {args.reps} (range). Service settings: "
+        f"`{env_text(case['service_env'])}`.",
+        "",
+        "| clients | " + " | ".join(f"{k} req/s | {k} p99 ms" for k in SERVERS) + " | errors (all) |",
+        "|---:|" + "---:|---:|" * len(SERVERS) + "---:|",
+    ]
+    for concurrency in args.concurrency:
+        cells = []
+        errors = 0
+        for kind in SERVERS:
+            point = at(result.get(kind), concurrency)
+            cells += [with_range(point, "rps"), with_range(point, "p99")]
+            errors += point["errors"] if point else 0
+        lines.append(f"| {concurrency} | " + " | ".join(cells) + f" | {errors} |")
+    lines += [
+        "",
+        "Where the CPU goes, per request (server processes' CPU from /proc; model compute from the service's "
+        "`kerasserve_batch_compute_seconds` / `kerasserve_batch_rows`, for the competent server the fair "
+        "limit's single-threaded batch-1 CPU time per row). The service's compute timer is wall time: it also "
+        "counts the batcher thread's waits for the GIL and, on a busy host, for a CPU, so the bold column "
+        "subtracts instead the model's CPU time per row measured by the fair limit's pinned processes at the "
+        "service's rows per call:",
+        "",
+        "| clients | service rows per call | padding | service CPU ms | model ms per row (metrics) | "
+        "non-model CPU ms (metrics) | fair model CPU ms per row | **non-model CPU ms (fair model CPU)** | competent CPU ms | competent non-model ms | ceiling CPU ms | "
+        "cores: server / wrk / other |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for concurrency in args.concurrency:
+        service = at(result.get("service"), concurrency)
+        competent = at(result.get("competent"), concurrency)
+        ceiling = at(result.get("ceiling"), concurrency)
+        if service is None:
+            continue
+        lines.append(
+            f"| {concurrency} | {fmt(service['rows_per_call'])} | {fmt(service['padding_fraction'], '.0%')} | "
+            f"{fmt(service['cpu_ms_per_request'], '.2f')} | {fmt(service['model_ms_per_row'], '.2f')} | "
+            f"{fmt(service['non_model_cpu_ms'], '.2f')} | {fmt(service.get('fair_model_ms_per_row'), '.2f')} | "
+            f"**{fmt(service.get('non_model_cpu_fair_ms'), '.2f')}** | "
+            f"{fmt(competent and competent['cpu_ms_per_request'], '.2f')} | "
+            f"{fmt(competent and competent['non_model_cpu_ms'], '.2f')} | "
+            f"{fmt(ceiling and ceiling['cpu_ms_per_request'], '.2f')} | "
+            f"{service['cpu_server_cores']:.2f} / {service['cpu_client_cores']:.2f} / {service['cpu_other_cores']:.2f} |"
+        )
+    if result["open_loop"]:
+        lines += [
+            "",
+            f"Open loop (constant arrival rate, `bench/openloop.py`, {args.open_loop_s:g} s each; latency from when "
+            "each request was due):",
+            "",
+            "| load | asked req/s | answered req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | dropped | "
+            "cores: server / client / other |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in result["open_loop"]:
+            lines.append(
+                f"| {row['load']:.0%} | {row['rate']:.1f} | {row['achieved_rps']:.1f} | {row['p50_ms']:.1f} | "
+                f"{row['p99_ms']:.1f} | {row['p999_ms']:.1f} | {row['max_ms']:.1f} | {row['non2xx'] + row['errors']} | "
+                f"{row['dropped']} | {row['cpu_server_cores']:.2f} / {row['cpu_client_cores']:.2f} / "
+                f"{row['cpu_other_cores']:.2f} |"
+            )
+    photo = result.get("photo_12mp")
+    if photo:
+        lines += [
+            "",
+            f"**12-megapixel JPEG photos** ({PHOTO_12MP[0]}x{PHOTO_12MP[1]}, synthetic: smooth colour fields, "
+            f"gradients and noise, median {photo['jpeg_bytes'] / 1e6:.1f} MB) at {TARGET_CONCURRENCY} clients: "
+            f"{with_range(photo, 'rps')} req/s, p99 {with_range(photo, 'p99')} ms, {photo['errors']} errors; "
+            f"CPU {fmt(photo['cpu_ms_per_request'], '.2f')} ms per request of which "
+            f"**{fmt(photo.get('non_model_cpu_fair_ms'), '.2f')} ms non-model** (fair model CPU; "
+            f"{fmt(photo['non_model_cpu_ms'], '.2f')} ms with the service's compute timer).",
+        ]
+    lines += ["", f"Targets at {TARGET_CONCURRENCY} clients (issue 14):", ""]
+    for text, ok in verdicts(result):
+        lines.append(f"- {'met' if ok else '**missed**'}: {text}")
+    service16 = at(result.get("service"), TARGET_CONCURRENCY)
+    if service16:
+        last = service16["runs"][-1]
+        if last["per_worker_requests"]:
+            lines.append(
+                "- rows per worker (last repetition): "
+                + ", ".join(map(str, sorted(last["per_worker_requests"].values())))
+                + "; connections held per worker: "
+                + ", ".join(f"{v:g}" for v in last["per_worker_connections"].values())
+            )
+    if result["sweep"]:
+        lines += [
+            "",
+            f"Settings sweep at {TARGET_CONCURRENCY} clients (one run each; first row: the settings above):",
+            "",
+            "| settings | req/s | p99 ms | errors | rows per call | non-model CPU ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in [service16, *result["sweep"]]:
+            if row is not None:
+                settings = row["runs"][0]["settings"]
+                lines.append(
+                    f"| `{env_text(settings)}` | {row['rps']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
+                    f"{fmt(row['rows_per_call'])} | {fmt(row['non_model_cpu_ms'], '.2f')} |"
+                )
+    lines.append("")
+    return lines
 
 
 def env_text(settings: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items() if k != "LOG_LEVEL")
 
 
-def write_report(results: list[dict], args: argparse.Namespace, command: str, started: dt.datetime) -> str:
+METHOD = """## Method
+
+- **Fair model limit**: `bench/benchmark.py fair` in one process per usable core, each pinned to its core
+  (`os.sched_setaffinity`) with one TensorFlow intra-op and one inter-op thread, calling the compiled function
+  the service builds (`service.runner.keras_signature`) on random tensors. The processes load and warm up, then
+  start at one instant and run every batch size in time slots aligned across them, round after round; a batch
+  size's figure is the sum over processes, median over rounds. This is the bound of the service's design (one
+  single-threaded worker per core); TensorFlow's own thread pools in one process reach less on this machine.
+- **Framework ceiling** (`bench/ceiling_app.py`): Flask under gunicorn with `service.worker.BalancedThreadWorker`,
+  2 workers, 16 threads, parsing the same multipart upload (`request.files`) and answering 10 scores as JSON.
+- **Competent server** (`bench/competent_app.py`): gunicorn gthread workers, one per core, 4 threads each, one
+  TensorFlow thread per worker, a `tf.function` with a fixed input signature called per request (batch of one),
+  Pillow decode and resize. (Sync workers, one request at a time and a new connection per request, served
+  16 wrk connections at a sixth of the rate in a trial: not what a competent engineer ships.)
+- **Tutorial app** (`bench/tutorial_app.py`): gunicorn sync workers, one per core, `model.predict` per request.
+- Every request is one image in the `image` field of a multipart/form-data body (8 different files in turn),
+  POSTed to `/predict`. Closed loop: wrk (`bench/post.lua`, 1 thread, N keep-alive connections, 10 s timeout),
+  each point repeated, repetitions interleaved over the concurrencies; the tables give the median and the range.
+  Open loop: `bench/openloop.py` (asyncio, standard library), a constant arrival rate at 50/80/95% of the
+  service's best closed-loop median, at most 256 requests in flight (more are counted as dropped), latency
+  counted from when each request was due (no coordinated omission). wrk2 is not packaged by Debian, and
+  `hey -q` rate-limits closed-loop workers, hence our own.
+- **CPU per request**: the server's processes' CPU (utime + stime from /proc) over the requests answered.
+  **Non-model CPU per request**: that, less the model's compute per row, two ways: the service's own
+  `kerasserve_batch_compute_seconds_sum` / `kerasserve_batch_rows_sum` (read from `/metrics` before and after
+  each run), and the model's CPU time per row in the fair limit's pinned single-threaded processes at the
+  service's rows per call (interpolated between batch sizes). The first is wall time around the call, which
+  also counts waits for the GIL and, on a busy host, for a CPU; the second is what the targets use. Rows per
+  call and the padding fraction come from the service's counters (`kerasserve_padding_rows_total`).
+- Models are built by the script with random weights (the Keras MNIST example CNN;
+  `keras.applications.MobileNetV2(weights=None)`, scaled -1..1 by its config file); nothing is downloaded.
+  The 12-megapixel photos are synthetic (smooth colour fields, gradients, noise) so their JPEGs have a
+  realistic size.
+- The service runs as in production: `gunicorn wsgi:app` with the repository's `gunicorn.conf.py`, settings from
+  the environment as listed, `LOG_LEVEL=WARNING`; every worker loads and warms up the model before `/readyz`.
+- The `cores` columns say how much CPU the server, the client and everything else on the host used (from
+  /proc): on a shared host, `other` is the noise in that row.
+- Reproduce with `apt-get install -y wrk` and `make bench` (`BENCH_ARGS=--quick` for a short run; the script's
+  options: `--models cnn`, `--servers service,ceiling`, `--reps`, `--sweep`, `--keep`).
+"""
+
+
+def write_report(
+    results: list[dict], args: argparse.Namespace, command: str, started: dt.datetime, kept: str = ""
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -728,133 +1255,28 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
         "",
         f"Run on {started:%Y-%m-%d %H:%M} UTC, {machine()}, load average {args.load_before} at the start; "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
-        + ".",
-        f"Load: wrk (1 thread, keep-alive, 10 s timeout) on the same machine, {args.duration:g} s per point after a "
-        f"warm-up, each request one image POSTed as a raw body to `/predict` (8 different files in turn). "
-        f"{'Quick run: fewer concurrencies, no settings sweep.' if args.quick else ''}",
+        + f"; {args.duration:g} s per point, {args.reps} repetitions."
+        + (" Quick run: fewer points and repetitions." if args.quick else ""),
         "",
         "![throughput and p99 latency against concurrency](benchmarks.png)",
         "",
-        "How to read it: **limit** is the in-process limit (a): the model's compiled forward pass alone, on "
-        "random tensors, at its best batch size, with all cores. **service** is kerasserve (b) under gunicorn "
-        "with the settings shown. **tutorial** is the usual Flask app calling `model.predict` per request under "
-        "gunicorn with 2 sync workers (c), `bench/tutorial_app.py`. The client (wrk) shares the CPU with the "
-        "server, as it would on a single small host; the in-process limit does not pay for it, nor for HTTP or "
-        "image decoding. **per core** divides each side's throughput by the CPU it used (server processes; "
-        "the limit's process), which cancels out most of the interference of other jobs on a shared host. "
-        "The `cores` columns say how much CPU the server, wrk and everything else on the host "
-        "used during each point (from /proc): on a shared host, `other` is the noise in that row.",
+        f"The service against each yardstick at {TARGET_CONCURRENCY} clients (medians; targets of issue 14 below "
+        "each model):",
+        "",
+        *headline(results),
+        "",
+        "**fair limit**: the model alone, one pinned single-threaded process per core, summed (the bound of our "
+        "design); **framework ceiling**: Flask + gunicorn with our worker class, the same upload, no model; "
+        "**competent server**: Flask + gunicorn, one TensorFlow thread per worker, the compiled call per request, "
+        "no batching; **tutorial**: `model.predict` per request. Details in [Method](#method).",
         "",
     ]
     for result in results:
-        case = result["case"]
-        lines += [
-            f"## {case['title']}, {case['images']}",
-            "",
-            "In-process limit (a), images/s per batch size: "
-            + ", ".join(f"{b}: {v:.0f}" for b, v in result["limit"]["images_per_s"].items())
-            + f"; **best {result['limit_best']:.1f} images/s at batch {result['limit_best_batch']}**, using "
-            f"{result['limit'].get('cores', {}).get(str(result['limit_best_batch']), 0):.2f} cores "
-            f"(other jobs used {result['limit'].get('cpu_other_cores', 0):.2f} cores meanwhile). "
-            f"With one TensorFlow thread (intra- and inter-op): **{result['limit_one_thread_best']:.1f} images/s** at "
-            f"batch {result['limit_one_thread_best_batch']}, i.e. per core, the rate each single-threaded "
-            "worker can reach; several such workers can together beat the multi-threaded limit.",
-            "",
-            f"Service settings: `{env_text(case['service_env'])}`.",
-            "",
-            "| clients | service req/s | p50 ms | p99 ms | errors | cores: server / wrk / other | tutorial req/s | p50 ms | p99 ms | errors | other cores | service / limit | per core: service / limit | service / tutorial |",
-            "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for service in result["service"]:
-            tutorial = at(result["tutorial"], service["concurrency"])
-            s_err = service["non2xx"] + service["socket_errors"] + service["timeouts"]
-            if tutorial:
-                t_err = tutorial["non2xx"] + tutorial["socket_errors"] + tutorial["timeouts"]
-                t_cols = (
-                    f"{tutorial['rps']:.1f} | {tutorial['p50_ms']:.1f} | {tutorial['p99_ms']:.1f} | {t_err} | "
-                    f"{tutorial['cpu_other_cores']:.2f}"
-                )
-                ratio_t = f"{service['rps'] / tutorial['rps']:.1f}x" if tutorial["rps"] else "-"
-            else:
-                t_cols, ratio_t = "- | - | - | - | -", "-"
-            lines.append(
-                f"| {service['concurrency']} | {service['rps']:.1f} | {service['p50_ms']:.1f} | {service['p99_ms']:.1f} | "
-                f"{s_err} | {cpu(service)} | {t_cols} | {service['rps'] / result['limit_best']:.2f}x | "
-                f"{per_core_ratio(service, result)} | {ratio_t} |"
-            )
-        lines += ["", f"Targets at {TARGET_CONCURRENCY} clients:", ""]
-        for text, ok in verdicts(result):
-            lines.append(f"- {'met' if ok else '**missed**'}: {text}")
-        service16 = at(result["service"], TARGET_CONCURRENCY)
-        if service16 and service16["per_worker_connections"]:
-            lines.append(
-                "- connections held per worker (mean of samples during the run): "
-                + ", ".join(f"{v:g}" for v in service16["per_worker_connections"].values())
-            )
-        if result["sweep"]:
-            lines += [
-                "",
-                f"Settings sweep at {TARGET_CONCURRENCY} clients (first row: the settings above):",
-                "",
-                "| settings | req/s | p50 ms | p99 ms | errors | rows per worker | cores: server / wrk / other |",
-                "|---|---:|---:|---:|---:|---|---|",
-            ]
-            for row in [service16, *result["sweep"]]:
-                if row is None:
-                    continue
-                errors = row["non2xx"] + row["socket_errors"] + row["timeouts"]
-                per_worker = ", ".join(map(str, sorted(row["per_worker_requests"].values()))) or "-"
-                lines.append(
-                    f"| `{env_text(row['settings'])}` | {row['rps']:.1f} | {row['p50_ms']:.1f} | "
-                    f"{row['p99_ms']:.1f} | {errors} | {per_worker} | {cpu(row)} |"
-                )
-            within = [r for r in [service16, *result["sweep"]] if r and r["p99_ms"] <= case["max_p99_s"] * 1000]
-            if within:
-                best = max(within, key=lambda r: r["rps"])
-                lines += [
-                    "",
-                    f"Fastest settings with p99 within the target: `{env_text(best['settings'])}` "
-                    f"({best['rps']:.1f} req/s, p99 {best['p99_ms']:.1f} ms).",
-                ]
-        lines.append("")
-    lines += [
-        "## The defaults, and the sweeps behind them",
-        "",
-        "- **gthread workers, one per core** (`WORKERS=2` here), `THREADS=16`: request threads of one worker share "
-        "its batchers, which is what fills batches; a second worker per core adds memory (every worker loads every "
-        "model) for no steady gain in the sweeps. `WORKERS=1` leaves a core to decoding alone and loses in both.",
-        "- **TensorFlow threads on auto**: usable cores / workers, here 1 intra-op and 1 inter-op thread per worker. "
-        "TensorFlow's own pools (the `TF_INTRA_OP_THREADS=2 TF_INTER_OP_THREADS=2` rows) make each worker claim "
-        "every core, and the workers then fight over them.",
-        "- **Connections balanced over the workers** (`service.worker.BalancedThreadWorker`): without it, gunicorn's "
-        "workers race for new connections and keep-alive clients stay where they landed (13 and 3 of 16 in earlier "
-        "runs), which with one TensorFlow thread per worker idles a core.",
-        "- **`MAX_BATCH_SIZE=32`, `BATCH_TIMEOUT_MS=2`**: the batcher pads to 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 rows; "
-        "with 16 clients over 2 workers batches rarely pass 8, so the cap matters at higher concurrency, where the "
-        "small CNN gains from large batches. `BATCH_TIMEOUT_MS=0` (run whatever is queued at once) came out faster "
-        "in one run and slower in another: within the noise of a 15 s point on a shared host. 2 ms bounds what a "
-        "lone request pays while letting concurrent ones join.",
-        "- **Answers encoded by orjson** (`service/api/json.py`): 0.03 ms instead of 0.45 ms for MobileNetV2's 1,000 "
-        "scores per image.",
-        "",
-        "## Method",
-        "",
-        "- Models are built by the script with random weights (the Keras MNIST example CNN; "
-        "`keras.applications.MobileNetV2(weights=None)`, scaled -1..1 by its config file); nothing is downloaded. "
-        "Random weights cost the same to compute as trained ones.",
-        "- Each point is one wrk run (`bench/post.lua`) with N keep-alive connections, each sending its next "
-        "request as soon as the previous answer arrived (closed loop), after a warm-up run; latency is wrk's, "
-        "measured from sending to the full response. Errors count non-2xx answers, socket errors and timeouts.",
-        "- The service runs as in production: `gunicorn wsgi:app` with the repository's `gunicorn.conf.py` "
-        "(`service.worker.BalancedThreadWorker`: gunicorn's gthread worker that spreads connections evenly over the workers; no preload), settings from the environment as listed, `LOG_LEVEL=WARNING`. Every "
-        "worker loads and warms up the model before `/readyz` answers.",
-        "- Rows per worker come from the workers' `kerasserve_batch_rows` histograms (prometheus multiprocess "
-        "files); connections per worker from the sockets each worker process holds.",
-        "- Reproduce with `apt-get install -y wrk` and `.venv/bin/python bench/benchmark.py` (add `--quick` for a "
-        "short run, `--models cnn` for one model, `--keep` to keep models, images and server logs).",
-        "",
-    ]
-    return "\n".join(lines) + "\n"
+        lines += case_section(result, args)
+    if kept:
+        lines += [kept.rstrip(), ""]
+    lines += [METHOD]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -864,16 +1286,21 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
+    styles = {"service": "o-", "competent": "^-.", "ceiling": "d:", "tutorial": "s--"}
     for column, result in enumerate(results):
         top, bottom = axes[0][column], axes[1][column]
-        for name, style in (("service", "o-"), ("tutorial", "s--")):
-            rows = result[name]
+        for name, style in styles.items():
+            rows = result.get(name) or []
+            if not rows:
+                continue
             x = [r["concurrency"] for r in rows]
-            top.plot(x, [r["rps"] for r in rows], style, label=name)
+            rps = [r["rps"] for r in rows]
+            spread = [[r["rps"] - r["rps_range"][0] for r in rows], [r["rps_range"][1] - r["rps"] for r in rows]]
+            top.errorbar(x, rps, yerr=spread, fmt=style, label=name, capsize=3)
             bottom.plot(x, [r["p99_ms"] for r in rows], style, label=name)
-        top.axhline(result["limit_best"], color="grey", linestyle=":", label="in-process limit")
+        top.axhline(result["fair"]["best"], color="grey", linestyle=":", label="fair model limit")
         top.set_title(result["case"]["title"])
-        top.set_ylabel("requests/s")
+        top.set_ylabel("requests/s (median, range)")
         bottom.set_ylabel("p99 latency (ms)")
         bottom.axhline(result["case"]["max_p99_s"] * 1000, color="red", linestyle=":", label="p99 target")
         for axis in (top, bottom):
@@ -881,41 +1308,58 @@ def plot(results: list[dict], path: Path) -> None:
             axis.set_yscale("log")
             axis.set_xlabel("concurrent clients")
             axis.grid(True, which="both", alpha=0.3)
-            axis.legend()
+            axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
-def main(argv: list[str]) -> int:
-    if argv and argv[0] == "build":
-        build_models(Path(argv[1]))
-        return 0
-    if argv and argv[0] == "limit":
-        print(
-            json.dumps(measure_limit(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]), int(argv[4])))
-        )
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short run: concurrency 1,16, 5 s per point, no sweep")
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run: clients 1,16, 1 repetition, 3 s per point")
     parser.add_argument("--models", default="cnn,mobilenet", help="comma-separated: cnn, mobilenet")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {','.join(SERVERS)}")
     parser.add_argument("--concurrency", default=None, help="comma-separated client counts (default 1,2,4,8,16,32)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per measured point (default 15; quick 5)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per measured point (default 8; quick 3)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per point (default 3; quick 1)")
+    parser.add_argument("--sweep", action="store_true", help="also sweep service settings at 16 clients")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (models, images, server logs)")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,2,4,8,16,32")).split(",")]
-    args.duration = args.duration or (5.0 if args.quick else 15.0)
-    args.limit_seconds = 1.0 if args.quick else 3.0
+    if TARGET_CONCURRENCY not in args.concurrency:
+        parser.error(f"--concurrency must include {TARGET_CONCURRENCY}: the targets are measured there")
+    args.servers = [s for s in args.servers.split(",") if s]
+    unknown = set(args.servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; choose from {SERVERS}")
+    args.duration = args.duration or (3.0 if args.quick else 8.0)
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.warm_s = 1.0 if args.quick else 2.0  # wrk takes whole seconds
+    args.fair_slot_s = 0.5 if args.quick else 1.5
+    args.open_loop_s = 2.0 if args.quick else 10.0
+    args.photos_12mp = 2 if args.quick else 4
+    return args
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "build":
+        build_models(Path(argv[1]), int(argv[2]))
+        return 0
+    if argv and argv[0] == "fair":
+        fair_worker(Path(argv[1]), [int(b) for b in argv[2].split(",")], float(argv[3]), int(argv[4]), int(argv[5]))
+        return 0
+    args = parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get update && apt-get install -y wrk", file=sys.stderr)
         return 2
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/benchmark.py", *argv])
     started = dt.datetime.now(dt.UTC)
+    clock = time.monotonic()
     args.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     workdir = Path(tempfile.mkdtemp(prefix="kerasserve-bench-"))
     try:
         log(f"building models and images in {workdir}")
-        run_python("build", str(workdir))
+        run_python("build", str(workdir), str(args.photos_12mp))
         results = [run_case(CASES[key], workdir, args) for key in args.models.split(",")]
     finally:
         if args.keep:
@@ -923,11 +1367,19 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = write_report(results, args, command, started)
+    kept = kept_sections(args.output.read_text()) if args.output.exists() else ""
+    report = write_report(results, args, command, started, kept)
     args.output.write_text(report)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.output.with_suffix(".png"))
     print(report)
+    print(
+        f"Ratios against the targets of issue 14, {TARGET_CONCURRENCY} clients (run took {(time.monotonic() - clock) / 60:.1f} min):"
+    )
+    print("\n".join(headline(results)))
+    for result in results:
+        for text, ok in verdicts(result):
+            print(f"  {result['case']['key']}: {'met' if ok else 'MISSED'}: {text}")
     return 0
 
 

@@ -118,7 +118,9 @@ class ServableBuilder:
         warmup_s = 0.0
         try:
             for name, signature in loaded.signatures.items():
-                runner = InferenceRunner(loaded, name, device=self.device, allowed_batch_sizes=allowed)
+                runner = InferenceRunner(
+                    loaded, name, device=self.device, allowed_batch_sizes=allowed, model_name=source.id.name
+                )
                 try:
                     warmup_s += runner.warm_up()
                 except Exception as err:

@@ -34,6 +34,12 @@ BATCH_ROWS = Histogram(
     "kerasserve_batch_rows", "Rows per device call (before padding).", ["model"], buckets=BATCH_BUCKETS
 )
 BATCHES = Counter("kerasserve_batches_total", "Device calls made by batchers.", ["model"])
+PADDING_ROWS = Counter(
+    "kerasserve_padding_rows_total",
+    "Rows added to device calls to reach a compiled batch size (computed, then thrown away).",
+    ["model"],
+)
+"""With `kerasserve_batch_rows_sum`: the padding fraction, padding / (rows + padding)."""
 QUEUE_SECONDS = Histogram(
     "kerasserve_batch_queue_seconds", "Time a request waited in the batch queue.", ["model"], buckets=LATENCY_BUCKETS_S
 )

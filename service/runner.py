@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from service import extra_outputs as extra_outputs_
+from service import metrics
 from service.errors import InferenceError, InvalidInput, ModelLoadError
 from service.gpus import DEFAULT_CPU_WORKERS
 from service.servable import Signature, TensorInfo, row_count
@@ -193,6 +194,7 @@ class InferenceRunner:
         *,
         device: str,
         allowed_batch_sizes: tuple[int, ...],
+        model_name: str = "",
     ) -> None:
         """Prepare the calls of `model`'s signature `signature_name`.
 
@@ -202,6 +204,7 @@ class InferenceRunner:
             device: where to run (`configure_tensorflow`'s answer).
             allowed_batch_sizes: increasing batch sizes of a batched signature (ignored for fixed-batch
                 and unbatched signatures).
+            model_name: the `model` label of the padding counter (`kerasserve_padding_rows_total`).
 
         Raises:
             ValueError: `allowed_batch_sizes` is empty, not increasing, or holds a size below 1.
@@ -210,6 +213,7 @@ class InferenceRunner:
         self._signature_name = signature_name
         self._signature: Signature = model.signatures[signature_name]
         self._device = device
+        self._padding_rows = metrics.PADDING_ROWS.labels(model=model_name)
         signature = self._signature
         if signature.batched:
             sizes = tuple(allowed_batch_sizes)
@@ -357,6 +361,7 @@ class InferenceRunner:
             # Repeating a real row (rather than zeros) keeps padded rows inside the input's domain,
             # so no padding row can produce NaN/inf that a model turns into an error.
             arrays = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in arrays.items()}
+            self._padding_rows.inc(size - rows)
         outputs = _as_numpy(self._model.call(self._signature_name, arrays))
         if rows == size:
             return outputs

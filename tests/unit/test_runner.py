@@ -115,6 +115,19 @@ def test_run_pads_by_repeating_the_last_row_so_padding_never_changes_real_rows()
     np.testing.assert_array_equal(seen[0], np.concatenate([x, x[-1:]]))
 
 
+def test_padding_rows_are_counted_per_model_for_the_padding_fraction() -> None:
+    from service import metrics
+
+    counter = metrics.PADDING_ROWS.labels(model="padded")
+    before = counter._value.get()
+    runner = InferenceRunner(
+        shape_specialised_model(), "serving_default", device=CPU, allowed_batch_sizes=(1, 4, 8), model_name="padded"
+    )
+    for rows in (3, 4, 5, 1):  # padded to 4, 4, 8, 1
+        runner.run({"x": distinct_rows(rows)})
+    assert counter._value.get() - before == 1 + 0 + 3 + 0
+
+
 def test_inputs_are_cast_to_the_signature_dtype() -> None:
     model = shape_specialised_model()
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(1, 2))
