@@ -27,7 +27,7 @@ from service.errors import (
     ServingError,
     Unimplemented,
 )
-from service.servable import Servable, ServableId, ServableRequest, Signature
+from service.servable import BackendReport, Servable, ServableId, ServableRequest, Signature
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -102,6 +102,7 @@ class ModelMetadata:
     default_signature: str
     labels: tuple[str, ...]
     device: str
+    backend: BackendReport = BackendReport()
 
 
 class DataPlane:
@@ -208,7 +209,12 @@ class DataPlane:
         """
         with self._manager.handle(target) as servable:
             return ModelMetadata(
-                servable.id, servable.signatures, servable.default_signature, servable.labels, servable.info.device
+                servable.id,
+                servable.signatures,
+                servable.default_signature,
+                servable.labels,
+                servable.info.device,
+                servable.info.backend,
             )
 
     def model_status(self, name: str) -> ModelStatus:
