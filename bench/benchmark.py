@@ -595,6 +595,25 @@ def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
             )
             result["service"].append(asdict(row))
 
+    result["backend"] = []
+    if args.backend != "tensorflow":
+        # The same service on the compiled backend (converted and gated at load), in the same run,
+        # so its rows sit next to the TensorFlow limit and the TensorFlow service measured above.
+        settings = {
+            **case.service_env,
+            "MODEL_BACKEND": args.backend,
+            "BACKEND_CACHE_DIR": str(workdir / "backend-cache"),
+        }
+        with service_server(case, workdir, settings) as server:
+            run_wrk(server, case, images, TARGET_CONCURRENCY, warm_s)
+            for concurrency in args.concurrency:
+                row = measure(server, case, images, concurrency, args.duration, settings)
+                log(
+                    f"{case.key}: service on {args.backend} c={concurrency:3d} {row.rps:8.1f} req/s "
+                    f"p50 {row.p50_ms:7.1f} ms p99 {row.p99_ms:7.1f} ms"
+                )
+                result["backend"].append(asdict(row))
+
     probe = images[0].read_bytes()
     with tutorial_server(case, workdir, probe) as server:
         run_wrk(server, case, images, 4, warm_s)  # every worker takes its first (slow) predict
@@ -791,6 +810,24 @@ def write_report(results: list[dict], args: argparse.Namespace, command: str, st
                 "- connections held per worker (mean of samples during the run): "
                 + ", ".join(f"{v:g}" for v in service16["per_worker_connections"].values())
             )
+        if result.get("backend"):
+            lines += [
+                "",
+                f"The same service with `{env_text(result['backend'][0]['settings'])}` (same run; the backend each "
+                "version runs on is in `GET /models`: a model that fails the equivalence gate serves on TensorFlow):",
+                "",
+                "| clients | req/s | p50 ms | p99 ms | errors | / TensorFlow limit | / service on TensorFlow | p99 vs TensorFlow |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for row in result["backend"]:
+                tf_row = at(result["service"], row["concurrency"])
+                errors = row["non2xx"] + row["socket_errors"] + row["timeouts"]
+                vs = f"{row['rps'] / tf_row['rps']:.2f}x" if tf_row and tf_row["rps"] else "-"
+                p99 = f"{row['p99_ms'] / tf_row['p99_ms']:.2f}x" if tf_row and tf_row["p99_ms"] else "-"
+                lines.append(
+                    f"| {row['concurrency']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {errors} | "
+                    f"{row['rps'] / result['limit_best']:.2f}x | {vs} | {p99} |"
+                )
         if result["sweep"]:
             lines += [
                 "",
@@ -898,6 +935,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run: concurrency 1,16, 5 s per point, no sweep")
     parser.add_argument("--models", default="cnn,mobilenet", help="comma-separated: cnn, mobilenet")
+    parser.add_argument(
+        "--backend",
+        default="tensorflow",
+        choices=("tensorflow", "openvino", "auto"),
+        help="also measure the service with MODEL_BACKEND set to this (default: TensorFlow only)",
+    )
     parser.add_argument("--concurrency", default=None, help="comma-separated client counts (default 1,2,4,8,16,32)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured point (default 15; quick 5)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")

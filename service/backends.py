@@ -233,6 +233,7 @@ def convert(loaded: LoadedModel) -> Any:
     try:
         concrete = tf.function(forward, input_signature=specs, autograph=False).get_concrete_function()
         ov_model = openvino.convert_model(concrete)
+        ov_model = _served_outputs(openvino, ov_model, [t.name for t in concrete.outputs])
     except Exception as err:  # noqa: BLE001 - every failure means: serve on TensorFlow, say why
         raise ConversionFailed(_why(err)) from err
     if len(ov_model.outputs) != len(signature.outputs) or len(ov_model.inputs) != len(signature.inputs):
@@ -241,6 +242,19 @@ def convert(loaded: LoadedModel) -> Any:
             f"the signature {len(signature.inputs)} and {len(signature.outputs)}"
         )
     return ov_model
+
+
+def _served_outputs(openvino: Any, ov_model: Any, names: list[str]) -> Any:
+    """Keep the function's outputs, in its order: the converter also returns dangling ops (Keras mask ops)."""
+    if len(ov_model.outputs) == len(names):
+        return ov_model
+    found = []
+    for name in names:
+        match = [output for output in ov_model.outputs if name in output.get_names()]
+        if not match:
+            return ov_model  # reported as a count mismatch by the caller
+        found.append(match[0])
+    return openvino.Model(found, ov_model.get_parameters(), ov_model.get_friendly_name())
 
 
 def _why(err: Exception) -> str:

@@ -39,6 +39,7 @@ NOT_RUNNABLE = {
     "make test": "the suite itself; its entry point is checked by tests/test_ci_entry.py",
     "make bench": "the benchmark (about 15 minutes); `make bench` is the documented way to run it",
     ".venv/bin/python bench/benchmark.py": "the benchmark (about 15 minutes), what `make bench` runs",
+    ".venv/bin/python bench/backends.py": "the compiled-backend measurement (minutes: the corpus, twice, and training the digits model); its conversion, cache and gate are tested in tests/unit/test_backends.py",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
     "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
     "POD=$(kubectl ": "no Kubernetes cluster here",
