@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service import equivalence, metrics
+from service.errors import InferenceError, strip_paths
 from service.formats import walk_folder
 from service.model_config import ModelConfig
 from service.servable import BackendReport, ServableId, Signature
@@ -92,10 +93,23 @@ def choose(
         convert_s = time.monotonic() - started
         call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
         result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        if cached and not result[0].passed:
+            # A cached conversion of the same file may predate a plugin change (a custom layer's code
+            # is not in the key): convert again once before giving up on the backend.
+            log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
+            ov_model, cached = convert(loaded), False
+            convert_s = time.monotonic() - started
+            call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+            result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
     except ConversionFailed as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
         reason = f"OpenVINO conversion failed: {err}"
         log.warning("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+    except Exception as err:  # noqa: BLE001 - the backend must never fail a version TensorFlow can serve
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
+        reason = f"OpenVINO failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
+        log.exception("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
     comparison, speedup = result
     gate = {
@@ -329,6 +343,9 @@ def _compile(ov_model: Any, signature: Signature, *, threads: int, precision: st
         try:
             result = request.infer([np.ascontiguousarray(values[name]) for name in names])
             answers = list(result.values())
+        except RuntimeError as err:  # OpenVINO's errors, as the runner reports TensorFlow's
+            log.error("OpenVINO call failed: %s", err)
+            raise InferenceError("the model failed while computing: OpenVINO error") from err
         finally:
             pool.put(request)
         return {name: np.asarray(value).astype(dtype, copy=False) for (name, dtype), value in zip(outputs, answers)}

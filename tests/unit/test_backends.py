@@ -118,6 +118,31 @@ def test_openvino_fp32_passes_the_gate_serves_the_same_answers_and_is_cached(cnn
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
 
 
+def test_a_stale_cache_entry_that_fails_the_gate_is_converted_again(cnn_file: Path, tmp_path: Path) -> None:
+    import keras
+
+    # Another CNN of the same shapes, other weights: its conversion stands in for a stale entry
+    # (e.g. written before a plugin changed a custom layer's code).
+    keras.utils.set_random_seed(9)
+    other = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    other.save(tmp_path / "other.keras")
+    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    cache = tmp_path / "cache"
+    assert choose(load(tmp_path / "other.keras"), config, cache).backend == "openvino"
+    (cache / backends.cache_key(tmp_path / "other.keras", config)).rename(cache / backends.cache_key(cnn_file, config))
+    report = choose(load(cnn_file), config, cache)
+    assert (report.backend, report.cached) == ("openvino", False)
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+
+
 def test_openvino_bf16_is_measured_against_its_own_tolerance(cnn_file: Path, tmp_path: Path) -> None:
     report = choose(load(cnn_file), ModelConfig(backend="openvino", precision="bf16", gate={"samples": 64}), tmp_path)
     assert report.backend == "openvino"
