@@ -157,8 +157,10 @@ def _replace(report: BackendReport, **changes: Any) -> BackendReport:
 def _check_supported(loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...]) -> None:
     if device != "/CPU:0":
         raise ConversionFailed(f"OpenVINO runs on the CPU here and this worker serves on {device}")
-    if not _is_keras(loaded.model):
-        raise ConversionFailed(f"only Keras models are converted (this one was loaded by {loaded.loader})")
+    if not _is_keras(loaded.model) and _signature_function(loaded) is None:
+        raise ConversionFailed(
+            f"only Keras models and SavedModel signature functions are converted (this one was loaded by {loaded.loader})"
+        )
     if extra_outputs:
         raise ConversionFailed("extra_outputs are served by TensorFlow")
     signature = loaded.signature
@@ -222,13 +224,42 @@ def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tup
     return ov_model, False
 
 
+def _signature_function(loaded: LoadedModel) -> Any:
+    """The concrete function of a TF2-loaded SavedModel's default signature; None for anything else."""
+    if loaded.loader != "saved_model":
+        return None
+    return getattr(loaded.model, "signatures", {}).get(loaded.default_signature)
+
+
 def convert(loaded: LoadedModel) -> Any:
-    """Trace `loaded`'s Keras model over its serving signature and convert it with `openvino.convert_model`.
+    """Convert `loaded`'s default signature with `openvino.convert_model`: a Keras model traced over
+    its serving signature, or a SavedModel's signature function as it is.
 
     Raises:
         ConversionFailed: the trace or the conversion failed (the first lines say which ops).
     """
     import openvino
+
+    signature = loaded.signature
+    try:
+        function = _signature_function(loaded)
+        if function is not None:
+            concrete = function
+            inputs = [_spec_of(concrete, t.name) for t in signature.inputs]
+            outputs = [concrete.structured_outputs[t.name].name for t in signature.outputs]
+        else:
+            concrete = _keras_function(loaded)
+            inputs = [spec.name for spec in concrete.structured_input_signature[0]]
+            outputs = [t.name for t in concrete.outputs]
+        ov_model = _in_signature_order(openvino, openvino.convert_model(concrete), inputs, outputs)
+    except ConversionFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure means: serve on TensorFlow, say why
+        raise ConversionFailed(_why(err)) from err
+    return ov_model
+
+
+def _keras_function(loaded: LoadedModel) -> Any:
     import tensorflow as tf
 
     from service.runner import spec_name
@@ -244,38 +275,44 @@ def convert(loaded: LoadedModel) -> Any:
             x = args[0] if len(args) == 1 else list(args)
         return tf.nest.flatten(model(x, training=False))
 
-    try:
-        concrete = tf.function(forward, input_signature=specs, autograph=False).get_concrete_function()
-        ov_model = openvino.convert_model(concrete)
-        ov_model = _served_outputs(openvino, ov_model, [t.name for t in concrete.outputs])
-    except Exception as err:  # noqa: BLE001 - every failure means: serve on TensorFlow, say why
-        raise ConversionFailed(_why(err)) from err
-    if len(ov_model.outputs) != len(signature.outputs) or len(ov_model.inputs) != len(signature.inputs):
+    return tf.function(forward, input_signature=specs, autograph=False).get_concrete_function()
+
+
+def _spec_of(concrete: Any, name: str) -> str:
+    spec = concrete.structured_input_signature[1][name]
+    return spec.name or name
+
+
+def _in_signature_order(openvino: Any, ov_model: Any, inputs: list[str], outputs: list[str]) -> Any:
+    """The converted model with exactly the signature's inputs and outputs, in its order.
+
+    The converter may also return dangling ops as outputs (Keras mask ops) and orders a signature
+    function's parameters its own way; matched by tensor name (`x` or `x:0`).
+    """
+
+    def find(ports: Any, name: str, what: str) -> Any:
+        for port in ports:
+            names = set(port.get_names()) if hasattr(port, "get_names") else {port.get_friendly_name()}
+            if hasattr(port, "output"):  # a Parameter node: its output tensor's names too
+                names |= set(port.output(0).get_names())
+            if name in names or name.split(":")[0] in names or f"{name}:0" in names:
+                return port
+        raise ConversionFailed(f"the converted model has no {what} named '{name}'")
+
+    params = [find(ov_model.get_parameters(), name, "input") for name in inputs]
+    results = [find(ov_model.outputs, name, "output") for name in outputs]
+    if len(params) != len(ov_model.get_parameters()):
         raise ConversionFailed(
-            f"the converted model has {len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs, "
-            f"the signature {len(signature.inputs)} and {len(signature.outputs)}"
+            f"the converted model has {len(ov_model.get_parameters())} inputs, the signature {len(params)}"
         )
-    return ov_model
-
-
-def _served_outputs(openvino: Any, ov_model: Any, names: list[str]) -> Any:
-    """Keep the function's outputs, in its order: the converter also returns dangling ops (Keras mask ops)."""
-    if len(ov_model.outputs) == len(names):
-        return ov_model
-    found = []
-    for name in names:
-        match = [output for output in ov_model.outputs if name in output.get_names()]
-        if not match:
-            return ov_model  # reported as a count mismatch by the caller
-        found.append(match[0])
-    return openvino.Model(found, ov_model.get_parameters(), ov_model.get_friendly_name())
+    return openvino.Model(results, params, ov_model.get_friendly_name())
 
 
 def _why(err: Exception) -> str:
     """The line of a conversion error that names the missing ops, else its first line."""
     text = str(err)
     for line in text.splitlines():
-        if "No conversion rule" in line or "not supported" in line.lower():
+        if "No conversion rule" in line or "Conversion is failed for" in line or "not supported" in line.lower():
             return line.strip(" -")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
     return f"{type(err).__name__}: {first[:300]}"

@@ -184,6 +184,30 @@ def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: 
     assert report.tolerance == 1e-12 and report.max_rel_diff is not None and report.max_rel_diff > 1e-12
 
 
+def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(tmp_path: Path) -> None:
+    class Module(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable([[2.0], [3.0]])
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((None, 2), tf.float32, name="b"),
+                tf.TensorSpec((None, 1), tf.float32, name="a"),
+            ]
+        )
+        def serve(self, b, a):
+            return {"z_sum": tf.matmul(b, self.w) + a, "a_double": a * 2.0}
+
+    module = Module()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    loaded = load(tmp_path / "sm")
+    assert loaded.loader == "saved_model"
+    report = choose(loaded, ModelConfig(backend="openvino", gate={"samples": 16}), tmp_path / "cache")
+    assert (report.backend, report.reason) == ("openvino", "")
+    got = loaded.call(DEFAULT_SIGNATURE, {"a": np.array([[1.0]], np.float32), "b": np.array([[1.0, 10.0]], np.float32)})
+    assert {k: v.tolist() for k, v in got.items()} == {"z_sum": [[33.0]], "a_double": [[2.0]]}
+
+
 def test_extra_outputs_stay_on_tensorflow(cnn_file: Path, tmp_path: Path) -> None:
     config = ModelConfig(backend="openvino", extra_outputs=("global_average_pooling2d",))
     report = choose(load(cnn_file, config), config, tmp_path)
