@@ -1,9 +1,10 @@
-"""Compiled backends: a loaded Keras model converted to OpenVINO, cached, and kept only if it is equivalent.
+"""Compiled backends: a loaded model converted to OpenVINO, cached, and kept only if it is equivalent.
 
 Chosen per model (`backend:` and `precision:` in the model config, else MODEL_BACKEND; TensorFlow
 by default). At load, on the manager's loader thread, never on a request: the Keras model our
 loader produced (custom layers, Lambdas and all) is traced as a `tf.function` over its serving
-signature and converted with `openvino.convert_model`; the converted model is cached in
+signature (a TF2 SavedModel's signature function is taken as it is) and converted with
+`openvino.convert_model`; the converted model is cached in
 BACKEND_CACHE_DIR under the hash of the source files' content, the model config's graph-changing
 keys and the backend's version, so a restart or another worker reads it instead of converting. It
 is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
