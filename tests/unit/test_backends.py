@@ -1,8 +1,9 @@
 """Compiled backends (service.backends) and the equivalence gate (service.equivalence) on real models.
 
 Real Keras models, real OpenVINO conversions: a CNN that converts and passes the gate (fp32 and
-bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a tolerance set
-impossibly tight (the gate fails), and models the backend does not take (extra outputs).
+bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a model whose
+output changes from call to call and a tolerance set impossibly tight (the gate fails), and models
+the backend does not take (extra outputs).
 """
 
 from __future__ import annotations
@@ -174,6 +175,31 @@ def test_an_op_openvino_lacks_falls_back_to_tensorflow_with_the_reason(tmp_path:
         loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})[loaded.signature.outputs[0].name],
         np.sin(x),
     )
+
+
+def test_a_model_whose_output_changes_between_calls_fails_the_gate_and_stays_on_tensorflow(tmp_path: Path) -> None:
+    import keras
+
+    class CallCounter(keras.layers.Layer):
+        """Adds how many times it was called: TensorFlow counts on, the converted model freezes the count."""
+
+        def build(self, shape):
+            self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+        def call(self, x):
+            self.calls.assign_add(1.0)
+            return x + self.calls
+
+    model = keras.Sequential([keras.Input((4,)), CallCounter()], name="counter")
+    loaded = in_memory(model, tmp_path)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - the call must stay TensorFlow's
+    before = fallbacks("counter", "gate")
+    report = choose(loaded, ModelConfig(backend="auto", gate={"samples": 32}), tmp_path / "cache", name="counter")
+    assert (report.backend, report.requested) == ("tensorflow", "auto")
+    assert report.reason.startswith("equivalence gate failed (fp32): output")
+    assert report.max_abs_diff is not None and report.max_abs_diff >= 1.0
+    assert fallbacks("counter", "gate") == before + 1
+    assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
 
 
 def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: Path) -> None:
