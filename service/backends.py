@@ -211,6 +211,9 @@ def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tup
     core = _core()
     entry: Path | None = None
     try:
+        if _world_writable(cache_dir):
+            # Anyone could plant a converted model there: convert every time instead.
+            raise OSError(f"{cache_dir} is world-writable; not used")
         entry = cache_dir / cache_key(loaded.path, config)
         if (entry / "model.xml").is_file():
             return core.read_model(entry / "model.xml"), True
@@ -223,6 +226,14 @@ def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tup
         except (OSError, RuntimeError) as err:  # a read-only cache folder only costs a conversion per load
             log.warning("backend cache not written (%s): %s", cache_dir, err)
     return ov_model, False
+
+
+def _world_writable(folder: Path) -> bool:
+    """Whether `folder` exists and every user may write into it (as for MODELS_DIR, the group may)."""
+    try:
+        return bool(folder.stat().st_mode & 0o002)
+    except FileNotFoundError:
+        return False
 
 
 def _signature_function(loaded: LoadedModel) -> Any:

@@ -144,6 +144,17 @@ def test_a_stale_cache_entry_that_fails_the_gate_is_converted_again(cnn_file: Pa
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
 
 
+def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    for _ in range(2):
+        report = choose(load(cnn_file), config, cache)
+        assert (report.backend, report.cached) == ("openvino", False)
+    assert list(cache.iterdir()) == []
+
+
 def test_openvino_bf16_is_measured_against_its_own_tolerance(cnn_file: Path, tmp_path: Path) -> None:
     report = choose(load(cnn_file), ModelConfig(backend="openvino", precision="bf16", gate={"samples": 64}), tmp_path)
     assert report.backend == "openvino"
