@@ -921,6 +921,19 @@ def run_case(case: Case, workdir: Path, args: argparse.Namespace) -> dict:
                     photo["jpeg_bytes"] = statistics.median(p.stat().st_size for p in workdir.glob("images/big*.jpg"))
                     log(point_line(case, photo).replace(": service ", ": 12 MP   "))
                     result["photo_12mp"] = photo
+    result["backend"] = []
+    if args.backend != "tensorflow" and "service" in args.servers:
+        # The same service on the compiled backend, in the same run, so its rows sit next to the
+        # TensorFlow fair limit and the service on TensorFlow measured above.
+        settings = {**case.service_env, "MODEL_BACKEND": args.backend, "BACKEND_CACHE_DIR": str(workdir / "backends")}
+        with service_server(case, workdir, settings) as server:
+            run_wrk(server, bodies, TARGET_CONCURRENCY, args.warm_s)
+            settle(server, bodies[0].read_bytes())
+            points = sweep_points(server, bodies, args, settings, model_s_per_row, args.concurrency)
+            for point in points:
+                add_fair_model_time(point, fair)
+                log(point_line(case, point).replace(": service ", f": {args.backend} "))
+            result["backend"] = points
     if args.sweep:
         for variant in case.sweep:
             settings = {**case.service_env, **variant}
@@ -1176,6 +1189,25 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
                 + "; connections held per worker: "
                 + ", ".join(f"{v:g}" for v in last["per_worker_connections"].values())
             )
+    if result.get("backend"):
+        settings = result["backend"][0]["runs"][0]["settings"]
+        lines += [
+            "",
+            f"The same service with `{env_text({k: v for k, v in settings.items() if k.startswith('MODEL_BACKEND')})}` "
+            "(same run; `GET /models` says which backend each version runs: one that fails the equivalence gate "
+            "serves on TensorFlow):",
+            "",
+            "| clients | req/s | p99 ms | errors | / TensorFlow fair limit | / service on TensorFlow |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in result["backend"]:
+            tf_row = at(result.get("service"), row["concurrency"])
+            vs = f"{row['rps'] / tf_row['rps']:.2f}x" if tf_row and tf_row["rps"] else "-"
+            fair_best = result["fair"]["best"]
+            lines.append(
+                f"| {row['concurrency']} | {row['rps']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
+                f"{fmt(row['rps'] / fair_best if fair_best else None, '.2f', 'x')} | {vs} |"
+            )
     if result["sweep"]:
         lines += [
             "",
@@ -1324,6 +1356,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="also sweep service settings at 16 clients")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (models, images, server logs)")
+    parser.add_argument(
+        "--backend",
+        default="tensorflow",
+        choices=["tensorflow", "openvino", "auto"],
+        help="also measure the service with MODEL_BACKEND set to this (converted and gated at load), same run",
+    )
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,2,4,8,16,32")).split(",")]
     if TARGET_CONCURRENCY not in args.concurrency:

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import preprocessing, sandbox, security
+from service import backends, preprocessing, sandbox, security
 from service.errors import ModelLoadError
 from service.repository import VersionSource, display_path
 from service.servable import Arrays, Servable, ServableInfo
@@ -90,7 +90,7 @@ class ServableBuilder:
             ModelLoadError: the models folder is unsafe, the sandbox or the loader refused the
                 version, or warm-up failed on the default signature.
         """
-        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
+        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope, tf_thread_counts
 
         settings, batching = self._settings, source.config.batching
         problem = security.models_dir_problem(settings.models_dir)
@@ -111,6 +111,21 @@ class ServableBuilder:
         allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
         if allowed[-1] < max_batch_size:
             allowed = (*allowed, max_batch_size)
+        try:
+            # Conversion and the equivalence gate happen here, at load, never on a request.
+            backend = backends.choose(
+                loaded,
+                source.id,
+                source.config,
+                default_backend=settings.model_backend,
+                cache_dir=settings.backend_cache_dir,
+                threads=tf_thread_counts(settings, gpu=False)[0],
+                device=self.device,
+                allowed_batch_sizes=allowed,
+            )
+        except BaseException:
+            loaded.close()
+            raise
         closers: list[Callable[[], None]] = []
         checks: list[Callable[[], str]] = []
         submit: dict[str, Callable[[Arrays], Future]] = {}
@@ -163,6 +178,7 @@ class ServableBuilder:
         # The image preprocessing is decided once, here: explicit config, else the recognised family.
         choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
         log.info("%s image preprocessing: %s", source.id, choice)
+
         return Servable(
             id=source.id,
             config=source.config.model_copy(update={"preprocessing": choice.config}),
@@ -177,6 +193,7 @@ class ServableBuilder:
                 warmup_s=warmup_s,
                 warnings=tuple(warnings),
                 preprocessing=choice,
+                backend=backend,
             ),
             labels=source.labels,
             submit=MappingProxyType(submit),

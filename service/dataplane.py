@@ -31,7 +31,7 @@ from service.errors import (
     Unimplemented,
 )
 from service.model_control import ModelControl
-from service.servable import Servable, ServableId, ServableRequest, ServableState, Signature
+from service.servable import BackendReport, Servable, ServableId, ServableRequest, ServableState, Signature
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -106,6 +106,7 @@ class ModelMetadata:
     default_signature: str
     labels: tuple[str, ...]
     device: str
+    backend: BackendReport = BackendReport()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +231,12 @@ class DataPlane:
         """
         with self._handle(target, load=load) as servable:
             return ModelMetadata(
-                servable.id, servable.signatures, servable.default_signature, servable.labels, servable.info.device
+                servable.id,
+                servable.signatures,
+                servable.default_signature,
+                servable.labels,
+                servable.info.device,
+                servable.info.backend,
             )
 
     def model_status(self, name: str) -> ModelStatus:

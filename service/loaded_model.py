@@ -61,6 +61,14 @@ class LoadedModel:
             raise KeyError(f"signature '{signature_name}' does not exist; have {sorted(self.signatures)}") from None
         return fn(inputs)
 
+    def replace_call(
+        self, signature_name: str, call: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    ) -> None:
+        """Serve `signature_name` through `call` instead (a compiled backend); only before any runner is built."""
+        if signature_name not in self._calls:
+            raise KeyError(f"signature '{signature_name}' does not exist; have {sorted(self.signatures)}")
+        self._calls[signature_name] = call
+
     @property
     def model(self) -> Any:
         """The underlying Keras model or SavedModel object (for tools and tests, not for serving)."""

@@ -86,6 +86,18 @@ MODELS_LOADED = Gauge(
     multiprocess_mode="livemax",
 )
 
+BACKEND_MAX_ABS_DIFF = Gauge(
+    "kerasserve_backend_max_abs_diff",
+    "Largest |difference| the equivalence gate measured between TensorFlow and a compiled backend, last load.",
+    ["model", "backend", "precision"],
+    multiprocess_mode="livemax",
+)
+BACKEND_FALLBACKS = Counter(
+    "kerasserve_backend_fallbacks_total",
+    "Versions that asked for a compiled backend and serve on TensorFlow (reason: conversion, gate, slower).",
+    ["model", "reason"],
+)
+
 
 def observe_request(protocol: str, route: str, model: str, code: str, seconds: float | None) -> None:
     """Count one answered request and observe its duration (None: not timed). `model` must already be bounded."""

@@ -82,6 +82,18 @@ class BatchingConfig(BaseModel):
         return self
 
 
+class GateConfig(BaseModel):
+    """The equivalence gate a version passes before it serves on a compiled backend (docs/model-config.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: int = Field(256, ge=0, le=65536)
+    """Seeded random rows run through both backends, besides the warm-up inputs."""
+    seed: int = Field(0, ge=0)
+    tolerance: float | None = Field(None, ge=0)
+    """Largest max |difference| allowed, relative to the range of TensorFlow's output; default 1e-5 for fp32, 5e-2 for bf16."""
+
+
 class ModelConfig(BaseModel):
     """Everything a model may say about itself; every key is optional."""
 
@@ -103,6 +115,12 @@ class ModelConfig(BaseModel):
     extra_outputs: tuple[str, ...] = ()
     """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    backend: Literal["tensorflow", "openvino", "auto"] | None = None
+    """What computes the model: TensorFlow, OpenVINO (kept only if the equivalence gate passes), or `auto`
+    (OpenVINO only if the gate passes and it was faster); default: the MODEL_BACKEND setting."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of a compiled backend; bf16 only when asked (a looser gate tolerance, see `gate`)."""
+    gate: GateConfig = Field(default_factory=GateConfig)
     version_policy: Literal["latest", "all", "specific"] = "latest"
     """Which versions serve: the highest, all, or those in `versions`."""
     versions: tuple[int, ...] = ()

@@ -518,7 +518,7 @@ def keras_signature(
     batched, fixed = batch_layout(inputs)
     signature = Signature(DEFAULT_SIGNATURE, inputs, outputs, PREDICT_METHOD, batched, fixed)
     specs = [
-        tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=_spec_name(t.name))
+        tf.TensorSpec(t.shape, tf.string if t.dtype == "string" else tf.as_dtype(t.dtype), name=spec_name(t.name))
         for t in inputs
     ]
     structure = getattr(served, "_inputs_struct", None)
@@ -558,7 +558,8 @@ def _reset_state(layer: Any) -> None:
             return
 
 
-def _spec_name(name: str) -> str:
+def spec_name(name: str) -> str:
+    """A TensorSpec name for input `name` (TensorFlow accepts only some characters)."""
     clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
     return clean if re.match(r"[A-Za-z0-9.]", clean) else f"x{clean}"
 

@@ -122,6 +122,31 @@ Arrays = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
+class BackendReport:
+    """Which backend computes a version, at which precision, and what the equivalence gate measured."""
+
+    backend: str = "tensorflow"
+    """What serves: `tensorflow` or `openvino`."""
+    precision: str = "fp32"
+    requested: str = "tensorflow"
+    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino` or `auto`."""
+    reason: str = ""
+    """Why TensorFlow serves although another backend was asked for; '' otherwise."""
+    gate_rows: int = 0
+    """Rows compared by the equivalence gate (0: no gate ran)."""
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    """max |Δ| relative to the range of TensorFlow's output."""
+    tolerance: float | None = None
+    top1_agreement: float | None = None
+    speedup: float | None = None
+    """TensorFlow's time over the backend's on the gate's seeded inputs (noisy: measured once, at load)."""
+    convert_s: float = 0.0
+    cached: bool = False
+    """The converted model came from BACKEND_CACHE_DIR (no conversion at this load)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServableInfo:
     """What the status views show about how a version was loaded."""
 
@@ -134,6 +159,8 @@ class ServableInfo:
     warnings: tuple[str, ...] = ()
     preprocessing: PreprocessingChoice | None = None
     """How uploaded images are scaled for this version, and why (None: not decided, e.g. a test double)."""
+    backend: BackendReport = BackendReport()
+    """Which backend computes this version (TensorFlow unless the model config asks for another one)."""
 
 
 @dataclass(eq=False)

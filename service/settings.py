@@ -9,6 +9,7 @@ it in the master process.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -126,6 +127,12 @@ class Settings(BaseSettings):
 
     gpu_memory_limit_mb: int = Field(0, ge=0)
     """Most GPU memory one worker may allocate on its GPU, in MiB (several workers sharing a GPU); 0: no limit, memory grows as needed."""
+
+    model_backend: Literal["tensorflow", "openvino", "auto"] = "tensorflow"
+    """What computes models whose config names no `backend`: TensorFlow, or OpenVINO after the equivalence gate (docs/model-config.md)."""
+
+    backend_cache_dir: Path = Path(tempfile.gettempdir()) / "kerasserve-backends"
+    """Folder where models converted for a compiled backend are cached, keyed by their files' content and the backend's version; outside MODELS_DIR."""
 
     # --- batching (per-model config files override these) ------------------------------------
     max_batch_size: int = Field(32, ge=1)

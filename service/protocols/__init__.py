@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from service.errors import InvalidInput
+from service.servable import BackendReport
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """A `\\uD800`..`\\uDFFF` escape: JSON may spell a lone UTF-16 surrogate, which no UTF-8 text can hold."""
@@ -129,3 +130,22 @@ def leaves(value: object) -> Iterator[object]:
             yield from leaves(item)
     else:
         yield value
+
+
+def backend_json(report: BackendReport) -> dict:
+    """Which backend computes a version, and what its equivalence gate measured (when one ran)."""
+    entry: dict = {"name": report.backend, "precision": report.precision, "requested": report.requested}
+    if report.reason:
+        entry["reason"] = report.reason
+    if report.gate_rows:
+        entry["gate"] = {
+            "rows": report.gate_rows,
+            "max_abs_diff": report.max_abs_diff,
+            "max_rel_diff": report.max_rel_diff,
+            "tolerance": report.tolerance,
+            "top1_agreement": report.top1_agreement,
+            "speedup": None if report.speedup is None else round(report.speedup, 3),
+        }
+        entry["convert_s"] = round(report.convert_s, 4)
+        entry["cached"] = report.cached
+    return entry

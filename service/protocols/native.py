@@ -20,7 +20,7 @@ from flask import Request
 from service.classification import DEFAULT_THRESHOLD, ClassScores
 from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.protocols import parse_float, parse_int, parse_json_object, tfserving
+from service.protocols import backend_json, parse_float, parse_int, parse_json_object, tfserving
 from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
 IMAGE_FIELD = "image"
@@ -192,6 +192,7 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
                     "warmup_s": round(v.info.warmup_s, 4),
                 }
             )
+            entry["backend"] = backend_json(v.info.backend)
             if v.info.warnings:
                 entry["warnings"] = list(v.info.warnings)
             if v.info.preprocessing is not None:
@@ -221,6 +222,8 @@ def encode_model(status, metadata: ModelMetadata | None) -> dict:  # noqa: ANN00
             {
                 "serving_version": metadata.servable_id.version,
                 "device": metadata.device,
+                "backend": metadata.backend.backend,
+                "precision": metadata.backend.precision,
                 "default_signature": metadata.default_signature,
                 "inputs": [tensor_json(t) for t in default.inputs],
                 "outputs": [tensor_json(t) for t in default.outputs],

@@ -20,7 +20,7 @@ from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, 
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.examples import decode_examples_request
 from service.preprocessing import UNNAMED
-from service.protocols import MAX_RANK, leaves, parse_int
+from service.protocols import MAX_RANK, backend_json, leaves, parse_int
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -348,8 +348,12 @@ def signature_def_json(signature: Signature) -> dict:
 
 
 def encode_metadata(metadata: ModelMetadata) -> dict:
-    """`GetModelMetadataResponse` as JSON, with TF Serving's doubled `signature_def` key."""
-    return {
+    """`GetModelMetadataResponse` as JSON, with TF Serving's doubled `signature_def` key.
+
+    A version whose config asked for a compiled backend also gets a `backend` entry in the
+    `metadata` map (a map of any values in TF Serving's message); others answer exactly as TF Serving.
+    """
+    response: dict = {
         "model_spec": {
             "name": metadata.servable_id.name,
             "signature_name": "",
@@ -361,3 +365,6 @@ def encode_metadata(metadata: ModelMetadata) -> dict:
             }
         },
     }
+    if metadata.backend.requested != "tensorflow":
+        response["metadata"]["backend"] = backend_json(metadata.backend)
+    return response

@@ -52,6 +52,7 @@ DIGITS = {
             "device": "/CPU:0",
             "load_s": 0.0,
             "warmup_s": 0.0,
+            "backend": {"name": "tensorflow", "precision": "fp32", "requested": "tensorflow"},
             **DIGITS_TENSORS,
         }
     ],
@@ -60,6 +61,8 @@ DIGITS = {
     "serving_version": 1,
     "resident": True,
     "device": "/CPU:0",
+    "backend": "tensorflow",
+    "precision": "fp32",
     "default_signature": "serving_default",
     **DIGITS_TENSORS,
     "signatures": {"serving_default": {**DIGITS_TENSORS, "method_name": "tensorflow/serving/predict"}},

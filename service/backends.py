@@ -1,0 +1,439 @@
+"""Compiled backends: a loaded model converted to OpenVINO, cached, and kept only if it is equivalent.
+
+Chosen per model (`backend:` and `precision:` in the model config, else MODEL_BACKEND; TensorFlow
+by default). At load, on the manager's loader thread, never on a request: the Keras model our
+loader produced (custom layers, Lambdas and all) is traced as a `tf.function` over its serving
+signature (a TF2 SavedModel's signature function is taken as it is) and converted with
+`openvino.convert_model`; the converted model is cached in
+BACKEND_CACHE_DIR under the hash of the source files' content, the model config's graph-changing
+keys and the backend's version, so a restart or another worker reads it instead of converting. It
+is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
+(OpenVINO would otherwise pick bf16 on CPUs that have it), then the equivalence gate
+(`service.equivalence`) runs warm-up and seeded inputs through both; the version serves on OpenVINO
+only if the gate passes (and, for `auto`, only if OpenVINO was faster on them). Any failure leaves
+TensorFlow serving, with the reason in the version's status.
+
+This module never calls TensorFlow for a request and never decides states; it replaces the default
+signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.
+OpenVINO and TensorFlow are imported lazily, in `choose()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service import equivalence, metrics
+from service.errors import InferenceError, strip_paths
+from service.formats import walk_folder
+from service.model_config import ModelConfig
+from service.servable import BackendReport, ServableId, Signature
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.loaded_model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+TENSORFLOW = "tensorflow"
+OPENVINO = "openvino"
+AUTO = "auto"
+CACHE_FORMAT = "1"
+"""Bumped when what the cache holds changes, so old entries are never read."""
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
+_GRAPH_KEYS = ("plugins", "globals", "lambdas", "extra_outputs", "custom_objects")
+"""Model config keys that change the graph the loader builds (part of the cache key)."""
+
+Call = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class ConversionFailed(Exception):
+    """The model cannot run on the backend (an op it lacks, an input type it does not take)."""
+
+
+def requested_backend(config: ModelConfig, default: str) -> str:
+    """The backend a version asks for: its config's `backend`, else the MODEL_BACKEND setting."""
+    return config.backend or default
+
+
+def choose(
+    loaded: LoadedModel,
+    servable_id: ServableId,
+    config: ModelConfig,
+    *,
+    default_backend: str,
+    cache_dir: Path,
+    threads: int,
+    device: str,
+    allowed_batch_sizes: tuple[int, ...],
+) -> BackendReport:
+    """Move `loaded`'s default signature onto the requested backend if it converts and passes the gate.
+
+    On success `loaded`'s default call is replaced (call this before building its runner). Never
+    raises for a model that TensorFlow serves: every failure is returned as the report's `reason`.
+    """
+    requested = requested_backend(config, default_backend)
+    if requested == TENSORFLOW:
+        return BackendReport()
+    precision = config.precision
+    report = BackendReport(requested=requested, precision="fp32")
+    started = time.monotonic()
+    try:
+        _check_supported(loaded, device, config.extra_outputs)
+        ov_model, cached = _converted(loaded, config, cache_dir)
+        convert_s = time.monotonic() - started
+        call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+        result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        if cached and not result[0].passed:
+            # A cached conversion of the same file may predate a plugin change (a custom layer's code
+            # is not in the key): convert again once before giving up on the backend.
+            log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
+            ov_model, cached = convert(loaded), False
+            convert_s = time.monotonic() - started
+            call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+            result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+    except ConversionFailed as err:
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
+        reason = f"OpenVINO conversion failed: {err}"
+        log.warning("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+    except Exception as err:  # noqa: BLE001 - the backend must never fail a version TensorFlow can serve
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
+        reason = f"OpenVINO failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
+        log.exception("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+    comparison, speedup = result
+    gate = {
+        "gate_rows": comparison.rows,
+        "max_abs_diff": comparison.max_abs_diff,
+        "max_rel_diff": comparison.max_rel_diff,
+        "tolerance": comparison.tolerance,
+        "top1_agreement": comparison.top1_agreement,
+        "speedup": speedup,
+        "convert_s": convert_s,
+        "cached": cached,
+    }
+    metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=OPENVINO, precision=actual).set(
+        comparison.max_abs_diff
+    )
+    if not comparison.passed:
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
+        reason = f"equivalence gate failed ({actual}): {comparison.reason}"
+        log.warning("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, **gate)
+    if requested == AUTO and speedup < 1.0:
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="slower").inc()
+        reason = f"OpenVINO was slower than TensorFlow on the gate's inputs ({speedup:.2f}x)"
+        log.info("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, **gate)
+    loaded.replace_call(loaded.default_signature, call)
+    log.info(
+        "%s serves on OpenVINO %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed",
+        servable_id,
+        actual,
+        comparison.rows,
+        comparison.max_abs_diff,
+        comparison.max_rel_diff,
+        speedup,
+    )
+    return _replace(report, backend=OPENVINO, precision=actual, **gate)
+
+
+def _replace(report: BackendReport, **changes: Any) -> BackendReport:
+    from dataclasses import replace
+
+    return replace(report, **changes)
+
+
+def _check_supported(loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...]) -> None:
+    if device != "/CPU:0":
+        raise ConversionFailed(f"OpenVINO runs on the CPU here and this worker serves on {device}")
+    if not _is_keras(loaded.model) and _signature_function(loaded) is None:
+        raise ConversionFailed(
+            f"only Keras models and SavedModel signature functions are converted (this one was loaded by {loaded.loader})"
+        )
+    if extra_outputs:
+        raise ConversionFailed("extra_outputs are served by TensorFlow")
+    signature = loaded.signature
+    if not signature.batched:
+        raise ConversionFailed("the signature has a fixed batch size or no batch axis")
+    if any(t.dtype == "string" for t in signature.inputs):
+        raise ConversionFailed("string inputs are not supported")
+    if any(getattr(layer, "stateful", False) for layer in _layers(loaded.model)):
+        raise ConversionFailed("stateful layers are not supported")
+
+
+def _is_keras(model: Any) -> bool:
+    return hasattr(model, "layers") and hasattr(model, "inputs")
+
+
+def _layers(model: Any) -> list[Any]:
+    found: list[Any] = []
+    stack = list(getattr(model, "layers", []) or [])
+    while stack:
+        layer = stack.pop()
+        found.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return found
+
+
+def cache_key(path: Path, config: ModelConfig) -> str:
+    """Hash of the model's files' content, the config keys that shape its graph and the backend's version."""
+    import openvino
+
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else walk_folder(path).files
+    for file in sorted(files):
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    graph = config.model_dump(include=set(_GRAPH_KEYS), mode="json")
+    digest.update(repr(sorted(graph.items())).encode())
+    digest.update(f"\0openvino {openvino.get_version()}\0cache {CACHE_FORMAT}".encode())
+    return digest.hexdigest()[:40]
+
+
+def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tuple[Any, bool]:
+    """The OpenVINO model of `loaded`'s default signature, from the cache or converted (and cached)."""
+    import openvino
+
+    core = _core()
+    entry: Path | None = None
+    try:
+        if _world_writable(cache_dir):
+            # Anyone could plant a converted model there: convert every time instead.
+            raise OSError(f"{cache_dir} is world-writable; not used")
+        entry = cache_dir / cache_key(loaded.path, config)
+        if (entry / "model.xml").is_file():
+            return core.read_model(entry / "model.xml"), True
+    except (OSError, RuntimeError) as err:
+        log.warning("backend cache unreadable, converting: %s", err)
+    ov_model = convert(loaded)
+    if entry is not None:
+        try:
+            _store(openvino, ov_model, cache_dir, entry)
+        except (OSError, RuntimeError) as err:  # a read-only cache folder only costs a conversion per load
+            log.warning("backend cache not written (%s): %s", cache_dir, err)
+    return ov_model, False
+
+
+def _world_writable(folder: Path) -> bool:
+    """Whether `folder` exists and every user may write into it (as for MODELS_DIR, the group may)."""
+    try:
+        return bool(folder.stat().st_mode & 0o002)
+    except FileNotFoundError:
+        return False
+
+
+def _signature_function(loaded: LoadedModel) -> Any:
+    """The concrete function of a TF2-loaded SavedModel's default signature; None for anything else."""
+    if loaded.loader != "saved_model":
+        return None
+    return getattr(loaded.model, "signatures", {}).get(loaded.default_signature)
+
+
+def convert(loaded: LoadedModel) -> Any:
+    """Convert `loaded`'s default signature with `openvino.convert_model`: a Keras model traced over
+    its serving signature, or a SavedModel's signature function as it is.
+
+    Raises:
+        ConversionFailed: the trace or the conversion failed (the first lines say which ops).
+    """
+    import openvino
+
+    signature = loaded.signature
+    try:
+        function = _signature_function(loaded)
+        if function is not None:
+            concrete = function
+            inputs = [_spec_of(concrete, t.name) for t in signature.inputs]
+            outputs = [concrete.structured_outputs[t.name].name for t in signature.outputs]
+        else:
+            concrete = _keras_function(loaded)
+            inputs = [spec.name for spec in concrete.structured_input_signature[0]]
+            outputs = [t.name for t in concrete.outputs]
+        ov_model = _in_signature_order(openvino, openvino.convert_model(concrete), inputs, outputs)
+    except ConversionFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure means: serve on TensorFlow, say why
+        raise ConversionFailed(_why(err)) from err
+    return ov_model
+
+
+def _keras_function(loaded: LoadedModel) -> Any:
+    import tensorflow as tf
+
+    from service.runner import spec_name
+
+    model, signature = loaded.model, loaded.signature
+    specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=spec_name(t.name)) for t in signature.inputs]
+    structure = getattr(model, "_inputs_struct", None)
+
+    def forward(*args: Any) -> list[Any]:
+        if structure is not None and len(args) > 1:
+            x = tf.nest.pack_sequence_as(structure, list(args))
+        else:
+            x = args[0] if len(args) == 1 else list(args)
+        return tf.nest.flatten(model(x, training=False))
+
+    return tf.function(forward, input_signature=specs, autograph=False).get_concrete_function()
+
+
+def _spec_of(concrete: Any, name: str) -> str:
+    spec = concrete.structured_input_signature[1][name]
+    return spec.name or name
+
+
+def _in_signature_order(openvino: Any, ov_model: Any, inputs: list[str], outputs: list[str]) -> Any:
+    """The converted model with exactly the signature's inputs and outputs, in its order.
+
+    The converter may also return dangling ops as outputs (Keras mask ops) and orders a signature
+    function's parameters its own way; matched by tensor name (`x` or `x:0`).
+    """
+
+    def find(ports: Any, name: str, what: str) -> Any:
+        for port in ports:
+            names = set(port.get_names()) if hasattr(port, "get_names") else {port.get_friendly_name()}
+            if hasattr(port, "output"):  # a Parameter node: its output tensor's names too
+                names |= set(port.output(0).get_names())
+            if name in names or name.split(":")[0] in names or f"{name}:0" in names:
+                return port
+        raise ConversionFailed(f"the converted model has no {what} named '{name}'")
+
+    params = [find(ov_model.get_parameters(), name, "input") for name in inputs]
+    results = [find(ov_model.outputs, name, "output") for name in outputs]
+    if len(params) != len(ov_model.get_parameters()):
+        raise ConversionFailed(
+            f"the converted model has {len(ov_model.get_parameters())} inputs, the signature {len(params)}"
+        )
+    return openvino.Model(results, params, ov_model.get_friendly_name())
+
+
+def _why(err: Exception) -> str:
+    """The line of a conversion error that names the missing ops, else its first line."""
+    text = str(err)
+    for line in text.splitlines():
+        if "No conversion rule" in line or "Conversion is failed for" in line or "not supported" in line.lower():
+            return line.strip(" -")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{type(err).__name__}: {first[:300]}"
+
+
+def _store(openvino: Any, ov_model: Any, cache_dir: Path, entry: Path) -> None:
+    """Write the converted model under `entry` atomically (another worker may be writing the same one)."""
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir))
+    try:
+        openvino.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+        os.rename(tmp, entry)
+    except OSError:
+        if not (entry / "model.xml").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_core_lock = threading.Lock()
+_core_instance: Any = None
+
+
+def _core() -> Any:
+    global _core_instance
+    with _core_lock:
+        if _core_instance is None:
+            import openvino
+
+            _core_instance = openvino.Core()
+        return _core_instance
+
+
+def _compile(ov_model: Any, signature: Signature, *, threads: int, precision: str) -> tuple[Call, str]:
+    """Compile for the CPU with `threads` threads and `precision`; return its call and the precision it runs at.
+
+    Thread-safe call: each concurrent caller takes its own infer request from a pool.
+    """
+    core = _core()
+    try:
+        compiled = core.compile_model(
+            ov_model,
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
+                "PERFORMANCE_HINT": "LATENCY",
+                # Workers share the cores, as TensorFlow's pools do: no thread pinned to one.
+                "ENABLE_CPU_PINNING": False,
+            },
+        )
+        actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    except Exception as err:  # noqa: BLE001 - a model the CPU plugin cannot compile serves on TensorFlow
+        raise ConversionFailed(_why(err)) from err
+    served = "bf16" if "bf" in actual.lower() else "fp32"  # OpenVINO names it `bfloat16`
+    names = [t.name for t in signature.inputs]
+    outputs = [(t.name, np.dtype(t.dtype)) for t in signature.outputs]
+    pool: queue.SimpleQueue = queue.SimpleQueue()
+
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            request = pool.get_nowait()
+        except queue.Empty:
+            request = compiled.create_infer_request()
+        try:
+            result = request.infer([np.ascontiguousarray(values[name]) for name in names])
+            answers = list(result.values())
+        except RuntimeError as err:  # OpenVINO's errors, as the runner reports TensorFlow's
+            log.error("OpenVINO call failed: %s", err)
+            raise InferenceError("the model failed while computing: OpenVINO error") from err
+        finally:
+            pool.put(request)
+        return {name: np.asarray(value).astype(dtype, copy=False) for (name, dtype), value in zip(outputs, answers)}
+
+    return call, served
+
+
+def _gate(
+    loaded: LoadedModel,
+    call: Call,
+    config: ModelConfig,
+    *,
+    precision: str,
+    allowed_batch_sizes: tuple[int, ...],
+) -> tuple[equivalence.Comparison, float]:
+    """Run warm-up and seeded inputs through TensorFlow and the candidate; compare, and time both on the seeded ones."""
+    signature, name = loaded.signature, loaded.default_signature
+    warm = [
+        {
+            t.name: np.zeros((size, *(1 if d is None else d for d in t.shape[1:])), np.dtype(t.dtype))
+            for t in signature.inputs
+        }
+        for size in allowed_batch_sizes
+    ]
+    seeded = equivalence.seeded_inputs(
+        signature, samples=config.gate.samples, chunk=allowed_batch_sizes[-1], seed=config.gate.seed
+    )
+    try:
+        reference = [loaded.call(name, chunk) for chunk in warm]
+        candidate = [call(chunk) for chunk in warm]
+        tf_s = ov_s = 0.0
+        for chunk in seeded:
+            started = time.perf_counter()
+            reference.append(loaded.call(name, chunk))
+            tf_s += time.perf_counter() - started
+            started = time.perf_counter()
+            candidate.append(call(chunk))
+            ov_s += time.perf_counter() - started
+    except Exception as err:  # noqa: BLE001 - a call failing on the gate's inputs: serve on TensorFlow
+        raise ConversionFailed(f"the gate's inputs failed to run: {_why(err)}") from err
+    comparison = equivalence.compare(reference, candidate, precision=precision, tolerance=config.gate.tolerance)
+    return comparison, (tf_s / ov_s if ov_s > 0 else 1.0)

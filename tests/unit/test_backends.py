@@ -1,0 +1,281 @@
+"""Compiled backends (service.backends) and the equivalence gate (service.equivalence) on real models.
+
+Real Keras models, real OpenVINO conversions: a CNN that converts and passes the gate (fp32 and
+bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a model whose
+output changes from call to call and a tolerance set impossibly tight (the gate fails), and models
+the backend does not take (extra outputs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from prometheus_client import REGISTRY
+
+from service import backends, equivalence
+from service.loaded_model import LoadedModel
+from service.model_config import ModelConfig
+from service.runner import DEFAULT_SIGNATURE, keras_signature
+from service.servable import ServableId, Signature, TensorInfo
+from service.settings import Settings
+
+ALLOWED = (1, 2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    path = tmp_path_factory.mktemp("backend-models") / "cnn.keras"
+    model.save(path)
+    return path
+
+
+def load(path: Path, config: ModelConfig | None = None) -> LoadedModel:
+    from service.custom_objects import CustomObjectRegistry
+    from service.loader import Loader
+
+    return Loader(CustomObjectRegistry(), Settings(models_dir=path.parent)).load(path, config)
+
+
+def choose(loaded: LoadedModel, config: ModelConfig, cache: Path, name: str = "m"):
+    return backends.choose(
+        loaded,
+        ServableId(name, 1),
+        config,
+        default_backend="tensorflow",
+        cache_dir=cache,
+        threads=1,
+        device="/CPU:0",
+        allowed_batch_sizes=ALLOWED,
+    )
+
+
+def in_memory(model, tmp_path: Path) -> LoadedModel:
+    """A LoadedModel around an in-memory Keras model (its file holds only bytes for the cache key)."""
+    signature, call = keras_signature(model)
+    path = tmp_path / f"{model.name}.bin"
+    path.write_bytes(model.name.encode())
+    return LoadedModel(
+        path=path,
+        format="keras_zip",
+        loader="keras3",
+        signatures={DEFAULT_SIGNATURE: signature},
+        default_signature=DEFAULT_SIGNATURE,
+        _calls={DEFAULT_SIGNATURE: call},
+        _keep=[model],
+    )
+
+
+def fallbacks(model: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("kerasserve_backend_fallbacks_total", {"model": model, "reason": reason}) or 0.0
+
+
+def test_tensorflow_is_the_default_and_runs_no_gate(cnn_file: Path, tmp_path: Path) -> None:
+    loaded = load(cnn_file)
+    report = choose(loaded, ModelConfig(), tmp_path / "cache")
+    assert (report.backend, report.precision, report.requested, report.gate_rows) == (
+        "tensorflow",
+        "fp32",
+        "tensorflow",
+        0,
+    )
+    assert not (tmp_path / "cache").exists()
+
+
+def test_openvino_fp32_passes_the_gate_serves_the_same_answers_and_is_cached(cnn_file: Path, tmp_path: Path) -> None:
+    import keras
+
+    config = ModelConfig(backend="openvino", gate={"samples": 64})
+    loaded = load(cnn_file)
+    x = np.random.default_rng(1).random((3, 12, 12, 1)).astype(np.float32)
+    expected = loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})
+    report = choose(loaded, config, tmp_path / "cache")
+    assert (report.backend, report.precision, report.reason, report.cached) == ("openvino", "fp32", "", False)
+    assert report.gate_rows == 64 + sum(ALLOWED)
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+    assert report.top1_agreement == 1.0
+    got = loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})
+    name = loaded.signature.outputs[0].name
+    assert got[name].dtype == np.float32
+    np.testing.assert_allclose(got[name], expected[name], atol=1e-6)
+    np.testing.assert_allclose(got[name], keras.saving.load_model(cnn_file)(x).numpy(), atol=1e-6)
+    # A second load (a restart, another worker) reads the converted model from the cache.
+    again = choose(load(cnn_file), config, tmp_path / "cache")
+    assert (again.backend, again.cached) == ("openvino", True)
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_a_stale_cache_entry_that_fails_the_gate_is_converted_again(cnn_file: Path, tmp_path: Path) -> None:
+    import keras
+
+    # Another CNN of the same shapes, other weights: its conversion stands in for a stale entry
+    # (e.g. written before a plugin changed a custom layer's code).
+    keras.utils.set_random_seed(9)
+    other = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
+    other.save(tmp_path / "other.keras")
+    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    cache = tmp_path / "cache"
+    assert choose(load(tmp_path / "other.keras"), config, cache).backend == "openvino"
+    (cache / backends.cache_key(tmp_path / "other.keras", config)).rename(cache / backends.cache_key(cnn_file, config))
+    report = choose(load(cnn_file), config, cache)
+    assert (report.backend, report.cached) == ("openvino", False)
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+
+
+def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    for _ in range(2):
+        report = choose(load(cnn_file), config, cache)
+        assert (report.backend, report.cached) == ("openvino", False)
+    assert list(cache.iterdir()) == []
+
+
+def test_openvino_bf16_is_measured_against_its_own_tolerance(cnn_file: Path, tmp_path: Path) -> None:
+    report = choose(load(cnn_file), ModelConfig(backend="openvino", precision="bf16", gate={"samples": 64}), tmp_path)
+    assert report.backend == "openvino"
+    assert report.tolerance == equivalence.DEFAULT_TOLERANCE[report.precision]
+    assert report.max_abs_diff is not None and report.max_rel_diff is not None
+    assert report.max_rel_diff <= report.tolerance
+
+
+def test_an_op_openvino_lacks_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
+    import keras
+
+    class NumpySine(keras.layers.Layer):
+        def call(self, x):
+            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    model = keras.Sequential([keras.Input((4,)), NumpySine()], name="numpy_sine")
+    loaded = in_memory(model, tmp_path)
+    before = fallbacks("pyfunc", "conversion")
+    report = choose(loaded, ModelConfig(backend="openvino"), tmp_path / "cache", name="pyfunc")
+    assert (report.backend, report.requested) == ("tensorflow", "openvino")
+    assert report.reason.startswith("OpenVINO conversion failed")
+    assert "PyFunc" in report.reason
+    assert fallbacks("pyfunc", "conversion") == before + 1
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(
+        loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})[loaded.signature.outputs[0].name],
+        np.sin(x),
+    )
+
+
+def test_a_model_whose_output_changes_between_calls_fails_the_gate_and_stays_on_tensorflow(tmp_path: Path) -> None:
+    import keras
+
+    class CallCounter(keras.layers.Layer):
+        """Adds how many times it was called: TensorFlow counts on, the converted model freezes the count."""
+
+        def build(self, shape):
+            self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+        def call(self, x):
+            self.calls.assign_add(1.0)
+            return x + self.calls
+
+    model = keras.Sequential([keras.Input((4,)), CallCounter()], name="counter")
+    loaded = in_memory(model, tmp_path)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - the call must stay TensorFlow's
+    before = fallbacks("counter", "gate")
+    report = choose(loaded, ModelConfig(backend="auto", gate={"samples": 32}), tmp_path / "cache", name="counter")
+    assert (report.backend, report.requested) == ("tensorflow", "auto")
+    assert report.reason.startswith("equivalence gate failed (fp32): output")
+    assert report.max_abs_diff is not None and report.max_abs_diff >= 1.0
+    assert fallbacks("counter", "gate") == before + 1
+    assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
+
+
+def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: Path) -> None:
+    config = ModelConfig(backend="openvino", gate={"samples": 64, "tolerance": 1e-12})
+    report = choose(load(cnn_file), config, tmp_path)
+    assert report.backend == "tensorflow"
+    assert "equivalence gate failed" in report.reason and "over 1e-12" in report.reason
+    assert report.tolerance == 1e-12 and report.max_rel_diff is not None and report.max_rel_diff > 1e-12
+
+
+def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(tmp_path: Path) -> None:
+    class Module(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable([[2.0], [3.0]])
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((None, 2), tf.float32, name="b"),
+                tf.TensorSpec((None, 1), tf.float32, name="a"),
+            ]
+        )
+        def serve(self, b, a):
+            return {"z_sum": tf.matmul(b, self.w) + a, "a_double": a * 2.0}
+
+    module = Module()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    loaded = load(tmp_path / "sm")
+    assert loaded.loader == "saved_model"
+    report = choose(loaded, ModelConfig(backend="openvino", gate={"samples": 16}), tmp_path / "cache")
+    assert (report.backend, report.reason) == ("openvino", "")
+    got = loaded.call(DEFAULT_SIGNATURE, {"a": np.array([[1.0]], np.float32), "b": np.array([[1.0, 10.0]], np.float32)})
+    assert {k: v.tolist() for k, v in got.items()} == {"z_sum": [[33.0]], "a_double": [[2.0]]}
+
+
+def test_extra_outputs_stay_on_tensorflow(cnn_file: Path, tmp_path: Path) -> None:
+    config = ModelConfig(backend="openvino", extra_outputs=("global_average_pooling2d",))
+    report = choose(load(cnn_file, config), config, tmp_path)
+    assert report.backend == "tensorflow"
+    assert report.reason == "OpenVINO conversion failed: extra_outputs are served by TensorFlow"
+
+
+# --- the comparison alone ------------------------------------------------------------------------
+
+SIGNATURE = Signature("s", (TensorInfo("x", "float32", (None, 3)),), (TensorInfo("y", "float32", (None, 3)),))
+
+
+def test_seeded_inputs_are_reproducible_and_chunked() -> None:
+    a = equivalence.seeded_inputs(SIGNATURE, samples=10, chunk=4, seed=7)
+    b = equivalence.seeded_inputs(SIGNATURE, samples=10, chunk=4, seed=7)
+    assert [c["x"].shape for c in a] == [(4, 3), (4, 3), (2, 3)]
+    assert all(np.array_equal(x["x"], y["x"]) for x, y in zip(a, b))
+    assert a[1]["x"].min() < 0  # the second chunk is standard normal, not unit range
+
+
+def test_compare_fails_on_a_changed_top1_class_within_the_tolerance() -> None:
+    ref = [{"y": np.array([[0.5, 0.5 - 1e-7, 1e-7], [0.1, 0.2, 0.7]], np.float32)}]
+    got = [{"y": np.array([[0.5 - 1e-7, 0.5, 1e-7], [0.1, 0.2, 0.7]], np.float32)}]
+    result = equivalence.compare(ref, got, precision="fp32")
+    assert result.max_rel_diff <= 1e-5 and result.top1_agreement == 0.5
+    assert not result.passed and result.reason == "top-1 class differs on 1 of 2 rows"
+    assert equivalence.compare(ref, ref, precision="fp32").passed
+
+
+def test_compare_fails_when_only_one_side_is_not_finite() -> None:
+    ref = [{"y": np.array([[1.0, np.nan]])}]
+    assert equivalence.compare(ref, [{"y": np.array([[1.0, np.nan]])}], precision="fp32").passed
+    result = equivalence.compare(ref, [{"y": np.array([[1.0, 2.0]])}], precision="fp32")
+    assert not result.passed and "not finite" in result.reason
