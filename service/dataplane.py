@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service import classification, examples, pod_readiness, preprocessing
+from service import access_log, classification, examples, pod_readiness, preprocessing, tracing
 from service.errors import (
     InferenceError,
     InvalidInput,
@@ -140,7 +140,8 @@ class DataPlane:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
-            arrays, expanded = self._model_inputs(servable, signature, request)
+            with tracing.span("preprocess"):
+                arrays, expanded = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, arrays)
             ordered = self._order(outputs, signature, request.outputs)
             return PredictResponse(servable.id, ordered, servable.labels), expanded
@@ -182,8 +183,9 @@ class DataPlane:
             signature = servable.signatures[wanted]
             if signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
                 return self._run_examples(servable, wanted, signature, request)
-            columns = self._feature_columns(request, signature)
-            arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+            with tracing.span("preprocess"):
+                columns = self._feature_columns(request, signature)
+                arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
             outputs = self._order(self._run(servable, wanted, arrays), signature, None)
             scores = next(iter(outputs.values()))
             rows = len(request.examples)
@@ -292,10 +294,11 @@ class DataPlane:
             raise Unimplemented(
                 f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server"
             )
+        submitted_ns = tracing.now_ns()
         future = submit(arrays)
         timeout_s = self._settings.request_timeout_s
         try:
-            return future.result(timeout=timeout_s)
+            outputs = future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
             raise Overloaded(f"model '{servable.id}' did not answer within {timeout_s:g}s; retry later") from err
@@ -304,6 +307,17 @@ class DataPlane:
         except Exception as err:  # noqa: BLE001 - any other failure is the model's, not the client's
             log.error("%s failed on signature %r: %s", servable.id, signature_name, err, exc_info=True)
             raise InferenceError(f"model '{servable.id}' failed while computing") from err
+        # How the batch thread computed it (a BatchFuture; a plain Future from a direct run has none of it).
+        queue_s = getattr(future, "queue_s", None)
+        access_log.note_inference(
+            servable.id,
+            _rows(arrays),
+            queue_s=queue_s,
+            compute_s=getattr(future, "compute_s", None),
+            batch_rows=getattr(future, "batch_rows", None),
+        )
+        tracing.queue_span(submitted_ns, queue_s, getattr(future, "batch_span", None))
+        return outputs
 
     @staticmethod
     def _check_outputs(signature: Signature, wanted: tuple[str, ...] | None) -> None:
@@ -394,3 +408,9 @@ class DataPlane:
                 ]
             )
         return ExamplesResponse(servable.id, results)
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> int | None:
+    """Rows of a request's inputs (axis 0 of the first one), None for inputs without a row axis (unbatched signatures)."""
+    first = next(iter(arrays.values()), None)
+    return None if first is None or np.ndim(first) == 0 else int(np.shape(first)[0])
