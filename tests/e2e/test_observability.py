@@ -1,68 +1,77 @@
-"""Access log, tracing and payload logging end to end: real gunicorn, a local OTLP/HTTP collector, a local sink.
+"""Access log, tracing and payload logging end to end: real gunicorn, and docs/operations.md's worked example.
 
-The collector is an HTTP server on a loopback port that decodes what the OTLP/HTTP exporter POSTs
-to `/v1/traces` with `opentelemetry-proto`'s own messages; the sink is the CloudEvents recorder of
-the payload-logging unit tests. One server, configured only through the environment, as an
-operator would: OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, PAYLOAD_LOG_URL, LOG_JSON.
+The receiver is `examples/telemetry_sink.py`, run as the document runs it: it decodes what the
+OTLP/HTTP exporter POSTs to `/v1/traces` with `opentelemetry-proto`'s own messages and records the
+CloudEvents PAYLOAD_LOG_URL receives, one JSON line each on its stdout. The server is configured only
+through the environment, as an operator would: OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_ENDPOINT,
+PAYLOAD_LOG_URL, LOG_JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import threading
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import grpc
 import pytest
+import requests
 import tensorflow as tf
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.conftest import wait_until
+from tests.conftest import REPO, wait_until
 from tests.e2e.api_models import build_api_models
 from tests.e2e.conftest import Server, free_port, start_server
-from tests.unit.test_payload_log import Sink
 
 TRACE_ID = "5b8efff798038103d269b633813fc60c"
 GRPC_TRACE_ID = "6e0c63257de34c92bf9efcd03927272e"
 
 
-class Collector(ThreadingHTTPServer):
-    """An OTLP/HTTP trace receiver: every span it was sent, decoded."""
+class Receiver:
+    """`python examples/telemetry_sink.py --port P`, its stdout in a file."""
 
-    def __init__(self) -> None:
-        self.spans: list = []
-        collector = self
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.output = folder / "telemetry.jsonl"
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "examples/telemetry_sink.py", "--port", str(self.port)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_until(lambda: self._up(), timeout_s=30)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf":
-                    export = ExportTraceServiceRequest.FromString(body)
-                    for resource in export.resource_spans:
-                        service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
-                        for scope in resource.scope_spans:
-                            collector.spans.extend((service, span) for span in scope.spans)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    def _up(self) -> bool:
+        try:
+            return requests.post(f"http://127.0.0.1:{self.port}/ping", data=b"", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
 
-            def log_message(self, *args) -> None:
-                pass
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(10)
 
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+    def lines(self, kind: str) -> list[dict]:
+        lines = (json.loads(line) for line in self.output.read_text().splitlines())
+        return [line[kind] for line in lines if kind in line]
 
-    def trace(self, trace_id: str) -> dict[str, object]:
-        return {span.name: span for _, span in self.spans if span.trace_id.hex() == trace_id}
+    def trace(self, trace_id: str) -> dict[str, dict]:
+        return {span["name"]: span for span in self.lines("span") if span["trace_id"] == trace_id}
+
+    def events(self, request_id: str) -> list[dict]:
+        return [event for event in self.lines("event") if event.get("id") == request_id]
 
 
 class Observed:
-    def __init__(self, server: Server, collector: Collector, sink: Sink, grpc_port: int) -> None:
-        self.server, self.collector, self.sink, self.grpc_port = server, collector, sink, grpc_port
+    def __init__(self, server: Server, receiver: Receiver, grpc_port: int) -> None:
+        self.server, self.receiver, self.grpc_port = server, receiver, grpc_port
 
     def access_records(self) -> list[dict]:
         lines = (json.loads(line) for line in self.server.log().splitlines() if line.startswith("{"))
@@ -74,24 +83,24 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     built = build_api_models(tmp_path_factory.getbasetemp() / "api_models")
     models = tmp_path_factory.mktemp("observed_models")
     shutil.copyfile(built / "binary.keras", models / "binary.keras")
-    collector, sink = Collector(), Sink()
+    logs = tmp_path_factory.mktemp("observed_logs")
+    receiver = Receiver(logs)
     grpc_port = free_port()
     try:
         with start_server(
             models,
-            tmp_path_factory.mktemp("observed_logs"),
+            logs,
             GRPC_PORT=str(grpc_port),
             LOG_JSON="true",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_SERVICE_NAME="kerasserve-e2e",
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}/v1/traces",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://localhost:{receiver.port}",
             OTEL_BSP_SCHEDULE_DELAY="100",
-            PAYLOAD_LOG_URL=sink.url,
+            PAYLOAD_LOG_URL=f"http://localhost:{receiver.port}/events",
         ) as server:
-            yield Observed(server, collector, sink, grpc_port)
+            yield Observed(server, receiver, grpc_port)
     finally:
-        collector.shutdown()
-        sink.shutdown()
+        receiver.stop()
 
 
 def test_a_rest_prediction_is_in_the_access_log_the_exported_trace_and_the_payload_log(observed: Observed) -> None:
@@ -118,21 +127,27 @@ def test_a_rest_prediction_is_in_the_access_log_the_exported_trace_and_the_paylo
     assert record["trace_id"] == TRACE_ID and record["client"] == "127.0.0.1"
     assert record["bytes_out"] == len(response.content) and record["compute_ms"] > 0
 
-    wait_until(lambda: {"preprocess", "queue", "encode"} <= set(observed.collector.trace(TRACE_ID)), timeout_s=15)
-    spans = observed.collector.trace(TRACE_ID)
-    [server_span] = [s for s in spans.values() if s.parent_span_id.hex() == "1111111111111111"]
-    assert server_span.name == "POST /v1/models/<path:path>"
-    assert {service for service, _ in observed.collector.spans} == {"kerasserve-e2e"}
-    [batch] = [s for _, s in observed.collector.spans if s.name == "batch" and s.links[0].trace_id.hex() == TRACE_ID]
-    assert [link.span_id for link in spans["queue"].links] == [batch.span_id]
+    wait_until(lambda: {"preprocess", "queue", "encode"} <= set(observed.receiver.trace(TRACE_ID)), timeout_s=15)
+    spans = observed.receiver.trace(TRACE_ID)
+    [server_span] = [s for s in spans.values() if s["parent_span_id"] == "1111111111111111"]
+    assert server_span["name"] == "POST /v1/models/<path:path>"
+    assert server_span["attributes"]["http.status_code"] == 200
+    assert {span["service"] for span in observed.receiver.lines("span")} == {"kerasserve-e2e"}
+    [batch] = [
+        s for s in observed.receiver.lines("span") if s["name"] == "batch" and s["links"][0]["trace_id"] == TRACE_ID
+    ]
+    assert batch["links"] == [{"trace_id": TRACE_ID, "span_id": server_span["span_id"]}]
+    assert spans["queue"]["links"] == [{"trace_id": batch["trace_id"], "span_id": batch["span_id"]}]
 
-    events = observed.sink.events(2)
-    mine = [(headers, data) for headers, data in events if headers["ce-id"] == "e2e-1"]
-    assert [headers["ce-type"] for headers, _ in mine] == [
+    wait_until(lambda: len(observed.receiver.events("e2e-1")) == 2, timeout_s=10)
+    request_event, response_event = observed.receiver.events("e2e-1")
+    assert (request_event["type"], response_event["type"]) == (
         "org.kubeflow.serving.inference.request",
         "org.kubeflow.serving.inference.response",
-    ]
-    assert json.loads(mine[0][1]) == body and mine[1][1] == response.content
+    )
+    assert request_event["inferenceservicename"] == "binary" and request_event["specversion"] == "1.0"
+    assert json.loads(request_event["data"]) == body
+    assert json.loads(response_event["data"]) == response.json()
 
 
 def test_a_grpc_call_is_in_the_access_log_and_its_trace(observed: Observed) -> None:
@@ -154,7 +169,7 @@ def test_a_grpc_call_is_in_the_access_log_and_its_trace(observed: Observed) -> N
         "OK",
     )
     assert record["trace_id"] == GRPC_TRACE_ID
-    wait_until(lambda: "PredictionService/Predict" in observed.collector.trace(GRPC_TRACE_ID), timeout_s=15)
+    wait_until(lambda: "PredictionService/Predict" in observed.receiver.trace(GRPC_TRACE_ID), timeout_s=15)
 
 
 def test_probes_leave_no_access_record_and_no_span(observed: Observed) -> None:
@@ -165,4 +180,4 @@ def test_probes_leave_no_access_record_and_no_span(observed: Observed) -> None:
     observed.server.post("/v1/models/binary:predict", json={"instances": [[0, 0, 0, 0]]})  # flushes after the probes
     wait_until(lambda: observed.access_records()[-1]["path"] == "/v1/models/binary:predict", timeout_s=10)
     assert not [r for r in observed.access_records() if r["path"] in ("/healthz", "/readyz", "/metrics")]
-    assert observed.collector.trace(probe_trace) == {}
+    assert observed.receiver.trace(probe_trace) == {}
