@@ -2,7 +2,8 @@
 
 `register_blueprints(app)` installs the blueprints and the hooks every request passes through:
 request ids (`X-Request-ID`, echoed or generated), the request metrics (REQUESTS and REQUEST_SECONDS,
-observed once, here), and `before_request` hooks: the place where authentication and CORS plug in.
+observed once, here), the access record (`service.access_log`), the trace header, payload logging
+(`service.payload_log`), and `before_request` hooks: the place where authentication and CORS plug in.
 Views reach the serving components through `current_app.extensions["kerasserve"]`, never globals,
 with the helpers of `service.api.context` (re-exported here for `service.app`).
 """
@@ -46,7 +47,7 @@ class VersionConverter(BaseConverter):
 
 
 def _start_request() -> None:
-    """Take or make the request id and start the request clock."""
+    """Take or make the request id, start the request clock, open the access record, decide on payload logging."""
     g.kerasserve_started = time.monotonic()
     client_id = request.headers.get(REQUEST_ID_HEADER, "")
     # A client's id is echoed only when it is short and plain, so it can go into logs and headers safely.
@@ -72,7 +73,7 @@ def _start_request() -> None:
 
 
 def _finish_request(response: Response) -> Response:
-    """Add the request id header and observe the request metrics, once per response."""
+    """Add the request id (and trace) headers, observe the request metrics, log payloads and write the access record: once per response."""
     request_id = g.get("kerasserve_request_id") or uuid.uuid4().hex
     response.headers[REQUEST_ID_HEADER] = request_id
     route = request.endpoint or "unmatched"
