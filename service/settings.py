@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     """Write one access record per request (HTTP and gRPC: method, path, model, version, rows, status, latency with queue and compute times, bytes, request and trace ids, client) to the service's log, at INFO whatever LOG_LEVEL, plain or JSON (LOG_JSON)."""
 
     access_log_probes: bool = False
-    """Also write access records for the probes (`/healthz`, `/readyz`, `/v2/health/*`, gRPC health) and `/metrics`."""
+    """Also write access records for the probes (`/healthz`, `/readyz`, `/v2/health/live`, `/v2/health/ready`, gRPC health) and `/metrics`."""
 
     # --- tracing (OpenTelemetry; the SDK reads the other standard OTEL_* variables itself) ------
     otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
