@@ -22,7 +22,7 @@ is replaced by a JSON note of its size.
 
 Never in the way of a prediction: the request thread only puts the event into a bounded queue
 (PAYLOAD_LOG_QUEUE_EVENTS; full: the event is dropped and counted); one background thread per
-worker sends the events, each send bounded by PAYLOAD_LOG_TIMEOUT_S. A slow, dead or refusing sink
+worker sends the events, each step of a send (connect, write, answer) bounded by PAYLOAD_LOG_TIMEOUT_S. A slow, dead or refusing sink
 costs events (`kerasserve_payload_events_dropped_total{reason}`), never a prediction or its latency.
 """
 

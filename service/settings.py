@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     """Events waiting for the sink at most; beyond that events are dropped (kerasserve_payload_events_dropped_total), never the prediction."""
 
     payload_log_timeout_s: float = Field(2.0, gt=0)
-    """Longest one send to the sink may take before the event is dropped."""
+    """Longest the sink may take to accept the connection, take an event or answer (each step) before the event is dropped."""
 
     # --- models -------------------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), validate_default=True)
