@@ -92,6 +92,29 @@ class Record:
         }
 
 
+TEXT_FIELDS = (
+    "protocol",
+    "method",
+    "path",
+    "status",
+    "model",
+    "version",
+    "rows",
+    "total_ms",
+    "queue_ms",
+    "compute_ms",
+    "batch_rows",
+    "bytes_in",
+    "bytes_out",
+    "trace_id",
+    "client",
+)
+TEXT = (
+    "%s %s %s %s model=%s version=%s rows=%s total_ms=%s queue_ms=%s compute_ms=%s batch_rows=%s "
+    "in=%s out=%s trace=%s client=%s"
+)
+"""The text line of a record: TEXT_FIELDS in this format, `-` for an empty one (LOG_JSON: every field a key)."""
+
 _record: contextvars.ContextVar[Record | None] = contextvars.ContextVar("access_record", default=None)
 
 
@@ -181,25 +204,9 @@ def finish(record: Record | None, status: str, bytes_out: int | None) -> None:
     _record.set(None)
     if not record.write:
         return
-    seconds = time.monotonic() - record.started
-    fields = record.fields(status, bytes_out, seconds)
-    logger.info(
-        "%s %s %s %s model=%s version=%s rows=%s total_ms=%.3f queue_ms=%s compute_ms=%s batch_rows=%s "
-        "in=%s out=%s trace=%s client=%s",
-        record.protocol,
-        record.method,
-        record.path,
-        status,
-        record.model or "-",
-        "-" if record.version is None else record.version,
-        "-" if record.rows is None else record.rows,
-        seconds * 1000.0,
-        "-" if fields["queue_ms"] is None else fields["queue_ms"],
-        "-" if fields["compute_ms"] is None else fields["compute_ms"],
-        "-" if record.batch_rows is None else record.batch_rows,
-        record.bytes_in,
-        "-" if bytes_out is None else bytes_out,
-        record.trace_id or "-",
-        record.client or "-",
-        extra={"access": fields},
-    )
+    fields = record.fields(status, bytes_out, time.monotonic() - record.started)
+    logger.info(TEXT, *[_dash(fields[name]) for name in TEXT_FIELDS], extra={"access": fields})
+
+
+def _dash(value: object) -> object:
+    return "-" if value is None or value == "" else value

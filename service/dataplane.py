@@ -27,7 +27,7 @@ from service.errors import (
     ServingError,
     Unimplemented,
 )
-from service.servable import Servable, ServableId, ServableRequest, Signature
+from service.servable import Servable, ServableId, ServableRequest, Signature, row_count
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -309,9 +309,13 @@ class DataPlane:
             raise InferenceError(f"model '{servable.id}' failed while computing") from err
         # How the batch thread computed it (a BatchFuture; a plain Future from a direct run has none of it).
         queue_s = getattr(future, "queue_s", None)
+        try:
+            rows: int | None = row_count(arrays)
+        except InvalidInput:  # an unbatched signature's inputs have no row axis
+            rows = None
         access_log.note_inference(
             servable.id,
-            _rows(arrays),
+            rows,
             queue_s=queue_s,
             compute_s=getattr(future, "compute_s", None),
             batch_rows=getattr(future, "batch_rows", None),
@@ -408,9 +412,3 @@ class DataPlane:
                 ]
             )
         return ExamplesResponse(servable.id, results)
-
-
-def _rows(arrays: Mapping[str, np.ndarray]) -> int | None:
-    """Rows of a request's inputs (axis 0 of the first one), None for inputs without a row axis (unbatched signatures)."""
-    first = next(iter(arrays.values()), None)
-    return None if first is None or np.ndim(first) == 0 else int(np.shape(first)[0])

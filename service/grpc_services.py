@@ -66,7 +66,7 @@ def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
         protocol_var.set(GRPC)
         route = f"{self.SERVICE}/{method.__name__}"
         probe = route in access_log.PROBE_ROUTES
-        with _NO_SPAN if probe else tracing.server_span(route, metadata):
+        with contextlib.nullcontext() if probe else tracing.server_span(route, metadata):
             record = access_log.begin(
                 protocol=GRPC,
                 method="grpc",
@@ -101,9 +101,6 @@ def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
                 access_log.finish(record, code.name, None if response is None else _byte_size(response))
 
     return call
-
-
-_NO_SPAN = contextlib.nullcontext()
 
 
 def _byte_size(message: object) -> int | None:
