@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from service import pod_readiness, security
+from service import access_log, pod_readiness, security, tracing
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
 from service.api.json import FastJSONProvider
@@ -26,6 +26,7 @@ from service.dataplane import DataPlane
 from service.logs import configure_logging
 from service.manager import Builder, ServableManager
 from service.model_control import ModelControl
+from service.payload_log import PayloadLogger
 from service.repository import ModelRepository, RepositoryWatcher
 from service.settings import Settings
 
@@ -35,16 +36,22 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, builder: Builder | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, builder: Builder | None = None, span_exporter: object | None = None
+) -> Flask:
     """Build the builder, the manager and its watcher (which start loading the models), the data plane and the app.
 
     Args:
         settings: default: read from the environment.
         builder: turns versions on disk into servables; default: a `ServableBuilder` (TensorFlow),
             started here. Tests pass a started fake to exercise the HTTP layer without TensorFlow.
+        span_exporter: turns tracing on with this OpenTelemetry span exporter (tests: the SDK's
+            `InMemorySpanExporter`); default: OTEL_TRACES_EXPORTER decides.
     """
     settings = settings or Settings()
     configure_logging(settings)
+    access_log.configure(settings)
+    tracing.configure(settings, exporter=span_exporter)
     if builder is None:
         builder = ServableBuilder(settings)
         builder.start()  # security gate on MODELS_DIR, TensorFlow configuration, gc.freeze
@@ -65,11 +72,15 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     stopped = threading.Event()
     pod_readiness.start_publisher(lambda: manager.readiness().ready, stopped)
 
+    payload_logger = PayloadLogger(settings) if settings.payload_log_url else None
+
     def stop() -> None:
         """Stop watching first (nothing sets aspired versions any more), then unload every version."""
         stopped.set()
         watcher.stop()
         manager.stop()
+        if payload_logger is not None:
+            payload_logger.close()  # what is queued gets PAYLOAD_LOG_TIMEOUT_S more
 
     # Unload on interpreter exit (gunicorn's graceful worker exit): batcher threads stop and
     # in-flight requests have finished by then.
@@ -77,7 +88,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = FastJSONProvider(app)
-    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings, control), stop)
+    app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings, control), stop, payload_logger)
     register_blueprints(app)
     register_error_handlers(app)
     if settings.model_name:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import metrics
+from service import metrics, tracing
 from service.errors import InferenceError, ModelNotReady, Overloaded
 from service.servable import ServableId, row_count
 
@@ -59,6 +59,21 @@ RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 """What a batcher calls with the rows of a batch: `InferenceRunner.run`, or any array function."""
 
 
+class BatchFuture(Future):
+    """The future `submit` returns; once it has a result, it also says how that result was computed.
+
+    Set by the batch thread before the result: `queue_s` (time in the queue), `compute_s` (the
+    device call that produced the result, the whole batch's), `batch_rows` (rows of that call) and
+    `batch_span` (the trace span context of that call, None without tracing). The request's thread
+    reads them after `result()` for the access log and its trace; nothing calls back up.
+    """
+
+    queue_s: float | None = None
+    compute_s: float | None = None
+    batch_rows: int | None = None
+    batch_span: object | None = None
+
+
 @dataclass(slots=True, eq=False)
 class _Request:
     inputs: Mapping[str, np.ndarray]
@@ -66,7 +81,9 @@ class _Request:
     key: tuple[tuple[str, tuple[int, ...], str], ...]
     """Names, row shapes and dtypes: requests with equal keys can be concatenated."""
     enqueued: float
-    future: Future = field(default_factory=Future)
+    trace: object | None = None
+    """The submitting request's span context (tracing on), linked from the batch's span."""
+    future: BatchFuture = field(default_factory=BatchFuture)
 
 
 class Batcher:
@@ -130,7 +147,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
         self._thread.start()
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> Future:
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> BatchFuture:
         """Queue one request's rows; the future's result holds exactly these rows' outputs.
 
         Args:
@@ -148,7 +165,7 @@ class Batcher:
         """
         rows = row_count(inputs)
         key = sorted((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
-        request = _Request(inputs, rows, tuple(key), time.monotonic())
+        request = _Request(inputs, rows, tuple(key), time.monotonic(), tracing.current_span_context())
         with self._cond:
             if self._failed:
                 raise ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
@@ -314,6 +331,8 @@ class Batcher:
         if not live:
             return
         rows = sum(r.rows for r in live)
+        for request in live:
+            request.future.queue_s = now - request.enqueued
         try:
             outputs = self._call(live, rows)
         except MemoryError:
@@ -351,11 +370,18 @@ class Batcher:
             inputs = requests[0].inputs
         else:
             inputs = {name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs}
-        started = time.monotonic()
-        outputs = self._run(inputs)
-        self._compute_seconds.observe(time.monotonic() - started)
+        with tracing.batch_span(self._id, rows, [r.trace for r in requests]) as span_context:
+            started = time.monotonic()
+            outputs = self._run(inputs)
+            seconds = time.monotonic() - started
+        self._compute_seconds.observe(seconds)
         self._batch_rows.observe(rows)
         self._batches.inc()
+        for request in requests:  # read by the request's thread once the result is set
+            future = request.future
+            future.compute_s = seconds
+            future.batch_rows = rows
+            future.batch_span = span_context
         return outputs
 
     def _isolate(self, live: list[_Request], rows: int, err: Exception) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service import classification, examples, pod_readiness, preprocessing
+from service import access_log, classification, examples, pod_readiness, preprocessing, tracing
 from service.errors import (
     InferenceError,
     InvalidInput,
@@ -31,7 +31,7 @@ from service.errors import (
     Unimplemented,
 )
 from service.model_control import ModelControl
-from service.servable import BackendReport, Servable, ServableId, ServableRequest, ServableState, Signature
+from service.servable import BackendReport, Servable, ServableId, ServableRequest, ServableState, Signature, row_count
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -161,7 +161,8 @@ class DataPlane:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
-            arrays, expanded = self._model_inputs(servable, signature, request)
+            with tracing.span("preprocess"):
+                arrays, expanded = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, arrays)
             ordered = self._order(outputs, signature, request.outputs)
             return PredictResponse(servable.id, ordered, servable.labels), expanded
@@ -203,8 +204,9 @@ class DataPlane:
             signature = servable.signatures[wanted]
             if signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
                 return self._run_examples(servable, wanted, signature, request)
-            columns = self._feature_columns(request, signature)
-            arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+            with tracing.span("preprocess"):
+                columns = self._feature_columns(request, signature)
+                arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
             outputs = self._order(self._run(servable, wanted, arrays), signature, None)
             scores = next(iter(outputs.values()))
             rows = len(request.examples)
@@ -416,10 +418,11 @@ class DataPlane:
             raise Unimplemented(
                 f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server"
             )
+        submitted_ns = tracing.now_ns()
         future = submit(arrays)
         timeout_s = self._settings.request_timeout_s
         try:
-            return future.result(timeout=timeout_s)
+            outputs = future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
             raise Overloaded(f"model '{servable.id}' did not answer within {timeout_s:g}s; retry later") from err
@@ -428,6 +431,21 @@ class DataPlane:
         except Exception as err:  # noqa: BLE001 - any other failure is the model's, not the client's
             log.error("%s failed on signature %r: %s", servable.id, signature_name, err, exc_info=True)
             raise InferenceError(f"model '{servable.id}' failed while computing") from err
+        # How the batch thread computed it (a BatchFuture; a plain Future from a direct run has none of it).
+        queue_s = getattr(future, "queue_s", None)
+        try:
+            rows: int | None = row_count(arrays)
+        except InvalidInput:  # an unbatched signature's inputs have no row axis
+            rows = None
+        access_log.note_inference(
+            servable.id,
+            rows,
+            queue_s=queue_s,
+            compute_s=getattr(future, "compute_s", None),
+            batch_rows=getattr(future, "batch_rows", None),
+        )
+        tracing.queue_span(submitted_ns, queue_s, getattr(future, "batch_span", None))
+        return outputs
 
     @staticmethod
     def _check_outputs(signature: Signature, wanted: tuple[str, ...] | None) -> None:

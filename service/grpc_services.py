@@ -9,6 +9,7 @@ the message REST gives. Nothing here knows HTTP, and nothing below the data plan
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service import grpc_errors, security
+from service import access_log, grpc_errors, security, tracing
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ModelNotReady, Unimplemented
 from service.logs import protocol_var, request_id_var
@@ -58,24 +59,54 @@ def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
     @functools.wraps(method)
     def call(self, request, context: grpc.ServicerContext) -> _Response:
         started = time.monotonic()
-        given = dict(context.invocation_metadata()).get(REQUEST_ID_KEY, "")
+        metadata = dict(context.invocation_metadata())
+        given = metadata.get(REQUEST_ID_KEY, "")
         request_id = given if isinstance(given, str) and _plain(given) else uuid.uuid4().hex
         request_id_var.set(request_id)
         protocol_var.set(GRPC)
-        context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-        code = grpc.StatusCode.OK
-        try:
-            return method(self, request, context)
-        except Exception as err:  # noqa: BLE001 - every error becomes a status, as REST's handlers do
-            code = grpc_errors.code_for(err)
-            grpc_errors.abort(context, err)
-            raise  # not reached: abort raises
-        finally:
-            model = _model_label(self._dataplane, request)
-            route = f"{self.SERVICE}/{method.__name__}"
-            observe_request(GRPC, route, model, code.name, time.monotonic() - started)
+        route = f"{self.SERVICE}/{method.__name__}"
+        probe = route in access_log.PROBE_ROUTES
+        with contextlib.nullcontext() if probe else tracing.server_span(route, metadata):
+            record = access_log.begin(
+                protocol=GRPC,
+                method="grpc",
+                path=f"/{self.PACKAGE}.{self.SERVICE}/{method.__name__}",
+                route=route,
+                client=context.peer(),
+                request_id=request_id,
+                started=started,
+            )
+            if record is not None:
+                record.bytes_in = request.ByteSize()
+                record.trace_id = tracing.trace_id()
+            initial = [(REQUEST_ID_KEY, request_id)]
+            trace_header = None if probe else tracing.response_header()
+            if trace_header is not None:
+                initial.append((tracing.RESPONSE_HEADER, trace_header))
+            context.send_initial_metadata(tuple(initial))
+            code = grpc.StatusCode.OK
+            response = None
+            try:
+                response = method(self, request, context)
+                return response
+            except Exception as err:  # noqa: BLE001 - every error becomes a status, as REST's handlers do
+                code = grpc_errors.code_for(err)
+                grpc_errors.abort(context, err)
+                raise  # not reached: abort raises
+            finally:
+                model = _model_label(self._dataplane, request)
+                observe_request(GRPC, route, model, code.name, time.monotonic() - started)
+                if record is not None and not record.model:
+                    record.model = model
+                access_log.finish(record, code.name, None if response is None else _byte_size(response))
 
     return call
+
+
+def _byte_size(message: object) -> int | None:
+    """A protobuf message's serialized size (what goes on the wire, before compression)."""
+    size = getattr(message, "ByteSize", None)
+    return size() if callable(size) else None
 
 
 def _model_label(dataplane: DataPlane, request) -> str:
@@ -105,6 +136,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """`tensorflow.serving.PredictionService`: Predict, Classify, Regress, GetModelMetadata. Thread-safe."""
 
     SERVICE = "PredictionService"
+    PACKAGE = "tensorflow.serving"
 
     def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
         self._dataplane = dataplane
@@ -114,7 +146,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):  # noqa: N802 - the generated method names
         security.check_model_name(request.model_spec.name)
         predict = tfserving_grpc.decode_predict(request, max_bytes=self._settings.max_request_bytes)
-        return tfserving_grpc.encode_predict(self._dataplane.predict(predict), request.model_spec.signature_name)
+        response = self._dataplane.predict(predict)
+        with tracing.span("encode"):
+            return tfserving_grpc.encode_predict(response, request.model_spec.signature_name)
 
     def _run_examples(self, request, method: str):
         """Classify and Regress: the request's tf.Examples through the data plane."""
@@ -148,6 +182,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """`tensorflow.serving.ModelService`: GetModelStatus; the model configuration comes from MODELS_DIR. Thread-safe."""
 
     SERVICE = "ModelService"
+    PACKAGE = "tensorflow.serving"
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -171,6 +206,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload); the other methods answer UNIMPLEMENTED. Thread-safe."""
 
     SERVICE = "GRPCInferenceService"
+    PACKAGE = "inference"
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -210,7 +246,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         security.check_model_name(request.model_name)
         predict, classes = kserve_v2_grpc.decode_infer(request)
-        return kserve_v2_grpc.encode_infer(self._dataplane.predict(predict), request.id, classes)
+        response = self._dataplane.predict(predict)
+        with tracing.span("encode"):
+            return kserve_v2_grpc.encode_infer(response, request.id, classes)
 
     @_rpc
     def RepositoryIndex(self, request, context):

@@ -40,6 +40,9 @@ class JsonFormatter(logging.Formatter):
             "protocol": getattr(record, "protocol", "-"),
             "pid": record.process,
         }
+        access = getattr(record, "access", None)  # an access record's fields (service.access_log)
+        if access:
+            entry.update(access)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

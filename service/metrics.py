@@ -98,6 +98,16 @@ BACKEND_FALLBACKS = Counter(
     ["model", "reason"],
 )
 
+PAYLOAD_EVENTS_SENT = Counter(
+    "kerasserve_payload_events_sent_total", "Payload-logging CloudEvents the sink accepted (PAYLOAD_LOG_URL)."
+)
+PAYLOAD_EVENTS_DROPPED = Counter(
+    "kerasserve_payload_events_dropped_total",
+    "Payload-logging CloudEvents dropped: the queue was full (`queue_full`), the sink did not answer in time "
+    "(`timeout`), or failed or refused them (`sink_error`). Predictions never wait for the sink.",
+    ["reason"],
+)
+
 
 def observe_request(protocol: str, route: str, model: str, code: str, seconds: float | None) -> None:
     """Count one answered request and observe its duration (None: not timed). `model` must already be bounded."""

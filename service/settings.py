@@ -70,6 +70,38 @@ class Settings(BaseSettings):
     console: bool = True
     """Serve the web console at `/` (models and their states, a try-it form, health; its files under `/ui/`); off: `/` and `/ui/` answer 404."""
 
+    access_log: bool = True
+    """Write one access record per request (HTTP and gRPC: method, path, model, version, rows, status, latency with queue and compute times, bytes, request and trace ids, client) to the service's log, at INFO whatever LOG_LEVEL, plain or JSON (LOG_JSON)."""
+
+    access_log_probes: bool = False
+    """Also write access records for the probes (`/healthz`, `/readyz`, `/v2/health/live`, `/v2/health/ready`, gRPC health) and `/metrics`."""
+
+    # --- tracing (OpenTelemetry; the SDK reads the other standard OTEL_* variables itself) ------
+    otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
+    """OpenTelemetry tracing: `otlp` exports spans over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, ...; docs/operations.md), `console` prints them; `none` (the default) imports no OpenTelemetry at all."""
+
+    otel_service_name: str = "kerasserve"
+    """`service.name` of the exported spans."""
+
+    # --- payload logging (KServe's CloudEvents logger format) ----------------------------------
+    payload_log_url: str | None = None
+    """Send request and response bodies as CloudEvents (KServe's logger format) to this http(s) URL, from a bounded background queue; unset turns payload logging off."""
+
+    payload_log_rate: float = Field(1.0, ge=0, le=1)
+    """Share of requests whose payloads are logged (1 = every request)."""
+
+    payload_log_max_bytes: int = Field(1024 * 1024, ge=0)
+    """Largest body sent in one event; a larger one is replaced by a JSON note of its size and type."""
+
+    payload_log_images: bool = False
+    """Send image bodies (multipart uploads, image/* bodies) as they are; off: a JSON note of their count, sizes and types."""
+
+    payload_log_queue_events: int = Field(1000, ge=1)
+    """Events waiting for the sink at most; beyond that events are dropped (kerasserve_payload_events_dropped_total), never the prediction."""
+
+    payload_log_timeout_s: float = Field(2.0, gt=0)
+    """Longest the sink may take to accept the connection, take an event or answer (each step) before the event is dropped."""
+
     # --- models -------------------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), validate_default=True)
     """Folder watched for model files and version folders; `plugins/` inside it holds plugins. A relative path is taken from the directory the server starts in."""
@@ -179,6 +211,13 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("payload_log_url", mode="after")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"PAYLOAD_LOG_URL must be an http:// or https:// URL, not {value!r}")
+        return value
 
     @field_validator("auth_token", mode="after")
     @classmethod

@@ -2,7 +2,8 @@
 
 `register_blueprints(app)` installs the blueprints and the hooks every request passes through:
 request ids (`X-Request-ID`, echoed or generated), the request metrics (REQUESTS and REQUEST_SECONDS,
-observed once, here), and `before_request` hooks: the place where authentication and CORS plug in.
+observed once, here), the access record (`service.access_log`), the trace header, payload logging
+(`service.payload_log`), and `before_request` hooks: the place where authentication and CORS plug in.
 Views reach the serving components through `current_app.extensions["kerasserve"]`, never globals,
 with the helpers of `service.api.context` (re-exported here for `service.app`).
 """
@@ -14,9 +15,10 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from werkzeug.datastructures import FileStorage
 from werkzeug.routing import BaseConverter, ValidationError
 
-from service import security
+from service import access_log, security, tracing
 from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
 from service.logs import protocol_var, request_id_var
@@ -45,17 +47,33 @@ class VersionConverter(BaseConverter):
 
 
 def _start_request() -> None:
-    """Take or make the request id and start the request clock."""
+    """Take or make the request id, start the request clock, open the access record, decide on payload logging."""
     g.kerasserve_started = time.monotonic()
     client_id = request.headers.get(REQUEST_ID_HEADER, "")
     # A client's id is echoed only when it is short and plain, so it can go into logs and headers safely.
     g.kerasserve_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
     request_id_var.set(g.kerasserve_request_id)
     protocol_var.set(REST)
+    payload_log = runtime().payload_log
+    g.kerasserve_payload = payload_log is not None and request.method == "POST" and payload_log.sampled()
+    record = access_log.begin(
+        protocol=REST,
+        method=request.method,
+        path=request.path,
+        route=request.endpoint or "unmatched",
+        client=request.remote_addr or "",
+        request_id=g.kerasserve_request_id,
+        bytes_in=request.content_length or 0,
+        started=g.kerasserve_started,
+        keep=g.kerasserve_payload,  # the payload logger reads the version from it
+    )
+    if record is not None:
+        record.trace_id = tracing.trace_id()
+    g.kerasserve_access = record
 
 
 def _finish_request(response: Response) -> Response:
-    """Add the request id header and observe the request metrics, once per response."""
+    """Add the request id (and trace) headers, observe the request metrics, log payloads and write the access record: once per response."""
     request_id = g.get("kerasserve_request_id") or uuid.uuid4().hex
     response.headers[REQUEST_ID_HEADER] = request_id
     route = request.endpoint or "unmatched"
@@ -67,7 +85,52 @@ def _finish_request(response: Response) -> Response:
     started = g.get("kerasserve_started")
     seconds = None if started is None else time.monotonic() - started
     observe_request(REST, route, model, str(response.status_code), seconds)
+    trace_header = tracing.response_header()
+    if trace_header is not None:
+        response.headers[tracing.RESPONSE_HEADER] = trace_header
+    record = g.get("kerasserve_access")
+    body = g.get("kerasserve_payload_body")
+    if body is not None:  # logged, and let in by the guard
+        _log_payloads(request_id, response, record, body)
+    access_log.finish(record, str(response.status_code), response.content_length)
     return response
+
+
+def _capture_payload() -> None:
+    """Keep the body of a request whose payloads are logged (views then read this copy), once the guard let it in."""
+    if g.get("kerasserve_payload"):
+        g.kerasserve_payload_body = request.get_data(cache=True)
+
+
+def _log_payloads(request_id: str, response: Response, record: access_log.Record | None, body: bytes) -> None:
+    """Hand the request's and the response's bodies to the payload logger (it only queues them)."""
+    payload_log = runtime().payload_log
+    if payload_log is None:
+        return
+    files = None
+    if request.mimetype == "multipart/form-data" and not runtime().settings.payload_log_images:
+        files = [_part(name, part) for name, part in request.files.items(multi=True)]
+    payload_log.log_exchange(
+        request_id=request_id,
+        model=(record.model if record is not None else "") or g.get("kerasserve_model", ""),
+        version=record.version if record is not None else None,
+        path=request.path,
+        status=response.status_code,
+        request_type=request.content_type or "",
+        request_body=body,
+        response_type=response.content_type or "",
+        response_body=b"" if response.is_streamed else response.get_data(),
+        files=files,
+    )
+
+
+def _part(name: str, part: FileStorage) -> dict[str, object]:
+    """A multipart part's name, file name, type and size (for the payload log's size note)."""
+    stream = part.stream
+    position = stream.tell()
+    size = stream.seek(0, 2)
+    stream.seek(position)
+    return {"name": name, "filename": part.filename, "content_type": part.mimetype, "bytes": size}
 
 
 def _guard_request() -> None:
@@ -115,8 +178,10 @@ def register_blueprints(app: Flask) -> None:
     from service.api import metrics as metrics_api
 
     app.url_map.converters["version"] = VersionConverter  # before the blueprints' rules are bound
+    tracing.instrument_app(app)  # first: its span is current in the hooks below (no-op without tracing)
     app.before_request(_start_request)
     app.before_request(_guard_request)
+    app.before_request(_capture_payload)
     app.after_request(_finish_request)
     app.after_request(_add_cors)
     for blueprint in (

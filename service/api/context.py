@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 
 from flask import current_app, g
 
+from service import access_log
+
 if TYPE_CHECKING:  # pragma: no cover
     from service.dataplane import DataPlane
+    from service.payload_log import PayloadLogger
     from service.settings import Settings
 
 EXTENSION = "kerasserve"
@@ -29,6 +32,8 @@ class Runtime:
     dataplane: DataPlane
     stop: Callable[[], None]
     """Stops the repository watcher and unloads every version (runs at exit; tests call it)."""
+    payload_log: PayloadLogger | None = None
+    """Sends request and response bodies to PAYLOAD_LOG_URL; None when payload logging is off."""
 
 
 def runtime() -> Runtime:
@@ -44,3 +49,4 @@ def dataplane() -> DataPlane:
 def note_model(name: str) -> None:
     """Record which model a request is for, for the request metrics (labelled `_unknown` unless the model exists)."""
     g.kerasserve_model = name
+    access_log.note_model(name)

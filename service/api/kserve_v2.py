@@ -11,6 +11,7 @@ import json
 
 from flask import Blueprint, Response, request
 
+from service import tracing
 from service.api.context import dataplane, note_model
 from service.errors import ModelNotFound, ModelNotReady
 from service.protocols import kserve_v2
@@ -85,8 +86,9 @@ def infer(name: str, version: str | None = None):
         header, binary = kserve_v2.split_body(body, header_length)
         predict_request, options = kserve_v2.decode_infer(header, binary, target)
     response = dataplane().predict(predict_request)
-    header_json, binary_out = kserve_v2.encode_infer(response, options)
-    text = json.dumps(header_json, separators=(",", ":")).encode()
+    with tracing.span("encode"):
+        header_json, binary_out = kserve_v2.encode_infer(response, options)
+        text = json.dumps(header_json, separators=(",", ":")).encode()
     if not binary_out:
         return Response(text, mimetype="application/json")
     return Response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
+from service import tracing
 from service.api.context import dataplane, note_model, runtime
 from service.protocols import native
 from service.servable import ServableRequest
@@ -25,7 +26,9 @@ def predict(name: str | None = None, version: int | None = None):
     """Predict: one entry per image or row, keyed by output name for multi-output models."""
     target = _target(name, version)
     predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
-    return native.encode_predict(dataplane().predict(predict_request))
+    response = dataplane().predict(predict_request)
+    with tracing.span("encode"):
+        return native.encode_predict(response)
 
 
 @bp.post("/predict_classes")
@@ -38,4 +41,5 @@ def predict_classes(name: str | None = None, version: int | None = None):
     target = _target(name, version)
     predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
     response = dataplane().predict_classes(predict_request, threshold=threshold, top_k=top_k)
-    return native.encode_classes(response)
+    with tracing.span("encode"):
+        return native.encode_classes(response)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
+from service import tracing
 from service.api.context import dataplane, note_model
 from service.errors import UnsupportedMediaType
 from service.protocols import parse_json_object, tfserving
@@ -42,6 +43,10 @@ def predict_classify_regress(path: str):
     body = parse_json_object(request.get_data(cache=False))
     if target.method == "predict":
         predict_request, columnar = tfserving.decode_predict_body(body, target.request)
-        return tfserving.encode_predict(dataplane().predict(predict_request), columnar=columnar)
+        response = dataplane().predict(predict_request)
+        with tracing.span("encode"):
+            return tfserving.encode_predict(response, columnar=columnar)
     examples_request = tfserving.decode_examples(body, target.request, target.method)
-    return tfserving.encode_examples(dataplane().classify_examples(examples_request))
+    examples_response = dataplane().classify_examples(examples_request)
+    with tracing.span("encode"):
+        return tfserving.encode_examples(examples_response)

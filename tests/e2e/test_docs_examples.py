@@ -50,6 +50,9 @@ NOT_RUNNABLE = {
     "curl -F image=@rose.jpg": "the worked fine-tuned ResNet50 example (the user's flowers model and photo); the same requests (caffe auto-detected, extra outputs, ?outputs=) run against a fine-tuned ResNet50 in tests/e2e/test_transfer_learning.py",
     "curl -s -X POST localhost:8000/v2/repository/models/": "needs MODEL_CONTROL=explicit (the docs server polls); load and unload run through tritonclient against two workers in tests/e2e/test_model_control.py and through every answer in tests/unit/test_api.py",
     "MODELS_DIR=models python -m service inspect": "needs the user's flowers.keras; `python -m service inspect` is tested in tests/unit/test_inspect.py",
+    "ACCESS_LOG=": "the benchmark with the access log or tracing switched (docs/benchmarks-history.md), about 3 minutes a run",
+    "python examples/telemetry_sink.py": "a receiver that runs until stopped; tests/e2e/test_observability.py runs it the same way and points a server at it",
+    "OTEL_TRACES_EXPORTER=otlp ": "a second `make run` with tracing and payload logging on; tests/e2e/test_observability.py starts gunicorn with these variables against the example receiver",
 }
 # Values in shown answers that depend on the trained weights beyond the top class (compared by type only).
 MODEL_DEPENDENT = re.compile(r"\.top_k\[[1-9]\d*\]\.(class_id|label)$")
@@ -201,6 +204,12 @@ NOT_SETTINGS = {
     "MAX_CONTENT_LENGTH": "a Flask config key",
     "ELOOP": "an errno name",
     "ST_RDONLY": "a statvfs flag (a read-only mount)",
+    **dict.fromkeys(
+        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS"]
+        + ["OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BSP_SCHEDULE_DELAY"]
+        + ["OTEL_SDK_DISABLED"],
+        "OpenTelemetry's standard variables, read by its SDK (docs/operations.md)",
+    ),
     **dict.fromkeys(
         ["OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL"]
         + ["UNIMPLEMENTED", "DEADLINE_EXCEEDED", "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"],

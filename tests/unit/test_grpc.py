@@ -37,6 +37,7 @@ from service.app import serve_grpc
 from service.protocols import kserve_v2, kserve_v2_grpc, tfserving_grpc
 from tests.conftest import wait_until
 from tests.e2e.conftest import free_port
+from tests.unit.conftest import Records
 from tests.unit.test_api import make_app
 
 TOKEN = "unit-token"
@@ -584,3 +585,69 @@ def test_grpc_load_is_refused_under_poll_with_tritons_message(served: Served) ->
     with pytest.raises(grpc.RpcError) as raised:
         served.v2.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)  # no token
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- access log and tracing ---------------------------------------------------------------------------
+
+
+def test_each_call_writes_one_access_record_and_probes_none(served: Served, records: Records) -> None:
+    request = double_request([[1.0, 2.0], [3.0, 4.5]])
+    response, _ = served.predict.Predict.with_call(request, metadata=(*AUTH, ("x-request-id", "g-1")), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        served.predict.Predict(double_request([[1.0]], model="nope"), metadata=AUTH, timeout=10)
+    served.v2.ServerLive(service_pb2.ServerLiveRequest(), timeout=10)
+    served.health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    first, second = records.fields()
+    assert {k: first[k] for k in first if not k.endswith("_ms") and k != "client"} == {
+        "protocol": "grpc",
+        "method": "grpc",
+        "path": "/tensorflow.serving.PredictionService/Predict",
+        "route": "PredictionService/Predict",
+        "model": "double",
+        "version": 1,
+        "rows": 2,
+        "status": "OK",
+        "batch_rows": 2,
+        "bytes_in": request.ByteSize(),
+        "bytes_out": response.ByteSize(),
+        "request_id": "g-1",
+        "trace_id": "",
+    }
+    assert first["client"].startswith("ipv4:127.0.0.1:") and first["compute_ms"] > 0 and first["queue_ms"] >= 0
+    assert (second["model"], second["status"], second["rows"]) == ("_unknown", "NOT_FOUND", None)
+
+
+def test_a_traceparent_in_the_metadata_is_the_calls_trace(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from service import tracing
+    from service.settings import Settings
+
+    exporter = InMemorySpanExporter()
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    port = free_port()
+    app = make_app(tmp_path / "models", host="127.0.0.1", grpc_port=port)
+    tracing.configure(Settings(), exporter=exporter)  # after create_app, which sets tracing from its settings
+    server = serve_grpc(app)
+    assert server is not None
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        _, call = stub.Predict.with_call(
+            double_request([[1.0, 2.0]]), metadata=(("traceparent", f"00-{trace_id}-{parent}-01"),), timeout=10
+        )
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerReady(service_pb2.ServerReadyRequest(), timeout=10)
+        spans = {span.name: span for span in exporter.get_finished_spans()}
+    finally:
+        channel.close()
+        server.wait_stopped(5)
+        app.extensions[EXTENSION].stop()
+        tracing.configure(Settings())
+    assert dict(call.initial_metadata())["traceresponse"].split("-")[1] == trace_id
+    assert set(spans) == {"PredictionService/Predict", "preprocess", "queue", "batch", "encode"}  # no probe span
+    server_span = spans["PredictionService/Predict"]
+    assert (format(server_span.context.trace_id, "032x"), format(server_span.parent.span_id, "016x")) == (
+        trace_id,
+        parent,
+    )
+    assert [link.context.span_id for link in spans["queue"].links] == [spans["batch"].context.span_id]
