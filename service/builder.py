@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from service import preprocessing, sandbox, security
 from service.errors import ModelLoadError
 from service.repository import VersionSource, display_path
-from service.servable import Arrays, Servable, ServableInfo
+from service.servable import ModelInputs, Servable, ServableInfo
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class ServableBuilder:
             allowed = (*allowed, max_batch_size)
         closers: list[Callable[[], None]] = []
         checks: list[Callable[[], str]] = []
-        submit: dict[str, Callable[[Arrays], Future]] = {}
+        submit: dict[str, Callable[[ModelInputs], Future]] = {}
         warnings = list(getattr(loaded, "warnings", ()))
         warmup_s = 0.0
         try:
@@ -183,13 +183,13 @@ class ServableBuilder:
         )
 
 
-def _direct(run: Callable[[Arrays], dict]) -> Callable[[Arrays], Future]:
+def _direct(run: Callable[[Sequence[ModelInputs]], dict]) -> Callable[[ModelInputs], Future]:
     """Wrap a runner's `run` as a submit function returning a completed Future (unbatched signatures)."""
 
-    def submit(inputs: Arrays) -> Future:
+    def submit(inputs: ModelInputs) -> Future:
         future: Future = Future()
         try:
-            future.set_result(run(inputs))
+            future.set_result(run([inputs]))
         except Exception as err:  # noqa: BLE001 - delivered through the future, as a batcher would
             future.set_exception(err)
         return future

@@ -79,7 +79,7 @@ def infer(name: str, version: str | None = None):
     body = request.get_data(cache=False)
     header_length = request.headers.get(kserve_v2.HEADER_LENGTH)
     if header_length is not None and header_length.strip() == "0":
-        predict_request, options = kserve_v2.decode_raw_infer(body, dataplane().metadata(target), target)
+        predict_request, options = kserve_v2.decode_raw_infer(body, target)
     else:
         header, binary = kserve_v2.split_body(body, header_length)
         predict_request, options = kserve_v2.decode_infer(header, binary, target)

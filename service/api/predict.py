@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from service.api.context import dataplane, note_model, runtime
+from service.api.context import dataplane, note_model
 from service.protocols import native
 from service.servable import ServableRequest
 
@@ -24,7 +24,7 @@ def _target(name: str | None, version: int | None) -> ServableRequest:
 def predict(name: str | None = None, version: int | None = None):
     """Predict: one entry per image or row, keyed by output name for multi-output models."""
     target = _target(name, version)
-    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    predict_request = native.decode_predict(request, target)
     return native.encode_predict(dataplane().predict(predict_request))
 
 
@@ -36,6 +36,6 @@ def predict_classes(name: str | None = None, version: int | None = None):
     threshold = native.parse_threshold(request.args)
     top_k = native.parse_top_k(request.args)
     target = _target(name, version)
-    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    predict_request = native.decode_predict(request, target)
     response = dataplane().predict_classes(predict_request, threshold=threshold, top_k=top_k)
     return native.encode_classes(response)

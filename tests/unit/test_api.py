@@ -790,3 +790,28 @@ def test_tfserving_tensors_deeper_than_32_dimensions_are_422(client: FlaskClient
                 422,
                 {"error": f"input '{name}' is nested {depth} lists deep; tensors have at most 32 dimensions"},
             ), (url, depth, leaf)
+
+
+def test_a_kserve_raw_binary_request_borrows_its_version_once(client: FlaskClient, monkeypatch) -> None:
+    # Shaping the raw bytes needs the signature: it is read from the version borrowed to run the request,
+    # so a swap between shaping and running cannot mix two versions (it borrowed twice before).
+    manager = client.application.extensions[EXTENSION].dataplane._manager
+    borrowed: list[object] = []
+    real_handle = manager.handle
+
+    def counting_handle(target):
+        borrowed.append(target)
+        return real_handle(target)
+
+    monkeypatch.setattr(manager, "handle", counting_handle)
+    response = client.post(
+        "/v2/models/double/infer",
+        data=np.array([1.5, 2.0], "<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
+    )
+    assert response.status_code == 200
+    assert np.frombuffer(response.data[int(response.headers["Inference-Header-Content-Length"]) :], "<f4").tolist() == [
+        3.0,
+        4.0,
+    ]
+    assert len(borrowed) == 1
