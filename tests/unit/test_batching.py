@@ -139,21 +139,21 @@ def test_batches_never_exceed_max_batch_size_and_a_larger_request_runs_alone(mak
     assert run.calls == [1, 3, 2, 9, 1]
 
 
+# A gate, not a clock: the batch timeout is ten minutes, so a batcher that waited for it would fail
+# `result(timeout=30)`, however busy the host.
 def test_a_full_batch_runs_without_waiting_for_the_timeout(make_batcher) -> None:
-    batcher = make_batcher(Recorder(), max_batch_size=4, batch_timeout_ms=20_000)
-    started = time.monotonic()
-    batcher.submit(checked({"x": rows(0, 4)})).result(timeout=10)
-    assert time.monotonic() - started < 5
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=600_000)
+    batcher.submit(checked({"x": rows(0, 4)})).result(timeout=30)
+    assert run.calls == [4]
 
 
 def test_a_batch_filled_by_several_requests_runs_without_waiting_for_the_timeout(make_batcher) -> None:
     run = Recorder()
-    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=20_000)
-    started = time.monotonic()
+    batcher = make_batcher(run, max_batch_size=4, batch_timeout_ms=600_000)
     futures = [batcher.submit(checked({"x": rows(i, 1)})) for i in range(4)]
     for future in futures:
-        future.result(timeout=10)
-    assert time.monotonic() - started < 5
+        future.result(timeout=30)
     assert run.calls == [4]
 
 
@@ -163,7 +163,10 @@ def test_a_lone_request_waits_at_most_the_timeout(make_batcher) -> None:
     started = time.monotonic()
     batcher.submit(checked({"x": rows(0, 1)})).result(timeout=10)
     elapsed = time.monotonic() - started
-    assert 0.29 <= elapsed < 0.3 + 1.0  # waited for company, then ran (compute is ~0)
+    # It waited for company (the lower bound is the property), then ran. The upper bound is generous: on a busy
+    # 2-core host the batch thread may wait seconds for a core; a batcher that waited for a second request
+    # instead of its deadline would never answer and fail `result(timeout=10)`.
+    assert 0.29 <= elapsed < 0.3 + 5.0
     assert run.calls == [1]
 
 
@@ -173,7 +176,9 @@ def test_with_timeout_zero_a_lone_request_does_not_wait(make_batcher) -> None:
     started = time.monotonic()
     for i in range(20):
         batcher.submit(checked({"x": rows(i, 1)})).result(timeout=10)
-    assert (time.monotonic() - started) / 20 < 0.05
+    # Generous (a busy 2-core host may hold the batch thread off a core for a while): 20 requests in 10 s
+    # rules out waiting for company, which with timeout 0 has no deadline to stop it but the next request.
+    assert time.monotonic() - started < 10
 
 
 def test_a_full_queue_raises_overloaded_and_counts_it(make_batcher) -> None:

@@ -273,7 +273,7 @@ def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() 
     # ServableBuilder) may have made it: the check runs in a fresh interpreter.
     if not in_fresh_process():
         name = test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__
-        run_in_fresh_process(f"{__file__}::{name}", timeout_s=300)
+        assert run_in_fresh_process(f"{__file__}::{name}", timeout_s=300) == {name}
         return
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if not has_gpu:
