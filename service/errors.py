@@ -114,6 +114,13 @@ class UnsafeModelRefused(ModelLoadError):
     """The file holds Lambda code and `allow_lambda` is off."""
 
 
+class ModelCrashed(ModelLoadError):
+    """Loading the file killed (or hung) the process that tried: the Lambda probe's child, or a worker.
+
+    The builder remembers its content hash (`service.quarantine`): it is not tried again until it changes.
+    """
+
+
 class InsecureModelsDir(Exception):
     """MODELS_DIR (or its plugins folder) can be written by every user, and `allow_world_writable_models` is off.
 
