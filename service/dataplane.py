@@ -57,6 +57,8 @@ class PredictRequest:
     signature_name: str | None = None
     outputs: tuple[str, ...] | None = None
     inputs_for: Callable[[Signature], Mapping[str, np.ndarray]] | None = None
+    client_gone: Callable[[], bool] | None = None
+    """Whether the client closed its connection (checked between images: decoding stops); None: never asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,7 @@ class DataPlane:
             max_rows=self._settings.max_images_per_request,
             max_request_pixels=self._settings.max_request_pixels,
             max_decode_s=self._settings.max_request_decode_s,
+            client_gone=request.client_gone,
         )
         return checked, expanded
 

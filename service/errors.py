@@ -26,6 +26,10 @@ class PayloadTooLarge(ServingError):
     """The request body, batch or image is larger than a configured limit (HTTP 413)."""
 
 
+class ClientGone(ServingError):
+    """The client closed its connection before its answer: the work for it stops (HTTP 499, never read)."""
+
+
 class RequestTimeout(ServingError):
     """The client did not send its request headers or body within the configured time (HTTP 408)."""
 

@@ -14,6 +14,7 @@ import grpc
 
 from service.errors import (
     UNEXPECTED_MESSAGE,
+    ClientGone,
     InferenceError,
     InvalidInput,
     InvalidTensor,
@@ -32,6 +33,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
+    ClientGone: grpc.StatusCode.CANCELLED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,

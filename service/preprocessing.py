@@ -20,7 +20,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.applications import RAW_PIXEL_LAYERS, Recognition
-from service.errors import InvalidInput, InvalidTensor, PayloadTooLarge, strip_paths
+from service.errors import ClientGone, InvalidInput, InvalidTensor, PayloadTooLarge, strip_paths
 from service.model_config import PreprocessingChoice, PreprocessingConfig
 from service.servable import ModelInputs, Signature, TensorInfo
 
@@ -64,12 +64,16 @@ class DecodeBudget:
     """What one request may spend decoding images, across all its image inputs: pixels and CPU seconds.
 
     Pixels are charged from the headers, for every image, before any is decoded (`charge`); time is the request
-    thread's CPU time, checked after each image (`check_time`). Neither is enforced anywhere else.
+    thread's CPU time, checked after each image (`check_time`). Neither is enforced anywhere else. After each
+    image, `client_gone()` (when given) says whether the client closed its connection: decoding then stops.
     """
 
-    def __init__(self, *, max_pixels: int | None, max_seconds: float | None) -> None:
+    def __init__(
+        self, *, max_pixels: int | None, max_seconds: float | None, client_gone: Callable[[], bool] | None = None
+    ) -> None:
         self.max_pixels = max_pixels
         self.max_seconds = max_seconds
+        self.client_gone = client_gone
         self.pixels = 0
         self._start = time.thread_time()
 
@@ -87,6 +91,12 @@ class DecodeBudget:
                 f"{what}the request's images need {self.pixels} pixels of decoding, over the limit of "
                 f"{self.max_pixels} per request (MAX_REQUEST_PIXELS)"
             )
+
+    def check_client(self, decoded: int, total: int) -> None:
+        """Raise `ClientGone` when the client closed its connection: the images left are not decoded."""
+        if self.client_gone is not None and decoded < total and self.client_gone():
+            log.info("client gone: decoding stopped after image %d of %d", decoded, total)
+            raise ClientGone(f"the client closed the connection; decoding stopped after image {decoded} of {total}")
 
     def check_time(self) -> None:
         """Raise 413 once the request thread has spent more CPU time decoding than allowed."""
@@ -382,6 +392,7 @@ def decode_images(
                 raise
             raise type(err)(f"image {index}: {err}") from err
         budget.check_time()
+        budget.check_client(index + 1, len(opened))
     if len({a.shape for a in arrays}) > 1:
         raise InvalidInput(
             f"images of different sizes for input '{spec.input}', whose size is not fixed; "
@@ -422,6 +433,7 @@ def to_model_inputs(
     max_rows: int,
     max_request_pixels: int | None = None,
     max_decode_s: float | None = None,
+    client_gone: Callable[[], bool] | None = None,
 ) -> ModelInputs:
     """Turn a request's arrays and images into exactly the tensors `signature` takes: the one boundary.
 
@@ -437,6 +449,7 @@ def to_model_inputs(
         InvalidTensor: no row axis, no rows, values that do not fit an input's dtype or shape.
         PayloadTooLarge: more rows than `max_rows`, too many pixels in an image, or the request's images over
             `max_request_pixels` or `max_decode_s` of CPU (one `DecodeBudget` for all its image inputs; None: no limit).
+        ClientGone: `client_gone()` turned true between two images.
     """
     named: dict[str, np.ndarray | Sequence[bytes]] = dict(inputs)
     if UNNAMED in named:
@@ -473,7 +486,7 @@ def to_model_inputs(
         if count == 0:
             raise InvalidTensor(f"input '{tensor.name}' is empty")
         rows = count
-    budget = DecodeBudget(max_pixels=max_request_pixels, max_seconds=max_decode_s)
+    budget = DecodeBudget(max_pixels=max_request_pixels, max_seconds=max_decode_s, client_gone=client_gone)
     # A fixed-batch signature (shape (1,) ...) still has rows on dimension 0; the runner splits them.
     has_batch = signature.batched or signature.fixed_batch_size is not None
     result: dict[str, np.ndarray] = {}

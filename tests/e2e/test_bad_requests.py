@@ -11,6 +11,7 @@ import base64
 import http.client
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -828,3 +829,26 @@ def test_worker_survived_and_good_requests_never_failed(server: Server) -> None:
     assert [s for s in statuses if s >= 500] == []
     assert not client.failures, client.failures[:5]
     assert server.log().count("Booting worker") == 1, server.log()[-3000:]
+
+
+def test_decoding_stops_when_the_client_closes_its_connection(server: Server) -> None:
+    # A request of 8 images sent whole, then the connection closed at once: the worker notices between two
+    # images (the end of the stream on the socket) and decodes no more, instead of decoding for nobody.
+    picture = io.BytesIO()
+    Image.new("RGB", (300, 300), (200, 100, 50)).save(picture, "PNG")
+    files = [("image", (f"{i}.png", picture.getvalue(), "image/png")) for i in range(MAX_IMAGES)]
+    prepared = requests.Request("POST", server.url + "/models/digits/predict", files=files).prepare()
+    head = "".join(f"{k}: {v}\r\n" for k, v in prepared.headers.items())
+    host, port = server.url.removeprefix("http://").split(":")
+    stopped_before = server.log().count("decoding stopped after image")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /models/digits/predict HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + prepared.body)
+    line = wait_until(
+        lambda: [x for x in server.log().splitlines() if "decoding stopped after image" in x][stopped_before:],
+        timeout_s=30,
+    )
+    found = re.search(r"decoding stopped after image (\d+) of (\d+)", line[0])
+    assert found is not None, line
+    decoded, total = int(found.group(1)), int(found.group(2))
+    assert (total, decoded < total) == (MAX_IMAGES, True), line
+    assert server.get("/healthz").status_code == 200
