@@ -6,11 +6,12 @@ Health and readiness calls answer 200 or 400 with an empty body, as Triton does;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from flask import Blueprint, Response, request
 
-from service.api.context import dataplane, note_model
+from service.api.context import client_gone_check, dataplane, note_model
 from service.errors import ModelNotFound, ModelNotReady
 from service.protocols import kserve_v2
 from service.servable import ServableRequest, ServableState
@@ -83,7 +84,7 @@ def infer(name: str, version: str | None = None):
     else:
         header, binary = kserve_v2.split_body(body, header_length)
         predict_request, options = kserve_v2.decode_infer(header, binary, target)
-    response = dataplane().predict(predict_request)
+    response = dataplane().predict(dataclasses.replace(predict_request, client_gone=client_gone_check()))
     header_json, binary_out = kserve_v2.encode_infer(response, options)
     text = json.dumps(header_json, separators=(",", ":")).encode()
     if not binary_out:

@@ -6,9 +6,11 @@ GET and one POST route serve every form.
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, request
 
-from service.api.context import dataplane, note_model
+from service.api.context import client_gone_check, dataplane, note_model
 from service.errors import UnsupportedMediaType
 from service.protocols import parse_json_object, tfserving
 
@@ -42,6 +44,7 @@ def predict_classify_regress(path: str):
     body = parse_json_object(request.get_data(cache=False))
     if target.method == "predict":
         predict_request, columnar = tfserving.decode_predict_body(body, target.request)
+        predict_request = dataclasses.replace(predict_request, client_gone=client_gone_check())
         return tfserving.encode_predict(dataplane().predict(predict_request), columnar=columnar)
     examples_request = tfserving.decode_examples(body, target.request, target.method)
     return tfserving.encode_examples(dataplane().classify_examples(examples_request))
