@@ -66,6 +66,7 @@ def measure(swaps: int, units: int) -> dict:
 
     from service.builder import ServableBuilder
     from service.manager import ServableManager
+    from service.preprocessing import to_model_inputs
     from service.repository import ModelRepository, RepositoryWatcher
     from service.servable import ServableRequest
     from service.settings import Settings
@@ -94,7 +95,16 @@ def measure(swaps: int, units: int) -> dict:
 
         def serving_generation() -> str:
             with manager.handle(request) as servable:
-                servable.submit[servable.default_signature]({"x": np.ones((1, 64), np.float32)}).result()
+                signature = servable.signatures[servable.default_signature]
+                inputs = to_model_inputs(
+                    {"x": np.ones((1, 64), np.float32)},
+                    (),
+                    signature,
+                    servable.config.preprocessing,
+                    max_pixels=settings.max_image_pixels,
+                    max_rows=settings.max_images_per_request,
+                )
+                servable.submit[servable.default_signature](inputs).result()
                 return repr(id(servable))
 
         install(0)

@@ -4,10 +4,11 @@ The TF Serving scheme, with its knob names: one background thread per batcher ta
 bounded queue. The first request of a batch waits at most `batch_timeout_ms` for others to join; a
 batch runs as soon as it holds `max_batch_size` rows. While the thread computes a batch, requests
 that arrive queue up and form the next one, so under load batches grow without anyone waiting for a
-timer, and a lone request pays at most the timeout. Rows of several requests are concatenated along
-axis 0 (once per input), run with one call, and the outputs are sliced back per request (views, no
-copies). Requests whose inputs cannot be concatenated (other names, dtypes or non-batch shapes, e.g.
-variable-length inputs) run in separate batches, so they never break each other.
+timer, and a lone request pays at most the timeout. The requests of a batch are handed to `run` as
+they are (`ModelInputs`, checked once by preprocessing; the batcher checks nothing again), which
+merges their rows once, straight into the padded arrays of the call, and the outputs are sliced back
+per request (views, no copies). Requests whose inputs cannot be merged (other names, dtypes or
+non-batch shapes, e.g. variable-length inputs) run in separate batches, so they never break each other.
 
 A request with more rows than `max_batch_size` runs alone, in one call to `run` (the runner splits it
 into chunks the model was warmed up for). The queue holds at most `max_enqueued_batches *
@@ -39,7 +40,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -47,7 +48,7 @@ import numpy as np
 
 from service import metrics, tracing
 from service.errors import InferenceError, ModelNotReady, Overloaded
-from service.servable import ServableId, row_count
+from service.servable import ModelInputs, ServableId
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ MAX_RESTARTS = 3
 """Deaths of a batch thread's loop that are restarted within `RESTART_WINDOW_S`; one more gives up."""
 RESTART_WINDOW_S = 60.0
 
-RunFunction = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-"""What a batcher calls with the rows of a batch: `InferenceRunner.run`, or any array function."""
+RunFunction = Callable[[Sequence[ModelInputs]], dict[str, np.ndarray]]
+"""What a batcher calls with the requests of a batch, in order: `InferenceRunner.run`, or any function that
+returns one output row per input row of the requests together."""
 
 
 class BatchFuture(Future):
@@ -76,10 +78,10 @@ class BatchFuture(Future):
 
 @dataclass(slots=True, eq=False)
 class _Request:
-    inputs: Mapping[str, np.ndarray]
+    inputs: ModelInputs
     rows: int
     key: tuple[tuple[str, tuple[int, ...], str], ...]
-    """Names, row shapes and dtypes: requests with equal keys can be concatenated."""
+    """Names, row shapes and dtypes: requests with equal keys can be merged."""
     enqueued: float
     trace: object | None = None
     """The submitting request's span context (tracing on), linked from the batch's span."""
@@ -147,11 +149,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
         self._thread.start()
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> BatchFuture:
+    def submit(self, inputs: ModelInputs) -> BatchFuture:
         """Queue one request's rows; the future's result holds exactly these rows' outputs.
 
         Args:
-            inputs: input name -> array, every array with the same number of rows (>= 1) on axis 0.
+            inputs: the request's inputs, as the boundary (`preprocessing.to_model_inputs`) made them.
 
         Returns:
             A `Future` of `dict[str, np.ndarray]`; it fails with what `run` raised for this request's
@@ -159,13 +161,11 @@ class Batcher:
             on its batch, or with `ModelNotReady` when the batcher gave up before running it.
 
         Raises:
-            InvalidInput: an array has no row axis, no rows, or the row counts differ.
             Overloaded: the queue is full.
             ModelNotReady: the batcher is closed (the version is being unloaded), or gave up.
         """
-        rows = row_count(inputs)
-        key = sorted((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
-        request = _Request(inputs, rows, tuple(key), time.monotonic(), tracing.current_span_context())
+        rows = inputs.rows
+        request = _Request(inputs, rows, inputs.batch_key, time.monotonic(), tracing.current_span_context())
         with self._cond:
             if self._failed:
                 raise ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
@@ -299,7 +299,7 @@ class Batcher:
         return self._take()
 
     def _take(self) -> list[_Request]:
-        """Pop the first request and the following ones that fit and can be concatenated with it."""
+        """Pop the first request and the following ones that fit and can be merged with it."""
         queue = self._queue
         key = queue[0].key
         batch: list[_Request] = []
@@ -365,14 +365,10 @@ class Batcher:
             offset = stop
 
     def _call(self, requests: list[_Request], rows: int) -> dict[str, np.ndarray]:
-        """Concatenate the requests' rows (once per input), run them in one call, observe the call."""
-        if len(requests) == 1:
-            inputs = requests[0].inputs
-        else:
-            inputs = {name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs}
+        """Run the requests' rows in one call (`run` merges them), observe the call."""
         with tracing.batch_span(self._id, rows, [r.trace for r in requests]) as span_context:
             started = time.monotonic()
-            outputs = self._run(inputs)
+            outputs = self._run([r.inputs for r in requests])
             seconds = time.monotonic() - started
         self._compute_seconds.observe(seconds)
         self._batch_rows.observe(rows)

@@ -15,15 +15,15 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import backends, preprocessing, sandbox, security
-from service.errors import ModelLoadError
+from service import backends, preprocessing, quarantine, sandbox, security
+from service.errors import ModelCrashed, ModelLoadError
 from service.repository import VersionSource, display_path
-from service.servable import Arrays, Servable, ServableInfo
+from service.servable import ModelInputs, Servable, ServableInfo
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,23 +86,47 @@ class ServableBuilder:
     def build(self, source: VersionSource) -> Servable:
         """Load a version, build a runner (and batcher) per signature, warm them up.
 
-        Raises:
-            ModelLoadError: the models folder is unsafe, the sandbox or the loader refused the
-                version, or warm-up failed on the default signature.
-        """
-        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope, tf_thread_counts
+        Every step is keyed on the version's content hash: content remembered as having crashed a
+        worker or the Lambda probe (`service.quarantine`) is refused at once, the probe loads only that
+        content, and the worker loads it only if the files still hold it; while the worker loads and
+        warms it up, a marker says so, and a worker that dies meanwhile gets the content quarantined.
 
-        settings, batching = self._settings, source.config.batching
+        Raises:
+            ModelLoadError: the models folder is unsafe, the content is quarantined or changed while it
+                was probed, the sandbox or the loader refused the version, or warm-up failed on the
+                default signature.
+        """
+        settings = self._settings
         problem = security.models_dir_problem(settings.models_dir)
         if problem and not settings.allow_world_writable_models:
             raise ModelLoadError(f"refused: {problem}; see ALLOW_WORLD_WRITABLE_MODELS in docs/security.md")
+        digest, state = quarantine.content_hash(source.path), quarantine.state_folder(settings.state_dir)
+        remembered = quarantine.failure(state, digest)
+        if remembered:
+            raise ModelCrashed(f"{source.path.name}: not loaded: {remembered} (remembered by content hash)")
         # Lambda layers hold Python code that can crash the interpreter: run it in a throw-away
         # process first, so a crash fails this version instead of killing the worker.
         lambda_layers = sandbox.needs_probe(source.path, source.config, settings)
         if lambda_layers:
-            sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
+            try:
+                sandbox.probe(source.path, source.config, settings, layers=lambda_layers, digest=digest)
+            except ModelCrashed as err:
+                quarantine.remember(state, digest, str(err))
+                raise
+            if quarantine.content_hash(source.path) != digest:
+                raise ModelLoadError(
+                    f"{source.path.name} changed after it was probed; it is probed again once it settles"
+                )
         if self._loader is None:
             raise ModelLoadError("the custom object registry could not be built (see the log); fix models/plugins/")
+        with quarantine.loading(state, digest):
+            return self._load_and_assemble(source)
+
+    def _load_and_assemble(self, source: VersionSource) -> Servable:
+        """Load the version in this worker, build and warm up its runners and batchers."""
+        from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope, tf_thread_counts
+
+        settings, batching = self._settings, source.config.batching
         started = time.monotonic()
         with device_scope(self.device):
             loaded = self._loader.load(source.path, source.config)
@@ -128,7 +152,7 @@ class ServableBuilder:
             raise
         closers: list[Callable[[], None]] = []
         checks: list[Callable[[], str]] = []
-        submit: dict[str, Callable[[Arrays], Future]] = {}
+        submit: dict[str, Callable[[ModelInputs], Future]] = {}
         warnings = list(getattr(loaded, "warnings", ()))
         warmup_s = 0.0
         try:
@@ -202,13 +226,13 @@ class ServableBuilder:
         )
 
 
-def _direct(run: Callable[[Arrays], dict]) -> Callable[[Arrays], Future]:
+def _direct(run: Callable[[Sequence[ModelInputs]], dict]) -> Callable[[ModelInputs], Future]:
     """Wrap a runner's `run` as a submit function returning a completed Future (unbatched signatures)."""
 
-    def submit(inputs: Arrays) -> Future:
+    def submit(inputs: ModelInputs) -> Future:
         future: Future = Future()
         try:
-            future.set_result(run(inputs))
+            future.set_result(run([inputs]))
         except Exception as err:  # noqa: BLE001 - delivered through the future, as a batcher would
             future.set_exception(err)
         return future

@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import difflib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -26,12 +26,11 @@ from service.errors import (
     ModelLoadFailed,
     ModelNotFound,
     Overloaded,
-    PayloadTooLarge,
     ServingError,
     Unimplemented,
 )
 from service.model_control import ModelControl
-from service.servable import BackendReport, Servable, ServableId, ServableRequest, ServableState, Signature, row_count
+from service.servable import BackendReport, ModelInputs, Servable, ServableId, ServableRequest, ServableState, Signature
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
@@ -51,7 +50,9 @@ class PredictRequest:
     `inputs` maps input names (or `preprocessing.UNNAMED` for a single-input model) to arrays with
     the rows first; arrays of bytes sent to numeric inputs are encoded images. `images` are encoded
     images for the model's image input (multipart uploads and raw bodies). `outputs` limits and
-    orders the outputs returned (None: all, in the signature's order).
+    orders the outputs returned (None: all, in the signature's order). `inputs_for`, when set, gives
+    the inputs of a body whose shape depends on the signature (KServe v2 raw binary): the data plane
+    calls it with the signature of the version it borrowed, so decoding and running see one version.
     """
 
     target: ServableRequest
@@ -59,6 +60,9 @@ class PredictRequest:
     images: tuple[bytes, ...] = ()
     signature_name: str | None = None
     outputs: tuple[str, ...] | None = None
+    inputs_for: Callable[[Signature], Mapping[str, np.ndarray]] | None = None
+    client_gone: Callable[[], bool] | None = None
+    """Whether the client closed its connection (checked between images: decoding stops); None: never asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +166,8 @@ class DataPlane:
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
             with tracing.span("preprocess"):
-                arrays, expanded = self._model_inputs(servable, signature, request)
-            outputs = self._run(servable, signature_name, arrays)
+                inputs, expanded = self._model_inputs(servable, signature, request)
+            outputs = self._run(servable, signature_name, inputs)
             ordered = self._order(outputs, signature, request.outputs)
             return PredictResponse(servable.id, ordered, servable.labels), expanded
 
@@ -197,6 +201,8 @@ class DataPlane:
             The errors of `predict`; InvalidInput for features that do not fit; Unimplemented when
             the signature takes serialized examples this server cannot run.
         """
+        # Before any example is merged with the context or serialized: the merge costs rows x features.
+        preprocessing.check_rows(len(request.examples), self._settings.max_images_per_request, "examples")
         with self._handle(request.target) as servable:
             wanted = request.signature_name or servable.default_signature
             if wanted not in servable.signatures:
@@ -206,8 +212,8 @@ class DataPlane:
                 return self._run_examples(servable, wanted, signature, request)
             with tracing.span("preprocess"):
                 columns = self._feature_columns(request, signature)
-                arrays, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
-            outputs = self._order(self._run(servable, wanted, arrays), signature, None)
+                inputs, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+            outputs = self._order(self._run(servable, wanted, inputs), signature, None)
             scores = next(iter(outputs.values()))
             rows = len(request.examples)
             if request.method == "regress":
@@ -381,9 +387,9 @@ class DataPlane:
 
     def _model_inputs(
         self, servable: Servable, signature: Signature, request: PredictRequest
-    ) -> tuple[dict[str, np.ndarray], bool]:
+    ) -> tuple[ModelInputs, bool]:
         """Prepare the request's arrays for `signature`; True when a unit axis was added to inputs."""
-        inputs = dict(request.inputs)
+        inputs = dict(request.inputs_for(signature) if request.inputs_for is not None else request.inputs)
         expanded = False
         has_batch = signature.batched or signature.fixed_batch_size is not None
         if has_batch:
@@ -399,7 +405,7 @@ class DataPlane:
                 ):
                     inputs[key] = value[..., np.newaxis]
                     expanded = True
-        arrays = preprocessing.to_model_inputs(
+        checked = preprocessing.to_model_inputs(
             inputs,
             request.images,
             signature,
@@ -408,18 +414,19 @@ class DataPlane:
             max_rows=self._settings.max_images_per_request,
             max_request_pixels=self._settings.max_request_pixels,
             max_decode_s=self._settings.max_request_decode_s,
+            client_gone=request.client_gone,
         )
-        return arrays, expanded
+        return checked, expanded
 
-    def _run(self, servable: Servable, signature_name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Submit `arrays` to the signature's batcher (or direct run) and wait for its outputs."""
+    def _run(self, servable: Servable, signature_name: str, inputs: ModelInputs) -> dict[str, np.ndarray]:
+        """Submit `inputs` to the signature's batcher (or direct run) and wait for its outputs."""
         submit = servable.submit.get(signature_name)
         if submit is None:
             raise Unimplemented(
                 f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server"
             )
         submitted_ns = tracing.now_ns()
-        future = submit(arrays)
+        future = submit(inputs)
         timeout_s = self._settings.request_timeout_s
         try:
             outputs = future.result(timeout=timeout_s)
@@ -433,13 +440,9 @@ class DataPlane:
             raise InferenceError(f"model '{servable.id}' failed while computing") from err
         # How the batch thread computed it (a BatchFuture; a plain Future from a direct run has none of it).
         queue_s = getattr(future, "queue_s", None)
-        try:
-            rows: int | None = row_count(arrays)
-        except InvalidInput:  # an unbatched signature's inputs have no row axis
-            rows = None
         access_log.note_inference(
             servable.id,
-            rows,
+            inputs.rows,
             queue_s=queue_s,
             compute_s=getattr(future, "compute_s", None),
             batch_rows=getattr(future, "batch_rows", None),
@@ -501,14 +504,13 @@ class DataPlane:
             raise Unimplemented(
                 f"signature '{signature_name}' takes {len(signature.inputs)} inputs, not one tf.Example input"
             )
-        if len(request.examples) > self._settings.max_images_per_request:
-            raise PayloadTooLarge(
-                f"{len(request.examples)} examples exceed the limit of {self._settings.max_images_per_request} per request"
-            )
         serialized = np.empty(len(request.examples), dtype=object)
         for index, example in enumerate(request.examples):
             serialized[index] = examples.encode_example(example, request.context)
-        outputs = self._run(servable, signature_name, {signature.inputs[0].name: serialized})
+        inputs, _ = self._model_inputs(
+            servable, signature, PredictRequest(request.target, {signature.inputs[0].name: serialized})
+        )
+        outputs = self._run(servable, signature_name, inputs)
         rows = len(request.examples)
         if not is_classify:
             values = outputs.get("outputs", next(iter(outputs.values())))

@@ -26,6 +26,10 @@ class PayloadTooLarge(ServingError):
     """The request body, batch or image is larger than a configured limit (HTTP 413)."""
 
 
+class ClientGone(ServingError):
+    """The client closed its connection before its answer: the work for it stops (HTTP 499, never read)."""
+
+
 class RequestTimeout(ServingError):
     """The client did not send its request headers or body within the configured time (HTTP 408)."""
 
@@ -126,6 +130,13 @@ class MissingCustomObject(ModelLoadError):
 
 class UnsafeModelRefused(ModelLoadError):
     """The file holds Lambda code and `allow_lambda` is off."""
+
+
+class ModelCrashed(ModelLoadError):
+    """Loading the file killed (or hung) the process that tried: the Lambda probe's child, or a worker.
+
+    The builder remembers its content hash (`service.quarantine`): it is not tried again until it changes.
+    """
 
 
 class InsecureModelsDir(Exception):

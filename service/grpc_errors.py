@@ -14,6 +14,7 @@ import grpc
 
 from service.errors import (
     UNEXPECTED_MESSAGE,
+    ClientGone,
     InferenceError,
     InvalidInput,
     InvalidTensor,
@@ -34,6 +35,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
+    ClientGone: grpc.StatusCode.CANCELLED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelLoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,

@@ -20,16 +20,17 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.applications import RAW_PIXEL_LAYERS, Recognition
-from service.errors import InvalidInput, InvalidTensor, PayloadTooLarge
+from service.errors import ClientGone, InvalidInput, InvalidTensor, PayloadTooLarge, strip_paths
 from service.model_config import PreprocessingChoice, PreprocessingConfig
-from service.servable import Signature, TensorInfo
+from service.servable import ModelInputs, Signature, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,16 @@ class DecodeBudget:
     """What one request may spend decoding images, across all its image inputs: pixels and CPU seconds.
 
     Pixels are charged from the headers, for every image, before any is decoded (`charge`); time is the request
-    thread's CPU time, checked after each image (`check_time`). Neither is enforced anywhere else.
+    thread's CPU time, checked after each image (`check_time`). Neither is enforced anywhere else. After each
+    image, `client_gone()` (when given) says whether the client closed its connection: decoding then stops.
     """
 
-    def __init__(self, *, max_pixels: int | None, max_seconds: float | None) -> None:
+    def __init__(
+        self, *, max_pixels: int | None, max_seconds: float | None, client_gone: Callable[[], bool] | None = None
+    ) -> None:
         self.max_pixels = max_pixels
         self.max_seconds = max_seconds
+        self.client_gone = client_gone
         self.pixels = 0
         self._start = time.thread_time()
 
@@ -86,6 +91,12 @@ class DecodeBudget:
                 f"{what}the request's images need {self.pixels} pixels of decoding, over the limit of "
                 f"{self.max_pixels} per request (MAX_REQUEST_PIXELS)"
             )
+
+    def check_client(self, decoded: int, total: int) -> None:
+        """Raise `ClientGone` when the client closed its connection: the images left are not decoded."""
+        if self.client_gone is not None and decoded < total and self.client_gone():
+            log.info("client gone: decoding stopped after image %d of %d", decoded, total)
+            raise ClientGone(f"the client closed the connection; decoding stopped after image {decoded} of {total}")
 
     def check_time(self) -> None:
         """Raise 413 once the request thread has spent more CPU time decoding than allowed."""
@@ -270,18 +281,17 @@ def _decode_opened(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     except Image.DecompressionBombError as err:
         raise PayloadTooLarge(f"image is too large to decode: {err}") from err
     except UNREADABLE as err:
-        raise InvalidInput(f"cannot decode image: {_short(err)}") from err
+        raise InvalidInput(f"cannot decode image: {_first_line(err)}") from err
     except MALFORMED as err:  # e.g. EXIF whose tags hold the wrong types: exif_transpose fails rewriting it
-        raise InvalidInput(f"cannot decode image: {type(err).__name__}: {_short(err)}") from err
+        raise InvalidInput(f"cannot decode image: {type(err).__name__}: {_first_line(err)}") from err
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     return array
 
 
-def _short(err: Exception) -> str:
-    """Return an error text without file-system paths (Pillow messages carry none, but be safe)."""
-    text = str(err).split("\n", 1)[0]
-    return text if "/" not in text else type(err).__name__
+def _first_line(err: Exception) -> str:
+    """The first line of an error's text, without the server's paths (Pillow messages carry none, but be safe)."""
+    return strip_paths(str(err).split("\n", 1)[0])
 
 
 def _resize(image: Image.Image, width: int, height: int, how: str) -> Image.Image:
@@ -382,6 +392,7 @@ def decode_images(
                 raise
             raise type(err)(f"image {index}: {err}") from err
         budget.check_time()
+        budget.check_client(index + 1, len(opened))
     if len({a.shape for a in arrays}) > 1:
         raise InvalidInput(
             f"images of different sizes for input '{spec.input}', whose size is not fixed; "
@@ -402,6 +413,16 @@ def is_encoded(array: np.ndarray) -> bool:
     return array.dtype == object or array.dtype.kind == "S"
 
 
+def check_rows(count: int, max_rows: int, what: str = "rows") -> None:
+    """The rule on a request's rows (`what`: rows, images, examples), before anything is decoded, cast or merged.
+
+    Raises:
+        PayloadTooLarge: more than `max_rows` (MAX_IMAGES_PER_REQUEST).
+    """
+    if count > max_rows:
+        raise PayloadTooLarge(f"{count} {what} exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
+
+
 def to_model_inputs(
     inputs: Mapping[str, np.ndarray],
     images: Sequence[bytes],
@@ -412,32 +433,32 @@ def to_model_inputs(
     max_rows: int,
     max_request_pixels: int | None = None,
     max_decode_s: float | None = None,
-) -> dict[str, np.ndarray]:
-    """Turn a request's arrays and images into exactly the tensors `signature` takes.
+    client_gone: Callable[[], bool] | None = None,
+) -> ModelInputs:
+    """Turn a request's arrays and images into exactly the tensors `signature` takes: the one boundary.
 
-    An `UNNAMED` array goes to the only input. Bytes sent to a numeric input of rank 3 or 4 are
-    decoded as images. Numbers are cast to the input's dtype and checked against its shape.
+    Every request rule on inputs is checked here, once: names, rows (at least one, equal across inputs, at
+    most `max_rows`, counted before anything is decoded or cast), dtypes and row shapes. What comes out is a
+    `ModelInputs` the batcher, the runner and the model call trust. An `UNNAMED` array goes to the only input.
+    `images` (multipart files, raw bodies) go to the image input; bytes sent to a numeric input of rank 3 or 4
+    are decoded as images too.
 
     Raises:
-        InvalidInput: unknown or missing inputs, undecodable images, unequal batch sizes.
-        InvalidTensor: values that do not fit an input's dtype or shape.
+        InvalidInput: unknown or missing inputs, undecodable images, unequal row counts; the rows of an
+            unbatched signature's input do not have its shape.
+        InvalidTensor: no row axis, no rows, values that do not fit an input's dtype or shape.
         PayloadTooLarge: more rows than `max_rows`, too many pixels in an image, or the request's images over
             `max_request_pixels` or `max_decode_s` of CPU (one `DecodeBudget` for all its image inputs; None: no limit).
+        ClientGone: `client_gone()` turned true between two images.
     """
-    budget = DecodeBudget(max_pixels=max_request_pixels, max_seconds=max_decode_s)
-    named = dict(inputs)
-    if images:
-        spec = image_spec(signature, config)
-        if len(images) > max_rows:
-            raise PayloadTooLarge(
-                f"{len(images)} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)"
-            )
-        named[spec.input] = np.asarray(list(images), dtype=object)
+    named: dict[str, np.ndarray | Sequence[bytes]] = dict(inputs)
     if UNNAMED in named:
         if len(signature.inputs) != 1:
             names = ", ".join(t.name for t in signature.inputs)
             raise InvalidInput(f"the model has {len(signature.inputs)} inputs ({names}); name each input")
         named[signature.inputs[0].name] = named.pop(UNNAMED)
+    if images:
+        named[image_spec(signature, config).input] = images
     expected = {t.name for t in signature.inputs}
     unknown = sorted(set(named) - expected)
     if unknown:
@@ -445,59 +466,57 @@ def to_model_inputs(
     missing = [t.name for t in signature.inputs if t.name not in named]
     if missing:
         raise InvalidInput(f"missing input '{missing[0]}'; the model's inputs are: {', '.join(sorted(expected))}")
-    result: dict[str, np.ndarray] = {}
-    rows: int | None = None
+    # Rows first, from the shapes alone: nothing is decoded or cast for a request over its limits.
+    rows = 0
+    for tensor in signature.inputs:
+        value = named[tensor.name]
+        if isinstance(value, np.ndarray) and not (is_encoded(value) and tensor.dtype not in STRING_DTYPES):
+            if value.ndim == 0:
+                raise InvalidTensor(f"input '{tensor.name}' needs a batch dimension, got a scalar")
+            count, what = value.shape[0], "rows"
+        else:
+            if isinstance(value, np.ndarray) and len(tensor.shape) not in (3, 4):
+                raise InvalidTensor(
+                    f"input '{tensor.name}' takes {tensor.dtype} values of shape {list(tensor.shape)}, not encoded bytes"
+                )
+            count, what = (len(value) if not isinstance(value, np.ndarray) else value.size), "images"
+        check_rows(count, max_rows, what)
+        if rows and count != rows:
+            raise InvalidInput(f"inputs have different batch sizes ({rows} and {count} for '{tensor.name}')")
+        if count == 0:
+            raise InvalidTensor(f"input '{tensor.name}' is empty")
+        rows = count
+    budget = DecodeBudget(max_pixels=max_request_pixels, max_seconds=max_decode_s, client_gone=client_gone)
     # A fixed-batch signature (shape (1,) ...) still has rows on dimension 0; the runner splits them.
     has_batch = signature.batched or signature.fixed_batch_size is not None
+    result: dict[str, np.ndarray] = {}
     for tensor in signature.inputs:
-        array = named[tensor.name]
-        if is_encoded(array) and tensor.dtype not in STRING_DTYPES:
-            array = _decode_image_tensor(
-                array, signature, config, tensor, max_pixels=max_pixels, max_rows=max_rows, budget=budget
-            )
+        value = named[tensor.name]
+        if not isinstance(value, np.ndarray):  # images sent as files: straight to decoding, never packed
+            array = decode_images(value, image_spec(signature, config), max_pixels=max_pixels, budget=budget)
+        elif is_encoded(value) and tensor.dtype not in STRING_DTYPES:
+            spec = image_spec(signature, config.model_copy(update={"input": tensor.name}))
+            array = decode_images([bytes(v) for v in value.reshape(-1)], spec, max_pixels=max_pixels, budget=budget)
         else:
-            array = cast_tensor(array, tensor)
-        if has_batch:
-            if array.ndim == 0:
-                raise InvalidTensor(f"input '{tensor.name}' needs a batch dimension, got a scalar")
-            if rows is None:
-                rows = array.shape[0]
-            elif array.shape[0] != rows:
-                raise InvalidInput(
-                    f"inputs have different batch sizes ({rows} and {array.shape[0]} for '{tensor.name}')"
-                )
-            if array.shape[0] > max_rows:
-                raise PayloadTooLarge(
-                    f"{array.shape[0]} rows exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)"
-                )
-            if array.shape[0] == 0:
-                raise InvalidTensor(f"input '{tensor.name}' is empty")
+            array = cast_tensor(value, tensor)
         if has_batch:
             check_shape(array, tensor, batched=True)
+        else:
+            _check_row_shape(array, tensor)
         result[tensor.name] = array
-    return result
+    return ModelInputs(MappingProxyType(result), rows)
 
 
-def _decode_image_tensor(
-    array: np.ndarray,
-    signature: Signature,
-    config: PreprocessingConfig,
-    tensor: TensorInfo,
-    *,
-    max_pixels: int,
-    max_rows: int,
-    budget: DecodeBudget,
-) -> np.ndarray:
-    """Decode a column of encoded images for `tensor`, or refuse when it does not take images."""
-    if len(tensor.shape) not in (3, 4):
-        raise InvalidTensor(
-            f"input '{tensor.name}' takes {tensor.dtype} values of shape {list(tensor.shape)}, not encoded bytes"
+def _check_row_shape(array: np.ndarray, tensor: TensorInfo) -> None:
+    """Check the rows of an unbatched signature's input (called once per row) against the input's shape."""
+    expected, row_shape = tensor.shape, array.shape[1:]
+    if not expected and tensor.unknown_rank:
+        return
+    if len(row_shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, row_shape)):
+        raise InvalidInput(
+            f"input '{tensor.name}' has rows of shape {tuple(row_shape)}; the model expects "
+            f"{tuple('?' if d is None else d for d in expected)}"
         )
-    flat = array.reshape(-1)
-    if flat.size > max_rows:
-        raise PayloadTooLarge(f"{flat.size} images exceed the limit of {max_rows} per request (MAX_IMAGES_PER_REQUEST)")
-    spec = image_spec(signature, config.model_copy(update={"input": tensor.name}))
-    return decode_images([bytes(v) for v in flat], spec, max_pixels=max_pixels, budget=budget)
 
 
 def cast_tensor(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:

@@ -6,8 +6,11 @@ it makes uses one of a fixed set of batch sizes (`allowed_batch_sizes`), so a co
 never meets a new shape after `warm_up()` (no trace, no new oneDNN/cuDNN primitives on a request),
 and rows are padded up to the next allowed size and sliced back afterwards.
 
-Arrays handed to `run()` always carry a leading row axis (one row per example, as in
-`service.servable.Arrays`), whatever the signature:
+`run()` takes the requests of one call as `ModelInputs` (`service.servable`): built and checked once
+by preprocessing (names, dtypes, row shapes, row counts), so the runner checks nothing again. Their
+rows are merged once, straight into arrays of the padded size (`merge_rows`: one copy for a batch,
+none for a lone request that needs no padding). Every input carries a leading row axis (one row per
+example), whatever the signature:
 
 * batched signature: rows are padded to the next allowed size; more rows than the largest allowed
   size are processed in chunks of that size;
@@ -33,7 +36,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +48,7 @@ from service import extra_outputs as extra_outputs_
 from service import metrics
 from service.errors import InferenceError, InvalidInput, ModelLoadError
 from service.gpus import DEFAULT_CPU_WORKERS
-from service.servable import Signature, TensorInfo, row_count
+from service.servable import ModelInputs, Signature, TensorInfo, merge_rows
 from service.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -224,7 +227,6 @@ class InferenceRunner:
             self.allowed_batch_sizes = (signature.fixed_batch_size,)
         else:
             self.allowed_batch_sizes = ()
-        self._input_names = frozenset(t.name for t in signature.inputs)
         self._dtypes: dict[str, np.dtype | None] = {t.name: _numpy_dtype(t) for t in signature.inputs}
         # Shape of one row as the signature declares it (None = any), to check requests cheaply.
         self._row_shapes: dict[str, tuple[int | None, ...]] = {
@@ -236,22 +238,25 @@ class InferenceRunner:
     def signature(self) -> Signature:
         return self._signature
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Compute the outputs of `inputs` (every array with the same number of rows, axis 0).
+    def run(self, requests: Sequence[ModelInputs]) -> dict[str, np.ndarray]:
+        """Compute the outputs of the rows of `requests` together (one request, or a batcher's batch).
 
         Returns:
-            Output name -> array with exactly as many rows as the inputs.
+            Output name -> array with exactly as many rows as the requests together, in their order.
 
         Raises:
-            InvalidInput: an input is missing or unknown, the row counts differ, a row's shape does
-                not fit the signature, or the model rejected the values.
+            InvalidInput: the model rejected the values.
             InferenceError: TensorFlow failed while computing.
         """
-        arrays, rows = self._prepare(inputs)
+        return self._compute([r.arrays for r in requests], sum(r.rows for r in requests))
+
+    def _compute(self, parts: Sequence[Mapping[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
+        """Run `rows` rows held by `parts` (merged here, padded once), the signature's way."""
         try:
             with tf.device(self._device):
                 if self._signature.batched:
-                    return self._run_batched(arrays, rows)
+                    return self._run_batched(parts, rows)
+                arrays = merge_rows(parts, rows, rows)
                 if self._signature.fixed_batch_size:
                     return self._run_chunks(arrays, rows, self._signature.fixed_batch_size)
                 return self._run_rows(arrays, rows)
@@ -285,7 +290,7 @@ class InferenceRunner:
                     name: np.zeros((size, *(d if d is not None else 1 for d in shape)), dtype=self._dtypes[name])
                     for name, shape in self._row_shapes.items()
                 }
-                self.run(arrays)
+                self._compute([arrays], size)
         except Exception as err:  # noqa: BLE001 - see the docstring: only raised for known shapes
             if fully_known:
                 raise
@@ -296,45 +301,15 @@ class InferenceRunner:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _prepare(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        """Check names, row counts and row shapes; cast to the signature's dtypes (no copy when equal)."""
-        if inputs.keys() != self._input_names:
-            missing = sorted(self._input_names - inputs.keys())
-            unknown = sorted(inputs.keys() - self._input_names)
-            parts = [f"missing input(s) {missing}" if missing else "", f"unknown input(s) {unknown}" if unknown else ""]
-            raise InvalidInput(
-                f"{' and '.join(p for p in parts if p)}; signature '{self._signature_name}' takes {sorted(self._input_names)}"
-            )
-        arrays: dict[str, np.ndarray] = {}
-        for name, value in inputs.items():
-            array = np.asarray(value)
-            dtype = self._dtypes[name]
-            if dtype is not None and array.dtype != dtype:
-                try:
-                    array = array.astype(dtype)
-                except (TypeError, ValueError) as err:
-                    raise InvalidInput(f"input '{name}' cannot be converted to {dtype}: {err}") from err
-            if array.ndim == 0:
-                raise InvalidInput(f"input '{name}' has no row axis")
-            expected = self._row_shapes[name]
-            row_shape = array.shape[1:]
-            if len(row_shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, row_shape)):
-                raise InvalidInput(
-                    f"input '{name}' has rows of shape {tuple(row_shape)}; the model expects "
-                    f"{tuple('?' if d is None else d for d in expected)}"
-                )
-            arrays[name] = array
-        return arrays, row_count(arrays)
-
-    def _run_batched(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    def _run_batched(self, parts: Sequence[Mapping[str, np.ndarray]], rows: int) -> dict[str, np.ndarray]:
         largest = self.allowed_batch_sizes[-1]
         if rows <= largest:
             size = self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, rows)]
-            return self._call_padded(arrays, rows, size)
-        return self._run_chunks(arrays, rows, largest, pad_to_allowed=True)
+            return self._call_padded(merge_rows(parts, rows, size), rows, size)
+        return self._run_chunks(merge_rows(parts, rows, rows), rows, largest, pad_to_allowed=True)
 
     def _run_chunks(
-        self, arrays: dict[str, np.ndarray], rows: int, chunk: int, *, pad_to_allowed: bool = False
+        self, arrays: Mapping[str, np.ndarray], rows: int, chunk: int, *, pad_to_allowed: bool = False
     ) -> dict[str, np.ndarray]:
         """Call chunks of `chunk` rows; the last one is padded (to the next allowed size if asked)."""
         if rows == chunk:
@@ -345,22 +320,20 @@ class InferenceRunner:
             size = chunk
             if pad_to_allowed and stop - start < chunk:
                 size = self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, stop - start)]
-            parts.append(self._call_padded({k: v[start:stop] for k, v in arrays.items()}, stop - start, size))
+            chunk_rows = {k: v[start:stop] for k, v in arrays.items()}
+            parts.append(self._call_padded(merge_rows([chunk_rows], stop - start, size), stop - start, size))
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def _run_rows(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    def _run_rows(self, arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Unbatched signature: one call per row, without the row axis; outputs stacked along a new one."""
         parts = [
             _as_numpy(self._model.call(self._signature_name, {k: v[i] for k, v in arrays.items()})) for i in range(rows)
         ]
         return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
 
-    def _call_padded(self, arrays: dict[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
-        """Pad `rows` rows up to `size` by repeating the last row, call, and slice the outputs back."""
+    def _call_padded(self, arrays: Mapping[str, np.ndarray], rows: int, size: int) -> dict[str, np.ndarray]:
+        """Call `arrays` of `size` rows, padded past `rows` (`merge_rows`), and slice the outputs back to `rows`."""
         if rows < size:
-            # Repeating a real row (rather than zeros) keeps padded rows inside the input's domain,
-            # so no padding row can produce NaN/inf that a model turns into an error.
-            arrays = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in arrays.items()}
             self._padding_rows.inc(size - rows)
         outputs = _as_numpy(self._model.call(self._signature_name, arrays))
         if rows == size:

@@ -7,7 +7,10 @@ fact 4), which would kill the gunicorn worker and every request in it. So before
 such a file, `probe()` loads it, and calls it once on zeros, in a child Python process
 (`python -m service.sandbox`) with the same settings, plugins and model config. When the child dies
 by a signal, times out or reports a load error, the version fails with that reason and the worker
-never runs the code; when it succeeds, the worker loads the file itself.
+never runs the code; when it succeeds, the worker loads the file itself. The probe is keyed on the
+content's hash (`quarantine.content_hash`): the child loads only that content (else it answers that the
+file changed), and the builder hashes the file again before the worker loads it. A crash or a timeout
+raises `ModelCrashed`, which the builder remembers by that hash.
 
 `lambda_layers()` is the cheap test that decides whether a probe is needed: it reads only the
 model's config (zip `config.json`, HDF5 `model_config` attribute or architecture JSON), so files
@@ -32,8 +35,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from service import errors, lambda_code
-from service.errors import ModelLoadError, strip_paths
+from service import errors, lambda_code, quarantine
+from service.errors import ModelCrashed, ModelLoadError, strip_paths
 from service.formats import HDF5_MAGIC, ZIP_MAGIC, check_model_files, check_zip, walk_folder
 from service.model_config import ModelConfig
 from service.settings import Settings
@@ -159,18 +162,22 @@ def needs_probe(path: Path, config: ModelConfig | None, settings: Settings) -> t
 
 
 # --- the probe (parent side) -----------------------------------------------------------------------
-def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers: tuple[str, ...] = ()) -> float:
+def probe(
+    path: Path, config: ModelConfig | None, settings: Settings, *, layers: tuple[str, ...] = (), digest: str = ""
+) -> float:
     """Load `path` and call it once in a child process; return the seconds it took.
 
     Args:
         path: the model file or version folder, as the loader gets it.
+        digest: its content hash: the child loads only that content ("" = whatever it finds).
         config: the model's config (plugins, globals, Lambda replacements), passed to the child.
         settings: the service settings; the child uses them with DEVICE=cpu.
         layers: the Lambda layers found (named in error messages).
 
     Raises:
-        ModelLoadError: the child crashed (signal), timed out, exited without an answer, or reported
-            a load error (then the same class and message the loader raised there).
+        ModelCrashed: the child crashed (signal) or timed out.
+        ModelLoadError: the child exited without an answer, or reported a load error (then the same
+            class and message the loader raised there), or the content is not `digest`.
     """
     path = Path(path).absolute()  # the child runs in a temporary folder
     started = time.monotonic()
@@ -186,6 +193,7 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
             json.dumps(
                 {
                     "path": str(path),
+                    "digest": digest,
                     "config": config.model_dump(mode="json") if config is not None else None,
                     "settings": settings.model_dump(mode="json", exclude=_CHILD_SETTINGS_EXCLUDED),
                 }
@@ -208,7 +216,7 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
                 returncode = process.wait(timeout=settings.lambda_probe_timeout_s)
             except subprocess.TimeoutExpired:
                 _kill(process)
-                raise ModelLoadError(
+                raise ModelCrashed(
                     f"{name}: loading it in the Lambda probe subprocess took longer than "
                     f"{settings.lambda_probe_timeout_s:g}s (LAMBDA_PROBE_TIMEOUT_S); not loaded into the server"
                 ) from None
@@ -219,7 +227,7 @@ def probe(path: Path, config: ModelConfig | None, settings: Settings, *, layers:
         result = _read_json(result_file)
         if returncode < 0:
             signum = -returncode
-            raise ModelLoadError(
+            raise ModelCrashed(
                 f"{name}: the Lambda probe subprocess crashed with signal {signum} ({_signal_name(signum)}) while "
                 f"loading it, so it was not loaded into the server. The Python code stored in {what} cannot run on "
                 f"this Python ({sys.version_info.major}.{sys.version_info.minor}): it was probably saved by another "
@@ -306,6 +314,9 @@ def _child(request_file: Path, result_file: Path) -> int:
     device = configure_tensorflow(settings)
     loader = Loader(CustomObjectRegistry.from_plugins(settings), settings)
     try:
+        path = Path(request["path"])
+        if request.get("digest") and quarantine.content_hash(path) != request["digest"]:
+            raise ModelLoadError(f"{path.name} changed while it was probed; it is probed again once it settles")
         with device_scope(device):
             loaded = loader.load(Path(request["path"]), config)
     except ModelLoadError as err:

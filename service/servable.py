@@ -9,35 +9,54 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.errors import InvalidInput
-
 if TYPE_CHECKING:  # pragma: no cover
     from service.model_config import ModelConfig, PreprocessingChoice
 
 
-def row_count(arrays: Mapping[str, np.ndarray]) -> int:
-    """The number of rows (axis 0) every array shares.
+@dataclass(frozen=True, slots=True, eq=False)
+class ModelInputs:
+    """One request's inputs exactly as a signature takes them: every input by name, each cast to its dtype and
+    shaped as its rows should be, all with `rows` rows (at least 1, at most MAX_IMAGES_PER_REQUEST) on axis 0.
 
-    Raises:
-        InvalidInput: an array has no row axis, the arrays' row counts differ, or there are no rows.
+    Built only by `preprocessing.to_model_inputs`, the boundary where every request rule is checked (the
+    architecture test enforces it); the batcher, the runner and the model call trust it and check nothing again.
     """
-    rows = -1
-    for name, array in arrays.items():
-        if array.ndim == 0:
-            raise InvalidInput(f"input '{name}' has no row axis")
-        if rows < 0:
-            rows = array.shape[0]
-        elif array.shape[0] != rows:
-            raise InvalidInput(f"inputs have different row counts ({rows} and {array.shape[0]} for '{name}')")
-    if rows < 1:
-        raise InvalidInput("the request has no rows")
-    return rows
+
+    arrays: Mapping[str, np.ndarray]
+    rows: int
+
+    @property
+    def batch_key(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """Names, row shapes and dtypes: requests with equal keys can share one call."""
+        return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in self.arrays.items()))
+
+
+def merge_rows(parts: Sequence[Mapping[str, np.ndarray]], rows: int, size: int) -> Mapping[str, np.ndarray]:
+    """The `rows` rows of `parts` (in order) in one array per input of `size` >= `rows` rows: one copy, padded.
+
+    Padding repeats the last real row (rather than zeros), so no padding row leaves the input's domain and
+    turns into NaN or an error in the model. One part that needs no padding is returned as it is (no copy).
+    """
+    if len(parts) == 1 and rows == size:
+        return parts[0]
+    merged = {}
+    for name, first in parts[0].items():
+        out = np.empty((size, *first.shape[1:]), dtype=first.dtype)
+        offset = 0
+        for part in parts:
+            array = part[name]
+            out[offset : offset + len(array)] = array
+            offset += len(array)
+        if size > rows:
+            out[rows:] = out[rows - 1]
+        merged[name] = out
+    return merged
 
 
 class ServableState(str, enum.Enum):
@@ -178,7 +197,7 @@ class Servable:
     default_signature: str
     info: ServableInfo
     labels: tuple[str, ...] = ()
-    submit: Mapping[str, Callable[[Arrays], Any]] = field(default_factory=dict)
+    submit: Mapping[str, Callable[[ModelInputs], Any]] = field(default_factory=dict)
     """Per signature name: `submit(inputs) -> Future[dict[str, np.ndarray]]` (the batcher's, or a direct run)."""
     close: Callable[[], None] = lambda: None
     """Stops batchers and drops references to the TensorFlow objects."""

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     lambda_probe_timeout_s: float = Field(180.0, gt=0)
     """Longest the Lambda probe subprocess may take to load and call a model before the version fails."""
 
+    state_dir: Path | None = None
+    """Folder where workers remember, by content hash, model files that crashed a worker or the Lambda probe; unset: `kerasserve-state-<uid>` in the system's temporary folder."""
+
     poll_interval_s: float = Field(2.0, gt=0)
     """How often the models folder is rescanned, besides file-system events."""
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -44,18 +45,30 @@ def in_fresh_process() -> bool:
     return os.environ.get(IN_FRESH_PROCESS) == "1"
 
 
-def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """Run pytest on `pytest_args` in a new interpreter (TensorFlow's once-per-process state fresh); fail if it fails."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    return result
+def run_in_fresh_process(*pytest_args: str, timeout_s: float = 600) -> set[str]:
+    """Run pytest on `pytest_args` in a new interpreter (TensorFlow's once-per-process state fresh); fail if it fails.
+
+    Returns the names of the tests that passed there, read from the JUnit XML report pytest writes (a
+    structured result, not its console output): callers compare them with the tests they meant to run, so a
+    test skipped or never collected in the child process is noticed.
+    """
+    with tempfile.TemporaryDirectory(prefix="fresh-process-") as folder:
+        report = Path(folder) / "report.xml"
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junit-xml={report}", *pytest_args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, IN_FRESH_PROCESS: "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        cases = ElementTree.parse(report).getroot().iter("testcase")
+        return {
+            case.attrib["name"]
+            for case in cases
+            if not any(child.tag in ("failure", "error", "skipped") for child in case)
+        }
 
 
 @contextmanager

@@ -331,6 +331,19 @@ def test_termination_grace_outlasts_the_longest_request(where: str, pod: dict) -
     assert grace > pre_stop_s + settings.graceful_timeout_s
 
 
+def test_every_deployment_reads_the_auth_token_from_a_required_secret() -> None:
+    # Auth is meant to be on: a missing Secret must stop the pod (CreateContainerConfigError), not start it
+    # without a token, which `optional: true` did silently.
+    deployments = [(w, p) for w, p in server_pods() if not w.startswith("kserve")]
+    assert len(deployments) >= 3
+    for where, pod in deployments:
+        env = {e["name"]: e for e in server_container(pod).get("env", [])}
+        assert "AUTH_TOKEN" in env, where
+        ref = env["AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("kerasserve-auth", "token"), where
+        assert ref.get("optional", False) is False, f"{where}: the auth Secret is optional"
+
+
 def test_gpu_variant_asks_for_one_gpu_and_one_worker() -> None:
     (doc,) = documents(DEPLOY / "kubernetes" / "gpu" / "deployment.yaml")
     container = server_container(doc["spec"]["template"]["spec"])

@@ -8,11 +8,12 @@ no import cycle.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import current_app, g
+from flask import current_app, g, request
 
 from service import access_log
 
@@ -50,3 +51,27 @@ def note_model(name: str) -> None:
     """Record which model a request is for, for the request metrics (labelled `_unknown` unless the model exists)."""
     g.kerasserve_model = name
     access_log.note_model(name)
+
+
+def client_gone_check() -> Callable[[], bool] | None:
+    """A check of whether this request's client closed its connection (None outside gunicorn, e.g. test clients).
+
+    The request's body has been read when it runs, so the socket holds nothing of it: a peek that finds the end of
+    the stream (or a reset) means the client is gone; nothing to read, or the next pipelined request, means it is
+    waiting. A client that half-closes its side after sending counts as gone (HTTP clients do not do that).
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (ValueError, TypeError):  # a socket that takes no flags (TLS): cannot tell
+            return False
+        except OSError:  # reset by the peer
+            return True
+
+    return gone

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.errors import (
     UNEXPECTED_MESSAGE,
+    ClientGone,
     InferenceError,
     InvalidInput,
     InvalidTensor,
@@ -34,6 +35,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 HTTP_STATUS: dict[type[ServingError], int] = {
+    ClientGone: 499,  # nginx's 'client closed request': logged, never read
     InvalidInput: 400,
     ModelLoadFailed: 400,
     Unauthorized: 401,

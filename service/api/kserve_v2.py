@@ -7,12 +7,13 @@ repository index lists every model of the folder; `load` and `unload` need MODEL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from flask import Blueprint, Response, request
 
 from service import tracing
-from service.api.context import dataplane, note_model
+from service.api.context import client_gone_check, dataplane, note_model
 from service.errors import ModelNotFound, ModelNotReady
 from service.protocols import kserve_v2
 from service.servable import ServableRequest, ServableState
@@ -81,11 +82,11 @@ def infer(name: str, version: str | None = None):
     body = request.get_data(cache=False)
     header_length = request.headers.get(kserve_v2.HEADER_LENGTH)
     if header_length is not None and header_length.strip() == "0":
-        predict_request, options = kserve_v2.decode_raw_infer(body, dataplane().metadata(target), target)
+        predict_request, options = kserve_v2.decode_raw_infer(body, target)
     else:
         header, binary = kserve_v2.split_body(body, header_length)
         predict_request, options = kserve_v2.decode_infer(header, binary, target)
-    response = dataplane().predict(predict_request)
+    response = dataplane().predict(dataclasses.replace(predict_request, client_gone=client_gone_check()))
     with tracing.span("encode"):
         header_json, binary_out = kserve_v2.encode_infer(response, options)
         text = json.dumps(header_json, separators=(",", ":")).encode()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, request
 
 from service import tracing
-from service.api.context import dataplane, note_model, runtime
+from service.api.context import client_gone_check, dataplane, note_model
 from service.protocols import native
 from service.servable import ServableRequest
 
@@ -25,7 +27,7 @@ def _target(name: str | None, version: int | None) -> ServableRequest:
 def predict(name: str | None = None, version: int | None = None):
     """Predict: one entry per image or row, keyed by output name for multi-output models."""
     target = _target(name, version)
-    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    predict_request = dataclasses.replace(native.decode_predict(request, target), client_gone=client_gone_check())
     response = dataplane().predict(predict_request)
     with tracing.span("encode"):
         return native.encode_predict(response)
@@ -39,7 +41,7 @@ def predict_classes(name: str | None = None, version: int | None = None):
     threshold = native.parse_threshold(request.args)
     top_k = native.parse_top_k(request.args)
     target = _target(name, version)
-    predict_request = native.decode_predict(request, target, max_images=runtime().settings.max_images_per_request)
+    predict_request = dataclasses.replace(native.decode_predict(request, target), client_gone=client_gone_check())
     response = dataplane().predict_classes(predict_request, threshold=threshold, top_k=top_k)
     with tracing.span("encode"):
         return native.encode_classes(response)

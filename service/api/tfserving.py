@@ -6,10 +6,12 @@ GET and one POST route serve every form.
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, request
 
 from service import tracing
-from service.api.context import dataplane, note_model
+from service.api.context import client_gone_check, dataplane, note_model
 from service.errors import UnsupportedMediaType
 from service.protocols import parse_json_object, tfserving
 
@@ -43,6 +45,7 @@ def predict_classify_regress(path: str):
     body = parse_json_object(request.get_data(cache=False))
     if target.method == "predict":
         predict_request, columnar = tfserving.decode_predict_body(body, target.request)
+        predict_request = dataclasses.replace(predict_request, client_gone=client_gone_check())
         response = dataplane().predict(predict_request)
         with tracing.span("encode"):
             return tfserving.encode_predict(response, columnar=columnar)

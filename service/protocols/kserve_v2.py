@@ -10,6 +10,7 @@ values; never calls a model.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from service.dataplane import IndexEntry, ModelMetadata, PredictRequest, Predict
 from service.errors import InvalidInput, InvalidTensor, ModelNotFound
 from service.preprocessing import STRING_DTYPES, cast_tensor
 from service.protocols import check_shape, leaves, parse_int, parse_json_object
-from service.servable import ServableRequest, ServableState, TensorInfo
+from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
 SERVER_NAME = "kerasserve"
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
@@ -262,16 +263,23 @@ def decode_infer(header: bytes, binary: bytes, target: ServableRequest) -> tuple
     return PredictRequest(target, inputs, outputs=names), options
 
 
-def decode_raw_infer(
-    body: bytes, metadata: ModelMetadata, target: ServableRequest
-) -> tuple[PredictRequest, InferOptions]:
+def decode_raw_infer(body: bytes, target: ServableRequest) -> tuple[PredictRequest, InferOptions]:
     """Raw binary request (header length 0): the body is the only input's bytes, batch 1.
+
+    The body is shaped by `raw_inputs` for the signature of the version the data plane borrows for the
+    request, so one borrow serves both shaping and running (a swap in between cannot mix two versions).
+    """
+    shape = functools.partial(raw_inputs, body)
+    return PredictRequest(target, inputs_for=shape), InferOptions(binary_default=True, raw_binary=True)
+
+
+def raw_inputs(body: bytes, signature: Signature) -> dict[str, np.ndarray]:
+    """The inputs of a raw binary body for `signature`: its only input, one row, filled from the byte count.
 
     Raises:
         InvalidInput: the model has several inputs or more than one variable dimension.
         InvalidTensor: the byte count does not fit the input.
     """
-    signature = metadata.signatures[metadata.default_signature]
     if len(signature.inputs) != 1:
         raise InvalidInput("a raw binary request needs a model with exactly one input")
     tensor = signature.inputs[0]
@@ -279,7 +287,7 @@ def decode_raw_infer(
     if tensor.dtype in STRING_DTYPES:
         array = np.empty(1, dtype=object)
         array[0] = body
-        return PredictRequest(target, {tensor.name: array}), InferOptions(binary_default=True, raw_binary=True)
+        return {tensor.name: array}
     dtype = np.dtype(tensor.dtype)
     unknown = [i for i, d in enumerate(dims) if d is None]
     if len(unknown) > 1:
@@ -290,7 +298,7 @@ def decode_raw_infer(
         raise InvalidTensor(f"{len(body)} bytes do not hold a {tensor.dtype} tensor of shape {dims}")
     shape = [1, *(count // known if d is None else d for d in dims)]  # at most one None, filled from the size
     batch = np.frombuffer(body, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    return PredictRequest(target, {tensor.name: batch}), InferOptions(binary_default=True, raw_binary=True)
+    return {tensor.name: batch}
 
 
 def encode_infer(response: PredictResponse, options: InferOptions) -> tuple[dict, bytes]:

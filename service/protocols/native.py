@@ -19,7 +19,7 @@ from flask import Request
 
 from service.classification import DEFAULT_THRESHOLD, ClassScores
 from service.dataplane import ClassesResponse, ModelMetadata, PredictRequest, PredictResponse
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, UnsupportedMediaType
 from service.protocols import backend_json, parse_float, parse_int, parse_json_object, tfserving
 from service.servable import ServableRequest, ServableState, Signature, TensorInfo
 
@@ -28,7 +28,7 @@ RAW_TYPES = ("application/octet-stream",)
 ACCEPTED = "multipart/form-data, image/*, application/octet-stream or application/json"
 
 
-def decode_predict(request: Request, target: ServableRequest, *, max_images: int) -> PredictRequest:
+def decode_predict(request: Request, target: ServableRequest) -> PredictRequest:
     """Turn a native predict request into a PredictRequest.
 
     `?outputs=a,b` (or repeated `?outputs=`) picks the outputs answered, in that order, whatever the
@@ -37,10 +37,9 @@ def decode_predict(request: Request, target: ServableRequest, *, max_images: int
     Raises:
         UnsupportedMediaType: a Content-Type other than multipart, image/*, octet-stream or JSON.
         InvalidInput: no image in a multipart body, an empty body, bad JSON, bad `outputs`.
-        PayloadTooLarge: more than `max_images` files.
     """
     outputs = parse_outputs(request.args)
-    predict_request = _decode_body(request, target, max_images=max_images)
+    predict_request = _decode_body(request, target)
     if outputs is None:
         return predict_request
     return dataclasses.replace(predict_request, outputs=outputs)
@@ -63,17 +62,13 @@ def parse_outputs(args: Mapping[str, str]) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _decode_body(request: Request, target: ServableRequest, *, max_images: int) -> PredictRequest:
+def _decode_body(request: Request, target: ServableRequest) -> PredictRequest:
     """The body of a native predict request: multipart files, a raw image, or TF Serving JSON."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = [f for key in request.files for f in request.files.getlist(key)]
         if not files:
             raise InvalidInput(f"the multipart body holds no file; send the image in the field '{IMAGE_FIELD}'")
-        if len(files) > max_images:
-            raise PayloadTooLarge(
-                f"{len(files)} images exceed the limit of {max_images} per request (MAX_IMAGES_PER_REQUEST)"
-            )
         images = tuple(f.read() for f in files)
         if any(not data for data in images):
             raise InvalidInput("a file in the multipart body is empty")

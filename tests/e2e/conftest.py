@@ -102,6 +102,8 @@ def start_server(
         # gRPC stays on, as by default, but never on the machine-wide 8500 another server may hold.
         "GRPC_PORT": env.pop("GRPC_PORT", str(free_port())),
         "SETTLE_S": env.pop("SETTLE_S", "0.5"),
+        # Each server remembers crashed files in its own folder: one test's quarantine is not another's.
+        "STATE_DIR": env.pop("STATE_DIR", str(log_dir / f"state-{port}")),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PROMETHEUS_MULTIPROC_DIR": "",
         **env,

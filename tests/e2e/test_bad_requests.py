@@ -11,6 +11,7 @@ import base64
 import http.client
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -657,14 +658,21 @@ class GoodClient:
 
 
 @pytest.fixture(scope="module")
-def good_client(server: Server) -> Iterator[GoodClient]:
-    client = GoodClient(server.url).start()
-    yield client
-    client.stop()
+def outcomes() -> Iterator[Counter]:
+    """(category, status) -> count of what this module's tests sent, recorded for the figures once they all ran.
 
-
-OUTCOMES: Counter = Counter()
-"""(category, status) -> count, for the figures."""
+    Each test only adds to it; no test reads it, so no test depends on which others ran before it.
+    """
+    counts: Counter = Counter()
+    yield counts
+    by_category: dict[str, int] = Counter()
+    for (category, _), count in counts.items():
+        by_category[category] += count
+    record(
+        "bad_requests",
+        tried_per_category=dict(by_category),
+        status_5xx=sum(count for (_, status), count in counts.items() if status >= 500),
+    )
 
 
 def send(server: Server, case: Case) -> tuple[int, dict[str, str], bytes]:
@@ -691,11 +699,9 @@ def send(server: Server, case: Case) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.category}:{c.method} {c.path[:40]}" for c in CASES])
-def test_bad_request_gets_a_4xx_json_error_naming_the_problem(
-    server: Server, good_client: GoodClient, case: Case
-) -> None:
+def test_bad_request_gets_a_4xx_json_error_naming_the_problem(server: Server, case: Case, outcomes: Counter) -> None:
     status, headers, raw = send(server, case)
-    OUTCOMES[(case.category, status)] += 1
+    outcomes[(case.category, status)] += 1
     assert status == case.status, raw[:500]
     assert headers["Content-Type"] == "application/json"
     body = json.loads(raw)
@@ -725,7 +731,7 @@ def _read_response(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_body_over_the_limit_is_refused_before_it_is_sent(server: Server) -> None:
+def test_body_over_the_limit_is_refused_before_it_is_sent(server: Server, outcomes: Counter) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -734,19 +740,19 @@ def test_body_over_the_limit_is_refused_before_it_is_sent(server: Server) -> Non
             b"Content-Length: 500000000\r\n\r\n" + b"\0" * 1024
         )
         answer = _read_response(sock)
-    OUTCOMES[("body over MAX_REQUEST_BYTES", 413)] += 1
+    outcomes[("body over MAX_REQUEST_BYTES", 413)] += 1
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"MAX_REQUEST_BYTES" in answer
     assert time.monotonic() - started < 10  # answered without waiting for the 500 MB
 
 
-def test_chunked_body_over_the_limit_is_cut_off_at_the_limit(server: Server) -> None:
+def test_chunked_body_over_the_limit_is_cut_off_at_the_limit(server: Server, outcomes: Counter) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(3 * MAX_REQUEST_BYTES // 100_000):
             yield b"\0" * 100_000
 
     response = requests.post(f"{server.url}/models/digits/predict", data=chunks(), headers=RAW_PNG, timeout=30)
-    OUTCOMES[("body over MAX_REQUEST_BYTES", response.status_code)] += 1
+    outcomes[("body over MAX_REQUEST_BYTES", response.status_code)] += 1
     assert response.status_code == 413, response.text
     assert "MAX_REQUEST_BYTES" in response.json()["error"]
 
@@ -775,17 +781,17 @@ def test_chunked_bodies_under_the_limit_are_served_whole(server: Server) -> None
     assert raw.json()["predictions"] == multipart.json()["predictions"]
 
 
-def test_idle_connection_is_closed_by_the_server(server: Server) -> None:
+def test_idle_connection_is_closed_by_the_server(server: Server, outcomes: Counter) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as sock:
         started = time.monotonic()
         assert sock.recv(1) == b""  # closed by gunicorn (keep-alive timeout) without a byte sent
         elapsed_s = time.monotonic() - started
-    OUTCOMES[("slow client", 0)] += 1
+    outcomes[("slow client", 0)] += 1
     assert elapsed_s < 30
 
 
-def test_slow_clients_do_not_stop_other_requests(server: Server) -> None:
+def test_slow_clients_do_not_stop_other_requests(server: Server, outcomes: Counter) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     slow = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
     latencies = []
@@ -803,25 +809,46 @@ def test_slow_clients_do_not_stop_other_requests(server: Server) -> None:
     finally:
         for sock in slow:
             sock.close()
-    OUTCOMES[("slow client", 200)] += len(latencies)
+    outcomes[("slow client", 200)] += len(latencies)
     assert max(latencies) < 5, latencies
 
 
-def test_worker_survived_and_good_requests_never_failed(server: Server, good_client: GoodClient) -> None:
-    good_client.stop()
-    wait_until(lambda: server.get("/healthz").status_code == 200, timeout_s=10)
-    log = server.log()
-    by_category: dict[str, int] = Counter()
-    for (category, _), count in OUTCOMES.items():
-        by_category[category] += count
-    record(
-        "bad_requests",
-        tried_per_category=dict(by_category),
-        status_5xx=sum(count for (_, status), count in OUTCOMES.items() if status >= 500),
-        good_requests_meanwhile=good_client.ok,
-        good_requests_failed=len(good_client.failures),
+def test_worker_survived_and_good_requests_never_failed(server: Server) -> None:
+    # Self-contained: it sends every bad request itself while a good client predicts in a loop, so it
+    # shows the same whichever tests ran before it (or none).
+    client = GoodClient(server.url).start()
+    try:
+        wait_until(lambda: client.ok > 0, timeout_s=30)
+        statuses = [send(server, case)[0] for case in CASES]
+        ok_before = client.ok
+        wait_until(lambda: client.ok > ok_before, timeout_s=30)  # still answering after the last bad request
+    finally:
+        client.stop()
+    assert server.get("/healthz").status_code == 200
+    record("bad_requests_good_client", good_requests_meanwhile=client.ok, good_requests_failed=len(client.failures))
+    assert [s for s in statuses if s >= 500] == []
+    assert not client.failures, client.failures[:5]
+    assert server.log().count("Booting worker") == 1, server.log()[-3000:]
+
+
+def test_decoding_stops_when_the_client_closes_its_connection(server: Server) -> None:
+    # A request of 8 images sent whole, then the connection closed at once: the worker notices between two
+    # images (the end of the stream on the socket) and decodes no more, instead of decoding for nobody.
+    picture = io.BytesIO()
+    Image.new("RGB", (300, 300), (200, 100, 50)).save(picture, "PNG")
+    files = [("image", (f"{i}.png", picture.getvalue(), "image/png")) for i in range(MAX_IMAGES)]
+    prepared = requests.Request("POST", server.url + "/models/digits/predict", files=files).prepare()
+    head = "".join(f"{k}: {v}\r\n" for k, v in prepared.headers.items())
+    host, port = server.url.removeprefix("http://").split(":")
+    stopped_before = server.log().count("decoding stopped after image")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /models/digits/predict HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + prepared.body)
+    line = wait_until(
+        lambda: [x for x in server.log().splitlines() if "decoding stopped after image" in x][stopped_before:],
+        timeout_s=30,
     )
-    assert good_client.ok > 0
-    assert not good_client.failures, good_client.failures[:5]
-    assert log.count("Booting worker") == 1, log[-3000:]
-    assert all(status < 500 for (_, status) in OUTCOMES)
+    found = re.search(r"decoding stopped after image (\d+) of (\d+)", line[0])
+    assert found is not None, line
+    decoded, total = int(found.group(1)), int(found.group(2))
+    assert (total, decoded < total) == (MAX_IMAGES, True), line
+    assert server.get("/healthz").status_code == 200

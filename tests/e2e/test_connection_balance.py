@@ -73,4 +73,6 @@ def test_a_stopped_worker_only_delays_new_connections_it_never_loses_them(two_wo
     finally:
         os.kill(stopped, signal.SIGCONT)
     assert counts[stopped] == 0 and sum(counts.values()) == 6, counts
-    assert elapsed < 3, f"6 connections took {elapsed:.2f}s with one worker stopped"
+    # Each connection is answered within its socket's 10 s timeout (`open_keepalive`), else the test fails
+    # there: none waits for the stopped worker. The total is bounded generously, for a busy 2-core host.
+    assert elapsed < 30, f"6 connections took {elapsed:.2f}s with one worker stopped"

@@ -2,7 +2,7 @@
 
 For every server container (a `kerasserve` image) in deploy/kubernetes/ (deploy/kserve/'s serving
 runtime has its own contract test, tests/e2e/test_kserve_runtime.py), the test reads what Kubernetes would run: the container's command/args (else the image's CMD from the
-Dockerfile), the image's ENV, the ConfigMap it loads and its own env (optional secrets absent),
+Dockerfile), the image's ENV, the ConfigMap it loads and its own env (optional secrets absent, required ones a test value),
 the pod's user and group ids, and the volume mounted at MODELS_DIR. It then runs that command from
 the repository root (the image's /app) with the venv first on PATH (the image's /opt/venv), as that
 user (when the suite runs as root), with MODELS_DIR pointing at a folder made the way Kubernetes
@@ -34,6 +34,8 @@ from tests.conftest import REPO, read_only_mount
 from tests.e2e.conftest import Server, free_port, serve
 
 DEPLOY = REPO / "deploy"
+SECRETS = {("kerasserve-auth", "token"): "manifest-test-token"}
+"""The values this test gives the Secrets a manifest requires (it cannot create Kubernetes Secrets)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,11 @@ def server_containers() -> list[ServerContainer]:
                     if "value" in item:
                         env[item["name"]] = str(item["value"])
                     elif not item["valueFrom"].get("secretKeyRef", {}).get("optional", False):
-                        raise AssertionError(f"{path}: {item['name']} needs a secret the test cannot provide")
+                        ref = item["valueFrom"].get("secretKeyRef", {})
+                        value = SECRETS.get((ref.get("name"), ref.get("key")))
+                        if value is None:
+                            raise AssertionError(f"{path}: {item['name']} needs a secret the test cannot provide")
+                        env[item["name"]] = value
                 security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
                 models_dir = env["MODELS_DIR"]
                 mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
@@ -255,9 +261,10 @@ def serve_as_manifest(container: ServerContainer, env: dict[str, str], port: int
     )
 
 
-def predict_tiny(server: Server) -> None:
-    """The tiny model answers a prediction: two softmax scores."""
-    response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+def predict_tiny(server: Server, token: str | None = None) -> None:
+    """The tiny model answers a prediction (with the bearer token when the manifest sets one): two softmax scores."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]}, headers=headers)
     assert response.status_code == 200, response.text
     (scores,) = response.json()["predictions"]
     assert len(scores) == 2 and abs(sum(scores) - 1.0) < 1e-5
@@ -273,7 +280,9 @@ def test_manifest_starts_the_server_and_it_answers_a_prediction(
     env = environment(container, models, port, grpc_port)
     with serve_as_manifest(container, env, port, tmp_path / "server.log") as server:
         # Ready means every worker is (WORKERS=2 here): the first prediction must succeed.
-        predict_tiny(server)
+        if env.get("AUTH_TOKEN"):  # the Secret the manifest requires is really used: no token, no answer
+            assert server.post("/models/tiny/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]}).status_code == 401
+        predict_tiny(server, env.get("AUTH_TOKEN"))
         if env.get("GRPC_PORT", "0") != "0":  # ready over HTTP: ready over gRPC too
             assert grpc_serving(grpc_port)
     if container.read_only:
@@ -290,7 +299,7 @@ def test_gpu_manifest_serves_on_a_gpu_or_says_clearly_there_is_none(
     env = environment(container, models, port)
     if gpu_visible():
         with serve_as_manifest(container, env, port, tmp_path / "server.log") as server:
-            predict_tiny(server)
+            predict_tiny(server, env.get("AUTH_TOKEN"))
         return
     # No GPU here: the manifest's DEVICE=gpu must stop the server with a message saying so, not serve on CPU.
     result = subprocess.run(

@@ -187,3 +187,31 @@ def test_an_out_of_range_embedding_index_fails_only_its_request_in_a_shared_batc
     assert metric(server, "kerasserve_batch_isolated_failures_total", "embedding") == isolated + 1
     record("model_faults.bad_row_in_batch", requests=len(bodies), failed=sum(r.status_code != 200 for r in responses))
     assert_worker_never_died(server)
+
+
+def test_a_file_that_crashes_a_worker_is_quarantined_by_hash_not_loaded_in_a_loop(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    # Without the probe the worker itself runs the crashing Lambda and dies (SIGSEGV). gunicorn starts a
+    # new worker; it finds the marker the dead one left for that content, so it refuses the file (FAILED,
+    # with the reason) instead of dying too, over and over. The file's content hash is the key: a changed
+    # file is tried again.
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(folders["files"] / "plain.keras", models / "plain.keras")
+    shutil.copyfile(folders["files"] / "lambda_crash.keras", models / "crash.keras")
+    with start_server(models, tmp_path, ready=False, LAMBDA_PROBE="false", SETTLE_S="0.3") as server:
+        wait_until(lambda: server.log().count("Booting worker") >= 2, timeout_s=240)
+
+        def crash_failed() -> bool:
+            try:
+                return version(server, "crash")["state"] == "FAILED"
+            except (requests.RequestException, AssertionError, StopIteration):
+                return False
+
+        wait_until(crash_failed, timeout_s=240)
+        entry = version(server, "crash")
+        assert "a worker died" in entry["error"] and "remembered by content hash" in entry["error"], entry
+        wait_until(lambda: predict(server, "plain", ROW).status_code == 200, timeout_s=120)  # the new worker serves
+        assert server.log().count("Booting worker") == 2, server.log()[-3000:]  # one crash, no loop
+        assert len(list(tmp_path.glob("state-*/*.failed.json"))) == 1  # remembered in STATE_DIR, by hash

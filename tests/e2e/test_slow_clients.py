@@ -320,4 +320,6 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(serv
         started = time.monotonic()
         assert sock.recv(1) == b""  # nothing was asked, so nothing is answered
         elapsed_s = time.monotonic() - started
-    assert HEADER_TIMEOUT_S - 0.5 < elapsed_s < HEADER_TIMEOUT_S + LOOP_TURN_S + 1.0, elapsed_s
+    # Closed at the deadline, not before; the upper bound is generous (a busy 2-core host may delay the event
+    # loop's turn), and a server that never closed it would hit the socket's 30 s timeout.
+    assert HEADER_TIMEOUT_S - 0.5 < elapsed_s < HEADER_TIMEOUT_S + LOOP_TURN_S + 5.0, elapsed_s

@@ -10,7 +10,7 @@ these tests run in milliseconds and need neither gunicorn nor TensorFlow.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -20,9 +20,32 @@ import numpy as np
 from service.batching import Batcher
 from service.errors import ModelLoadError
 from service.manager import Builder, ServableManager
+from service.model_config import PreprocessingConfig
+from service.preprocessing import to_model_inputs
 from service.repository import ModelRepository, RepositoryWatcher, VersionSource
-from service.servable import Arrays, Servable, ServableInfo, Signature, TensorInfo
+from service.servable import Arrays, ModelInputs, Servable, ServableInfo, Signature, TensorInfo, merge_rows
 from service.settings import Settings
+
+
+def checked(arrays: Mapping[str, np.ndarray], signature: Signature | None = None) -> ModelInputs:
+    """`arrays` as the boundary (`preprocessing.to_model_inputs`) hands them on: for `signature`, else for one
+    that takes exactly these arrays (their dtypes, any sizes)."""
+    if signature is None:
+        inputs = tuple(TensorInfo(name, a.dtype.name, (None,) * a.ndim) for name, a in arrays.items())
+        signature = Signature("serving_default", inputs, ())
+    return to_model_inputs(arrays, (), signature, PreprocessingConfig(), max_pixels=1, max_rows=10**6)
+
+
+def merging(
+    call: Callable[[Arrays], dict[str, np.ndarray]],
+) -> Callable[[Sequence[ModelInputs]], dict[str, np.ndarray]]:
+    """A batcher's `run` from a function of arrays: the requests' rows merged as the runner merges them."""
+
+    def run(requests: Sequence[ModelInputs]) -> dict[str, np.ndarray]:
+        rows = sum(r.rows for r in requests)
+        return call(merge_rows([r.arrays for r in requests], rows, rows))
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -119,7 +142,7 @@ class FakeBuilder:
             raise ModelLoadError(f"'{Path(source.path).name}' is truncated or corrupt")
         batcher = Batcher(
             source.id,
-            model.call,
+            merging(model.call),
             max_batch_size=self._settings.max_batch_size,
             batch_timeout_ms=self._settings.batch_timeout_ms,
             max_enqueued_batches=self._settings.max_enqueued_batches,

@@ -1076,3 +1076,28 @@ def test_explicit_load_under_a_budget_takes_the_place_of_the_least_recently_used
     assert index == {"broken": None, "digits": None, "double": "UNAVAILABLE", "sum": "READY"}
     assert (double.status_code, double.get_json()["predictions"]) == (200, [[2.0, 4.0]])
     assert resident == {"double": True, "sum": False}  # both still loaded by decision, one in memory
+
+
+def test_a_kserve_raw_binary_request_borrows_its_version_once(client: FlaskClient, monkeypatch) -> None:
+    # Shaping the raw bytes needs the signature: it is read from the version borrowed to run the request,
+    # so a swap between shaping and running cannot mix two versions (it borrowed twice before).
+    manager = client.application.extensions[EXTENSION].dataplane._manager
+    borrowed: list[object] = []
+    real_handle = manager.handle
+
+    def counting_handle(target, **options):
+        borrowed.append(target)
+        return real_handle(target, **options)
+
+    monkeypatch.setattr(manager, "handle", counting_handle)
+    response = client.post(
+        "/v2/models/double/infer",
+        data=np.array([1.5, 2.0], "<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
+    )
+    assert response.status_code == 200
+    assert np.frombuffer(response.data[int(response.headers["Inference-Header-Content-Length"]) :], "<f4").tolist() == [
+        3.0,
+        4.0,
+    ]
+    assert len(borrowed) == 1

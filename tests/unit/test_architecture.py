@@ -132,6 +132,29 @@ def test_the_manager_builds_none_of_its_collaborators() -> None:
     assert sorted(t for t in targets if t.startswith(MANAGER_NEVER_IMPORTS)) == []
 
 
+def model_inputs_builders(sources: dict[str, str]) -> list[str]:
+    """The modules (name -> source) that call `ModelInputs(...)`, by name or as an attribute."""
+    found = []
+    for name, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call):
+                callee = node.func
+                called = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", "")
+                if called == "ModelInputs":
+                    found.append(name)
+                    break
+    return found
+
+
+def test_only_the_boundary_builds_model_inputs() -> None:
+    # Every request rule (names, dtypes, row shapes, row counts) is checked where ModelInputs are built,
+    # once; the batcher, the runner and the model call trust them (docs/architecture.md, section 3).
+    sources = {name: path.read_text(encoding="utf-8") for name, path in service_modules().items()}
+    assert model_inputs_builders(sources) == ["service.preprocessing"]
+    probes = {"a": "x = ModelInputs(arrays, 1)", "b": "x = servable.ModelInputs(arrays, 1)", "c": "ModelInputs.rows"}
+    assert model_inputs_builders(probes) == ["a", "b"]
+
+
 def test_only_the_composition_root_is_imported_by_no_one_in_service() -> None:
     graph = import_graph()
     importers_of_app = sorted(name for name, targets in graph.items() if "service.app" in targets)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service import preprocessing
-from service.errors import PayloadTooLarge
+from service.errors import ClientGone, PayloadTooLarge
 from service.model_config import PreprocessingConfig
 from service.preprocessing import DecodeBudget, decode_image, image_spec, to_model_inputs
 from service.servable import Signature, TensorInfo
@@ -116,3 +116,18 @@ def test_decode_time_is_checked_between_images(monkeypatch: pytest.MonkeyPatch) 
         match=r"^decoding the request.s images took 7\.00s of CPU.*5s per request \(MAX_REQUEST_DECODE_S\)",
     ):
         to_model_inputs({}, images, RGB32, DEFAULT, **LIMITS)
+
+
+def test_decoding_stops_between_images_once_the_client_is_gone() -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(picture, "PNG")
+    images = (picture.getvalue(),) * 3
+    asked: list[int] = []
+
+    def gone_after_two_questions() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    with pytest.raises(ClientGone, match="decoding stopped after image 2 of 3"):
+        to_model_inputs({}, images, RGB32, DEFAULT, **LIMITS, client_gone=gone_after_two_questions)
+    assert to_model_inputs({}, images, RGB32, DEFAULT, **LIMITS, client_gone=lambda: False).rows == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -198,8 +199,11 @@ TWO = signature(TensorInfo("a", "float32", (None, 2)), TensorInfo("b", "int64", 
 ONE = signature(TensorInfo("x", "float32", (None, 2)))
 
 
-def prepare(inputs: dict, sig: Signature = ONE, images: tuple[bytes, ...] = (), max_rows: int = 64) -> dict:
-    return to_model_inputs(inputs, images, sig, DEFAULT, max_pixels=10**6, max_rows=max_rows)
+def prepare(inputs: dict, sig: Signature = ONE, images: tuple[bytes, ...] = (), max_rows: int = 64) -> Mapping:
+    """The arrays of the `ModelInputs` the boundary builds."""
+    checked = to_model_inputs(inputs, images, sig, DEFAULT, max_pixels=10**6, max_rows=max_rows)
+    assert all(len(a) == checked.rows for a in checked.arrays.values())
+    return checked.arrays
 
 
 def test_unnamed_input_goes_to_the_only_input_and_is_cast() -> None:

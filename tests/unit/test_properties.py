@@ -262,11 +262,13 @@ def test_model_inputs_fit_the_signature_exactly_or_raise_a_client_error(features
             "features": tfserving.json_to_array("features", features),
             "count": tfserving.json_to_array("count", count),
         }
-        inputs = preprocessing.to_model_inputs(
+        checked = preprocessing.to_model_inputs(
             arrays, (), SIGNATURE, PreprocessingConfig(), max_pixels=MAX_PIXELS, max_rows=64
         )
     except ServingError:
         return
+    inputs = checked.arrays
+    assert 1 <= checked.rows <= 64 and all(len(a) == checked.rows for a in inputs.values())
     assert inputs["features"].dtype == np.float32 and inputs["features"].shape[1:] == (4,)
     assert inputs["count"].dtype == np.int32 and inputs["count"].shape == (inputs["features"].shape[0],)
     np.testing.assert_array_equal(

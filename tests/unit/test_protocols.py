@@ -16,7 +16,6 @@ from service.errors import (
     InvalidInput,
     InvalidTensor,
     ModelNotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from service.examples import encode_example
@@ -300,12 +299,14 @@ def test_v2_encode_json_binary_and_classification() -> None:
     assert binary == struct.pack("<I", 12) + b"0.750000:1:b"
 
 
-def test_v2_raw_binary_request_is_the_only_inputs_bytes() -> None:
-    metadata = ModelMetadata(SID, {"serving_default": SIG}, "serving_default", (), "cpu")
-    request, options = kserve_v2.decode_raw_infer(np.array([1, 2], "<f4").tobytes(), metadata, ServableRequest("m"))
-    assert request.inputs["x"].tolist() == [[1.0, 2.0]] and options.raw_binary
+def test_v2_raw_binary_request_is_the_only_inputs_bytes_shaped_for_the_borrowed_signature() -> None:
+    request, options = kserve_v2.decode_raw_infer(np.array([1, 2], "<f4").tobytes(), ServableRequest("m"))
+    assert request.inputs == {} and request.inputs_for is not None and options.raw_binary
+    assert request.inputs_for(SIG)["x"].tolist() == [[1.0, 2.0]]
+    bad, _ = kserve_v2.decode_raw_infer(b"\0" * 12, ServableRequest("m"))
+    assert bad.inputs_for is not None
     with pytest.raises(InvalidTensor):
-        kserve_v2.decode_raw_infer(b"\0" * 12, metadata, ServableRequest("m"))
+        bad.inputs_for(SIG)
 
 
 def test_v2_metadata_names_and_dims() -> None:
@@ -345,21 +346,19 @@ def test_native_decodes_multipart_raw_and_json(flask_app: Flask) -> None:
     ):
         from flask import request
 
-        assert native.decode_predict(request, target, max_images=3).images == (b"one", b"two", b"three")
-        with pytest.raises(PayloadTooLarge):
-            native.decode_predict(request, target, max_images=2)
+        assert native.decode_predict(request, target).images == (b"one", b"two", b"three")
     with flask_app.test_request_context("/", method="POST", data=b"raw", content_type="image/jpeg"):
-        assert native.decode_predict(request, target, max_images=1).images == (b"raw",)
+        assert native.decode_predict(request, target).images == (b"raw",)
     with flask_app.test_request_context("/", method="POST", json={"instances": [[1, 2]]}):
-        assert native.decode_predict(request, target, max_images=1).inputs[UNNAMED].tolist() == [[1, 2]]
+        assert native.decode_predict(request, target).inputs[UNNAMED].tolist() == [[1, 2]]
     with flask_app.test_request_context("/", method="POST", data=b"x", content_type="text/csv"):
         with pytest.raises(UnsupportedMediaType, match="text/csv"):
-            native.decode_predict(request, target, max_images=1)
+            native.decode_predict(request, target)
     with flask_app.test_request_context(
         "/", method="POST", data={"field": "no file"}, content_type="multipart/form-data"
     ):
         with pytest.raises(InvalidInput, match="'image'"):
-            native.decode_predict(request, target, max_images=1)
+            native.decode_predict(request, target)
 
 
 def test_outputs_are_chosen_by_output_filter_in_tf_serving_and_outputs_natively(flask_app: Flask) -> None:
@@ -376,13 +375,13 @@ def test_outputs_are_chosen_by_output_filter_in_tf_serving_and_outputs_natively(
     with flask_app.test_request_context(
         "/?outputs=backbone/avg_pool,y&outputs=z", method="POST", data=b"raw", content_type="image/jpeg"
     ):
-        chosen = native.decode_predict(request, target, max_images=1)
+        chosen = native.decode_predict(request, target)
         assert (chosen.images, chosen.outputs) == ((b"raw",), ("backbone/avg_pool", "y", "z"))
     with flask_app.test_request_context("/", method="POST", json={"instances": [[1, 2]], "output_filter": ["y"]}):
-        assert native.decode_predict(request, target, max_images=1).outputs == ("y",)
+        assert native.decode_predict(request, target).outputs == ("y",)
     with flask_app.test_request_context("/?outputs=y,,z", method="POST", data=b"raw", content_type="image/jpeg"):
         with pytest.raises(InvalidInput, match="empty output name"):
-            native.decode_predict(request, target, max_images=1)
+            native.decode_predict(request, target)
 
 
 def test_model_view_shows_how_images_are_preprocessed_and_why() -> None:

@@ -30,6 +30,7 @@ from service.runner import (
 from service.servable import Signature, TensorInfo
 from service.settings import Settings
 from tests.conftest import in_fresh_process, run_in_fresh_process
+from tests.unit.fakes import checked
 
 CPU = "/CPU:0"
 
@@ -93,7 +94,7 @@ def test_warm_up_traces_each_allowed_size_once_and_requests_then_never_trace() -
 
     for rows in [1, 2, 3, 5, 7, 8, 9, 13, 17, 30]:
         x = distinct_rows(rows)
-        outputs = runner.run({"x": x})
+        outputs = runner.run([checked({"x": x}, runner.signature)])
         np.testing.assert_allclose(outputs["y"], 3.0 * x, rtol=1e-6)
         np.testing.assert_allclose(outputs["z"], x @ np.ones((4, 2), np.float32), rtol=1e-5)
     assert len(model.traces) == 4  # 3, 5, 7 rows were padded; 9..30 chunked by 8, tails padded
@@ -111,7 +112,7 @@ def test_run_pads_by_repeating_the_last_row_so_padding_never_changes_real_rows()
     model.functions["serving_default"] = recording
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(4,))
     x = distinct_rows(3)
-    runner.run({"x": x})
+    runner.run([checked({"x": x}, runner.signature)])
     np.testing.assert_array_equal(seen[0], np.concatenate([x, x[-1:]]))
 
 
@@ -124,17 +125,17 @@ def test_padding_rows_are_counted_per_model_for_the_padding_fraction() -> None:
         shape_specialised_model(), "serving_default", device=CPU, allowed_batch_sizes=(1, 4, 8), model_name="padded"
     )
     for rows in (3, 4, 5, 1):  # padded to 4, 4, 8, 1
-        runner.run({"x": distinct_rows(rows)})
+        runner.run([checked({"x": distinct_rows(rows)}, runner.signature)])
     assert counter._value.get() - before == 1 + 0 + 3 + 0
 
 
-def test_inputs_are_cast_to_the_signature_dtype() -> None:
+def test_inputs_reach_the_model_cast_to_the_signature_dtype_by_the_boundary() -> None:
     model = shape_specialised_model()
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(1, 2))
     runner.warm_up()
-    outputs = runner.run({"x": np.ones((2, 4), dtype=np.float64)})
+    outputs = runner.run([checked({"x": np.ones((2, 4), dtype=np.float64)}, runner.signature)])
     assert outputs["y"].dtype == np.float32
-    outputs = runner.run({"x": np.ones((1, 4), dtype=np.uint8)})
+    outputs = runner.run([checked({"x": np.ones((1, 4), dtype=np.uint8)}, runner.signature)])
     np.testing.assert_array_equal(outputs["y"], np.full((1, 4), 3.0, np.float32))
     assert len(model.traces) == 2  # float64 / uint8 never reached the function
 
@@ -142,17 +143,40 @@ def test_inputs_are_cast_to_the_signature_dtype() -> None:
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ({"x": np.zeros((2, 5), np.float32)}, "rows of shape"),
-        ({"x": np.zeros((2, 4, 1), np.float32)}, "rows of shape"),
-        ({"other": np.zeros((2, 4), np.float32)}, "missing input"),
-        ({"x": np.zeros((0, 4), np.float32)}, "no rows"),
-        ({"x": np.array([["a", "b", "c", "d"]])}, "cannot be converted"),
+        ({"x": np.zeros((2, 5), np.float32)}, r"has shape \[None, 4\], got \[2, 5\]"),
+        ({"x": np.zeros((2, 4, 1), np.float32)}, r"has shape \[None, 4\], got \[2, 4, 1\]"),
+        ({"other": np.zeros((2, 4), np.float32)}, "unknown input 'other'"),
+        ({"x": np.zeros((0, 4), np.float32)}, "is empty"),
+        ({"x": np.array([["a", "b", "c", "d"]])}, "takes float32 values, got strings"),
     ],
 )
-def test_run_rejects_inputs_that_do_not_fit_the_signature(inputs: dict, message: str) -> None:
-    runner = InferenceRunner(shape_specialised_model(), "serving_default", device=CPU, allowed_batch_sizes=(1, 2))
+def test_inputs_that_do_not_fit_the_signature_never_reach_the_runner(inputs: dict, message: str) -> None:
+    # The runner takes only ModelInputs, which the boundary builds after checking every rule once.
     with pytest.raises(InvalidInput, match=message):
-        runner.run(inputs)
+        checked(inputs, shape_specialised_model().signatures["serving_default"])
+
+
+def test_merged_requests_are_padded_in_the_same_copy_and_sliced_back_per_row() -> None:
+    seen: list[np.ndarray] = []
+    model = shape_specialised_model()
+    inner = model.functions["serving_default"]
+
+    def recording(**inputs):
+        seen.append(inputs["x"])
+        return inner(**inputs)
+
+    model.functions["serving_default"] = recording
+    runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(4, 8))
+    a, b = distinct_rows(2), distinct_rows(3) + 100
+    outputs = runner.run([checked({"x": a}, runner.signature), checked({"x": b}, runner.signature)])
+    np.testing.assert_array_equal(seen[0], np.concatenate([a, b, b[-1:], b[-1:], b[-1:]]))
+    np.testing.assert_allclose(outputs["y"], 3.0 * np.concatenate([a, b]), rtol=1e-6)
+
+
+def test_unbatched_rows_of_the_wrong_shape_never_reach_the_runner() -> None:
+    signature = Signature("serving_default", (TensorInfo("v", "float32", (3,)),), (), batched=False)
+    with pytest.raises(InvalidInput, match=r"input 'v' has rows of shape \(4,\); the model expects \(3,\)"):
+        checked({"v": np.zeros((2, 4), np.float32)}, signature)
 
 
 def fixed_batch_model(batch: int) -> TracedModel:
@@ -181,7 +205,7 @@ def test_fixed_batch_signature_is_called_in_chunks_of_its_size_with_the_last_pad
     runner = InferenceRunner(model, "serving_default", device=CPU, allowed_batch_sizes=(1, 2, 32))
     assert runner.allowed_batch_sizes == (4,)
     x = distinct_rows(rows, width=3)
-    outputs = runner.run({"x": x})
+    outputs = runner.run([checked({"x": x}, runner.signature)])
     np.testing.assert_allclose(outputs["sum"], x.sum(axis=1), rtol=1e-6)
     np.testing.assert_allclose(outputs["doubled"], 2 * x, rtol=1e-6)
 
@@ -205,7 +229,7 @@ def test_unbatched_signature_is_called_row_by_row_and_outputs_are_stacked() -> N
     runner.warm_up()
     v = distinct_rows(5, width=3)
     scale = np.arange(1, 6, dtype=np.float32)
-    outputs = runner.run({"v": v, "scale": scale})
+    outputs = runner.run([checked({"v": v, "scale": scale}, runner.signature)])
     np.testing.assert_allclose(outputs["norm"], np.linalg.norm(v, axis=1) * scale, rtol=1e-5)
 
 
@@ -227,7 +251,7 @@ def test_warm_up_skips_signatures_with_string_inputs() -> None:
     traces_before = len(model.traces)
     assert runner.warm_up() == 0.0
     assert len(model.traces) == traces_before
-    outputs = runner.run({"text": np.array([b"abc", b"hello", b"x"], dtype=object)})
+    outputs = runner.run([checked({"text": np.array([b"abc", b"hello", b"x"], dtype=object)}, runner.signature)])
     np.testing.assert_array_equal(outputs["length"], [3, 5, 1])
 
 
@@ -262,7 +286,7 @@ def test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu() 
     # ServableBuilder) may have made it: the check runs in a fresh interpreter.
     if not in_fresh_process():
         name = test_configure_tensorflow_picks_the_device_once_and_refuses_a_missing_gpu.__name__
-        run_in_fresh_process(f"{__file__}::{name}", timeout_s=300)
+        assert run_in_fresh_process(f"{__file__}::{name}", timeout_s=300) == {name}
         return
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if not has_gpu:
@@ -330,6 +354,6 @@ def test_keras_model_through_the_runner_matches_the_model_itself_for_every_row_c
     (output,) = (t.name for t in loaded.signature.outputs)
     for rows in [1, 2, 3, 5, 8, 9, 19]:
         x = rng.uniform(0, 1, (rows, 12, 12, 1)).astype(np.float32)
-        got = runner.run({loaded.signature.inputs[0].name: x})[output]
+        got = runner.run([checked({loaded.signature.inputs[0].name: x}, runner.signature)])[output]
         assert got.shape == (rows, 5)
         np.testing.assert_allclose(got, np.asarray(model(x, training=False)), atol=1e-5)

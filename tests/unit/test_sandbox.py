@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service import sandbox
-from service.errors import ModelLoadError
+from service import quarantine, sandbox
+from service.errors import ModelCrashed, ModelLoadError
 from service.model_config import ModelConfig
 from service.settings import Settings
 from tests.conftest import REPO
@@ -83,7 +83,7 @@ def test_needs_probe_is_skipped_when_the_probe_is_off_or_lambda_code_is_refused(
 
 
 def test_probe_reports_a_crash_as_a_load_error_naming_the_signal_and_layer(files: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError) as caught:
+    with pytest.raises(ModelCrashed) as caught:  # a ModelLoadError the builder remembers by content hash
         sandbox.probe(files / "lambda_crash.keras", None, Settings(models_dir=tmp_path), layers=("plus_one",))
     message = str(caught.value)
     assert "crashed with signal 11 (SIGSEGV) while loading" in message
@@ -105,6 +105,16 @@ def test_probe_forwards_the_loaders_error_class_and_message(files: Path, tmp_pat
     assert "probe subprocess" not in str(caught.value)  # the loader's own message, not a crash report
 
 
+def test_probe_is_keyed_on_the_content_hash_and_loads_no_other_content(files: Path, tmp_path: Path) -> None:
+    path = files / "lambda_ok.keras"
+    settings = Settings(models_dir=tmp_path)
+    assert sandbox.probe(path, None, settings, layers=("plus_one",), digest=quarantine.content_hash(path)) > 0
+    # The file the worker hashed is not what the child finds (it changed in between): the child refuses it.
+    with pytest.raises(ModelLoadError, match="lambda_ok.keras changed while it was probed") as caught:
+        sandbox.probe(path, None, settings, layers=("plus_one",), digest="0" * 64)
+    assert not isinstance(caught.value, ModelCrashed)  # not remembered: probed again once it settles
+
+
 def test_probe_times_out(files: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="longer than 0.5s"):
+    with pytest.raises(ModelCrashed, match="longer than 0.5s"):
         sandbox.probe(files / "lambda_ok.keras", None, Settings(models_dir=tmp_path, lambda_probe_timeout_s=0.5))
