@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import preprocessing, sandbox, security
+from service import memory, preprocessing, sandbox, security
 from service.errors import ModelLoadError
 from service.repository import VersionSource, display_path
 from service.servable import Arrays, Servable, ServableInfo
@@ -53,6 +53,8 @@ class ServableBuilder:
             ValueError: `DEVICE=gpu` but TensorFlow sees no GPU.
         """
         security.check_models_dir(self._settings)
+        # Before TensorFlow starts: it reads its allocator choice once (service/memory.py).
+        memory.use_system_allocator()
         from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
 
         self.device = configure_tensorflow(self._settings)
@@ -90,6 +92,7 @@ class ServableBuilder:
             ModelLoadError: the models folder is unsafe, the sandbox or the loader refused the
                 version, or warm-up failed on the default signature.
         """
+        from service.batching import capped_batch_sizes
         from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope
 
         settings, batching = self._settings, source.config.batching
@@ -103,7 +106,7 @@ class ServableBuilder:
             sandbox.probe(source.path, source.config, settings, layers=lambda_layers)
         if self._loader is None:
             raise ModelLoadError("the custom object registry could not be built (see the log); fix models/plugins/")
-        started = time.monotonic()
+        started, resident_before = time.monotonic(), memory.resident_bytes()
         with device_scope(self.device):
             loaded = self._loader.load(source.path, source.config)
         load_s = time.monotonic() - started
@@ -111,6 +114,16 @@ class ServableBuilder:
         allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
         if allowed[-1] < max_batch_size:
             allowed = (*allowed, max_batch_size)
+        default = loaded.signatures.get(loaded.default_signature)
+        if (
+            self.device == "/CPU:0"
+            and default is not None
+            and not (batching.max_batch_size or batching.allowed_batch_sizes)
+        ):
+            # Only the sizes that pay are compiled and warmed up (MAX_BATCH_INPUT_BYTES); larger
+            # requests run in chunks of the largest.
+            allowed = capped_batch_sizes(allowed, default, settings.max_batch_input_bytes)
+            max_batch_size = allowed[-1]
         closers: list[Callable[[], None]] = []
         checks: list[Callable[[], str]] = []
         submit: dict[str, Callable[[Arrays], Future]] = {}
@@ -149,6 +162,15 @@ class ServableBuilder:
             loaded.close()
             raise
         closers.append(loaded.close)
+        # The warm-up's activations are freed but still held by malloc: give them back, so a
+        # worker keeps its models' weights and graphs, not every model's high-water mark.
+        memory.release_free_memory()
+        log.info(
+            "%s batch sizes %s; about %+.0f MiB resident after its load and warm-up",
+            source.id,
+            ",".join(map(str, allowed)),
+            (memory.resident_bytes() - resident_before) / 2**20,
+        )
 
         def close() -> None:
             for step in closers:
