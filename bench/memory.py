@@ -128,7 +128,7 @@ def measure_server(workdir: Path, name: str, plan: dict[str, int], env: dict[str
     settings = {
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "GRPC_PORT": "0",
+        "GRPC_PORT": str(free_port()),
         "MODELS_DIR": str(folder),
         "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="metrics-", dir=workdir),

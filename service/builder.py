@@ -54,7 +54,7 @@ class ServableBuilder:
         """
         security.check_models_dir(self._settings)
         # Before TensorFlow starts: it reads its allocator choice once (service/memory.py).
-        memory.use_system_allocator()
+        memory.configure_allocator()
         from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
 
         self.device = configure_tensorflow(self._settings)

@@ -6,9 +6,10 @@ weights but the activations of its largest warm-up batch, kept by TensorFlow's o
 a pool of regions that doubles as it grows and never shrinks (MobileNetV2 at batch 32: about
 600 MiB per worker for a 14 MB model). This module holds the two remedies that measurement kept:
 
-* `use_system_allocator()`, before TensorFlow starts: TensorFlow's oneDNN builds then allocate with
+* `configure_allocator()`, before TensorFlow starts: TensorFlow's oneDNN builds then allocate with
   glibc's malloc instead of that pool (`TF_ONEDNN_USE_SYSTEM_ALLOCATOR`, read once by TensorFlow);
-  freed activations can then go back to the system;
+  freed activations can then go back to the system; and malloc's arenas are capped
+  (`MALLOC_ARENAS`), so the batcher threads of many models share what is freed;
 * `release_free_memory()`, after a version's warm-up: glibc's `malloc_trim`, which returns the free
   pages of every heap, so the warm-up's high-water mark is not kept.
 
@@ -32,14 +33,26 @@ _libc: ctypes.CDLL | None = None
 _libc_loaded = False
 
 
-def use_system_allocator() -> None:
-    """Make TensorFlow allocate CPU tensors with malloc (unless the environment already says otherwise).
+MALLOC_ARENAS = 2
+"""malloc arenas (heaps) per worker process (glibc's `M_ARENA_MAX`; its default is 8 per core)."""
+_M_ARENA_MAX = -8
+"""glibc's mallopt parameter number for M_ARENA_MAX."""
 
-    Call it before TensorFlow allocates its first tensor (in the worker, before importing it):
-    TensorFlow reads the variable once.
+
+def configure_allocator() -> None:
+    """Make TensorFlow allocate CPU tensors with malloc, and cap malloc's arenas; call it before TensorFlow starts.
+
+    TensorFlow reads `TF_ONEDNN_USE_SYSTEM_ALLOCATOR` once, at its first tensor; an environment that
+    already sets it wins. glibc gives each new thread its own arena up to 8 per core, and each
+    arena keeps its own freed memory: every batcher thread (one per model) that runs a model would
+    keep the high-water mark of its model's calls. With `MALLOC_ARENAS` the threads share what is
+    freed; it must be set before those threads first allocate.
     """
     for name, value in ALLOCATOR_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    libc = _glibc()
+    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def resident_bytes() -> int:
@@ -74,6 +87,8 @@ def _glibc() -> ctypes.CDLL | None:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
             libc.malloc_trim.restype = ctypes.c_int
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.mallopt.restype = ctypes.c_int
             _libc = libc
         except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
             log.debug("malloc_trim is not available; freed memory stays with the allocator")
