@@ -4,7 +4,9 @@ It owns everything between "these files should serve" and "this servable can ans
 TensorFlow configuration of the worker (device, threads), the custom object registry built from the
 plugins and the `Loader` that uses it, the security gate on the models folder, the Lambda sandbox,
 and the assembly of one `InferenceRunner` (warmed up) and, for batched signatures, one `Batcher` per
-signature. The manager calls `rebuild_registry()` and `build()` on its loader thread and decides
+signature, compiled and warmed up only for the batch sizes that pay on the device
+(`MAX_BATCH_INPUT_BYTES`); it applies the worker's memory policy (`service.memory`: the allocator
+before TensorFlow starts, free memory given back after each warm-up). The manager calls `rebuild_registry()` and `build()` on its loader thread and decides
 when; the builder never tracks versions, states or handles, and never touches HTTP.
 
 TensorFlow is imported in `start()` and `build()`, never when this module is imported.
@@ -160,6 +162,7 @@ class ServableBuilder:
             for step in closers:
                 step()
             loaded.close()
+            memory.release_free_memory()
             raise
         closers.append(loaded.close)
         # The warm-up's activations are freed but still held by malloc: give them back, so a
