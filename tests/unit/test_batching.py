@@ -609,3 +609,41 @@ def test_capped_batch_sizes_keep_the_sizes_whose_inputs_fit_the_budget() -> None
     assert capped_batch_sizes(LADDER, huge, 3 * 2**20) == (1,)  # never below one row
     assert capped_batch_sizes(LADDER, mobilenet, 0) == LADDER  # 0: no cap
     assert capped_batch_sizes(LADDER, _signature(TensorInfo("text", "string", (None,))), 1) == LADDER
+
+
+def test_the_builder_warms_up_a_large_row_model_only_for_the_sizes_that_fit_unless_its_config_says(
+    tmp_path, caplog
+) -> None:
+    import keras
+
+    from service.builder import ServableBuilder
+    from service.model_config import BatchingConfig, ModelConfig
+    from service.repository import VersionSource
+    from service.settings import Settings
+
+    path = tmp_path / "large_rows.keras"  # 256x256x3 float32: 768 KiB per row
+    keras.Sequential(
+        [
+            keras.Input((256, 256, 3), name="image"),
+            keras.layers.Conv2D(2, 3, strides=8),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, name="y"),
+        ]
+    ).save(path)
+    builder = ServableBuilder(Settings(models_dir=tmp_path, workers=1, max_batch_size=32))
+    builder.start()
+    builder.rebuild_registry()
+    configs = {1: ModelConfig(), 2: ModelConfig(batching=BatchingConfig(max_batch_size=6))}
+    caplog.set_level("INFO", logger="service.builder")
+    for version, config in configs.items():
+        source = VersionSource(ServableId("large_rows", version), path, f"v{version}", config)
+        servable = builder.build(source)
+        try:
+            result = servable.submit["serving_default"]({"image": np.zeros((9, 256, 256, 3), np.float32)}).result(60)
+            assert result["y"].shape == (9, 2)  # more rows than the largest size: run in chunks
+        finally:
+            servable.close()
+    sizes = [
+        r.getMessage().split("batch sizes ")[1].split(";")[0] for r in caplog.records if "batch sizes" in r.getMessage()
+    ]
+    assert sizes == ["1,2,3,4", "1,2,3,4,6"]  # 3 MiB of inputs per call by default; the config wins
