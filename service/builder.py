@@ -4,7 +4,9 @@ It owns everything between "these files should serve" and "this servable can ans
 TensorFlow configuration of the worker (device, threads), the custom object registry built from the
 plugins and the `Loader` that uses it, the security gate on the models folder, the Lambda sandbox,
 and the assembly of one `InferenceRunner` (warmed up) and, for batched signatures, one `Batcher` per
-signature. The manager calls `rebuild_registry()` and `build()` on its loader thread and decides
+signature, compiled and warmed up only for the batch sizes that pay on the device
+(`MAX_BATCH_INPUT_BYTES`); it applies the worker's memory policy (`service.memory`: the allocator
+before TensorFlow starts, free memory given back after each warm-up). The manager calls `rebuild_registry()` and `build()` on its loader thread and decides
 when; the builder never tracks versions, states or handles, and never touches HTTP.
 
 TensorFlow is imported in `start()` and `build()`, never when this module is imported.
@@ -20,7 +22,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import backends, preprocessing, quarantine, sandbox, security
+from service import backends, memory, preprocessing, quarantine, sandbox, security
 from service.errors import ModelCrashed, ModelLoadError
 from service.repository import VersionSource, display_path
 from service.servable import ModelInputs, Servable, ServableInfo
@@ -53,6 +55,8 @@ class ServableBuilder:
             ValueError: `DEVICE=gpu` but TensorFlow sees no GPU.
         """
         security.check_models_dir(self._settings)
+        # Before TensorFlow starts: it reads its allocator choice once (service/memory.py).
+        memory.configure_allocator()
         from service.runner import configure_tensorflow  # TensorFlow starts here, in the worker
 
         self.device = configure_tensorflow(self._settings)
@@ -124,10 +128,11 @@ class ServableBuilder:
 
     def _load_and_assemble(self, source: VersionSource) -> Servable:
         """Load the version in this worker, build and warm up its runners and batchers."""
+        from service.batching import capped_batch_sizes
         from service.runner import InferenceRunner, default_allowed_batch_sizes, device_scope, tf_thread_counts
 
         settings, batching = self._settings, source.config.batching
-        started = time.monotonic()
+        started, resident_before = time.monotonic(), memory.resident_bytes()
         with device_scope(self.device):
             loaded = self._loader.load(source.path, source.config)
         load_s = time.monotonic() - started
@@ -135,6 +140,16 @@ class ServableBuilder:
         allowed = tuple(batching.allowed_batch_sizes or default_allowed_batch_sizes(max_batch_size))
         if allowed[-1] < max_batch_size:
             allowed = (*allowed, max_batch_size)
+        default = loaded.signatures.get(loaded.default_signature)
+        if (
+            self.device == "/CPU:0"
+            and default is not None
+            and not (batching.max_batch_size or batching.allowed_batch_sizes)
+        ):
+            # Only the sizes that pay are compiled and warmed up (MAX_BATCH_INPUT_BYTES); larger
+            # requests run in chunks of the largest.
+            allowed = capped_batch_sizes(allowed, default, settings.max_batch_input_bytes)
+            max_batch_size = allowed[-1]
         try:
             # Conversion and the equivalence gate happen here, at load, never on a request.
             backend = backends.choose(
@@ -188,8 +203,18 @@ class ServableBuilder:
             for step in closers:
                 step()
             loaded.close()
+            memory.release_free_memory()
             raise
         closers.append(loaded.close)
+        # The warm-up's activations are freed but still held by malloc: give them back, so a
+        # worker keeps its models' weights and graphs, not every model's high-water mark.
+        memory.release_free_memory()
+        log.info(
+            "%s batch sizes %s; about %+.0f MiB resident after its load and warm-up",
+            source.id,
+            ",".join(map(str, allowed)),
+            (memory.resident_bytes() - resident_before) / 2**20,
+        )
 
         def close() -> None:
             for step in closers:

@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1)
     """Most rows one device call takes."""
 
+    max_batch_input_bytes: int = Field(3 * 1024 * 1024, ge=0)
+    """On CPU, the most input bytes one device call of a model takes by default: models with large rows get fewer rows per call than MAX_BATCH_SIZE (MobileNetV2's 224x224x3 float images: 4), which on one thread per worker costs no throughput and keeps the activations, paid in every worker, small (docs/operations.md, sizing guide). A model config's `max_batch_size` or `allowed_batch_sizes` wins; 0 turns the cap off."""
+
     batch_timeout_ms: float = Field(2.0, ge=0)
     """Longest the first request of a batch waits for others to join it."""
 

@@ -43,6 +43,28 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
+def worker_pids(master: int) -> list[int]:
+    """Process ids of the gunicorn workers of `master` (its children, from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                pids.append(int(entry.name))
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size (VmRSS) of process `pid`, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 @contextmanager
 def serve(
     command: list[str],

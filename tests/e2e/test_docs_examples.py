@@ -196,6 +196,8 @@ NOT_SETTINGS = {
     "SCALE": "a model-config value in a table",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_client's own variable",
     "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own variable",
+    "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "TensorFlow's own variable (set by service/memory.py)",
+    **dict.fromkeys(["MALLOC_ARENA_MAX", "M_ARENA_MAX"], "glibc malloc's tunables"),
     "CUDA_VISIBLE_DEVICES": "CUDA's own variable",
     "KERAS_HOME": "Keras' own variable",
     "STORAGE_URI": "the object-storage sync container's variable",

@@ -18,6 +18,7 @@ import requests
 
 from tests.conftest import wait_until
 from tests.e2e.api_models import build_api_models
+from tests.e2e.conftest import rss_mb, worker_pids
 from tests.e2e.figures import record
 from tests.e2e.scaled_models import copy_then_mv, save_scaled_model
 
@@ -26,26 +27,6 @@ SWAP_EVERY_S = 8.0
 CLIENTS = 4
 FACTORS = (1.0, 2.0, 3.0)
 RSS_GROWTH_LIMIT_MB = 200.0
-
-
-def worker_pids(master: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                pids.append(int(entry.name))
-    return pids
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @pytest.mark.slow

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.batching import Batcher
+from service.batching import Batcher, capped_batch_sizes, input_bytes_per_row
 from service.errors import InvalidInput, ModelNotReady, Overloaded
-from service.servable import ServableId
+from service.servable import ServableId, Signature, TensorInfo
 from tests.conftest import wait_until
 from tests.unit.fakes import checked, merging
 
@@ -593,3 +593,70 @@ def test_one_out_of_range_embedding_index_fails_only_its_request_in_a_batch_of_a
         assert metric("kerasserve_batch_isolated_failures_total", "embedding") == isolated + 1
     finally:
         loaded.close()
+
+
+def _signature(*inputs: TensorInfo, batched: bool = True) -> Signature:
+    return Signature("serving_default", inputs, (TensorInfo("y", "float32", (None, 10)),), batched=batched)
+
+
+LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def test_input_bytes_per_row_counts_every_input_unknown_dimensions_as_one_and_strings_as_nothing() -> None:
+    image = TensorInfo("image", "float32", (None, 224, 224, 3))
+    assert input_bytes_per_row(_signature(image)) == 224 * 224 * 3 * 4
+    assert input_bytes_per_row(_signature(TensorInfo("ids", "int64", (None, None)))) == 8
+    two = _signature(TensorInfo("a", "uint8", (None, 28, 28, 1)), TensorInfo("b", "float16", (None, 5)))
+    assert input_bytes_per_row(two) == 28 * 28 + 10
+    assert input_bytes_per_row(_signature(TensorInfo("text", "string", (None,)))) == 0
+
+
+def test_capped_batch_sizes_keep_the_sizes_whose_inputs_fit_the_budget() -> None:
+    mobilenet = _signature(TensorInfo("image", "float32", (None, 224, 224, 3)))  # 588 KiB per row
+    assert capped_batch_sizes(LADDER, mobilenet, 3 * 2**20) == (1, 2, 3, 4)
+    small_cnn = _signature(TensorInfo("image", "float32", (None, 28, 28, 1)))  # 3 KiB per row
+    assert capped_batch_sizes(LADDER, small_cnn, 3 * 2**20) == LADDER
+    huge = _signature(TensorInfo("image", "float32", (None, 2000, 2000, 3)))
+    assert capped_batch_sizes(LADDER, huge, 3 * 2**20) == (1,)  # never below one row
+    assert capped_batch_sizes(LADDER, mobilenet, 0) == LADDER  # 0: no cap
+    assert capped_batch_sizes(LADDER, _signature(TensorInfo("text", "string", (None,))), 1) == LADDER
+
+
+def test_the_builder_warms_up_a_large_row_model_only_for_the_sizes_that_fit_unless_its_config_says(
+    tmp_path, caplog
+) -> None:
+    import keras
+
+    from service.builder import ServableBuilder
+    from service.model_config import BatchingConfig, ModelConfig
+    from service.repository import VersionSource
+    from service.settings import Settings
+
+    path = tmp_path / "large_rows.keras"  # 256x256x3 float32: 768 KiB per row
+    keras.Sequential(
+        [
+            keras.Input((256, 256, 3), name="image"),
+            keras.layers.Conv2D(2, 3, strides=8),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, name="y"),
+        ]
+    ).save(path)
+    builder = ServableBuilder(Settings(models_dir=tmp_path, workers=1, max_batch_size=32))
+    builder.start()
+    builder.rebuild_registry()
+    configs = {1: ModelConfig(), 2: ModelConfig(batching=BatchingConfig(max_batch_size=6))}
+    caplog.set_level("INFO", logger="service.builder")
+    for version, config in configs.items():
+        source = VersionSource(ServableId("large_rows", version), path, f"v{version}", config)
+        servable = builder.build(source)
+        try:
+            result = servable.submit["serving_default"](
+                checked({"image": np.zeros((9, 256, 256, 3), np.float32)})
+            ).result(60)
+            assert result["y"].shape == (9, 2)  # more rows than the largest size: run in chunks
+        finally:
+            servable.close()
+    sizes = [
+        r.getMessage().split("batch sizes ")[1].split(";")[0] for r in caplog.records if "batch sizes" in r.getMessage()
+    ]
+    assert sizes == ["1,2,3,4", "1,2,3,4,6"]  # 3 MiB of inputs per call by default; the config wins
