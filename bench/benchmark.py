@@ -1408,7 +1408,9 @@ def main(argv: list[str]) -> int:
     kept = kept_sections(args.output.read_text()) if args.output.exists() else ""
     report = write_report(results, args, command, started, kept)
     args.output.write_text(report)
-    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    # The run's temporary folder (in settings such as BACKEND_CACHE_DIR) says nothing about the results.
+    raw = json.dumps(results, indent=1).replace(str(workdir), "<workdir>")
+    args.output.with_suffix(".json").write_text(raw + "\n")
     plot(results, args.output.with_suffix(".png"))
     print(report)
     print(
