@@ -213,17 +213,11 @@ def smooth_photo(rng, width: int, height: int, seed_scale: int):  # noqa: ANN001
     return np.clip(field_ + y + x + noise, 0, 255).astype(np.uint8)
 
 
-def build_models(folder: Path, photos_12mp: int) -> None:
-    """Write both models, their configs and the request images into `folder`."""
+def small_cnn():
+    """The Keras MNIST example's CNN (random weights): the benchmarks' small model."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    (folder / "models-cnn").mkdir(parents=True, exist_ok=True)
-    (folder / "models-mobilenet").mkdir(parents=True, exist_ok=True)
-    images = folder / "images"
-    images.mkdir(exist_ok=True)
-    # The Keras MNIST example's CNN.
-    cnn = keras.Sequential(
+    return keras.Sequential(
         [
             keras.Input((28, 28, 1), name="image"),
             keras.layers.Conv2D(32, 3, activation="relu"),
@@ -236,7 +230,18 @@ def build_models(folder: Path, photos_12mp: int) -> None:
         ],
         name="digits_cnn",
     )
-    cnn.save(folder / "models-cnn" / CASES["cnn"].file)
+
+
+def build_models(folder: Path, photos_12mp: int) -> None:
+    """Write both models, their configs and the request images into `folder`."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    (folder / "models-cnn").mkdir(parents=True, exist_ok=True)
+    (folder / "models-mobilenet").mkdir(parents=True, exist_ok=True)
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    small_cnn().save(folder / "models-cnn" / CASES["cnn"].file)
     mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
     mobilenet.save(folder / "models-mobilenet" / CASES["mobilenet"].file)
     (folder / "models-mobilenet" / "mobilenet_v2.yaml").write_text("preprocessing:\n  scale: symmetric\n")

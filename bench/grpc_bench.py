@@ -32,7 +32,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from benchmark import free_port, process_ticks, small_cnn, worker_pids  # bench/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
@@ -50,55 +51,20 @@ SAMPLES = 8
 
 
 def build(folder: Path) -> list:
-    """Write the CNN into `folder/models` and return SAMPLES float32 inputs of shape (1, 28, 28, 1)."""
+    """Write the benchmark's small CNN into `folder/models` and return SAMPLES float32 inputs of shape (1, 28, 28, 1)."""
     import keras
     import numpy as np
 
     keras.utils.set_random_seed(0)
     (folder / "models").mkdir(parents=True, exist_ok=True)
-    keras.Sequential(
-        [
-            keras.Input((28, 28, 1), name="image"),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(10, activation="softmax"),
-        ],
-        name="digits_cnn",
-    ).save(folder / "models" / f"{MODEL}.keras")
+    small_cnn().save(folder / "models" / f"{MODEL}.keras")
     rng = np.random.default_rng(0)
     return [rng.random((1, 28, 28, 1), dtype=np.float32) for _ in range(SAMPLES)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ticks(pid: int) -> int:
-    """utime + stime of a process and its live threads, in clock ticks; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def server_ticks(master: int) -> int:
     """CPU ticks of the gunicorn master and its workers."""
-    pids = [master]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return sum(ticks(pid) for pid in pids)
+    return process_ticks([master, *worker_pids(master)])
 
 
 # --------------------------------------------------------------------------------------------------

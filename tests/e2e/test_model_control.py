@@ -12,14 +12,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from tests.conftest import wait_until
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, start_server, worker_pids
 from tests.e2e.figures import record
 from tests.e2e.scaled_models import save_scaled_model
 
@@ -113,23 +112,9 @@ def test_load_of_a_model_not_in_the_folder_fails_with_tritons_message(client) ->
 def test_a_recycled_worker_serves_what_the_others_serve(client, server: Server) -> None:
     client.load_model("two")
     wait_until(lambda: answers(server, "two") == [4.0] * CONNECTIONS, timeout_s=30)
-    workers = _worker_pids(server.process.pid)
+    workers = worker_pids(server.process.pid)
     os.kill(workers[0], signal.SIGTERM)  # gunicorn forks a fresh worker, which reads the same decisions
-    wait_until(lambda: len(set(_worker_pids(server.process.pid)) - set(workers)) == 1, timeout_s=60)
+    wait_until(lambda: len(set(worker_pids(server.process.pid)) - set(workers)) == 1, timeout_s=60)
     wait_until(lambda: server.get("/readyz").status_code == 200, timeout_s=120)
     assert answers(server, "two") == [4.0] * CONNECTIONS
     assert answers(server, "three") == [404] * CONNECTIONS
-
-
-def _worker_pids(master: int) -> list[int]:
-    """The gunicorn master's child processes (its workers)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                children.append(int(entry.name))
-    return sorted(children)
