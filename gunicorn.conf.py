@@ -73,7 +73,7 @@ def post_fork(server, worker):
     """Pin the worker to GPU (slot mod N) before TensorFlow starts in it (the app is built after this hook)."""
     changes = _gpus.worker_environment(_visible_gpus, worker.kerasserve_slot, _settings.device)
     _os.environ.update(changes)
-    if changes:
+    if changes.get("CUDA_VISIBLE_DEVICES"):
         server.log.info(
             "worker %d (pid %d) runs on GPU %s of %d visible (%s)",
             worker.kerasserve_slot,

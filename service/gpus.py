@@ -86,9 +86,14 @@ def free_slot(taken: Collection[int]) -> int:
 
 
 def worker_environment(gpus: Sequence[str], worker_index: int, device: str) -> dict[str, str]:
-    """Environment changes for worker `worker_index` (before TensorFlow starts): its one GPU, or none on CPU."""
+    """Environment changes for worker `worker_index` (before TensorFlow starts): its one GPU, or none on CPU.
+
+    `DEVICE=cpu` hides every GPU (an empty CUDA_VISIBLE_DEVICES): a worker that merely sees a GPU
+    makes TensorFlow open a CUDA context on it and hold its memory, though no model runs there (seen
+    on an H200 host: with nothing set, a CPU worker's process still saw the GPU; bench/gpu_probe.py).
+    """
     if device == "cpu":
-        return {}
+        return {"CUDA_VISIBLE_DEVICES": ""}
     gpu = gpu_for_worker(gpus, worker_index)
     return {} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}
 

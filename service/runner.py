@@ -119,6 +119,13 @@ def configure_tensorflow(settings: Settings) -> str:
         if _configured is not None and _configured[0] == os.getpid():
             return _configured[1]
         gpus = tf.config.list_physical_devices("GPU")  # lists without starting the runtime
+        if gpus and settings.device == "cpu":
+            # gunicorn's workers already hide the GPUs (gpus.worker_environment); this covers any other
+            # process: a GPU TensorFlow merely sees gets a CUDA context and some of its memory.
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError as err:  # the runtime already started in this process
+                log.warning("DEVICE=cpu: could not hide the GPUs, the runtime is already initialised: %s", err)
         intra, inter = tf_thread_counts(settings, gpu=bool(gpus) and settings.device != "cpu")
         try:
             if intra:

@@ -25,7 +25,8 @@ def test_no_gpu_means_no_pinning() -> None:
 def test_worker_environment_pins_one_gpu_unless_device_is_cpu() -> None:
     assert gpus.worker_environment(("0", "1"), 3, "auto") == {"CUDA_VISIBLE_DEVICES": "1"}
     assert gpus.worker_environment(("0", "1"), 2, "gpu") == {"CUDA_VISIBLE_DEVICES": "0"}
-    assert gpus.worker_environment(("0", "1"), 1, "cpu") == {}
+    assert gpus.worker_environment(("0", "1"), 1, "cpu") == {"CUDA_VISIBLE_DEVICES": ""}
+    assert gpus.worker_environment((), 0, "cpu") == {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_workers_default_to_one_per_gpu_on_gpu_hosts() -> None:
