@@ -14,7 +14,6 @@ import functools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -26,7 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from service import access_log, grpc_errors, security, tracing
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ModelNotReady, Unimplemented
-from service.logs import protocol_var, request_id_var
+from service.logs import new_request_id, protocol_var, request_id_var
 from service.metrics import GRPC, UNKNOWN_MODEL, observe_request
 from service.protocols import kserve_v2_grpc, tfserving_grpc
 from service.servable import ServableState
@@ -61,7 +60,7 @@ def _rpc(method: Callable[..., _Response]) -> Callable[..., _Response]:
         started = time.monotonic()
         metadata = dict(context.invocation_metadata())
         given = metadata.get(REQUEST_ID_KEY, "")
-        request_id = given if isinstance(given, str) and _plain(given) else uuid.uuid4().hex
+        request_id = given if isinstance(given, str) and _plain(given) else new_request_id()
         request_id_var.set(request_id)
         protocol_var.set(GRPC)
         route = f"{self.SERVICE}/{method.__name__}"

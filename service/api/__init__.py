@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 from werkzeug.datastructures import FileStorage
@@ -21,7 +20,7 @@ from werkzeug.routing import BaseConverter, ValidationError
 from service import access_log, security, tracing
 from service.api.context import EXTENSION, Runtime, dataplane, note_model, runtime
 from service.errors import PayloadTooLarge
-from service.logs import protocol_var, request_id_var
+from service.logs import new_request_id, protocol_var, request_id_var
 from service.metrics import REST, UNKNOWN_MODEL, observe_request
 from service.protocols import parse_int
 
@@ -51,7 +50,7 @@ def _start_request() -> None:
     g.kerasserve_started = time.monotonic()
     client_id = request.headers.get(REQUEST_ID_HEADER, "")
     # A client's id is echoed only when it is short and plain, so it can go into logs and headers safely.
-    g.kerasserve_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+    g.kerasserve_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else new_request_id()
     request_id_var.set(g.kerasserve_request_id)
     protocol_var.set(REST)
     payload_log = runtime().payload_log
@@ -74,7 +73,7 @@ def _start_request() -> None:
 
 def _finish_request(response: Response) -> Response:
     """Add the request id (and trace) headers, observe the request metrics, log payloads and write the access record: once per response."""
-    request_id = g.get("kerasserve_request_id") or uuid.uuid4().hex
+    request_id = g.get("kerasserve_request_id") or new_request_id()
     response.headers[REQUEST_ID_HEADER] = request_id
     route = request.endpoint or "unmatched"
     model = g.get("kerasserve_model", "")
