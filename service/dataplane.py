@@ -3,8 +3,10 @@
 predict, predict_classes, classify/regress (tf.Example requests), metadata, status and readiness.
 Protocol adapters turn wire formats into the frozen request values below and the responses back into
 wire formats; the data plane borrows a servable from the manager, prepares the inputs
-(`service.preprocessing`), submits them to the servable's batcher and waits for the result. It
-never imports Flask or TensorFlow and never holds a servable beyond one call.
+(`service.preprocessing`), submits them to the servable's batcher and waits for the result. The
+arrays are fed as the adapter gives them and the outputs returned as the model computed them:
+protocol shape rules (TF Serving's unit axis, `:classify` pairs) are the adapters'. It never
+imports Flask or TensorFlow and never holds a servable beyond one call.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class PredictRequest:
     the rows first; arrays of bytes sent to numeric inputs are encoded images. `images` are encoded
     images for the model's image input (multipart uploads and raw bodies). `outputs` limits and
     orders the outputs returned (None: all, in the signature's order). `inputs_for`, when set, gives
-    the inputs of a body whose shape depends on the signature (KServe v2 raw binary): the data plane
-    calls it with the signature of the version it borrowed, so decoding and running see one version.
+    the inputs instead of `inputs` when they depend on the signature (a KServe v2 raw binary body;
+    TF Serving's unit axis, `protocols.add_unit_axis`): the data plane calls it with the signature of
+    the version it borrowed, so decoding and running see one version. The data plane feeds the
+    arrays as they are and answers the model's outputs as they are; protocol rules on shapes are the
+    adapters'.
     """
 
     target: ServableRequest
@@ -67,11 +72,15 @@ class PredictRequest:
 
 @dataclass(frozen=True, slots=True)
 class PredictResponse:
-    """Outputs of one call: output name -> array with one row per input row, in signature order."""
+    """Outputs of one call: output name -> array with one row per input row, in signature order.
+
+    `signature`: the signature that computed them (None only where a test builds a response by hand).
+    """
 
     servable_id: ServableId
     outputs: Mapping[str, np.ndarray]
     labels: tuple[str, ...] = ()
+    signature: Signature | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +93,35 @@ class ClassesResponse:
 
 @dataclass(frozen=True, slots=True)
 class ExamplesRequest:
-    """A TF Serving `:classify` or `:regress` call: JSON tf.Example features per row, plus context."""
+    """A TF Serving `:classify` or `:regress` call: JSON tf.Example features per row, plus context.
+
+    `inputs_for`, when set, gives the inputs of a signature that takes the features as inputs (the
+    adapter's columns, e.g. with TF Serving's unit axis); None: `examples.feature_columns`, as they are.
+    """
 
     target: ServableRequest
     method: Literal["classify", "regress"]
     examples: tuple[Mapping[str, object], ...]
     context: Mapping[str, object] = field(default_factory=dict)
     signature_name: str | None = None
+    inputs_for: Callable[[Signature], Mapping[str, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExamplesResponse:
-    """Results of a `:classify` (rows of `[label, score]` pairs) or `:regress` (one float per row) call."""
+    """Outputs of a `:classify` or `:regress` call, as the model returned them (the adapter shapes TF Serving's results).
+
+    `examples_signature`: the signature took serialized tf.Examples (its method is classify or
+    regress): `outputs` are its named `scores` / `classes` / `outputs`. Else the signature took the
+    features as inputs and `outputs` are its outputs in signature order.
+    """
 
     servable_id: ServableId
-    results: list
+    signature_name: str
+    outputs: Mapping[str, np.ndarray]
+    rows: int
+    labels: tuple[str, ...] = ()
+    examples_signature: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,25 +174,15 @@ class DataPlane:
             Overloaded: the batch queue is full, or the result did not come in time.
             InferenceError: the model failed.
         """
-        response, expanded = self._predict(request)
-        if expanded:
-            # The client sent one value per row to an input of shape (None, 1) (TF Serving's
-            # `{"instances": [1.0, 2.0]}`): answer one value per row as well.
-            squeezed = {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in response.outputs.items()}
-            response = PredictResponse(response.servable_id, squeezed, response.labels)
-        return response
-
-    def _predict(self, request: PredictRequest) -> tuple[PredictResponse, bool]:
-        """Run `request`; True when a unit axis was added to the inputs (see `predict`)."""
         with self._handle(request.target) as servable:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
             with tracing.span("preprocess"):
-                inputs, expanded = self._model_inputs(servable, signature, request)
+                inputs = self._model_inputs(servable, signature, request)
             outputs = self._run(servable, signature_name, inputs)
             ordered = self._order(outputs, signature, request.outputs)
-            return PredictResponse(servable.id, ordered, servable.labels), expanded
+            return PredictResponse(servable.id, ordered, servable.labels, signature)
 
     def predict_classes(
         self, request: PredictRequest, *, threshold: float = classification.DEFAULT_THRESHOLD, top_k: int | None = None
@@ -179,7 +192,7 @@ class DataPlane:
         Raises:
             The errors of `predict`; InvalidInput when an output has no class axis.
         """
-        response, _ = self._predict(request)  # keep the class axis even of one-unit outputs
+        response = self.predict(request)
         classes = {}
         for name, scores in response.outputs.items():
             if scores.ndim < 2:
@@ -194,8 +207,9 @@ class DataPlane:
 
         A signature whose method is classify/regress gets the serialized examples, as in TF Serving.
         Any other signature (e.g. a Keras model's `serving_default`) gets the features as inputs of
-        the same names: `:classify` then lists every class with its score and label, `:regress` the
-        single value per row.
+        the same names (`request.inputs_for`, else `examples.feature_columns`). The outputs come back
+        as the model returned them; the TF Serving adapter turns them into `[label, score]` pairs or
+        one value per row (`protocols.tfserving.examples_results`).
 
         Raises:
             The errors of `predict`; InvalidInput for features that do not fit; Unimplemented when
@@ -211,21 +225,13 @@ class DataPlane:
             if signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
                 return self._run_examples(servable, wanted, signature, request)
             with tracing.span("preprocess"):
-                columns = self._feature_columns(request, signature)
-                inputs, _ = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+                if request.inputs_for is not None:
+                    columns = request.inputs_for(signature)
+                else:
+                    columns = examples.feature_columns(request.examples, request.context, signature)
+                inputs = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
             outputs = self._order(self._run(servable, wanted, inputs), signature, None)
-            scores = next(iter(outputs.values()))
-            rows = len(request.examples)
-            if request.method == "regress":
-                flat = scores.reshape(rows, -1)
-                if flat.shape[1] != 1:
-                    raise InvalidInput(
-                        f"regress needs one value per example; output '{next(iter(outputs))}' has {flat.shape[1]}"
-                    )
-                return ExamplesResponse(servable.id, flat[:, 0].astype(np.float64).tolist())
-            return ExamplesResponse(
-                servable.id, classification.tfserving_classes(scores.reshape(rows, -1), servable.labels)
-            )
+            return ExamplesResponse(servable.id, wanted, outputs, len(request.examples), servable.labels)
 
     # --- metadata ---------------------------------------------------------------------------------
 
@@ -385,27 +391,10 @@ class DataPlane:
             raise InvalidInput(self._unknown_signature(servable, name))
         return name
 
-    def _model_inputs(
-        self, servable: Servable, signature: Signature, request: PredictRequest
-    ) -> tuple[ModelInputs, bool]:
-        """Prepare the request's arrays for `signature`; True when a unit axis was added to inputs."""
-        inputs = dict(request.inputs_for(signature) if request.inputs_for is not None else request.inputs)
-        expanded = False
-        has_batch = signature.batched or signature.fixed_batch_size is not None
-        if has_batch:
-            for tensor in signature.inputs:
-                key = tensor.name if tensor.name in inputs else preprocessing.UNNAMED
-                value = inputs.get(key)
-                if (
-                    value is not None
-                    and not preprocessing.is_encoded(value)
-                    and value.ndim == len(tensor.shape) - 1
-                    and tensor.shape[-1] == 1
-                    and (key != preprocessing.UNNAMED or len(signature.inputs) == 1)
-                ):
-                    inputs[key] = value[..., np.newaxis]
-                    expanded = True
-        checked = preprocessing.to_model_inputs(
+    def _model_inputs(self, servable: Servable, signature: Signature, request: PredictRequest) -> ModelInputs:
+        """Check the request's arrays (`inputs_for(signature)` when set) and images for `signature`, as they are."""
+        inputs = request.inputs_for(signature) if request.inputs_for is not None else request.inputs
+        return preprocessing.to_model_inputs(
             inputs,
             request.images,
             signature,
@@ -416,7 +405,6 @@ class DataPlane:
             max_decode_s=self._settings.max_request_decode_s,
             client_gone=request.client_gone,
         )
-        return checked, expanded
 
     def _run(self, servable: Servable, signature_name: str, inputs: ModelInputs) -> dict[str, np.ndarray]:
         """Submit `inputs` to the signature's batcher (or direct run) and wait for its outputs."""
@@ -476,24 +464,10 @@ class DataPlane:
                 ordered[name] = np.asarray(value)
         return ordered
 
-    @staticmethod
-    def _feature_columns(request: ExamplesRequest, signature: Signature) -> dict[str, np.ndarray]:
-        """Turn JSON examples into one column per input of `signature` (features named like inputs)."""
-        columns: dict[str, np.ndarray] = {}
-        for tensor in signature.inputs:
-            rows = []
-            for index, example in enumerate(request.examples):
-                merged = {**request.context, **example}
-                if tensor.name not in merged:
-                    raise InvalidInput(f"example {index} has no feature '{tensor.name}' (the model's input)")
-                rows.append(examples.json_feature_values(tensor.name, merged[tensor.name]))
-            columns[tensor.name] = examples.feature_column(tensor.name, rows)
-        return columns
-
     def _run_examples(
         self, servable: Servable, signature_name: str, signature: Signature, request: ExamplesRequest
     ) -> ExamplesResponse:
-        """Feed serialized tf.Examples to a classify/regress signature and shape its results."""
+        """Feed serialized tf.Examples to a classify/regress signature; its outputs as they are."""
         is_classify = signature.method_name == CLASSIFY_METHOD
         if (request.method == "classify") != is_classify:
             raise InvalidInput(
@@ -507,34 +481,10 @@ class DataPlane:
         serialized = np.empty(len(request.examples), dtype=object)
         for index, example in enumerate(request.examples):
             serialized[index] = examples.encode_example(example, request.context)
-        inputs, _ = self._model_inputs(
+        inputs = self._model_inputs(
             servable, signature, PredictRequest(request.target, {signature.inputs[0].name: serialized})
         )
         outputs = self._run(servable, signature_name, inputs)
-        rows = len(request.examples)
-        if not is_classify:
-            values = outputs.get("outputs", next(iter(outputs.values())))
-            return ExamplesResponse(servable.id, np.asarray(values, dtype=np.float64).reshape(rows, -1)[:, 0].tolist())
-        scores = outputs.get("scores")
-        classes = outputs.get("classes")
-        if scores is None and classes is None:
-            raise InferenceError(f"classify signature '{signature_name}' returned neither scores nor classes")
-        results = []
-        for row in range(rows):
-            row_scores = [] if scores is None else np.asarray(scores, dtype=np.float64).reshape(rows, -1)[row].tolist()
-            row_classes = (
-                []
-                if classes is None
-                else [
-                    c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
-                    for c in np.asarray(classes).reshape(rows, -1)[row].tolist()
-                ]
-            )
-            count = max(len(row_scores), len(row_classes))
-            results.append(
-                [
-                    [row_classes[i] if i < len(row_classes) else "", row_scores[i] if i < len(row_scores) else 0.0]
-                    for i in range(count)
-                ]
-            )
-        return ExamplesResponse(servable.id, results)
+        return ExamplesResponse(
+            servable.id, signature_name, outputs, len(request.examples), servable.labels, examples_signature=True
+        )

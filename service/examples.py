@@ -15,10 +15,14 @@ import binascii
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.errors import InvalidInput, InvalidTensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from service.servable import Signature
 
 FeatureValue = bool | int | float | str | bytes
 
@@ -95,6 +99,28 @@ def feature_column(name: str, rows: Sequence[Sequence[FeatureValue]]) -> np.ndar
     if array.dtype == object:
         raise InvalidTensor(f"feature '{name}' has an integer outside the int64 range")
     return array
+
+
+def feature_columns(
+    examples: Sequence[Mapping[str, object]], context: Mapping[str, object], signature: Signature
+) -> dict[str, np.ndarray]:
+    """Turn JSON examples into one column per input of `signature` (features named like inputs, the
+    context merged into each example), as `feature_column` shapes them.
+
+    Raises:
+        InvalidInput: an example without a feature the signature takes; see `json_feature_values`.
+        InvalidTensor: see `feature_column`.
+    """
+    columns: dict[str, np.ndarray] = {}
+    for tensor in signature.inputs:
+        rows = []
+        for index, example in enumerate(examples):
+            merged = {**context, **example}
+            if tensor.name not in merged:
+                raise InvalidInput(f"example {index} has no feature '{tensor.name}' (the model's input)")
+            rows.append(json_feature_values(tensor.name, merged[tensor.name]))
+        columns[tensor.name] = feature_column(tensor.name, rows)
+    return columns
 
 
 def encode_feature(name: str, values: Sequence[FeatureValue]) -> bytes:

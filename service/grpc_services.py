@@ -147,7 +147,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         predict = tfserving_grpc.decode_predict(request, max_bytes=self._settings.max_request_bytes)
         response = self._dataplane.predict(predict)
         with tracing.span("encode"):
-            return tfserving_grpc.encode_predict(response, request.model_spec.signature_name)
+            return tfserving_grpc.encode_predict(predict, response, request.model_spec.signature_name)
 
     def _run_examples(self, request, method: str):
         """Classify and Regress: the request's tf.Examples through the data plane."""

@@ -30,7 +30,7 @@ def predict(name: str | None = None, version: int | None = None):
     predict_request = dataclasses.replace(native.decode_predict(request, target), client_gone=client_gone_check())
     response = dataplane().predict(predict_request)
     with tracing.span("encode"):
-        return native.encode_predict(response)
+        return native.encode_predict(predict_request, response)
 
 
 @bp.post("/predict_classes")

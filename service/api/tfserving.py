@@ -48,8 +48,8 @@ def predict_classify_regress(path: str):
         predict_request = dataclasses.replace(predict_request, client_gone=client_gone_check())
         response = dataplane().predict(predict_request)
         with tracing.span("encode"):
-            return tfserving.encode_predict(response, columnar=columnar)
+            return tfserving.encode_predict(predict_request, response, columnar=columnar)
     examples_request = tfserving.decode_examples(body, target.request, target.method)
     examples_response = dataplane().classify_examples(examples_request)
     with tracing.span("encode"):
-        return tfserving.encode_examples(examples_response)
+        return tfserving.encode_examples(examples_response, target.method)

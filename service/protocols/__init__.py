@@ -2,6 +2,9 @@
 
 Each module turns one protocol's requests into `service.dataplane` request values and the data
 plane's responses into that protocol's JSON or bytes. Adapters never call a model or the manager.
+The helpers here are shared by several adapters: JSON parsing, declared shapes, numbers from text,
+and TF Serving's unit axis (`add_unit_axis` / `squeeze_unit_axis`: TF Serving REST and gRPC, and
+the native protocol's JSON body, which is TF Serving's), which the data plane knows nothing of.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from service.errors import InvalidInput
-from service.servable import BackendReport
+from service.preprocessing import UNNAMED, is_encoded
+from service.servable import BackendReport, Signature
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """A `\\uD800`..`\\uDFFF` escape: JSON may spell a lone UTF-16 surrogate, which no UTF-8 text can hold."""
@@ -149,3 +155,61 @@ def backend_json(report: BackendReport) -> dict:
         entry["convert_s"] = round(report.convert_s, 4)
         entry["cached"] = report.cached
     return entry
+
+
+# --- TF Serving's unit axis -------------------------------------------------------------------------
+
+
+def _unit_axis_keys(inputs: Mapping[str, np.ndarray], signature: Signature) -> list[str]:
+    """The inputs sent with one value per row to an input of shape (..., 1): each lacks only that trailing unit axis.
+
+    Only for signatures with a row axis; an unnamed array counts only for a single-input signature;
+    encoded bytes (images) never.
+    """
+    if not (signature.batched or signature.fixed_batch_size is not None):
+        return []
+    keys = []
+    for tensor in signature.inputs:
+        key = tensor.name if tensor.name in inputs else UNNAMED
+        value = inputs.get(key)
+        if (
+            value is not None
+            and not is_encoded(value)
+            and value.ndim == len(tensor.shape) - 1
+            and tensor.shape[-1] == 1
+            and (key != UNNAMED or len(signature.inputs) == 1)
+        ):
+            keys.append(key)
+    return keys
+
+
+def add_unit_axis(inputs: Mapping[str, np.ndarray], signature: Signature) -> dict[str, np.ndarray]:
+    """TF Serving's JSON and TensorProto inputs for `signature`: one value per row sent to an input of
+    shape (None, 1) (`{"instances": [1.0, 2.0]}`) gets its trailing unit axis; other arrays are kept."""
+    shaped = dict(inputs)
+    for key in _unit_axis_keys(inputs, signature):
+        shaped[key] = shaped[key][..., np.newaxis]
+    return shaped
+
+
+def unit_axis_inputs(inputs: Mapping[str, np.ndarray]) -> Callable[[Signature], dict[str, np.ndarray]]:
+    """The `PredictRequest.inputs_for` hook of a TF Serving-shaped request: `add_unit_axis` for the
+    signature of the version the data plane borrowed."""
+
+    def inputs_for(signature: Signature) -> dict[str, np.ndarray]:
+        return add_unit_axis(inputs, signature)
+
+    return inputs_for
+
+
+def squeeze_unit_axis(
+    outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray], signature: Signature | None
+) -> Mapping[str, np.ndarray]:
+    """The outputs answered to `inputs`: when `add_unit_axis` added a unit axis to them (one value per
+    row sent), every output's trailing unit axis is dropped, so the answer has one value per row as well.
+
+    `signature`: the one that computed the outputs (`PredictResponse.signature`); None: outputs as they are.
+    """
+    if signature is None or not _unit_axis_keys(inputs, signature):
+        return outputs
+    return {k: v[..., 0] if v.ndim >= 2 and v.shape[-1] == 1 else v for k, v in outputs.items()}

@@ -87,12 +87,16 @@ def _decode_body(request: Request, target: ServableRequest) -> PredictRequest:
     raise UnsupportedMediaType(f"Content-Type '{shown}' is not supported; send {ACCEPTED}")
 
 
-def encode_predict(response: PredictResponse) -> dict:
-    """The native predict answer: model, version, and one prediction per row."""
+def encode_predict(request: PredictRequest, response: PredictResponse) -> dict:
+    """The native predict answer to `request`: model, version, and one prediction per row.
+
+    A JSON body is TF Serving's, with its unit axis (`tfserving.predict_outputs`): one value per row
+    sent to an input of shape (None, 1) is answered with one value per row.
+    """
     return {
         "model": response.servable_id.name,
         "version": response.servable_id.version,
-        "predictions": tfserving.rows_json(response.outputs),
+        "predictions": tfserving.rows_json(tfserving.predict_outputs(request, response)),
     }
 
 

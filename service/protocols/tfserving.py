@@ -2,7 +2,11 @@
 
 Converts TF Serving's JSON (as documented in api_rest.md and implemented in json_tensor.cc) to the
 data plane's values and back. The JSON-tensor helpers here are shared with the native protocol,
-whose JSON body is TF Serving's. Never imports TensorFlow; knows nothing of Flask requests.
+whose JSON body is TF Serving's. TF Serving's shape rules live here, not in the data plane: one
+value per row sent to an input of shape (None, 1) gets its unit axis on the way in and loses it on
+the way out (`protocols.add_unit_axis` / `squeeze_unit_axis`, shared with gRPC and native), and
+`:classify` / `:regress` outputs become `[label, score]` pairs or one value per row
+(`examples_results`, shared with gRPC). Never imports TensorFlow; knows nothing of Flask requests.
 """
 
 from __future__ import annotations
@@ -10,17 +14,26 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service import classification
 from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, PredictRequest, PredictResponse
-from service.errors import InvalidInput, InvalidTensor, ModelNotFound
-from service.examples import decode_examples_request
+from service.errors import InferenceError, InvalidInput, InvalidTensor, ModelNotFound
+from service.examples import decode_examples_request, feature_columns
 from service.preprocessing import UNNAMED
-from service.protocols import MAX_RANK, backend_json, leaves, parse_int
+from service.protocols import (
+    MAX_RANK,
+    add_unit_axis,
+    backend_json,
+    leaves,
+    parse_int,
+    squeeze_unit_axis,
+    unit_axis_inputs,
+)
 from service.servable import ServableRequest, Signature, TensorInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,7 +216,8 @@ def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> 
     """Turn a TF Serving predict body into a PredictRequest; True when it used the columnar format.
 
     `output_filter` (the name TF Serving's PredictRequest gives it) lists the outputs to answer, in
-    that order; absent, every output of the signature is answered.
+    that order; absent, every output of the signature is answered. The request's `inputs_for` adds
+    TF Serving's unit axis (`protocols.add_unit_axis`); `encode_predict` drops it from the outputs.
 
     Raises:
         InvalidInput: neither or both of `instances` and `inputs`, a bad `signature_name` or `output_filter`.
@@ -218,7 +232,14 @@ def decode_predict_body(body: Mapping[str, object], target: ServableRequest) -> 
         raise InvalidInput("'signature_name' must be a string")
     outputs = decode_output_filter(body.get("output_filter"))
     inputs = decode_instances(body["instances"]) if has_rows else decode_columnar(body["inputs"])
-    return PredictRequest(target, inputs, signature_name=signature_name or None, outputs=outputs), has_columns
+    request = PredictRequest(
+        target,
+        inputs,
+        signature_name=signature_name or None,
+        outputs=outputs,
+        inputs_for=unit_axis_inputs(inputs),
+    )
+    return request, has_columns
 
 
 def decode_output_filter(value: object) -> tuple[str, ...] | None:
@@ -270,14 +291,21 @@ def rows_json(outputs: Mapping[str, np.ndarray]) -> list:
     return [dict(zip(names, values)) for values in zip(*columns.values())]
 
 
-def encode_predict(response: PredictResponse, *, columnar: bool) -> dict:
-    """TF Serving's predict answer: `predictions` (row format) or `outputs` (columnar)."""
+def predict_outputs(request: PredictRequest, response: PredictResponse) -> Mapping[str, np.ndarray]:
+    """The outputs answered to a TF Serving-shaped request: one value per row where it sent one value
+    per row to an input of shape (None, 1) (`protocols.squeeze_unit_axis`), else as computed."""
+    return squeeze_unit_axis(response.outputs, request.inputs, response.signature)
+
+
+def encode_predict(request: PredictRequest, response: PredictResponse, *, columnar: bool) -> dict:
+    """TF Serving's predict answer to `request`: `predictions` (row format) or `outputs` (columnar)."""
+    outputs = predict_outputs(request, response)
     if columnar:
-        if len(response.outputs) == 1:
-            name, array = next(iter(response.outputs.items()))
+        if len(outputs) == 1:
+            name, array = next(iter(outputs.items()))
             return {"outputs": array_to_json(name, array)}
-        return {"outputs": {name: array_to_json(name, array) for name, array in response.outputs.items()}}
-    return {"predictions": rows_json(response.outputs)}
+        return {"outputs": {name: array_to_json(name, array) for name, array in outputs.items()}}
+    return {"predictions": rows_json(outputs)}
 
 
 def decode_examples(body: Mapping[str, object], target: ServableRequest, method: str) -> ExamplesRequest:
@@ -286,12 +314,78 @@ def decode_examples(body: Mapping[str, object], target: ServableRequest, method:
     signature_name = body.get("signature_name")
     if signature_name is not None and not isinstance(signature_name, str):
         raise InvalidInput("'signature_name' must be a string")
-    return ExamplesRequest(target, method, tuple(examples), context, signature_name or None)  # type: ignore[arg-type]  # method: "classify" or "regress", from the URL grammar
+    return examples_request(target, method, examples, context, signature_name or None)
 
 
-def encode_examples(response: ExamplesResponse) -> dict:
+def examples_request(
+    target: ServableRequest,
+    method: str,
+    examples: Sequence[Mapping[str, object]],
+    context: Mapping[str, object],
+    signature_name: str | None,
+) -> ExamplesRequest:
+    """The ExamplesRequest of REST's and gRPC's `:classify`/`:regress`: a signature that takes the
+    features as inputs gets them with TF Serving's unit axis (one value per example to an input of
+    shape (None, 1)), as `:predict` does."""
+    examples = tuple(examples)
+
+    def inputs_for(signature: Signature) -> dict[str, np.ndarray]:
+        return add_unit_axis(feature_columns(examples, context, signature), signature)
+
+    return ExamplesRequest(target, method, examples, context, signature_name, inputs_for)  # type: ignore[arg-type]  # method: "classify" or "regress", from the URL grammar or the RPC
+
+
+def examples_results(response: ExamplesResponse, method: str) -> list:
+    """TF Serving's `:classify` / `:regress` results from the model's outputs (REST's and gRPC's one shaping).
+
+    classify: per example, `[label, score]` for every class (a classify signature's `classes` and
+    `scores`; else every class of the first output, with the model's labels or `""`). regress: one
+    float per example (a regress signature's `outputs`; else the first output, one value per example).
+
+    Raises:
+        InvalidInput: a model with several values per example answering `:regress`.
+        InferenceError: a classify signature that returned neither scores nor classes.
+    """
+    rows, outputs = response.rows, response.outputs
+    if not response.examples_signature:
+        name, first = next(iter(outputs.items()))
+        flat = np.asarray(first).reshape(rows, -1)
+        if method == "regress":
+            if flat.shape[1] != 1:
+                raise InvalidInput(f"regress needs one value per example; output '{name}' has {flat.shape[1]}")
+            return flat[:, 0].astype(np.float64).tolist()
+        return classification.tfserving_classes(flat, response.labels)
+    if method == "regress":
+        values = outputs.get("outputs", next(iter(outputs.values())))
+        return np.asarray(values, dtype=np.float64).reshape(rows, -1)[:, 0].tolist()
+    scores = outputs.get("scores")
+    classes = outputs.get("classes")
+    if scores is None and classes is None:
+        raise InferenceError(f"classify signature '{response.signature_name}' returned neither scores nor classes")
+    all_scores = [[]] * rows if scores is None else np.asarray(scores, dtype=np.float64).reshape(rows, -1).tolist()
+    all_classes = (
+        [[]] * rows
+        if classes is None
+        else [
+            [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in row]
+            for row in np.asarray(classes).reshape(rows, -1).tolist()
+        ]
+    )
+    results = []
+    for row_scores, row_classes in zip(all_scores, all_classes):
+        count = max(len(row_scores), len(row_classes))
+        results.append(
+            [
+                [row_classes[i] if i < len(row_classes) else "", row_scores[i] if i < len(row_scores) else 0.0]
+                for i in range(count)
+            ]
+        )
+    return results
+
+
+def encode_examples(response: ExamplesResponse, method: str) -> dict:
     """TF Serving's classify/regress answer."""
-    return {"results": response.results}
+    return {"results": examples_results(response, method)}
 
 
 # --- status and metadata --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 
 from service.dataplane import ExamplesRequest, ExamplesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import InferenceError, InvalidInput, InvalidTensor, PayloadTooLarge
-from service.protocols import check_shape, tfserving
+from service.protocols import check_shape, tfserving, unit_axis_inputs
 from service.servable import ServableId, ServableRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,13 +200,21 @@ def decode_predict(request: predict_pb2.PredictRequest, *, max_bytes: int) -> Pr
     outputs = tuple(request.output_filter) or None
     if outputs is not None and len(set(outputs)) != len(outputs):
         raise InvalidInput("'output_filter' names an output twice")
-    return PredictRequest(target, inputs, signature_name=request.model_spec.signature_name or None, outputs=outputs)
+    return PredictRequest(
+        target,
+        inputs,
+        signature_name=request.model_spec.signature_name or None,
+        outputs=outputs,
+        inputs_for=unit_axis_inputs(inputs),
+    )
 
 
-def encode_predict(response: PredictResponse, signature_name: str = "") -> predict_pb2.PredictResponse:
-    """The `PredictResponse` message: one TensorProto per output."""
+def encode_predict(
+    request: PredictRequest, response: PredictResponse, signature_name: str = ""
+) -> predict_pb2.PredictResponse:
+    """The `PredictResponse` message answering `request`: one TensorProto per output (REST's unit axis rule)."""
     message = predict_pb2.PredictResponse(model_spec=model_spec(response.servable_id, signature_name))
-    for name, array in response.outputs.items():
+    for name, array in tfserving.predict_outputs(request, response).items():
         message.outputs[name].CopyFrom(array_to_tensor(name, np.asarray(array)))
     return message
 
@@ -249,19 +257,15 @@ def decode_examples(spec: model_pb2.ModelSpec, input_: input_pb2.Input, method: 
         )
     if not examples:
         raise InvalidInput("'examples' must be a non-empty list of tf.Example")
-    return ExamplesRequest(
-        target,
-        method,  # type: ignore[arg-type]  # "classify" or "regress", from the RPC called
-        tuple(example_features(e) for e in examples),
-        context,
-        spec.signature_name or None,
+    return tfserving.examples_request(
+        target, method, [example_features(e) for e in examples], context, spec.signature_name or None
     )
 
 
 def encode_classify(response: ExamplesResponse, signature_name: str = "") -> classification_pb2.ClassificationResponse:
-    """The `ClassificationResponse` message: per example, its classes with labels and scores."""
+    """The `ClassificationResponse` message: per example, its classes with labels and scores (REST's results)."""
     message = classification_pb2.ClassificationResponse(model_spec=model_spec(response.servable_id, signature_name))
-    for row in response.results:
+    for row in tfserving.examples_results(response, "classify"):
         classes = message.result.classifications.add()
         for label, score in row:
             classes.classes.add(label=label, score=score)
@@ -269,9 +273,9 @@ def encode_classify(response: ExamplesResponse, signature_name: str = "") -> cla
 
 
 def encode_regress(response: ExamplesResponse, signature_name: str = "") -> regression_pb2.RegressionResponse:
-    """The `RegressionResponse` message: one value per example."""
+    """The `RegressionResponse` message: one value per example (REST's results)."""
     message = regression_pb2.RegressionResponse(model_spec=model_spec(response.servable_id, signature_name))
-    for value in response.results:
+    for value in tfserving.examples_results(response, "regress"):
         message.result.regressions.add(value=value)
     return message
 

@@ -14,7 +14,7 @@ import json
 import re
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from service.api import EXTENSION
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import wait_until
-from tests.unit.fakes import DOUBLE, PIXEL_MEAN, SUM, FakeBuilder
+from tests.unit.fakes import DOUBLE, HALF, PIXEL_MEAN, SUM, FakeBuilder, FakeModel
 
 DIGITS_TENSORS = {
     "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 2, 2, 1]}],
@@ -69,14 +69,24 @@ DIGITS = {
 }
 
 
-def make_app(models_dir: Path, *, gate: threading.Event | None = None, **options) -> Flask:
-    """Put the fake models into `models_dir` and build the app over them; wait until it is ready (unless gated)."""
+MODELS = {"double": DOUBLE, "digits": PIXEL_MEAN, "sum": SUM}
+
+
+def make_app(
+    models_dir: Path,
+    *,
+    gate: threading.Event | None = None,
+    models: Mapping[str, FakeModel] = MODELS,
+    **options,
+) -> Flask:
+    """Put the fake `models` (and a broken one) into `models_dir` and build the app over them; wait until
+    it is ready (unless gated)."""
     models_dir.mkdir(exist_ok=True)
-    for name in ("double", "digits", "sum", "broken"):
+    for name in (*models, "broken"):
         (models_dir / f"{name}.h5").write_text("a fake model file")
     (models_dir / "digits.labels.txt").write_text("cat\ndog\nbird\n")
     settings = Settings(models_dir=models_dir, settle_s=0, poll_interval_s=60, **options)
-    builder = FakeBuilder({"double": DOUBLE, "digits": PIXEL_MEAN, "sum": SUM}, settings, gate=gate)
+    builder = FakeBuilder(models, settings, gate=gate)
     app = create_app(settings, builder=builder)
     if gate is None:
         client = app.test_client()
@@ -429,6 +439,72 @@ def test_tfserving_classify_and_regress_feed_features_named_like_inputs(client: 
     # Every class in index order; the label is "" for a model without labels, as TF Serving answers.
     assert (classify.status_code, classify.get_json()) == (200, {"results": [[["", 2.0], ["", 4.0]]]})
     assert (regress.status_code, regress.get_json()) == (200, {"results": [3.0, 7.0]})
+
+
+@pytest.fixture(scope="module")
+def half(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
+    """An app serving `half` (y = x / 2 on an input of shape (None, 1)) and `double`, `sum`."""
+    app = make_app(tmp_path_factory.mktemp("half") / "models", models={"half": HALF, "double": DOUBLE, "sum": SUM})
+    yield app.test_client()
+    app.extensions[EXTENSION].stop()
+
+
+@pytest.mark.parametrize(
+    "body, answer",
+    [
+        ({"instances": [1.0, 2.0]}, {"predictions": [0.5, 1.0]}),
+        ({"inputs": [1.0, 2.0]}, {"outputs": [0.5, 1.0]}),
+        ({"inputs": {"x": [1.0, 2.0]}}, {"outputs": [0.5, 1.0]}),
+        ({"instances": [{"x": 1.0}, {"x": 2.0}]}, {"predictions": [0.5, 1.0]}),
+        # Sent with the unit axis: answered with it.
+        ({"instances": [[1.0], [2.0]]}, {"predictions": [[0.5], [1.0]]}),
+        ({"inputs": {"x": [[1.0], [2.0]]}}, {"outputs": [[0.5], [1.0]]}),
+    ],
+)
+def test_tfserving_one_value_per_row_to_a_unit_axis_input_is_answered_one_value_per_row(
+    half: FlaskClient, body: dict, answer: dict
+) -> None:
+    # TF Serving's rule (its adapter adds the unit axis and drops it from the answer; the data plane does neither).
+    response = half.post("/v1/models/half:predict", json=body)
+    assert (response.status_code, response.get_json()) == (200, answer)
+
+
+def test_native_json_keeps_tf_servings_unit_axis_rule_and_predict_classes_keeps_the_class_axis(
+    half: FlaskClient,
+) -> None:
+    predict = half.post("/models/half/predict", json={"instances": [1.0, 2.0]})
+    with_axis = half.post("/models/half/predict", json={"instances": [[1.0], [2.0]]})
+    classes = half.post("/models/half/predict_classes", json={"instances": [0.4, 2.0]})
+    assert predict.get_json() == {"model": "half", "version": 1, "predictions": [0.5, 1.0]}
+    assert with_axis.get_json()["predictions"] == [[0.5], [1.0]]
+    # One sigmoid unit: threshold 0.5 on y = x / 2 (0.2 and 1.0).
+    assert [p["class_id"] for p in classes.get_json()["predictions"]] == [0, 1]
+
+
+def test_kserve_v2_shapes_are_the_models_own_and_get_no_unit_axis(half: FlaskClient) -> None:
+    # KServe v2 declares every tensor's shape: the model's (None, 1) input takes [N, 1] and answers [N, 1].
+    x = {"name": "x", "datatype": "FP32", "data": [1.0, 2.0]}
+    ok = half.post("/v2/models/half/infer", json={"inputs": [{**x, "shape": [2, 1]}]})
+    assert (ok.status_code, ok.get_json()["outputs"]) == (
+        200,
+        [{"name": "y", "datatype": "FP32", "shape": [2, 1], "data": [0.5, 1.0]}],
+    )
+    flat = half.post("/v2/models/half/infer", json={"inputs": [{**x, "shape": [2]}]})
+    assert_error(flat, 422, "input 'x' has shape [None, 1], got [2]")
+
+
+def test_tfserving_classify_and_regress_on_a_unit_axis_input_answer_as_before(half: FlaskClient) -> None:
+    examples = {"examples": [{"x": 1.0}, {"x": 3.0}]}
+    regress = half.post("/v1/models/half:regress", json=examples)
+    classify = half.post("/v1/models/half:classify", json=examples)
+    assert (regress.status_code, regress.get_json()) == (200, {"results": [0.5, 1.5]})
+    assert (classify.status_code, classify.get_json()) == (200, {"results": [[["", 0.5]], [["", 1.5]]]})
+    # Several values per example cannot be regressed: 400, after the model ran, from the adapter.
+    assert_error(
+        half.post("/v1/models/double:regress", json={"examples": [{"x": [1.0, 2.0]}]}),
+        400,
+        "regress needs one value per example; output 'y' has 2",
+    )
 
 
 def test_tfserving_predict_on_an_unknown_model_is_404(client: FlaskClient) -> None:

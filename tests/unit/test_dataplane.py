@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from service.dataplane import DataPlane, ExamplesRequest, PredictRequest
-from service.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, Overloaded
+from service.errors import InferenceError, InvalidInput, InvalidTensor, ModelNotFound, ModelNotReady, Overloaded
 from service.servable import ServableId, ServableRequest, ServableState
 from service.settings import Settings
 from service.status import ModelStatus, Readiness
@@ -80,10 +80,20 @@ def test_predict_decodes_images_for_the_image_input(dataplane: DataPlane) -> Non
     assert response.labels == ("cat", "dog", "bird")
 
 
-def test_predict_of_one_value_per_row_to_a_unit_axis_input_answers_one_value_per_row(dataplane: DataPlane) -> None:
-    response = dataplane.predict(PredictRequest(latest("half"), {"x": np.array([2.0, 4.0])}))
+def test_predict_feeds_the_arrays_as_they_are_and_adds_no_unit_axis(dataplane: DataPlane) -> None:
+    # TF Serving's one value per row to an input of shape (None, 1) is its adapter's rule, not the data plane's.
+    with pytest.raises(InvalidTensor, match=r"^input 'x' has shape \[None, 1\], got \[2\]$"):
+        dataplane.predict(PredictRequest(latest("half"), {"x": np.array([2.0, 4.0])}))
 
-    np.testing.assert_array_equal(response.outputs["y"], np.array([1.0, 2.0], np.float32))
+
+def test_predict_answers_the_outputs_as_computed_and_squeezes_no_unit_axis(dataplane: DataPlane) -> None:
+    sent = {"x": np.array([2.0, 4.0])}
+    request = PredictRequest(latest("half"), sent, inputs_for=lambda signature: {"x": sent["x"][:, np.newaxis]})
+
+    response = dataplane.predict(request)
+
+    np.testing.assert_array_equal(response.outputs["y"], np.array([[1.0], [2.0]], np.float32))
+    assert response.signature is not None and response.signature.inputs[0].shape == (None, 1)
 
 
 def test_predict_returns_only_the_outputs_asked_for(dataplane: DataPlane) -> None:
@@ -157,20 +167,37 @@ def test_regress_feeds_features_named_like_inputs_and_answers_one_value_per_exam
 
     response = dataplane.classify_examples(request)
 
-    assert (response.servable_id, response.results) == (ServableId("sum", 1), [3.0, 7.0])
+    assert (response.servable_id, response.signature_name, response.rows) == (
+        ServableId("sum", 1),
+        "serving_default",
+        2,
+    )
+    assert not response.examples_signature
+    assert list(response.outputs) == ["total"]
+    np.testing.assert_array_equal(response.outputs["total"], np.array([[3.0], [7.0]], np.float32))
 
 
-def test_regress_refuses_a_model_with_several_values_per_example(dataplane: DataPlane) -> None:
-    request = ExamplesRequest(latest("double"), "regress", ({"x": [1.0, 2.0]},))
+def test_classify_and_regress_answer_the_outputs_as_computed(dataplane: DataPlane) -> None:
+    # [label, score] pairs and one value per example are the TF Serving adapter's shapes (tfserving.examples_results).
+    for method in ("classify", "regress"):
+        response = dataplane.classify_examples(ExamplesRequest(latest("double"), method, ({"x": [1.0, 2.0]},)))
 
-    with pytest.raises(InvalidInput, match=r"^regress needs one value per example; output 'y' has 2$"):
-        dataplane.classify_examples(request)
+        np.testing.assert_array_equal(response.outputs["y"], np.array([[2.0, 4.0]], np.float32))
 
 
-def test_classify_lists_every_class_with_its_score(dataplane: DataPlane) -> None:
-    request = ExamplesRequest(latest("double"), "classify", ({"x": [1.0, 2.0]},))
+def test_examples_take_the_adapters_inputs_when_it_gives_them(dataplane: DataPlane) -> None:
+    seen = []
 
-    assert dataplane.classify_examples(request).results == [[["", 2.0], ["", 4.0]]]
+    def inputs_for(signature):
+        seen.append(signature.name)
+        return {"x": np.array([[1.0], [3.0]])}
+
+    request = ExamplesRequest(latest("half"), "regress", ({"x": 0.0}, {"x": 0.0}), inputs_for=inputs_for)
+
+    response = dataplane.classify_examples(request)
+
+    assert seen == ["serving_default"]
+    np.testing.assert_array_equal(response.outputs["y"], np.array([[0.5], [1.5]], np.float32))
 
 
 def test_an_example_without_the_models_input_is_refused(dataplane: DataPlane) -> None:

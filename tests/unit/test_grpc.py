@@ -22,11 +22,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
+    input_pb2,
     model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -38,6 +41,7 @@ from service.protocols import kserve_v2, kserve_v2_grpc, tfserving_grpc
 from tests.conftest import wait_until
 from tests.e2e.conftest import free_port
 from tests.unit.conftest import Records
+from tests.unit.fakes import DOUBLE, HALF
 from tests.unit.test_api import make_app
 
 TOKEN = "unit-token"
@@ -418,6 +422,59 @@ def test_v2_infer_and_its_errors_match_rest(served: Served) -> None:
         "/v2/models/sum/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     )
     assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, rest)
+
+
+def test_tf_servings_unit_axis_and_classify_regress_shapes_match_rest_and_v2_gets_none(tmp_path: Path) -> None:
+    # `half`: y = x / 2 on an input of shape (None, 1). The TF Serving adapters add the unit axis to
+    # one value per row and drop it from the answer (the data plane does neither); KServe v2 does not.
+    app, server, channel = start(tmp_path / "models", models={"half": HALF, "double": DOUBLE})
+    client, predict = app.test_client(), prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        for rows in ([1.0, 2.0], [[1.0], [2.0]]):
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="half"))
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.float32))
+            answer = tf.make_ndarray(predict.Predict(request, timeout=10).outputs["y"]).tolist()
+            rest = client.post("/v1/models/half:predict", json={"inputs": {"x": rows}}).get_json()
+            assert answer == rest["outputs"] == ([0.5, 1.0] if rows == [1.0, 2.0] else [[0.5], [1.0]])
+
+        examples = input_pb2.Input()
+        for value in (1.0, 3.0):
+            examples.example_list.examples.add().features.feature["x"].float_list.value.append(value)
+        spec = model_pb2.ModelSpec(name="half")
+        regress = predict.Regress(regression_pb2.RegressionRequest(model_spec=spec, input=examples), timeout=10)
+        classify = predict.Classify(
+            classification_pb2.ClassificationRequest(model_spec=spec, input=examples), timeout=10
+        )
+        body = {"examples": [{"x": 1.0}, {"x": 3.0}]}
+        assert (
+            [r.value for r in regress.result.regressions]
+            == client.post("/v1/models/half:regress", json=body).get_json()["results"]
+            == [0.5, 1.5]
+        )
+        assert (
+            [[[c.label, c.score] for c in row.classes] for row in classify.result.classifications]
+            == client.post("/v1/models/half:classify", json=body).get_json()["results"]
+            == [[["", 0.5]], [["", 1.5]]]
+        )
+
+        v2 = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        infer = service_pb2.ModelInferRequest(model_name="half")
+        tensor = infer.inputs.add(name="x", datatype="FP32", shape=[2, 1])
+        tensor.contents.fp32_contents.extend([1.0, 2.0])
+        response = v2.ModelInfer(infer, timeout=10)
+        assert list(response.outputs[0].shape) == [2, 1]
+        assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [0.5, 1.0]
+        tensor.shape[:] = [2]
+        with pytest.raises(grpc.RpcError) as raised:
+            v2.ModelInfer(infer, timeout=10)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input 'x' has shape [None, 1], got [2]",
+        )
+    finally:
+        channel.close()
+        server.wait_stopped(5)
+        app.extensions[EXTENSION].stop()
 
 
 def test_without_the_token_calls_are_unauthenticated_with_rests_message_and_probes_stay_open(served: Served) -> None:

@@ -11,8 +11,9 @@ import pytest
 from flask import Flask
 
 from service import protocols
-from service.dataplane import ModelMetadata, PredictResponse
+from service.dataplane import ExamplesResponse, ModelMetadata, PredictRequest, PredictResponse
 from service.errors import (
+    InferenceError,
     InvalidInput,
     InvalidTensor,
     ModelNotFound,
@@ -131,14 +132,104 @@ def test_parse_json_object_accepts_nan_and_refuses_non_objects() -> None:
 
 
 def test_predict_answers_drop_the_name_of_a_single_output() -> None:
-    one = PredictResponse(SID, {"y": np.array([[1.0], [2.0]])})
-    assert tfserving.encode_predict(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
-    assert tfserving.encode_predict(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
-    two = PredictResponse(SID, {"y": np.array([[1.0], [2.0]]), "z": np.array([7, 8])})
-    assert tfserving.encode_predict(two, columnar=False) == {
+    sent = PredictRequest(ServableRequest("m"), {"x": np.array([[1.0, 2.0], [3.0, 4.0]])})
+    one = PredictResponse(SID, {"y": np.array([[1.0], [2.0]])}, signature=SIG)
+    assert tfserving.encode_predict(sent, one, columnar=False) == {"predictions": [[1.0], [2.0]]}
+    assert tfserving.encode_predict(sent, one, columnar=True) == {"outputs": [[1.0], [2.0]]}
+    two = PredictResponse(SID, {"y": np.array([[1.0], [2.0]]), "z": np.array([7, 8])}, signature=SIG)
+    assert tfserving.encode_predict(sent, two, columnar=False) == {
         "predictions": [{"y": [1.0], "z": 7}, {"y": [2.0], "z": 8}]
     }
-    assert tfserving.encode_predict(two, columnar=True) == {"outputs": {"y": [[1.0], [2.0]], "z": [7, 8]}}
+    assert tfserving.encode_predict(sent, two, columnar=True) == {"outputs": {"y": [[1.0], [2.0]], "z": [7, 8]}}
+
+
+# --- TF Serving's unit axis and :classify / :regress shapes (the adapter's, not the data plane's) -----
+
+UNIT = Signature(
+    "serving_default",
+    (TensorInfo("x", "float32", (None, 1)),),
+    (TensorInfo("y", "float32", (None, 1)), TensorInfo("z", "float32", (None, 3))),
+)
+"""An input of shape (None, 1): TF Serving clients may send one plain value per row."""
+
+
+@pytest.mark.parametrize("body", [{"instances": [1.0, 2.0]}, {"inputs": [1.0, 2.0]}, {"inputs": {"x": [1.0, 2.0]}}])
+def test_tf_serving_adds_the_unit_axis_for_the_borrowed_signature(body: dict) -> None:
+    request, _ = tfserving.decode_predict_body(body, ServableRequest("m"))
+
+    assert request.inputs_for is not None
+    (shaped,) = request.inputs_for(UNIT).values()
+    assert shaped.tolist() == [[1.0], [2.0]]
+    (unchanged,) = request.inputs_for(SIG).values()  # (None, 2): nothing to add, the boundary refuses it
+    assert unchanged.tolist() == [1.0, 2.0]
+
+
+def test_tf_serving_answers_one_value_per_row_only_when_it_added_the_unit_axis() -> None:
+    outputs = {"y": np.array([[0.5], [1.0]]), "z": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}
+    response = PredictResponse(SID, outputs, signature=UNIT)
+    per_row, _ = tfserving.decode_predict_body({"instances": [1.0, 2.0]}, ServableRequest("m"))
+    with_axis, _ = tfserving.decode_predict_body({"instances": [[1.0], [2.0]]}, ServableRequest("m"))
+
+    assert tfserving.encode_predict(per_row, response, columnar=False) == {
+        "predictions": [{"y": 0.5, "z": [1.0, 2.0, 3.0]}, {"y": 1.0, "z": [4.0, 5.0, 6.0]}]
+    }
+    assert tfserving.encode_predict(with_axis, response, columnar=False)["predictions"][0]["y"] == [0.5]
+    # A response built without its signature (none known): the outputs as they are.
+    assert tfserving.encode_predict(per_row, PredictResponse(SID, outputs), columnar=True)["outputs"]["y"] == [
+        [0.5],
+        [1.0],
+    ]
+
+
+def test_unit_axis_is_never_added_to_images_or_unbatched_signatures_or_an_unnamed_array_of_several_inputs() -> None:
+    images = {"x": np.array([b"png"], dtype=object)}
+    assert protocols.add_unit_axis(images, UNIT)["x"].shape == (1,)
+    unbatched = Signature("s", (TensorInfo("x", "float32", (1,)),), (), batched=False)
+    assert protocols.add_unit_axis({"x": np.array([1.0])}, unbatched)["x"].shape == (1,)
+    two = Signature("s", (TensorInfo("a", "float32", (None, 1)), TensorInfo("b", "float32", (None, 1))), ())
+    assert protocols.add_unit_axis({UNNAMED: np.array([1.0])}, two)[UNNAMED].shape == (1,)
+    assert protocols.add_unit_axis({"a": np.array([1.0]), "b": np.array([[2.0]])}, two)["a"].shape == (1, 1)
+
+
+def examples_response(outputs: dict, *, rows: int = 1, labels: tuple = (), examples_signature: bool = False):
+    return ExamplesResponse(SID, "sig", outputs, rows, labels, examples_signature)
+
+
+def test_classify_lists_every_class_with_its_score_and_label() -> None:
+    scores = {"y": np.array([[2.0, 4.0]], np.float32)}
+    assert tfserving.examples_results(examples_response(scores), "classify") == [[["", 2.0], ["", 4.0]]]
+    labelled = examples_response(scores, labels=("cat", "dog"))
+    assert tfserving.encode_examples(labelled, "classify") == {"results": [[["cat", 2.0], ["dog", 4.0]]]}
+
+
+def test_regress_answers_one_value_per_example_and_refuses_several() -> None:
+    one = examples_response({"total": np.array([[3.0], [7.0]], np.float32)}, rows=2)
+    assert tfserving.encode_examples(one, "regress") == {"results": [3.0, 7.0]}
+    with pytest.raises(InvalidInput, match=r"^regress needs one value per example; output 'y' has 2$"):
+        tfserving.examples_results(examples_response({"y": np.array([[1.0, 2.0]])}), "regress")
+
+
+def test_classify_and_regress_signatures_answer_their_named_outputs() -> None:
+    classify = examples_response(
+        {"classes": np.array([[b"a", b"b"]], dtype=object), "scores": np.array([[0.25, 0.75]])},
+        examples_signature=True,
+    )
+    assert tfserving.examples_results(classify, "classify") == [[["a", 0.25], ["b", 0.75]]]
+    scores_only = examples_response({"scores": np.array([[0.5]])}, examples_signature=True)
+    assert tfserving.examples_results(scores_only, "classify") == [[["", 0.5]]]
+    regress = examples_response({"outputs": np.array([2.5, 3.0])}, rows=2, examples_signature=True)
+    assert tfserving.examples_results(regress, "regress") == [2.5, 3.0]
+    with pytest.raises(InferenceError, match="^classify signature 'sig' returned neither scores nor classes$"):
+        tfserving.examples_results(examples_response({"other": np.array([1.0])}, examples_signature=True), "classify")
+
+
+def test_examples_request_gives_features_with_the_unit_axis() -> None:
+    request = tfserving.decode_examples({"examples": [{"x": 1.0}, {"x": 2.0}]}, ServableRequest("m"), "regress")
+
+    assert request.inputs_for is not None
+    assert request.inputs_for(UNIT)["x"].tolist() == [[1.0], [2.0]]
+    with pytest.raises(InvalidInput, match=r"^example 0 has no feature 'y' \(the model's input\)$"):
+        request.inputs_for(Signature("s", (TensorInfo("y", "float32", (None, 1)),), ()))
 
 
 def test_bytes_outputs_are_text_or_b64() -> None:
