@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,14 @@ async def run(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     requests = encode_requests(url, content_type, bodies)
+    boundary = content_type.partition("boundary=")[2].encode()
+
+    def fresh_boundary(request: bytes) -> bytes:
+        """A new multipart boundary of the same length per request, as real clients send (requests, curl)."""
+        if not boundary:
+            return request
+        return request.replace(boundary, os.urandom(len(boundary)).hex()[: len(boundary)].encode())
+
     result = OpenLoopResult(rate=rate, seconds=duration)
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     in_flight = 0
@@ -160,7 +169,9 @@ async def run(
             else:
                 in_flight += 1
                 result.sent += counted
-                task = asyncio.create_task(one(requests[i % len(requests)], start + i * interval, counted))
+                task = asyncio.create_task(
+                    one(fresh_boundary(requests[i % len(requests)]), start + i * interval, counted)
+                )
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             i += 1

@@ -20,9 +20,31 @@ function init(args)
   counter = math.random(#bodies)
 end
 
+-- A multipart body gets a new boundary of the same length per request, as real clients send
+-- (requests, curl and browsers draw one per request); a server that caches per boundary gains nothing.
+local boundary = nil
+
+local function fresh_boundary()
+  local chars = {}
+  for i = 1, #boundary do
+    chars[i] = string.format("%x", math.random(0, 15))
+  end
+  return table.concat(chars)
+end
+
 function request()
   counter = counter % #bodies + 1
-  return wrk.format("POST", nil, { ["Content-Type"] = content_type }, bodies[counter])
+  if boundary == nil then
+    boundary = content_type:match("boundary=(.+)$") or ""
+  end
+  if boundary == "" then
+    return wrk.format("POST", nil, { ["Content-Type"] = content_type }, bodies[counter])
+  end
+  local new = fresh_boundary()
+  local pattern = boundary:gsub("%p", "%%%0")
+  local body = bodies[counter]:gsub(pattern, new)
+  local header = content_type:gsub(pattern, new)
+  return wrk.format("POST", nil, { ["Content-Type"] = header }, body)
 end
 
 function response(status, headers, body)

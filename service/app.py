@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from service import access_log, pod_readiness, security, tracing
+from service import access_log, multipart, pod_readiness, security, tracing
 from service.api import EXTENSION, Runtime, register_blueprints
 from service.api.errors import register_error_handlers
 from service.api.json import FastJSONProvider
@@ -85,7 +85,9 @@ def create_app(
     # Unload on interpreter exit (gunicorn's graceful worker exit): batcher threads stop and
     # in-flight requests have finished by then.
     atexit.register(stop)
+    multipart.install()
     app = Flask(__name__)
+    app.request_class = multipart.ServiceRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = FastJSONProvider(app)
     app.extensions[EXTENSION] = Runtime(settings, DataPlane(manager, settings, control), stop, payload_logger)
