@@ -53,7 +53,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         f"extra_outputs: [{FEATURES}]\nbatching:\n  max_batch_size: 4\n  batch_timeout_ms: 50\n"
     )
     features = keras.Model(base.input, base.get_layer("avg_pool").output)
-    with start_server(models, tmp_path_factory.mktemp("transfer_logs"), timeout_s=300) as server:
+    # A batch timeout, so that concurrent requests surely share device calls (the default, 0, batches
+    # only what queues during a call).
+    with start_server(models, tmp_path_factory.mktemp("transfer_logs"), timeout_s=300, BATCH_TIMEOUT_MS="50") as server:
         yield Served(server, model, features)
 
 
