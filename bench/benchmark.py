@@ -103,7 +103,7 @@ class Case:
     max_12mp_cpu_ratio: float = 2.0
 
 
-COMMON_ENV = {"MAX_BATCH_SIZE": "32", "BATCH_TIMEOUT_MS": "2", "LOG_LEVEL": "WARNING"}
+COMMON_ENV = {"MAX_BATCH_SIZE": "32", "BATCH_TIMEOUT_MS": "0", "LOG_LEVEL": "WARNING"}
 DEFAULTS = {**COMMON_ENV, "WORKERS": "2", "THREADS": "16"}
 """The service's default settings (service/settings.py), spelled out; TensorFlow's thread pools are
 left on auto: the usable cores divided by the workers (service.runner.tf_thread_counts)."""
@@ -125,7 +125,7 @@ CASES = {
         sweep=(
             TF_OWN_POOLS,
             {"WORKERS": "1"},
-            {"BATCH_TIMEOUT_MS": "0"},
+            {"BATCH_TIMEOUT_MS": "2"},
             {"THREADS": "8"},
             REUSE_PORT,
             {"WORKERS": "4", "THREADS": "8"},
@@ -147,7 +147,7 @@ CASES = {
         sweep=(
             TF_OWN_POOLS,
             {"WORKERS": "1"},
-            {"BATCH_TIMEOUT_MS": "0"},
+            {"BATCH_TIMEOUT_MS": "2"},
             {"MAX_BATCH_SIZE": "8"},
         ),
         fair_batches=(1, 2, 4, 8, 16, 32),

@@ -1,16 +1,10 @@
 """Batcher: groups the rows of concurrent requests for one servable into device calls.
 
 The TF Serving scheme, with its knob names: one background thread per batcher takes requests from a
-bounded queue; a batch runs as soon as it holds `max_batch_size` rows. While the thread computes a
-batch, requests that arrive queue up and form the next one, so under load batches grow without
-anyone waiting for a timer.
-
-A batch waits for company only when company is on its way: a request announces itself
-(`arrival()`) before it is decoded and preprocessed, and the first request of a batch waits, at
-most `batch_timeout_ms`, only while announced requests have not arrived yet. A lone request never
-waits (TF Serving's timer makes every request of a quiet server wait the whole timeout: measured
-here, that halved the small CNN's throughput at one client), and under load a batch waits exactly
-for the requests already being prepared, not for a fixed time. The requests of a batch are handed to `run` as
+bounded queue. The first request of a batch waits at most `batch_timeout_ms` for others to join; a
+batch runs as soon as it holds `max_batch_size` rows. While the thread computes a batch, requests
+that arrive queue up and form the next one, so under load batches grow without anyone waiting for a
+timer, and a lone request pays at most the timeout. The requests of a batch are handed to `run` as
 they are (`ModelInputs`, checked once by preprocessing; the batcher checks nothing again), which
 merges their rows once, straight into the padded arrays of the call, and the outputs are sliced back
 per request (views, no copies). Requests whose inputs cannot be merged (other names, dtypes or
@@ -95,40 +89,6 @@ class _Request:
     future: BatchFuture = field(default_factory=BatchFuture)
 
 
-class Arrival:
-    """A request on its way to a batcher, announced before its inputs are prepared (`Batcher.arrival`).
-
-    Use it as a context manager around preparing and submitting: `submit` hands the inputs over;
-    leaving the block without submitting (the inputs were refused) withdraws the announcement.
-    """
-
-    __slots__ = ("_batcher", "_pending")
-
-    def __init__(self, batcher: Batcher) -> None:
-        self._batcher = batcher
-        self._pending = True
-        batcher._announce()
-
-    def submit(self, inputs: ModelInputs) -> BatchFuture:
-        """`Batcher.submit` for this announced request (once)."""
-        if not self._pending:
-            raise RuntimeError("this arrival has been submitted or withdrawn already")
-        self._pending = False
-        return self._batcher.submit(inputs, announced=True)
-
-    def withdraw(self) -> None:
-        """Take the announcement back unless the request was submitted (idempotent)."""
-        if self._pending:
-            self._pending = False
-            self._batcher._withdraw()
-
-    def __enter__(self) -> Arrival:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.withdraw()
-
-
 class Batcher:
     """Groups requests for one signature of one servable into calls of `run`, on its own thread.
 
@@ -153,8 +113,7 @@ class Batcher:
             servable_id: the version served; names the thread, log lines and the metrics' `model` label.
             run: computes a batch: arrays with N rows in, arrays with N rows out.
             max_batch_size: most rows per call (a single larger request still runs, alone).
-            batch_timeout_ms: longest the first request of a batch waits for announced requests
-                still on their way (`arrival()`); 0 = never wait.
+            batch_timeout_ms: longest the first request of a batch waits for others; 0 = never wait.
             max_enqueued_batches: queue bound, in batches of `max_batch_size` rows.
             max_restarts: deaths of the batch loop restarted within `restart_window_s`; one more
                 within the window and the batcher gives up (`health()` then says why).
@@ -169,8 +128,6 @@ class Batcher:
         self._max_queued_rows = max_enqueued_batches * max_batch_size
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
-        self._incoming = 0
-        """Requests announced (`arrival()`) and neither submitted nor withdrawn yet."""
         self._closed = False
         self._failed = ""
         """Why the batcher gave up (its loop kept dying); '' while it serves."""
@@ -193,26 +150,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{servable_id}", daemon=True)
         self._thread.start()
 
-    def arrival(self) -> Arrival:
-        """Announce a request that is about to be prepared: a batch waiting for company waits for it."""
-        return Arrival(self)
-
-    def _announce(self) -> None:
-        with self._cond:
-            self._incoming += 1
-
-    def _withdraw(self) -> None:
-        with self._cond:
-            self._incoming -= 1
-            if self._incoming == 0 and self._queue:
-                self._cond.notify()  # a batch may be waiting for this request: nobody is coming now
-
-    def submit(self, inputs: ModelInputs, *, announced: bool = False) -> BatchFuture:
+    def submit(self, inputs: ModelInputs) -> BatchFuture:
         """Queue one request's rows; the future's result holds exactly these rows' outputs.
 
         Args:
             inputs: the request's inputs, as the boundary (`preprocessing.to_model_inputs`) made them.
-            announced: the request was announced (`Arrival.submit` says so): it has arrived now.
 
         Returns:
             A `Future` of `dict[str, np.ndarray]`; it fails with what `run` raised for this request's
@@ -226,8 +168,6 @@ class Batcher:
         rows = inputs.rows
         request = _Request(inputs, rows, inputs.batch_key, time.monotonic(), tracing.current_span_context())
         with self._cond:
-            if announced:
-                self._incoming -= 1
             if self._failed:
                 raise ModelNotReady(self._id.name, f"version {self._id.version} stopped serving: {self._failed}")
             if self._closed:
@@ -241,10 +181,10 @@ class Batcher:
             was_empty = not self._queue
             self._queue.append(request)
             self._queued_rows += rows
-            # Wake the batch thread only when it has something to do: a first request, a full batch,
-            # or the last announced request has arrived. Otherwise it is computing, or waiting for
-            # more anyway, and waking it per request would only fight the request threads for the GIL.
-            if was_empty or self._queued_rows >= self._max_batch_size or self._incoming == 0:
+            # Wake the batch thread only when it has something to do: a first request to wait on,
+            # or a full batch. Otherwise it is computing, or waiting for its deadline anyway, and
+            # waking it per request would only fight the request threads for the GIL.
+            if was_empty or self._queued_rows >= self._max_batch_size:
                 self._cond.notify()
         return request.future
 
@@ -349,11 +289,10 @@ class Batcher:
             if self._closed:
                 return None
             self._cond.wait()
-        # The first request waits while announced requests are on their way, until its deadline,
-        # counted from when it was queued: requests that queued up while the previous batch was
-        # computing have waited already and go at once; with nobody on the way, nobody waits.
+        # The first request waits until its deadline, counted from when it was queued: requests that
+        # queued up while the previous batch was computing have waited already and go at once.
         deadline = self._queue[0].enqueued + self._timeout_s
-        while self._queued_rows < self._max_batch_size and self._incoming > 0 and not self._closed:
+        while self._queued_rows < self._max_batch_size and not self._closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

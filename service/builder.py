@@ -168,7 +168,6 @@ class ServableBuilder:
         closers: list[Callable[[], None]] = []
         checks: list[Callable[[], str]] = []
         submit: dict[str, Callable[[ModelInputs], Future]] = {}
-        arrivals: dict[str, Callable[[], Any]] = {}
         warnings = list(getattr(loaded, "warnings", ()))
         warmup_s = 0.0
         try:
@@ -198,7 +197,6 @@ class ServableBuilder:
                     closers.append(batcher.close)
                     checks.append(batcher.health)
                     submit[name] = batcher.submit
-                    arrivals[name] = batcher.arrival
                 else:
                     submit[name] = _direct(runner.run)
         except BaseException:
@@ -248,7 +246,6 @@ class ServableBuilder:
             ),
             labels=source.labels,
             submit=MappingProxyType(submit),
-            arrivals=MappingProxyType(arrivals),
             close=close,
             health=health,
         )

@@ -15,7 +15,7 @@ import concurrent.futures
 import difflib
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -37,7 +37,6 @@ from service.settings import Settings
 from service.status import ModelStatus, Readiness
 
 if TYPE_CHECKING:  # pragma: no cover
-    from service.batching import Arrival
     from service.manager import ServableManager
 
 log = logging.getLogger(__name__)
@@ -179,10 +178,9 @@ class DataPlane:
             signature_name = self._signature_name(servable, request.signature_name)
             signature = servable.signatures[signature_name]
             self._check_outputs(signature, request.outputs)
-            with self._arrival(servable, signature_name) as arrival:
-                with tracing.span("preprocess"):
-                    inputs = self._model_inputs(servable, signature, request)
-                outputs = self._run(servable, signature_name, inputs, arrival)
+            with tracing.span("preprocess"):
+                inputs = self._model_inputs(servable, signature, request)
+            outputs = self._run(servable, signature_name, inputs)
             ordered = self._order(outputs, signature, request.outputs)
             return PredictResponse(servable.id, ordered, servable.labels, signature)
 
@@ -226,14 +224,13 @@ class DataPlane:
             signature = servable.signatures[wanted]
             if signature.method_name in (CLASSIFY_METHOD, REGRESS_METHOD):
                 return self._run_examples(servable, wanted, signature, request)
-            with self._arrival(servable, wanted) as arrival:
-                with tracing.span("preprocess"):
-                    if request.inputs_for is not None:
-                        columns = request.inputs_for(signature)
-                    else:
-                        columns = examples.feature_columns(request.examples, request.context, signature)
-                    inputs = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
-                outputs = self._order(self._run(servable, wanted, inputs, arrival), signature, None)
+            with tracing.span("preprocess"):
+                if request.inputs_for is not None:
+                    columns = request.inputs_for(signature)
+                else:
+                    columns = examples.feature_columns(request.examples, request.context, signature)
+                inputs = self._model_inputs(servable, signature, PredictRequest(request.target, columns))
+            outputs = self._order(self._run(servable, wanted, inputs), signature, None)
             return ExamplesResponse(servable.id, wanted, outputs, len(request.examples), servable.labels)
 
     # --- metadata ---------------------------------------------------------------------------------
@@ -409,26 +406,15 @@ class DataPlane:
             client_gone=request.client_gone,
         )
 
-    @staticmethod
-    def _arrival(servable: Servable, signature_name: str) -> AbstractContextManager[Arrival | None]:
-        """Announce the request to the signature's batcher before its inputs are prepared (None: not batched)."""
-        arrival = servable.arrivals.get(signature_name)
-        return arrival() if arrival is not None else nullcontext()
-
-    def _run(
-        self, servable: Servable, signature_name: str, inputs: ModelInputs, arrival: Arrival | None = None
-    ) -> dict[str, np.ndarray]:
-        """Submit `inputs` to the signature's batcher (or direct run) and wait for its outputs.
-
-        `arrival`: the request's announcement to that batcher (`_arrival`), which submits it.
-        """
+    def _run(self, servable: Servable, signature_name: str, inputs: ModelInputs) -> dict[str, np.ndarray]:
+        """Submit `inputs` to the signature's batcher (or direct run) and wait for its outputs."""
         submit = servable.submit.get(signature_name)
         if submit is None:
             raise Unimplemented(
                 f"signature '{signature_name}' of model '{servable.id.name}' cannot be run by this server"
             )
         submitted_ns = tracing.now_ns()
-        future = arrival.submit(inputs) if arrival is not None else submit(inputs)
+        future = submit(inputs)
         timeout_s = self._settings.request_timeout_s
         try:
             outputs = future.result(timeout=timeout_s)
@@ -492,14 +478,13 @@ class DataPlane:
             raise Unimplemented(
                 f"signature '{signature_name}' takes {len(signature.inputs)} inputs, not one tf.Example input"
             )
-        with self._arrival(servable, signature_name) as arrival:
-            serialized = np.empty(len(request.examples), dtype=object)
-            for index, example in enumerate(request.examples):
-                serialized[index] = examples.encode_example(example, request.context)
-            inputs = self._model_inputs(
-                servable, signature, PredictRequest(request.target, {signature.inputs[0].name: serialized})
-            )
-            outputs = self._run(servable, signature_name, inputs, arrival)
+        serialized = np.empty(len(request.examples), dtype=object)
+        for index, example in enumerate(request.examples):
+            serialized[index] = examples.encode_example(example, request.context)
+        inputs = self._model_inputs(
+            servable, signature, PredictRequest(request.target, {signature.inputs[0].name: serialized})
+        )
+        outputs = self._run(servable, signature_name, inputs)
         return ExamplesResponse(
             servable.id, signature_name, outputs, len(request.examples), servable.labels, examples_signature=True
         )

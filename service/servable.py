@@ -199,9 +199,6 @@ class Servable:
     labels: tuple[str, ...] = ()
     submit: Mapping[str, Callable[[ModelInputs], Any]] = field(default_factory=dict)
     """Per signature name: `submit(inputs) -> Future[dict[str, np.ndarray]]` (the batcher's, or a direct run)."""
-    arrivals: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
-    """Per batched signature name: `arrival() -> Arrival`, announcing a request before its inputs are
-    prepared (a batch waits for announced requests only; see `service.batching`)."""
     close: Callable[[], None] = lambda: None
     """Stops batchers and drops references to the TensorFlow objects."""
     health: Callable[[], str] = lambda: ""

@@ -176,8 +176,8 @@ class Settings(BaseSettings):
     max_batch_input_bytes: int = Field(3 * 1024 * 1024, ge=0)
     """On CPU, the most input bytes one device call of a model takes by default: models with large rows get fewer rows per call than MAX_BATCH_SIZE (MobileNetV2's 224x224x3 float images: 4), which on one thread per worker costs no throughput and keeps the activations, paid in every worker, small (docs/operations.md, sizing guide). A model config's `max_batch_size` or `allowed_batch_sizes` wins; 0 turns the cap off."""
 
-    batch_timeout_ms: float = Field(2.0, ge=0)
-    """Longest the first request of a batch waits for requests already on their way to the same model (being decoded and prepared in this worker); with none on the way it never waits. So a lone request runs at once (TF Serving's fixed timer made it wait: measured, removing that wait doubled the small CNN's throughput at 1 client, p50 6.0 -> 3.0 ms), and under load a batch gathers the requests being prepared, for at most this long. 0: never wait."""
+    batch_timeout_ms: float = Field(0.0, ge=0)
+    """Longest the first request of a batch waits for others to join it. 0 (TF Serving's and Triton's default): a batch takes what is queued when the model is free, so a lone request never waits and, under load, requests that arrive during a call form the next batch; measured, 0 doubled the small CNN's throughput at 1 client (p50 6.0 -> 3.0 ms) and changed nothing measurable at 16 (docs/benchmarks.md). A few ms can help a GPU, whose call costs little more for more rows."""
 
     max_enqueued_batches: int = Field(16, ge=1)
     """Batches that may wait in a model's queue; beyond that requests get 503 with Retry-After."""

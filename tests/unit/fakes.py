@@ -155,7 +155,6 @@ class FakeBuilder:
             info=ServableInfo(path=Path(source.path).name, format="fake", loader="fake", device=self.device),
             labels=source.labels,
             submit=MappingProxyType({model.signature.name: batcher.submit}),
-            arrivals=MappingProxyType({model.signature.name: batcher.arrival}),
             close=batcher.close,
             health=batcher.health,
         )
