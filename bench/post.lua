@@ -23,6 +23,7 @@ end
 -- A multipart body gets a new boundary of the same length per request, as real clients send
 -- (requests, curl and browsers draw one per request); a server that caches per boundary gains nothing.
 local boundary = nil
+local pattern = nil
 
 local function fresh_boundary()
   local chars = {}
@@ -36,12 +37,12 @@ function request()
   counter = counter % #bodies + 1
   if boundary == nil then
     boundary = content_type:match("boundary=(.+)$") or ""
+    pattern = boundary:gsub("%p", "%%%0")  -- the boundary as a Lua pattern, escaped once
   end
   if boundary == "" then
     return wrk.format("POST", nil, { ["Content-Type"] = content_type }, bodies[counter])
   end
   local new = fresh_boundary()
-  local pattern = boundary:gsub("%p", "%%%0")
   local body = bodies[counter]:gsub(pattern, new)
   local header = content_type:gsub(pattern, new)
   return wrk.format("POST", nil, { ["Content-Type"] = header }, body)

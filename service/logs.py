@@ -19,21 +19,26 @@ from service.settings import Settings
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-_id_prefix: tuple[int, str] = (0, "")
+_id_prefix = os.urandom(8).hex()
 _id_counter = itertools.count()
+
+
+def _draw_id_prefix() -> None:
+    global _id_prefix
+    _id_prefix = os.urandom(8).hex()
+
+
+# A forked child (a gunicorn worker) draws its own prefix, so it never repeats its master's ids.
+os.register_at_fork(after_in_child=_draw_id_prefix)
 
 
 def new_request_id() -> str:
     """A new request id: 32 hex digits, unique across processes and restarts, with no system call.
 
-    A random 64-bit prefix per process (drawn again after a fork: the pid is checked) and a counter,
-    instead of `uuid4()`, whose `getrandom` system call per request cost about 6% of a worker's CPU.
+    A random 64-bit prefix per process (drawn again in a forked child) and a counter, instead of
+    `uuid4()`, whose `getrandom` system call per request cost about 6% of a worker's CPU.
     """
-    global _id_prefix
-    pid = os.getpid()
-    if _id_prefix[0] != pid:
-        _id_prefix = (pid, os.urandom(8).hex())
-    return f"{_id_prefix[1]}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 protocol_var: contextvars.ContextVar[str] = contextvars.ContextVar("protocol", default="-")
