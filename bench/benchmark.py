@@ -186,6 +186,10 @@ class LoadResult:
     """CPU used by wrk."""
     cpu_other_cores: float = 0.0
     """CPU used by everything else on the host (other jobs): the noise in these numbers."""
+    cpu_tf_threads_s: float = 0.0
+    """Of `cpu_server_s`, what TensorFlow's own threads (named `tf_*`: its compute pools) used: the model's
+    arithmetic, measured where it runs rather than inferred. Every other thread runs Python (and the C code
+    it calls: decode, sockets, the model call's dispatch)."""
     model: dict[str, float] = field(default_factory=dict)
     """The service's own counters over the run (from /metrics): rows, calls, compute_s, padding_rows."""
 
@@ -683,6 +687,26 @@ def process_ticks(pids: list[int]) -> int:
     return total
 
 
+def tf_thread_ticks(pids: list[int]) -> int:
+    """CPU ticks of the threads of `pids` that TensorFlow named `tf_*` (its compute and inter-op pools)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            head, _, rest = stat.rpartition(")")
+            if head.split("(", 1)[1].startswith("tf_"):
+                fields = rest.split()
+                total += int(fields[11]) + int(fields[12])
+    return total
+
+
 def children_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -713,9 +737,11 @@ def measure(
     counters_before = model_counters(server)
     server_pids = [server.process.pid, *worker_pids(server.process.pid)]
     host_before, server_before, client_before = host_busy_ticks(), process_ticks(server_pids), children_seconds()
+    tf_before = tf_thread_ticks(server_pids)
     raw = run_wrk(server, bodies, concurrency, seconds)
     host_s = (host_busy_ticks() - host_before) / CLOCK_TICKS
     server_s = (process_ticks(server_pids) - server_before) / CLOCK_TICKS
+    tf_s = (tf_thread_ticks(server_pids) - tf_before) / CLOCK_TICKS
     client_s = children_seconds() - client_before
     counters_after = model_counters(server)
     stop.set()
@@ -747,6 +773,7 @@ def measure(
         cpu_server_cores=round(server_s / seconds_run, 2),
         cpu_client_cores=round(client_s / seconds_run, 2),
         cpu_other_cores=round(max(host_s - server_s - client_s, 0.0) / seconds_run, 2),
+        cpu_tf_threads_s=round(tf_s, 3),
         model={k: round(counters_after[k] - counters_before.get(k, 0.0), 6) for k in counters_after},
     )
 
@@ -802,6 +829,18 @@ def summarise(runs: list[LoadResult], model_s_per_row: float | None) -> dict:
         "cpu_ms_per_request": statistics.median(cpu_per_request) * 1000 if cpu_per_request else None,
         "model_ms_per_row": statistics.median(model_per_row) * 1000 if model_per_row else None,
         "rows_per_call": rows / calls if calls else None,
+        # Measured by thread: TensorFlow's compute threads per row (rows from the service's counters, else one per
+        # request), every other thread per request. None for a server whose model does not run on `tf_*` threads.
+        "tf_threads_ms_per_row": _median_or_none(
+            [1000 * r.cpu_tf_threads_s / (r.model.get("rows") or r.requests) for r in runs if r.cpu_tf_threads_s]
+        ),
+        "other_threads_ms_per_request": _median_or_none(
+            [
+                1000 * (r.cpu_server_s - r.cpu_tf_threads_s) / r.requests
+                for r in runs
+                if r.requests and r.cpu_tf_threads_s
+            ]
+        ),
         "padding_fraction": padding / (rows + padding) if rows + padding else None,
         "runs": [asdict(r) for r in runs],
     }
@@ -810,6 +849,10 @@ def summarise(runs: list[LoadResult], model_s_per_row: float | None) -> dict:
     else:
         summary["non_model_cpu_ms"] = None
     return summary
+
+
+def _median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def add_fair_model_time(point: dict, fair: dict) -> None:
@@ -1163,6 +1206,29 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
             f"{fmt(competent and competent['non_model_cpu_ms'], '.2f')} | "
             f"{fmt(ceiling and ceiling['cpu_ms_per_request'], '.2f')} | "
             f"{service['cpu_server_cores']:.2f} / {service['cpu_client_cores']:.2f} / {service['cpu_other_cores']:.2f} |"
+        )
+    lines += [
+        "",
+        "The same CPU measured by thread (`/proc/PID/task`): TensorFlow runs the model's arithmetic on its own "
+        "threads, named `tf_*`, so their CPU is the model's compute as it runs in each server, beside the fair "
+        "limit's; every other thread runs Python and the C code it calls (sockets, parsing, decode, the model "
+        "call's dispatch):",
+        "",
+        "| clients | service: TF threads ms per row | fair model CPU ms per row | service: other threads ms per "
+        "request | competent: TF threads ms per row | competent: other threads ms per request |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for concurrency in args.concurrency:
+        service = at(result.get("service"), concurrency)
+        competent = at(result.get("competent"), concurrency)
+        if service is None:
+            continue
+        lines.append(
+            f"| {concurrency} | {fmt(service.get('tf_threads_ms_per_row'), '.2f')} | "
+            f"{fmt(service.get('fair_model_ms_per_row'), '.2f')} | "
+            f"{fmt(service.get('other_threads_ms_per_request'), '.2f')} | "
+            f"{fmt(competent and competent.get('tf_threads_ms_per_row'), '.2f')} | "
+            f"{fmt(competent and competent.get('other_threads_ms_per_request'), '.2f')} |"
         )
     if result["open_loop"]:
         lines += [
