@@ -9,9 +9,11 @@ BACKEND_CACHE_DIR under the hash of the source files' content, the model config'
 keys and the backend's version, so a restart or another worker reads it instead of converting. It
 is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
 (OpenVINO would otherwise pick bf16 on CPUs that have it), then the equivalence gate
-(`service.equivalence`) runs warm-up and seeded inputs through both; the version serves on OpenVINO
-only if the gate passes (and, for `auto`, only if OpenVINO was faster on them). Any failure leaves
-TensorFlow serving, with the reason in the version's status.
+(`service.equivalence`) runs warm-up and seeded inputs through both, and the real sample inputs of
+the config's `gate.inputs` folder (read before anything is converted, compared on their own); the
+version serves on OpenVINO only if the gate passes (and, for `auto`, only if OpenVINO was faster on
+the seeded inputs). Any failure, an unusable sample folder included, leaves TensorFlow serving, with
+the reason in the version's status.
 
 This module never calls TensorFlow for a request and never decides states; it replaces the default
 signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.

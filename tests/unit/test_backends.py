@@ -3,7 +3,9 @@
 Real Keras models, real OpenVINO conversions: a CNN that converts and passes the gate (fp32 and
 bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a model whose
 output changes from call to call and a tolerance set impossibly tight (the gate fails), and models
-the backend does not take (extra outputs).
+the backend does not take (extra outputs). The real sample inputs of `gate.inputs` (PNGs, `.npy`,
+`.npz` the tests write): read as a request's, compared and reported apart, and every way a folder
+cannot be used (the version then serves on TensorFlow, with the reason).
 """
 
 from __future__ import annotations
