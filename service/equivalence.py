@@ -123,13 +123,16 @@ def read_gate_inputs(inputs: GateInputs, signature: Signature, *, chunk: int) ->
     walk = walk_folder(folder, skip=lambda name: name.startswith("."))
     if walk.special:
         file, kind = walk.special[0]
-        raise GateInputsError(f"{_relative(file, folder)}: a {kind}, not a file")
+        raise GateInputsError(f"{_relative(file, folder)}: {kind}; only regular files are read")
     files = sorted(walk.files)
     if not files:
         raise GateInputsError("holds no file (images, .npy or .npz)")
     if len(files) > GATE_INPUTS_MAX_FILES:
         raise GateInputsError(f"holds {len(files)} files, over the limit of {GATE_INPUTS_MAX_FILES}")
-    sizes = {file: os.stat(file).st_size for file in files}
+    try:
+        sizes = {file: os.stat(file).st_size for file in files}
+    except OSError as err:
+        raise GateInputsError(f"unreadable: {strip_paths(str(err))}") from err
     if sum(sizes.values()) > GATE_INPUTS_MAX_BYTES:
         raise GateInputsError(
             f"holds {sum(sizes.values())} bytes, over the limit of {GATE_INPUTS_MAX_BYTES} ({GATE_INPUTS_MAX_BYTES >> 20} MiB)"
@@ -148,8 +151,10 @@ def read_gate_inputs(inputs: GateInputs, signature: Signature, *, chunk: int) ->
             raise
         except ServingError as err:  # the same message a request would get
             raise GateInputsError(f"{name}: {err}") from err
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise GateInputsError(f"{name}: unreadable: {strip_paths(str(err)).splitlines()[0][:200]}") from err
+        except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as err:
+            # RuntimeError: an encrypted .npz member; NotImplementedError: a compression zipfile lacks
+            first = (strip_paths(str(err)).splitlines() or [type(err).__name__])[0]
+            raise GateInputsError(f"{name}: unreadable: {first[:200]}") from err
         rows += len(next(iter(batch.values())))
         batches.append(batch)
     return _chunked(batches, chunk)

@@ -10,6 +10,7 @@ cannot be used (the version then serves on TensorFlow, with the reason).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -407,10 +408,16 @@ def forged_npy() -> bytes:
             lambda f: [png(f / f"{i:03}.png", (2, 2), i) for i in range(equivalence.GATE_INPUTS_MAX_FILES + 1)],
             f"holds {equivalence.GATE_INPUTS_MAX_FILES + 1} files, over the limit of {equivalence.GATE_INPUTS_MAX_FILES}",
         ),
+        (lambda f: [f.mkdir(), os.mkfifo(f / "pipe")], r"pipe: a FIFO \(named pipe\); only regular files are read"),
+        (
+            lambda f: [f.mkdir(), np.save(f / "many.npy", np.zeros((equivalence.GATE_INPUTS_MAX_ROWS + 1, 12, 12, 1)))],
+            f"many.npy: the files hold more than {equivalence.GATE_INPUTS_MAX_ROWS} rows together",
+        ),
+        (lambda f: [f.mkdir(), (f / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")], "broken.npz: unreadable: "),
     ],
-    ids=["missing", "empty", "too-many-files"],
+    ids=["missing", "empty", "too-many-files", "fifo", "too-many-rows", "broken-npz"],
 )
-def test_a_missing_empty_or_oversized_sample_folder_is_refused_before_reading(
+def test_a_sample_folder_that_cannot_be_read_is_refused_with_the_reason(
     cnn_file: Path, tmp_path: Path, setup, expected: str
 ) -> None:
     folder = tmp_path / "samples"
