@@ -9,9 +9,11 @@ BACKEND_CACHE_DIR under the hash of the source files' content, the model config'
 keys and the backend's version, so a restart or another worker reads it instead of converting. It
 is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
 (OpenVINO would otherwise pick bf16 on CPUs that have it), then the equivalence gate
-(`service.equivalence`) runs warm-up and seeded inputs through both; the version serves on OpenVINO
-only if the gate passes (and, for `auto`, only if OpenVINO was faster on them). Any failure leaves
-TensorFlow serving, with the reason in the version's status.
+(`service.equivalence`) runs warm-up and seeded inputs through both, and the real sample inputs of
+the config's `gate.inputs` folder (read before anything is converted, compared on their own); the
+version serves on OpenVINO only if the gate passes (and, for `auto`, only if OpenVINO was faster on
+the seeded inputs). Any failure, an unusable sample folder included, leaves TensorFlow serving, with
+the reason in the version's status.
 
 This module never calls TensorFlow for a request and never decides states; it replaces the default
 signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.
@@ -29,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,32 +79,43 @@ def choose(
     threads: int,
     device: str,
     allowed_batch_sizes: tuple[int, ...],
+    gate_inputs: equivalence.GateInputs | None = None,
 ) -> BackendReport:
     """Move `loaded`'s default signature onto the requested backend if it converts and passes the gate.
 
     On success `loaded`'s default call is replaced (call this before building its runner). Never
     raises for a model that TensorFlow serves: every failure is returned as the report's `reason`.
+    `gate_inputs`: the real sample inputs the model config names (`gate.inputs`), read before anything
+    is converted; a folder that cannot be read serves the version on TensorFlow, with the reason.
     """
     requested = requested_backend(config, default_backend)
     if requested == TENSORFLOW:
         return BackendReport()
     precision = config.precision
-    report = BackendReport(requested=requested, precision="fp32")
+    report = BackendReport(
+        requested=requested, precision="fp32", inputs_folder=gate_inputs.shown if gate_inputs else ""
+    )
     started = time.monotonic()
     try:
         _check_supported(loaded, device, config.extra_outputs)
-        ov_model, cached = _converted(loaded, config, cache_dir)
+        samples = _samples(gate_inputs, loaded.signature, allowed_batch_sizes[-1])
+        ov_model, cached = _converted(loaded, config, cache_dir, exclude=gate_inputs.folder if gate_inputs else None)
         convert_s = time.monotonic() - started
         call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-        result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
-        if cached and not result[0].passed:
+        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        if cached and not result.passed:
             # A cached conversion of the same file may predate a plugin change (a custom layer's code
             # is not in the key): convert again once before giving up on the backend.
             log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
             ov_model, cached = convert(loaded), False
             convert_s = time.monotonic() - started
             call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-            result = _gate(loaded, call, config, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+            result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+    except equivalence.GateInputsError as err:
+        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
+        reason = f"gate.inputs '{report.inputs_folder}' cannot be used: {err}"
+        log.warning("%s serves on TensorFlow: %s", servable_id, reason)
+        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
     except ConversionFailed as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
         reason = f"OpenVINO conversion failed: {err}"
@@ -112,8 +126,8 @@ def choose(
         reason = f"OpenVINO failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
         log.exception("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
-    comparison, speedup = result
-    gate = {
+    comparison, on_inputs, speedup = result.seeded, result.inputs, result.speedup
+    gate: dict[str, Any] = {
         "gate_rows": comparison.rows,
         "max_abs_diff": comparison.max_abs_diff,
         "max_rel_diff": comparison.max_rel_diff,
@@ -126,9 +140,22 @@ def choose(
     metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=OPENVINO, precision=actual).set(
         comparison.max_abs_diff
     )
-    if not comparison.passed:
+    if on_inputs is not None:
+        gate |= {
+            "inputs_rows": on_inputs.rows,
+            "inputs_max_abs_diff": on_inputs.max_abs_diff,
+            "inputs_max_rel_diff": on_inputs.max_rel_diff,
+            "inputs_top1_agreement": on_inputs.top1_agreement,
+        }
+        metrics.BACKEND_INPUTS_MAX_ABS_DIFF.labels(model=servable_id.name, backend=OPENVINO, precision=actual).set(
+            on_inputs.max_abs_diff
+        )
+    if not result.passed:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
-        reason = f"equivalence gate failed ({actual}): {comparison.reason}"
+        problems = [comparison.reason] if not comparison.passed else []
+        if on_inputs is not None and not on_inputs.passed:
+            problems.append(f"on the sample inputs in gate.inputs '{report.inputs_folder}': {on_inputs.reason}")
+        reason = f"equivalence gate failed ({actual}): {'; '.join(problems)}"
         log.warning("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, **gate)
     if requested == AUTO and speedup < 1.0:
@@ -138,15 +165,27 @@ def choose(
         return _replace(report, reason=reason, **gate)
     loaded.replace_call(loaded.default_signature, call)
     log.info(
-        "%s serves on OpenVINO %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed",
+        "%s serves on OpenVINO %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed%s",
         servable_id,
         actual,
         comparison.rows,
         comparison.max_abs_diff,
         comparison.max_rel_diff,
         speedup,
+        ""
+        if on_inputs is None
+        else f"; {on_inputs.rows} sample rows from gate.inputs '{report.inputs_folder}', max |Δ| {on_inputs.max_abs_diff:.3g}",
     )
     return _replace(report, backend=OPENVINO, precision=actual, **gate)
+
+
+def _samples(
+    gate_inputs: equivalence.GateInputs | None, signature: Signature, chunk: int
+) -> list[dict[str, np.ndarray]] | None:
+    """The real sample inputs in chunks of at most `chunk` rows (the largest batch size); None when none are named."""
+    if gate_inputs is None:
+        return None
+    return equivalence.read_gate_inputs(gate_inputs, signature, chunk=chunk)
 
 
 def _replace(report: BackendReport, **changes: Any) -> BackendReport:
@@ -187,12 +226,19 @@ def _layers(model: Any) -> list[Any]:
     return found
 
 
-def cache_key(path: Path, config: ModelConfig) -> str:
-    """Hash of the model's files' content, the config keys that shape its graph and the backend's version."""
+def cache_key(path: Path, config: ModelConfig, *, exclude: Path | None = None) -> str:
+    """Hash of the model's files' content, the config keys that shape its graph and the backend's version.
+
+    `exclude`: a folder whose files are left out (the gate's sample inputs, when they sit inside a
+    model folder: conversion does not depend on them).
+    """
     import openvino
 
     digest = hashlib.sha256()
     files = [path] if path.is_file() else walk_folder(path).files
+    if exclude is not None:
+        skipped = Path(os.path.realpath(exclude))
+        files = [f for f in files if not Path(os.path.realpath(f)).is_relative_to(skipped)]
     for file in sorted(files):
         digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
         with open(file, "rb") as handle:
@@ -204,7 +250,7 @@ def cache_key(path: Path, config: ModelConfig) -> str:
     return digest.hexdigest()[:40]
 
 
-def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tuple[Any, bool]:
+def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path, *, exclude: Path | None) -> tuple[Any, bool]:
     """The OpenVINO model of `loaded`'s default signature, from the cache or converted (and cached)."""
     import openvino
 
@@ -214,7 +260,7 @@ def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path) -> tup
         if _world_writable(cache_dir):
             # Anyone could plant a converted model there: convert every time instead.
             raise OSError(f"{cache_dir} is world-writable; not used")
-        entry = cache_dir / cache_key(loaded.path, config)
+        entry = cache_dir / cache_key(loaded.path, config, exclude=exclude)
         if (entry / "model.xml").is_file():
             return core.read_model(entry / "model.xml"), True
     except (OSError, RuntimeError) as err:
@@ -402,15 +448,33 @@ def _compile(ov_model: Any, signature: Signature, *, threads: int, precision: st
     return call, served
 
 
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """What the gate measured: on the warm-up and seeded inputs, on the real sample inputs (None: none named)."""
+
+    seeded: equivalence.Comparison
+    inputs: equivalence.Comparison | None
+    speedup: float
+    """TensorFlow's time over the candidate's on the seeded inputs."""
+
+    @property
+    def passed(self) -> bool:
+        return self.seeded.passed and (self.inputs is None or self.inputs.passed)
+
+
 def _gate(
     loaded: LoadedModel,
     call: Call,
     config: ModelConfig,
+    samples: list[dict[str, np.ndarray]] | None,
     *,
     precision: str,
     allowed_batch_sizes: tuple[int, ...],
-) -> tuple[equivalence.Comparison, float]:
-    """Run warm-up and seeded inputs through TensorFlow and the candidate; compare, and time both on the seeded ones."""
+) -> GateResult:
+    """Run warm-up, seeded and sample inputs through TensorFlow and the candidate; compare, and time both on the seeded ones.
+
+    The sample inputs are compared on their own (their own output range), with the same rules.
+    """
     signature, name = loaded.signature, loaded.default_signature
     warm = [
         {
@@ -435,5 +499,17 @@ def _gate(
             ov_s += time.perf_counter() - started
     except Exception as err:  # noqa: BLE001 - a call failing on the gate's inputs: serve on TensorFlow
         raise ConversionFailed(f"the gate's inputs failed to run: {_why(err)}") from err
-    comparison = equivalence.compare(reference, candidate, precision=precision, tolerance=config.gate.tolerance)
-    return comparison, (tf_s / ov_s if ov_s > 0 else 1.0)
+    tolerance = config.gate.tolerance
+    comparison = equivalence.compare(reference, candidate, precision=precision, tolerance=tolerance)
+    on_inputs = None
+    if samples is not None:
+        try:
+            expected = [loaded.call(name, chunk) for chunk in samples]
+        except Exception as err:  # noqa: BLE001 - TensorFlow itself fails on them: the folder is at fault
+            raise equivalence.GateInputsError(f"TensorFlow failed on them: {_why(err)}") from err
+        try:
+            got = [call(chunk) for chunk in samples]
+        except Exception as err:  # noqa: BLE001 - the candidate fails on them: serve on TensorFlow
+            raise ConversionFailed(f"the gate's sample inputs failed to run: {_why(err)}") from err
+        on_inputs = equivalence.compare(expected, got, precision=precision, tolerance=tolerance)
+    return GateResult(comparison, on_inputs, tf_s / ov_s if ov_s > 0 else 1.0)

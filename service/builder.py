@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from types import MappingProxyType
 from typing import Any
 
-from service import backends, memory, preprocessing, quarantine, sandbox, security
+from service import backends, equivalence, memory, preprocessing, quarantine, sandbox, security
 from service.errors import ModelCrashed, ModelLoadError
 from service.repository import VersionSource, display_path
 from service.servable import ModelInputs, Servable, ServableInfo
@@ -150,6 +150,18 @@ class ServableBuilder:
             # requests run in chunks of the largest.
             allowed = capped_batch_sizes(allowed, default, settings.max_batch_input_bytes)
             max_batch_size = allowed[-1]
+        # The image preprocessing is decided once, here: explicit config, else the recognised family.
+        # Before the backend: the gate's sample images get exactly what a request's images get.
+        choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
+        log.info("%s image preprocessing: %s", source.id, choice)
+        gate_inputs = None
+        if source.gate_inputs is not None and source.config.gate.inputs is not None:
+            gate_inputs = equivalence.GateInputs(
+                folder=source.gate_inputs,
+                shown=source.config.gate.inputs,
+                preprocessing=choice.config,
+                max_image_pixels=settings.max_image_pixels,
+            )
         try:
             # Conversion and the equivalence gate happen here, at load, never on a request.
             backend = backends.choose(
@@ -161,6 +173,7 @@ class ServableBuilder:
                 threads=tf_thread_counts(settings, gpu=False)[0],
                 device=self.device,
                 allowed_batch_sizes=allowed,
+                gate_inputs=gate_inputs,
             )
         except BaseException:
             loaded.close()
@@ -223,10 +236,6 @@ class ServableBuilder:
 
         def health() -> str:
             return "; ".join(problem for problem in (check() for check in checks) if problem)
-
-        # The image preprocessing is decided once, here: explicit config, else the recognised family.
-        choice = preprocessing.choose(source.config.preprocessing, getattr(loaded, "recognition", None))
-        log.info("%s image preprocessing: %s", source.id, choice)
 
         return Servable(
             id=source.id,

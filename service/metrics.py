@@ -92,6 +92,12 @@ BACKEND_MAX_ABS_DIFF = Gauge(
     ["model", "backend", "precision"],
     multiprocess_mode="livemax",
 )
+BACKEND_INPUTS_MAX_ABS_DIFF = Gauge(
+    "kerasserve_backend_gate_inputs_max_abs_diff",
+    "Largest |difference| the equivalence gate measured on the real sample inputs a model config names (gate.inputs), last load.",
+    ["model", "backend", "precision"],
+    multiprocess_mode="livemax",
+)
 BACKEND_FALLBACKS = Counter(
     "kerasserve_backend_fallbacks_total",
     "Versions that asked for a compiled backend and serve on TensorFlow (reason: conversion, gate, slower).",

@@ -92,6 +92,9 @@ class GateConfig(BaseModel):
     seed: int = Field(0, ge=0)
     tolerance: float | None = Field(None, ge=0)
     """Largest max |difference| allowed, relative to the range of TensorFlow's output; default 1e-5 for fp32, 5e-2 for bf16."""
+    inputs: str | None = Field(None, min_length=1)
+    """Folder of real sample inputs (images, `.npy`, `.npz`) also run through both backends; relative to the
+    folder of the config file that names it (`service.equivalence.read_gate_inputs`)."""
 
 
 class ModelConfig(BaseModel):

@@ -101,6 +101,8 @@ class VersionSource:
     error: str = ""
     size_bytes: int = 0
     """Bytes of the version's files on disk (what MAX_LOADED_BYTES counts)."""
+    gate_inputs: Path | None = None
+    """The config's `gate.inputs` folder, resolved against the folder of the config file that names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,9 +394,14 @@ class ModelRepository:
     ) -> VersionSource:
         error = special_file_problem(cand.path, cand.special) or model_error
         config = model_config
+        # A relative gate.inputs is found beside the config file that names it (a version config's
+        # `gate` replaces the whole section, so it names it when it sets `gate`).
+        config_folder = model_configs[0].parent if model_configs else cand.path
         if not error and cand.configs:
             version_config, error = self._read_configs(cand.configs)
             config = model_config.merged(version_config)
+            if "gate" in version_config.model_fields_set:
+                config_folder = cand.configs[0].parent
         labels: tuple[str, ...] = tuple(config.labels or ())
         if not labels and cand.labels_file is not None:
             try:
@@ -418,6 +425,7 @@ class ModelRepository:
             labels=labels,
             error=error,
             size_bytes=sum(seen[str(file)][0][0] for file in cand.files),
+            gate_inputs=None if config.gate.inputs is None else config_folder / config.gate.inputs,
         )
 
     def _is_plugins(self, path: Path) -> bool:

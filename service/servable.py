@@ -160,6 +160,13 @@ class BackendReport:
     top1_agreement: float | None = None
     speedup: float | None = None
     """TensorFlow's time over the backend's on the gate's seeded inputs (noisy: measured once, at load)."""
+    inputs_folder: str = ""
+    """The model config's `gate.inputs` folder, as written ('' when it names none)."""
+    inputs_rows: int = 0
+    """Rows of real sample inputs the gate compared, apart from the warm-up and seeded ones (0: none ran)."""
+    inputs_max_abs_diff: float | None = None
+    inputs_max_rel_diff: float | None = None
+    inputs_top1_agreement: float | None = None
     convert_s: float = 0.0
     cached: bool = False
     """The converted model came from BACKEND_CACHE_DIR (no conversion at this load)."""

@@ -152,6 +152,14 @@ def backend_json(report: BackendReport) -> dict:
             "top1_agreement": report.top1_agreement,
             "speedup": None if report.speedup is None else round(report.speedup, 3),
         }
+        if report.inputs_rows:
+            entry["gate"]["inputs"] = {
+                "folder": report.inputs_folder,
+                "rows": report.inputs_rows,
+                "max_abs_diff": report.inputs_max_abs_diff,
+                "max_rel_diff": report.inputs_max_rel_diff,
+                "top1_agreement": report.inputs_top1_agreement,
+            }
         entry["convert_s"] = round(report.convert_s, 4)
         entry["cached"] = report.cached
     return entry

@@ -90,3 +90,61 @@ def test_swaps_from_tensorflow_to_openvino_and_back_lose_no_request(run_server, 
         model = server.get("/models/m").json()
         assert (model["serving_version"], model["backend"]) == (3, "tensorflow")
         assert "backend" not in server.get("/v1/models/m/metadata").json()["metadata"]
+
+
+def save_image_classifier(path: Path) -> Path:
+    """Save a tiny `.keras` CNN of 8x8 RGB images -> 3 softmax scores."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def write_pngs(folder: Path, count: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (10 + i, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_gate_inputs_run_at_load_and_a_bad_folder_serves_on_tensorflow_with_the_reason(
+    run_server, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    for name in ("good", "bad"):
+        save_image_classifier(models / name / "1" / "model.keras")
+        (models / name / "config.yaml").write_text("backend: openvino\ngate:\n  samples: 16\n  inputs: samples\n")
+        write_pngs(models / name / "samples", 3)
+    (models / "bad" / "samples" / "notes.txt").write_text("not an image")
+    with run_server(models, BACKEND_CACHE_DIR=str(tmp_path / "cache")) as server:
+        good = server.get("/models/good").json()
+        assert good["backend"] == "openvino"
+        gate = good["versions"][0]["backend"]["gate"]
+        assert gate["inputs"]["folder"] == "samples" and gate["inputs"]["rows"] == 3
+        assert gate["inputs"]["max_rel_diff"] <= 1e-5 and gate["inputs"]["top1_agreement"] == 1.0
+        assert (
+            'kerasserve_backend_gate_inputs_max_abs_diff{backend="openvino",model="good",precision="fp32"}'
+            in server.get("/metrics").text
+        )
+        bad = server.get("/models/bad").json()
+        assert (bad["backend"], bad["versions"][0]["state"]) == ("tensorflow", "AVAILABLE")
+        assert bad["versions"][0]["backend"]["reason"] == (
+            "gate.inputs 'samples' cannot be used: notes.txt: cannot decode image: not a JPEG, PNG, GIF, BMP, WebP or TIFF file"
+        )
+        for name in ("good", "bad"):
+            with (models / name / "samples" / "0.png").open("rb") as image:
+                response = server.post(f"/models/{name}/predict", files={"image": image})
+            assert response.status_code == 200, response.text

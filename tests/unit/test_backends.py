@@ -3,11 +3,14 @@
 Real Keras models, real OpenVINO conversions: a CNN that converts and passes the gate (fp32 and
 bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a model whose
 output changes from call to call and a tolerance set impossibly tight (the gate fails), and models
-the backend does not take (extra outputs).
+the backend does not take (extra outputs). The real sample inputs of `gate.inputs` (PNGs, `.npy`,
+`.npz` the tests write): read as a request's, compared and reported apart, and every way a folder
+cannot be used (the version then serves on TensorFlow, with the reason).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,7 @@ def load(path: Path, config: ModelConfig | None = None) -> LoadedModel:
     return Loader(CustomObjectRegistry(), Settings(models_dir=path.parent)).load(path, config)
 
 
-def choose(loaded: LoadedModel, config: ModelConfig, cache: Path, name: str = "m"):
+def choose(loaded: LoadedModel, config: ModelConfig, cache: Path, name: str = "m", samples: Path | None = None):
     return backends.choose(
         loaded,
         ServableId(name, 1),
@@ -61,7 +64,40 @@ def choose(loaded: LoadedModel, config: ModelConfig, cache: Path, name: str = "m
         threads=1,
         device="/CPU:0",
         allowed_batch_sizes=ALLOWED,
+        gate_inputs=None if samples is None else gate_inputs(samples, config),
     )
+
+
+def gate_inputs(folder: Path, config: ModelConfig) -> equivalence.GateInputs:
+    return equivalence.GateInputs(
+        folder=folder,
+        shown=config.gate.inputs or folder.name,
+        preprocessing=config.preprocessing,
+        max_image_pixels=Settings().max_image_pixels,
+    )
+
+
+def png(path: Path, size: tuple[int, int], seed: int, mode: str = "L") -> Path:
+    """Write a PNG of random pixels (width, height)."""
+    from PIL import Image
+
+    channels = {"L": 1, "RGB": 3}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+def sample_folder(folder: Path, input_name: str) -> Path:
+    """Three PNGs (one RGB, one of another size: both go through /predict's preprocessing), a .npy row, a .npz batch."""
+    png(folder / "a.png", (12, 12), 1)
+    png(folder / "b.png", (20, 16), 2, "RGB")
+    png(folder / "more" / "c.png", (12, 12), 3)
+    rng = np.random.default_rng(4)
+    np.save(folder / "d.npy", rng.random((12, 12, 1)).astype(np.float32))
+    np.savez(folder / "e.npz", **{input_name: rng.random((2, 12, 12, 1))})  # float64: cast as a request's
+    (folder / ".hidden").write_text("not read")
+    return folder
 
 
 def in_memory(model, tmp_path: Path) -> LoadedModel:
@@ -250,6 +286,157 @@ def test_extra_outputs_stay_on_tensorflow(cnn_file: Path, tmp_path: Path) -> Non
     report = choose(load(cnn_file, config), config, tmp_path)
     assert report.backend == "tensorflow"
     assert report.reason == "OpenVINO conversion failed: extra_outputs are served by TensorFlow"
+
+
+# --- the real sample inputs of gate.inputs ------------------------------------------------------
+
+
+def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(cnn_file: Path, tmp_path: Path) -> None:
+    from service.protocols import backend_json
+
+    loaded = load(cnn_file)
+    folder = sample_folder(tmp_path / "samples", loaded.signature.inputs[0].name)
+    config = ModelConfig(backend="openvino", gate={"samples": 16, "inputs": "samples"})
+    report = choose(loaded, config, tmp_path / "cache", name="sampled", samples=folder)
+    assert (report.backend, report.reason) == ("openvino", "")
+    assert report.gate_rows == 16 + sum(ALLOWED)  # the seeded comparison is unchanged
+    assert report.inputs_rows == 6
+    assert report.inputs_max_rel_diff is not None and report.inputs_max_rel_diff <= 1e-5
+    assert report.inputs_top1_agreement == 1.0
+    shown = backend_json(report)["gate"]["inputs"]
+    assert (shown["folder"], shown["rows"], shown["max_abs_diff"]) == ("samples", 6, report.inputs_max_abs_diff)
+    assert (
+        REGISTRY.get_sample_value(
+            "kerasserve_backend_gate_inputs_max_abs_diff",
+            {"model": "sampled", "backend": "openvino", "precision": "fp32"},
+        )
+        == report.inputs_max_abs_diff
+    )
+    # The next load reads the cached conversion and still runs the gate, sample inputs included.
+    again = choose(load(cnn_file), config, tmp_path / "cache", samples=folder)
+    assert (again.backend, again.cached, again.inputs_rows) == ("openvino", True, 6)
+
+
+def test_sample_images_get_exactly_what_a_request_gets_in_chunks_of_the_largest_batch(
+    cnn_file: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from service import preprocessing
+
+    signature = load(cnn_file).signature
+    name = signature.inputs[0].name
+    folder = sample_folder(tmp_path / "samples", name)
+    chunks = equivalence.read_gate_inputs(gate_inputs(folder, ModelConfig()), signature, chunk=4)
+    assert [c[name].shape for c in chunks] == [(4, 12, 12, 1), (2, 12, 12, 1)]
+    assert all(c[name].dtype == np.float32 for c in chunks)
+    # Path order: a.png, b.png, d.npy, e.npz (2 rows), more/c.png.
+    request = preprocessing.to_model_inputs(
+        {}, [(folder / "b.png").read_bytes()], signature, ModelConfig().preprocessing, max_pixels=10**6, max_rows=1
+    )
+    np.testing.assert_array_equal(chunks[0][name][1], request.arrays[name][0])
+    np.testing.assert_array_equal(
+        chunks[1][name][1, ..., 0],
+        np.asarray(Image.open(folder / "more" / "c.png")).astype(np.float32) * np.float32(1 / 255),
+    )
+    np.testing.assert_array_equal(chunks[0][name][2], np.load(folder / "d.npy"))
+
+
+def test_the_cache_key_does_not_depend_on_the_sample_folder(cnn_file: Path, tmp_path: Path) -> None:
+    config = ModelConfig(backend="openvino")
+    assert backends.cache_key(cnn_file, config) == backends.cache_key(
+        cnn_file, ModelConfig(backend="openvino", gate={"inputs": "samples", "samples": 3})
+    )
+    # Inside a model folder, the sample files are left out of the key.
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.keras").write_bytes(cnn_file.read_bytes())
+    before = backends.cache_key(model, config)
+    sample_folder(model / "samples", "x")
+    assert backends.cache_key(model, config, exclude=model / "samples") == before
+    assert backends.cache_key(model, config) != before
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (lambda f: (f / "notes.txt").write_text("hello"), "notes.txt: cannot decode image: not a JPEG, PNG"),
+        (
+            lambda f: np.save(f / "wrong.npy", np.zeros((10, 10, 1), np.float32)),
+            "wrong.npy: input 'input_layer' has shape [None, 12, 12, 1], got [1, 10, 10, 1]",
+        ),
+        (lambda f: np.savez(f / "x.npz", pixels=np.zeros((12, 12, 1))), "x.npz: unknown input 'pixels'"),
+        (lambda f: (f / "forged.npy").write_bytes(forged_npy()), "forged.npy: a .npy header that declares"),
+        (lambda f: np.save(f / "text.npy", np.array([["a"] * 12] * 12)), "text.npy: input 'input_layer' takes float32"),
+    ],
+    ids=["not-an-image", "wrong-shape", "unknown-input", "forged-header", "strings"],
+)
+def test_an_unusable_sample_file_serves_on_tensorflow_with_the_reason(
+    cnn_file: Path, tmp_path: Path, write, expected: str
+) -> None:
+    loaded = load(cnn_file)
+    folder = tmp_path / "samples"
+    png(folder / "a.png", (12, 12), 1)
+    write(folder)
+    before = fallbacks("badsamples", "gate")
+    config = ModelConfig(backend="openvino", gate={"samples": 8, "inputs": "samples"})
+    report = choose(loaded, config, tmp_path / "cache", name="badsamples", samples=folder)
+    assert (report.backend, report.requested, report.gate_rows) == ("tensorflow", "openvino", 0)
+    assert report.reason.startswith("gate.inputs 'samples' cannot be used: "), report.reason
+    assert expected in report.reason, report.reason
+    assert str(tmp_path) not in report.reason
+    assert fallbacks("badsamples", "gate") == before + 1
+    assert not (tmp_path / "cache").exists()  # nothing was converted
+    assert loaded.signature.inputs[0].name == "input_layer"  # the names the expected messages use
+
+
+def forged_npy() -> bytes:
+    """A .npy whose header declares a 10**12-element array over 8 bytes of data."""
+    import io
+
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    return stream.getvalue() + b"\0" * 8
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda f: None, "no such folder"),
+        (lambda f: f.mkdir(), "holds no file"),
+        (
+            lambda f: [png(f / f"{i:03}.png", (2, 2), i) for i in range(equivalence.GATE_INPUTS_MAX_FILES + 1)],
+            f"holds {equivalence.GATE_INPUTS_MAX_FILES + 1} files, over the limit of {equivalence.GATE_INPUTS_MAX_FILES}",
+        ),
+        (lambda f: [f.mkdir(), os.mkfifo(f / "pipe")], r"pipe: a FIFO \(named pipe\); only regular files are read"),
+        (
+            lambda f: [f.mkdir(), np.save(f / "many.npy", np.zeros((equivalence.GATE_INPUTS_MAX_ROWS + 1, 12, 12, 1)))],
+            f"many.npy: the files hold more than {equivalence.GATE_INPUTS_MAX_ROWS} rows together",
+        ),
+        (lambda f: [f.mkdir(), (f / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")], "broken.npz: unreadable: "),
+    ],
+    ids=["missing", "empty", "too-many-files", "fifo", "too-many-rows", "broken-npz"],
+)
+def test_a_sample_folder_that_cannot_be_read_is_refused_with_the_reason(
+    cnn_file: Path, tmp_path: Path, setup, expected: str
+) -> None:
+    folder = tmp_path / "samples"
+    setup(folder)
+    with pytest.raises(equivalence.GateInputsError, match=expected):
+        equivalence.read_gate_inputs(gate_inputs(folder, ModelConfig()), load(cnn_file).signature, chunk=8)
+
+
+def test_sample_inputs_that_fail_a_tight_tolerance_serve_on_tensorflow_naming_the_folder(
+    cnn_file: Path, tmp_path: Path
+) -> None:
+    loaded = load(cnn_file)
+    folder = sample_folder(tmp_path / "real", loaded.signature.inputs[0].name)
+    config = ModelConfig(backend="openvino", gate={"samples": 0, "inputs": "real", "tolerance": 1e-12})
+    report = choose(loaded, config, tmp_path / "cache", samples=folder)
+    assert report.backend == "tensorflow"
+    assert "on the sample inputs in gate.inputs 'real': output" in report.reason, report.reason
+    assert report.inputs_rows == 6
+    assert report.inputs_max_rel_diff is not None and report.inputs_max_rel_diff > 1e-12
 
 
 # --- the comparison alone ------------------------------------------------------------------------

@@ -433,3 +433,31 @@ def test_single_model_folder_with_only_plugins_has_no_model_yet(tmp_path: Path, 
 def test_single_model_name_must_be_a_valid_model_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="MODEL_NAME '../x' is not a valid model name"):
         ModelRepository(tmp_path, settle_s=1.0, model_name="../x")
+
+
+def test_gate_inputs_resolve_against_the_folder_of_the_config_that_names_them(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    write(tmp_path / "digits.keras")
+    write(tmp_path / "digits.yaml", "gate:\n  inputs: .digits-samples\n")
+    write(tmp_path / ".digits-samples" / "a.png", b"png")
+    write(tmp_path / "m" / "config.yaml", "version_policy: all\ngate:\n  inputs: samples\n")
+    write(tmp_path / "m" / "samples" / "a.png", b"png")
+    write(tmp_path / "m" / "1" / "model.h5")
+    write(tmp_path / "m" / "2" / "model.h5")
+    write(tmp_path / "m" / "2" / "config.yaml", "gate:\n  inputs: mine\n")
+    write(tmp_path / "n" / "model.h5")
+    write(tmp_path / "n" / "config.yaml", f"gate:\n  inputs: {tmp_path / 'anywhere'}\n")
+    write(tmp_path / "plain.keras")
+
+    models = repo.scan()
+
+    # A hidden folder beside a single-file model, or a non-numeric one beside versions, is no model.
+    assert sorted(models) == ["digits", "m", "n", "plain"]
+    assert models["digits"].aspired[0].gate_inputs == tmp_path / ".digits-samples"
+    assert models["digits"].aspired[0].config.gate.inputs == ".digits-samples"
+    one, two = models["m"].aspired
+    assert one.gate_inputs == tmp_path / "m" / "samples"
+    assert two.gate_inputs == tmp_path / "m" / "2" / "mine"  # the version config's gate section wins
+    assert models["n"].aspired[0].gate_inputs == tmp_path / "anywhere"
+    assert models["plain"].aspired[0].gate_inputs is None
