@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service import preprocessing
-from service.errors import ClientGone, PayloadTooLarge
+from service.errors import ClientGone, InvalidInput, PayloadTooLarge
 from service.model_config import PreprocessingConfig
 from service.preprocessing import DecodeBudget, decode_image, image_spec, to_model_inputs
 from service.servable import Signature, TensorInfo
@@ -131,3 +131,20 @@ def test_decoding_stops_between_images_once_the_client_is_gone() -> None:
     with pytest.raises(ClientGone, match="decoding stopped after image 2 of 3"):
         to_model_inputs({}, images, RGB32, DEFAULT, **LIMITS, client_gone=gone_after_two_questions)
     assert to_model_inputs({}, images, RGB32, DEFAULT, **LIMITS, client_gone=lambda: False).rows == 3
+
+
+def test_a_baseline_jpeg_with_repeated_scans_is_not_walked_again_but_refused() -> None:
+    """Scans are counted in progressive JPEGs only; a baseline one whose scans repeat is charged its pixels once,
+    which is safe only because libjpeg refuses it at the first repeated scan instead of walking it again."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (90, 120, 200)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    first, end = data.find(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    crafted = data[:end] + data[first:end] * 500 + data[end:]
+    budget = DecodeBudget(max_pixels=5_000_000, max_seconds=None)
+    budget.charge(Image.open(io.BytesIO(crafted)), crafted)  # 4 Mpx, not 4 Mpx x 501
+    assert budget.pixels == 4_000_000
+    start = time.thread_time()
+    with pytest.raises(InvalidInput, match="cannot decode image"):
+        to_model_inputs({}, (crafted,), RGB32, DEFAULT, **LIMITS)
+    assert time.thread_time() - start < 0.5
