@@ -75,31 +75,38 @@ def per_second(call, inputs: dict[str, np.ndarray], rows: int, budget_s: float) 
     return rows / statistics.median(times)
 
 
-def speed(tf_loaded, ov_loaded, budget_s: float) -> dict[int, tuple[float, float]]:  # noqa: ANN001
-    """Per batch size (1 and 8): (TensorFlow rows/s, OpenVINO rows/s), measured alternately."""
+def default_call(loaded):  # noqa: ANN001, ANN201
+    """`loaded`'s default signature as a call on one input chunk (whatever backend computes it)."""
+    return lambda x: loaded.call(loaded.default_signature, x)
+
+
+def speed(signature, calls, budget_s: float) -> dict[int, list[float]]:  # noqa: ANN001
+    """Per batch size (1 and 8): each call's rows/s on the same seeded inputs, measured in turn."""
     result = {}
     for batch in (1, 8):
-        (inputs,) = equivalence.seeded_inputs(tf_loaded.signature, samples=batch, chunk=batch, seed=3)
-        tf_rates, ov_rates = [], []
-        for _ in range(3):  # alternate, so a noisy neighbour slows both alike
-            tf_rates.append(
-                per_second(lambda x: tf_loaded.call(tf_loaded.default_signature, x), inputs, batch, budget_s)
-            )
-            ov_rates.append(
-                per_second(lambda x: ov_loaded.call(ov_loaded.default_signature, x), inputs, batch, budget_s)
-            )
-        result[batch] = (statistics.median(tf_rates), statistics.median(ov_rates))
+        (inputs,) = equivalence.seeded_inputs(signature, samples=batch, chunk=batch, seed=3)
+        rates: list[list[float]] = [[] for _ in calls]
+        for _ in range(3):  # alternate, so a noisy neighbour slows every engine alike
+            for call, measured in zip(calls, rates):
+                measured.append(per_second(call, inputs, batch, budget_s))
+        result[batch] = [statistics.median(measured) for measured in rates]
     return result
 
 
-def corpus_rows(corpus: Path, cache: Path, budget_s: float) -> list[str]:
-    sys.path.insert(0, str(REPO))
-    from tests.test_corpus import ARTIFACTS, PLUGIN
+def corpus_loader() -> Loader:
+    """A Loader over a fresh models folder holding the corpus' Lambda plugin (as tests/test_corpus.py)."""
+    from tests.test_corpus import PLUGIN
 
     models_dir = Path(tempfile.mkdtemp(prefix="bench-backends-"))
     (models_dir / "plugins").mkdir()
     (models_dir / "plugins" / "corpus_lambdas.py").write_text(PLUGIN)
-    loader = loader_for(models_dir)
+    return loader_for(models_dir)
+
+
+def corpus_rows(corpus: Path, cache: Path, budget_s: float) -> list[str]:
+    from tests.test_corpus import ARTIFACTS
+
+    loader = corpus_loader()
     rows = [
         "| model | loader | converted | gate (fp32) | max \\|Δ\\| (rel. to range) | batch 1: TF → OpenVINO rows/s | batch 8: TF → OpenVINO rows/s |",
         "|---|---|---|---|---|---|---|",
@@ -123,7 +130,7 @@ def corpus_rows(corpus: Path, cache: Path, budget_s: float) -> list[str]:
         cells = ["-", "-"]
         if report.backend == "openvino":
             tf_loaded = loader.load(path, artifact.config)
-            rates = speed(tf_loaded, ov_loaded, budget_s)
+            rates = speed(tf_loaded.signature, [default_call(tf_loaded), default_call(ov_loaded)], budget_s)
             cells = [f"{t:,.0f} → {o:,.0f} ({o / t:.2f}×)" for t, o in (rates[1], rates[8])]
             tf_loaded.close()
         rows.append(f"| {name} | {ov_loaded.loader} | {converted} | {gate} | {diff} | {cells[0]} | {cells[1]} |")
@@ -165,7 +172,8 @@ def digits_rows(cache: Path, budget_s: float) -> list[str]:
         got = predict(loaded)
         accuracy = float(np.mean(got.argmax(axis=1) == labels))
         same = float(np.mean(got.argmax(axis=1) == reference.argmax(axis=1)))
-        rates = speed(tf_loaded, loaded, budget_s) if report.backend == "openvino" else {}
+        calls = [default_call(tf_loaded), default_call(loaded)]
+        rates = speed(tf_loaded.signature, calls, budget_s) if report.backend == "openvino" else {}
         cells = [f"{t:,.0f} → {o:,.0f} ({o / t:.2f}×)" for t, o in rates.values()] or ["-", "-"]
         what = f"OpenVINO {report.precision}" if report.backend == "openvino" else f"TensorFlow ({report.reason})"
         rows.append(
@@ -197,10 +205,15 @@ def main() -> int:
         lines += [*corpus_rows(args.corpus, cache, args.budget_s), ""]
     if args.digits:
         lines += [*digits_rows(cache, args.budget_s), ""]
+    return publish(lines, args.out)
+
+
+def publish(lines: list[str], out: Path | None) -> int:
+    """Print the Markdown report, and write it to `out` when given; the exit status (0)."""
     report = "\n".join(lines)
     print(report)
-    if args.out:
-        args.out.write_text(report)
+    if out:
+        out.write_text(report)
     return 0
 
 

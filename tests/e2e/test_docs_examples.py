@@ -43,6 +43,8 @@ NOT_RUNNABLE = {
     ".venv/bin/python bench/profile.py": "what `make profile` runs",
     ".venv/bin/python bench/lru_budget.py": "the MAX_LOADED_MODELS bench (minutes); tests/e2e/test_model_budget.py runs it at a small scale",
     ".venv/bin/python bench/backends.py": "the compiled-backend measurement (minutes: the corpus, twice, and training the digits model); its conversion, cache and gate are tested in tests/unit/test_backends.py",
+    ".venv/bin/pip install --target /work/onnx-deps": "installs tf2onnx, onnx and onnxruntime, which are not in the pinned requirements, for bench/onnx_compare.py only",
+    "PYTHONPATH=/work/onnx-deps .venv/bin/python bench/onnx_compare.py": "the ONNX Runtime comparison (about 6 minutes); needs packages outside the pinned requirements (the install line above it); the gate and conversion rules it reuses are tested in tests/unit/test_backends.py",
     "docker ": "no Docker engine here; the Dockerfile is checked by hadolint and against `make run` in tests/test_deploy.py",
     "kubectl ": "no Kubernetes cluster here; the manifests are validated and started as contracts in tests/test_deploy.py and tests/e2e/test_manifests.py",
     "POD=$(kubectl ": "no Kubernetes cluster here",
