@@ -394,7 +394,10 @@ class ModelRepository:
         config = model_config
         if not error and cand.configs:
             version_config, error = self._read_configs(cand.configs)
-            config = model_config.merged(version_config)
+            try:
+                config = model_config.merged(version_config)
+            except ModelConfigError as err:  # e.g. `backend: xla` over the model's `precision: bf16`
+                error = str(err)
         labels: tuple[str, ...] = tuple(config.labels or ())
         if not labels and cand.labels_file is not None:
             try:
