@@ -81,6 +81,20 @@ def in_memory(model, tmp_path: Path) -> LoadedModel:
     )
 
 
+def numpy_sine(name: str):
+    """A model whose one layer runs `np.sin` through `tf.numpy_function` (a PyFunc op: no backend compiles it)."""
+    import keras
+
+    class NumpySine(keras.layers.Layer):
+        def call(self, x):
+            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    return keras.Sequential([keras.Input((4,)), NumpySine()], name=name)
+
+
 def fallbacks(model: str, reason: str) -> float:
     return REGISTRY.get_sample_value("kerasserve_backend_fallbacks_total", {"model": model, "reason": reason}) or 0.0
 
@@ -165,17 +179,8 @@ def test_openvino_bf16_is_measured_against_its_own_tolerance(cnn_file: Path, tmp
 
 
 def test_an_op_openvino_lacks_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
-    import keras
 
-    class NumpySine(keras.layers.Layer):
-        def call(self, x):
-            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
-
-        def compute_output_shape(self, shape):
-            return shape
-
-    model = keras.Sequential([keras.Input((4,)), NumpySine()], name="numpy_sine")
-    loaded = in_memory(model, tmp_path)
+    loaded = in_memory(numpy_sine("numpy_sine"), tmp_path)
     before = fallbacks("pyfunc", "conversion")
     report = choose(loaded, ModelConfig(backend="openvino"), tmp_path / "cache", name="pyfunc")
     assert (report.backend, report.requested) == ("tensorflow", "openvino")
@@ -222,7 +227,10 @@ def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: 
     assert report.tolerance == 1e-12 and report.max_rel_diff is not None and report.max_rel_diff > 1e-12
 
 
-def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["openvino", "xla"])
+def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(
+    tmp_path: Path, backend: str
+) -> None:
     class Module(tf.Module):
         def __init__(self) -> None:
             self.w = tf.Variable([[2.0], [3.0]])
@@ -240,8 +248,8 @@ def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
     loaded = load(tmp_path / "sm")
     assert loaded.loader == "saved_model"
-    report = choose(loaded, ModelConfig(backend="openvino", gate={"samples": 16}), tmp_path / "cache")
-    assert (report.backend, report.reason) == ("openvino", "")
+    report = choose(loaded, ModelConfig(backend=backend, gate={"samples": 16}), tmp_path / "cache")
+    assert (report.backend, report.reason) == (backend, "")
     got = loaded.call(DEFAULT_SIGNATURE, {"a": np.array([[1.0]], np.float32), "b": np.array([[1.0, 10.0]], np.float32)})
     assert {k: v.tolist() for k, v in got.items()} == {"z_sum": [[33.0]], "a_double": [[2.0]]}
 
@@ -302,16 +310,8 @@ def test_xla_serves_extra_outputs_too(cnn_file: Path, tmp_path: Path) -> None:
 
 
 def test_an_op_without_an_xla_kernel_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
-    import keras
 
-    class NumpySine(keras.layers.Layer):
-        def call(self, x):
-            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
-
-        def compute_output_shape(self, shape):
-            return shape
-
-    loaded = in_memory(keras.Sequential([keras.Input((4,)), NumpySine()], name="xla_numpy_sine"), tmp_path)
+    loaded = in_memory(numpy_sine("xla_numpy_sine"), tmp_path)
     tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - the call must stay TensorFlow's
     before = fallbacks("xla_pyfunc", "conversion")
     report = choose(loaded, ModelConfig(backend="xla"), tmp_path, name="xla_pyfunc")
@@ -354,29 +354,6 @@ def test_bf16_from_the_model_config_under_model_backend_xla_stays_on_tensorflow(
     report = choose(load(cnn_file), ModelConfig(precision="bf16"), tmp_path, default_backend="xla")
     assert (report.backend, report.requested) == ("tensorflow", "xla")
     assert report.reason.startswith("XLA compilation failed: precision bf16 is OpenVINO's")
-
-
-def test_a_savedmodel_signature_function_compiles_with_xla(tmp_path: Path) -> None:
-    class Module(tf.Module):
-        def __init__(self) -> None:
-            self.w = tf.Variable([[2.0], [3.0]])
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec((None, 2), tf.float32, name="b"),
-                tf.TensorSpec((None, 1), tf.float32, name="a"),
-            ]
-        )
-        def serve(self, b, a):
-            return {"z_sum": tf.matmul(b, self.w) + a, "a_double": a * 2.0}
-
-    module = Module()
-    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
-    loaded = load(tmp_path / "sm")
-    report = choose(loaded, ModelConfig(backend="xla", gate={"samples": 16}), tmp_path / "cache")
-    assert (report.backend, report.reason) == ("xla", "")
-    got = loaded.call(DEFAULT_SIGNATURE, {"a": np.array([[1.0]], np.float32), "b": np.array([[1.0, 10.0]], np.float32)})
-    assert {k: v.tolist() for k, v in got.items()} == {"z_sum": [[33.0]], "a_double": [[2.0]]}
 
 
 # --- the comparison alone ------------------------------------------------------------------------
