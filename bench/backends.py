@@ -1,14 +1,18 @@
 """Compiled backends on real models: does each convert, pass the equivalence gate, and how much faster is it?
 
     .venv/bin/python bench/backends.py --corpus ../shared/corpus --digits --out bench-backends.md
+    .venv/bin/python bench/backends.py --backend xla --models [--device gpu]
 
 For every Keras artifact of the corpus (the same files and plugin `tests/test_corpus.py` loads) it
-loads the model twice through the service's `Loader`, asks `service.backends.choose` for OpenVINO
-fp32 on one copy (conversion, cache, gate: exactly what a worker does at load) and times both
-copies' compiled calls on the same seeded inputs, one thread each (TensorFlow's intra- and inter-op
-pools set to 1, OpenVINO's INFERENCE_NUM_THREADS 1), interleaved, median of repeated calls. With
-`--digits` it trains the default digits model (`service.default_model`) and reports its held-out
-accuracy on TensorFlow and on OpenVINO fp32 and bf16, with the max |Δ| of the probabilities.
+loads the model twice through the service's `Loader`, asks `service.backends.choose` for the
+`--backend` (OpenVINO by default; `xla`: TensorFlow's `jit_compile`) at fp32 on one copy
+(conversion or compilation, cache, gate: exactly what a worker does at load) and times both copies'
+compiled calls on the same seeded inputs, one thread each (TensorFlow's intra- and inter-op pools set
+to 1, OpenVINO's INFERENCE_NUM_THREADS 1), interleaved, median of repeated calls. With `--models` it
+does the same for the benchmark's two models (`bench/benchmark.py`: the small CNN and MobileNetV2,
+random weights). With `--digits` it trains the default digits model (`service.default_model`) and
+reports its held-out accuracy on TensorFlow and on the backend (OpenVINO: fp32 and bf16), with the
+max |Δ| of the probabilities.
 
 The numbers are noisy: the machine is shared, so each run prints its own and nothing asserts them.
 Prints a Markdown report (and writes it to `--out` when given).
@@ -49,6 +53,11 @@ def loader_for(models_dir: Path) -> Loader:
     return Loader(CustomObjectRegistry.from_plugins(settings), settings)
 
 
+TITLES = {"openvino": "OpenVINO", "xla": "XLA"}
+DEVICE = "/CPU:0"
+"""Where both copies run; `--device gpu` sets `/GPU:0` (XLA only: OpenVINO runs on the CPU here)."""
+
+
 def choose(loaded, name: str, config: ModelConfig, cache: Path):  # noqa: ANN001, ANN201
     return backends.choose(
         loaded,
@@ -57,7 +66,7 @@ def choose(loaded, name: str, config: ModelConfig, cache: Path):  # noqa: ANN001
         default_backend="tensorflow",
         cache_dir=cache,
         threads=1,
-        device="/CPU:0",
+        device=DEVICE,
         allowed_batch_sizes=ALLOWED,
     )
 
@@ -103,33 +112,60 @@ def corpus_loader() -> Loader:
     return loader_for(models_dir)
 
 
-def corpus_rows(corpus: Path, cache: Path, budget_s: float) -> list[str]:
+def corpus_rows(corpus: Path, cache: Path, budget_s: float, backend: str) -> list[str]:
     from tests.test_corpus import ARTIFACTS
 
-    loader = corpus_loader()
+    return compared_rows(
+        corpus_loader(), {name: (corpus / a.path, a.config) for name, a in ARTIFACTS.items()}, cache, budget_s, backend
+    )
+
+
+def models_rows(cache: Path, budget_s: float, backend: str) -> list[str]:
+    """The benchmark's two models (bench/benchmark.py, random weights; MobileNetV2's logits), saved as `.keras` files."""
+    import keras
+
+    from bench.benchmark import small_cnn
+
+    models_dir = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    keras.utils.set_random_seed(0)
+    small_cnn().save(models_dir / "cnn.keras")
+    # Logits, not softmax: with random weights the softmax is 1/1000 everywhere and the gate would compare nothing.
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
+    mobilenet.save(models_dir / "mobilenet.keras")
+    models = {"small CNN": (models_dir / "cnn.keras", None), "MobileNetV2": (models_dir / "mobilenet.keras", None)}
+    return compared_rows(loader_for(models_dir), models, cache, budget_s, backend)
+
+
+def compared_rows(
+    loader: Loader, models: dict[str, tuple[Path, ModelConfig | None]], cache: Path, budget_s: float, backend: str
+) -> list[str]:
+    """One row per model: loaded twice, one copy moved onto `backend` (gate and all), both timed."""
+    title = TITLES[backend]
     rows = [
-        "| model | loader | converted | gate (fp32) | max \\|Δ\\| (rel. to range) | batch 1: TF → OpenVINO rows/s | batch 8: TF → OpenVINO rows/s |",
+        f"| model | loader | converted | gate (fp32) | max \\|Δ\\| (rel. to range) | batch 1: TF → {title} rows/s | batch 8: TF → {title} rows/s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, artifact in ARTIFACTS.items():
-        path = corpus / artifact.path
-        config = (artifact.config or ModelConfig()).model_copy(update={"backend": "openvino"})
+    for name, (path, model_config) in models.items():
+        config = (model_config or ModelConfig()).model_copy(update={"backend": backend})
         try:
-            ov_loaded = loader.load(path, artifact.config)
+            ov_loaded = loader.load(path, model_config)
         except Exception as err:  # noqa: BLE001 - a report row, whatever failed
             rows.append(f"| {name} | - | load failed: {str(err)[:80]} | - | - | - | - |")
             continue
         report = choose(ov_loaded, name, config, cache)
-        converted = "yes" if report.gate_rows else f"no: {report.reason.removeprefix('OpenVINO conversion failed: ')}"
+        failed = f"{title} {'compilation' if backend == 'xla' else 'conversion'} failed: "
+        converted = (
+            f"yes ({report.convert_s:.1f} s)" if report.gate_rows else f"no: {report.reason.removeprefix(failed)}"
+        )
         if not report.gate_rows:
             rows.append(f"| {name} | {ov_loaded.loader} | {converted} | - | - | - | - |")
             ov_loaded.close()
             continue
-        gate = "passed" if report.backend == "openvino" else f"failed: {report.reason.split(': ', 1)[-1]}"
+        gate = "passed" if report.backend == backend else f"failed: {report.reason.split(': ', 1)[-1]}"
         diff = f"{report.max_abs_diff:.2g} ({report.max_rel_diff:.2g})"
         cells = ["-", "-"]
-        if report.backend == "openvino":
-            tf_loaded = loader.load(path, artifact.config)
+        if report.backend == backend:
+            tf_loaded = loader.load(path, model_config)
             rates = speed(tf_loaded.signature, [default_call(tf_loaded), default_call(ov_loaded)], budget_s)
             cells = [f"{t:,.0f} → {o:,.0f} ({o / t:.2f}×)" for t, o in (rates[1], rates[8])]
             tf_loaded.close()
@@ -139,7 +175,7 @@ def corpus_rows(corpus: Path, cache: Path, budget_s: float) -> list[str]:
     return rows
 
 
-def digits_rows(cache: Path, budget_s: float) -> list[str]:
+def digits_rows(cache: Path, budget_s: float, backend: str) -> list[str]:
     from service import default_model
 
     models_dir = Path(tempfile.mkdtemp(prefix="bench-digits-"))
@@ -164,18 +200,16 @@ def digits_rows(cache: Path, budget_s: float) -> list[str]:
         "|---|---|---|---|---|---|---|",
         f"| TensorFlow | {tf_accuracy:.4f} | - | - | - | - | - |",
     ]
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if backend == "openvino" else ("fp32",):
         loaded = loader.load(path, config)
-        report = choose(
-            loaded, "digits", config.model_copy(update={"backend": "openvino", "precision": precision}), cache
-        )
+        report = choose(loaded, "digits", config.model_copy(update={"backend": backend, "precision": precision}), cache)
         got = predict(loaded)
         accuracy = float(np.mean(got.argmax(axis=1) == labels))
         same = float(np.mean(got.argmax(axis=1) == reference.argmax(axis=1)))
         calls = [default_call(tf_loaded), default_call(loaded)]
-        rates = speed(tf_loaded.signature, calls, budget_s) if report.backend == "openvino" else {}
+        rates = speed(tf_loaded.signature, calls, budget_s) if report.backend == backend else {}
         cells = [f"{t:,.0f} → {o:,.0f} ({o / t:.2f}×)" for t, o in rates.values()] or ["-", "-"]
-        what = f"OpenVINO {report.precision}" if report.backend == "openvino" else f"TensorFlow ({report.reason})"
+        what = f"{TITLES[backend]} {report.precision}" if report.backend == backend else f"TensorFlow ({report.reason})"
         rows.append(
             f"| {what} | {accuracy:.4f} | {same:.4f} | {float(np.max(np.abs(got - reference))):.2g} | "
             f"{report.max_abs_diff:.2g} ({report.max_rel_diff:.2g}) | {cells[0]} | {cells[1]} |"
@@ -189,22 +223,32 @@ def digits_rows(cache: Path, budget_s: float) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, help="the model corpus folder (../shared/corpus)")
+    parser.add_argument(
+        "--backend", choices=sorted(TITLES), default="openvino", help="the backend compared with TensorFlow"
+    )
+    parser.add_argument("--models", action="store_true", help="the benchmark's small CNN and MobileNetV2")
     parser.add_argument("--digits", action="store_true", help="train the default digits model and compare accuracy")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where TensorFlow and XLA run")
     parser.add_argument("--budget-s", type=float, default=0.3, help="seconds of calls per timing (x3, alternated)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args()
+    global DEVICE  # noqa: PLW0603 - one run, one device: set once, before anything is loaded
+    DEVICE = "/GPU:0" if args.device == "gpu" else "/CPU:0"
     import openvino
 
     cache = Path(tempfile.mkdtemp(prefix="bench-backend-cache-"))
     lines = [
-        f"TensorFlow {tf.__version__}, OpenVINO {openvino.get_version()}; one thread each; "
+        f"TensorFlow {tf.__version__}, OpenVINO {openvino.get_version()}; {TITLES[args.backend]} against TensorFlow; {DEVICE}, one CPU thread each; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; shared 2-core machine, noisy.",
         "",
     ]
-    if args.corpus:
-        lines += [*corpus_rows(args.corpus, cache, args.budget_s), ""]
-    if args.digits:
-        lines += [*digits_rows(cache, args.budget_s), ""]
+    with tf.device(DEVICE):
+        if args.corpus:
+            lines += [*corpus_rows(args.corpus, cache, args.budget_s, args.backend), ""]
+        if args.models:
+            lines += [*models_rows(cache, args.budget_s, args.backend), ""]
+        if args.digits:
+            lines += [*digits_rows(cache, args.budget_s, args.backend), ""]
     return publish(lines, args.out)
 
 

@@ -1,4 +1,4 @@
-"""Compiled backends: a loaded model converted to OpenVINO, cached, and kept only if it is equivalent.
+"""Compiled backends: a loaded model converted to OpenVINO or compiled by XLA, kept only if it is equivalent.
 
 Chosen per model (`backend:` and `precision:` in the model config, else MODEL_BACKEND; TensorFlow
 by default). At load, on the manager's loader thread, never on a request: the Keras model our
@@ -15,9 +15,15 @@ version serves on OpenVINO only if the gate passes (and, for `auto`, only if Ope
 the seeded inputs). Any failure, an unusable sample folder included, leaves TensorFlow serving, with
 the reason in the version's status.
 
+`xla` takes the same path without OpenVINO: the default signature's call is built again by the
+runner with `tf.function(jit_compile=True)` (same input signature, on the worker's device, CPU or
+GPU), compiled at load for every allowed batch size (XLA compiles once per shape; the runner pads
+requests to those sizes), and kept only if the same gate passes at fp32. Nothing is cached: XLA
+compiles again at every load. `auto` keeps meaning OpenVINO.
+
 This module never calls TensorFlow for a request and never decides states; it replaces the default
 signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.
-OpenVINO and TensorFlow are imported lazily, in `choose()`.
+OpenVINO and TensorFlow are imported lazily, in `choose()` (TensorFlow through the runner).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -50,7 +57,10 @@ log = logging.getLogger(__name__)
 
 TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
+XLA = "xla"
 AUTO = "auto"
+_TITLES = {OPENVINO: "OpenVINO", XLA: "XLA"}
+_FAILED = {OPENVINO: "conversion failed", XLA: "compilation failed"}
 CACHE_FORMAT = "1"
 """Bumped when what the cache holds changes, so old entries are never read."""
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -69,6 +79,17 @@ def requested_backend(config: ModelConfig, default: str) -> str:
     return config.backend or default
 
 
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A backend's call for the default signature, and what the gate measured on it."""
+
+    call: Call
+    precision: str
+    result: GateResult
+    convert_s: float
+    cached: bool = False
+
+
 def choose(
     loaded: LoadedModel,
     servable_id: ServableId,
@@ -81,7 +102,7 @@ def choose(
     allowed_batch_sizes: tuple[int, ...],
     gate_inputs: equivalence.GateInputs | None = None,
 ) -> BackendReport:
-    """Move `loaded`'s default signature onto the requested backend if it converts and passes the gate.
+    """Move `loaded`'s default signature onto the requested backend if it compiles and passes the gate.
 
     On success `loaded`'s default call is replaced (call this before building its runner). Never
     raises for a model that TensorFlow serves: every failure is returned as the report's `reason`.
@@ -91,26 +112,28 @@ def choose(
     requested = requested_backend(config, default_backend)
     if requested == TENSORFLOW:
         return BackendReport()
-    precision = config.precision
+    backend = XLA if requested == XLA else OPENVINO  # `auto` means OpenVINO, when faster
+    title = _TITLES[backend]
     report = BackendReport(
         requested=requested, precision="fp32", inputs_folder=gate_inputs.shown if gate_inputs else ""
     )
     started = time.monotonic()
     try:
-        _check_supported(loaded, device, config.extra_outputs)
         samples = _samples(gate_inputs, loaded.signature, allowed_batch_sizes[-1])
-        ov_model, cached = _converted(loaded, config, cache_dir, exclude=gate_inputs.folder if gate_inputs else None)
-        convert_s = time.monotonic() - started
-        call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
-        if cached and not result.passed:
-            # A cached conversion of the same file may predate a plugin change (a custom layer's code
-            # is not in the key): convert again once before giving up on the backend.
-            log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
-            ov_model, cached = convert(loaded), False
-            convert_s = time.monotonic() - started
-            call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-            result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        if backend == XLA:
+            candidate = _xla(loaded, config, samples, device=device, allowed_batch_sizes=allowed_batch_sizes)
+        else:
+            candidate = _openvino(
+                loaded,
+                servable_id,
+                config,
+                cache_dir,
+                samples,
+                threads=threads,
+                device=device,
+                allowed=allowed_batch_sizes,
+                exclude=gate_inputs.folder if gate_inputs else None,
+            )
     except equivalence.GateInputsError as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
         reason = f"gate.inputs '{report.inputs_folder}' cannot be used: {err}"
@@ -118,14 +141,15 @@ def choose(
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
     except ConversionFailed as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
-        reason = f"OpenVINO conversion failed: {err}"
+        reason = f"{title} {_FAILED[backend]}: {err}"
         log.warning("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
     except Exception as err:  # noqa: BLE001 - the backend must never fail a version TensorFlow can serve
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
-        reason = f"OpenVINO failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
+        reason = f"{title} failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
         log.exception("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+    result, actual = candidate.result, candidate.precision
     comparison, on_inputs, speedup = result.seeded, result.inputs, result.speedup
     gate: dict[str, Any] = {
         "gate_rows": comparison.rows,
@@ -134,10 +158,10 @@ def choose(
         "tolerance": comparison.tolerance,
         "top1_agreement": comparison.top1_agreement,
         "speedup": speedup,
-        "convert_s": convert_s,
-        "cached": cached,
+        "convert_s": candidate.convert_s,
+        "cached": candidate.cached,
     }
-    metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=OPENVINO, precision=actual).set(
+    metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=backend, precision=actual).set(
         comparison.max_abs_diff
     )
     if on_inputs is not None:
@@ -147,7 +171,7 @@ def choose(
             "inputs_max_rel_diff": on_inputs.max_rel_diff,
             "inputs_top1_agreement": on_inputs.top1_agreement,
         }
-        metrics.BACKEND_INPUTS_MAX_ABS_DIFF.labels(model=servable_id.name, backend=OPENVINO, precision=actual).set(
+        metrics.BACKEND_INPUTS_MAX_ABS_DIFF.labels(model=servable_id.name, backend=backend, precision=actual).set(
             on_inputs.max_abs_diff
         )
     if not result.passed:
@@ -163,10 +187,11 @@ def choose(
         reason = f"OpenVINO was slower than TensorFlow on the gate's inputs ({speedup:.2f}x)"
         log.info("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, **gate)
-    loaded.replace_call(loaded.default_signature, call)
+    loaded.replace_call(loaded.default_signature, candidate.call)
     log.info(
-        "%s serves on OpenVINO %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed%s",
+        "%s serves on %s %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed%s",
         servable_id,
+        title,
         actual,
         comparison.rows,
         comparison.max_abs_diff,
@@ -176,7 +201,85 @@ def choose(
         if on_inputs is None
         else f"; {on_inputs.rows} sample rows from gate.inputs '{report.inputs_folder}', max |Δ| {on_inputs.max_abs_diff:.3g}",
     )
-    return _replace(report, backend=OPENVINO, precision=actual, **gate)
+    return _replace(report, backend=backend, precision=actual, **gate)
+
+
+def _openvino(
+    loaded: LoadedModel,
+    servable_id: ServableId,
+    config: ModelConfig,
+    cache_dir: Path,
+    samples: list[dict[str, np.ndarray]] | None,
+    *,
+    threads: int,
+    device: str,
+    allowed: tuple[int, ...],
+    exclude: Path | None,
+) -> _Candidate:
+    """Convert (or read from the cache), compile for the CPU and gate `loaded`'s default signature on OpenVINO."""
+    precision = config.precision
+    started = time.monotonic()
+    _check_openvino(loaded, device, config.extra_outputs)
+    ov_model, cached = _converted(loaded, config, cache_dir, exclude=exclude)
+    convert_s = time.monotonic() - started
+    call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+    result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
+    if cached and not result.passed:
+        # A cached conversion of the same file may predate a plugin change (a custom layer's code
+        # is not in the key): convert again once before giving up on the backend.
+        log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
+        ov_model, cached = convert(loaded), False
+        convert_s = time.monotonic() - started
+        call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
+    return _Candidate(call, actual, result, convert_s, cached)
+
+
+def _xla(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    samples: list[dict[str, np.ndarray]] | None,
+    *,
+    device: str,
+    allowed_batch_sizes: tuple[int, ...],
+) -> _Candidate:
+    """Build the default signature's call with `jit_compile=True`, compile it for every allowed batch size, gate it.
+
+    XLA compiles once per input shape, on the first call of each: compiling every size the runner
+    pads to here, at load, means no request ever waits for a compilation.
+    """
+    from service.runner import device_scope, keras_signature, saved_model_call
+
+    if config.precision != "fp32":
+        raise ConversionFailed(
+            f"precision {config.precision} is OpenVINO's; XLA computes in the model's own dtypes "
+            "(build mixed precision into the model, e.g. a Keras dtype policy, and keep precision fp32)"
+        )
+    _check_common(loaded)
+    signature = loaded.signature
+    for tensor in signature.inputs:
+        if any(d is None for d in tensor.shape[1:]):
+            raise ConversionFailed(
+                f"input '{tensor.name}' has a variable dimension besides the batch axis "
+                "(XLA would compile again for every new size a request sends)"
+            )
+    function = _signature_function(loaded)
+    started = time.monotonic()
+    with device_scope(device):
+        if function is not None:
+            call = saved_model_call(function, signature.inputs, signature.outputs, jit_compile=True)
+        else:
+            xla_signature, call = keras_signature(loaded.model, config.extra_outputs, jit_compile=True)
+            if xla_signature != signature:
+                raise ConversionFailed("the compiled call's signature differs from the served one")
+        try:
+            for inputs in _warm_up_inputs(signature, allowed_batch_sizes):
+                call(inputs)
+        except Exception as err:  # noqa: BLE001 - an op XLA lacks, a shape it cannot fix: serve on TensorFlow
+            raise ConversionFailed(_why(err)) from err
+        convert_s = time.monotonic() - started
+        result = _gate(loaded, call, config, samples, precision="fp32", allowed_batch_sizes=allowed_batch_sizes)
+    return _Candidate(call, "fp32", result, convert_s)
 
 
 def _samples(
@@ -194,15 +297,20 @@ def _replace(report: BackendReport, **changes: Any) -> BackendReport:
     return replace(report, **changes)
 
 
-def _check_supported(loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...]) -> None:
+def _check_openvino(loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...]) -> None:
     if device != "/CPU:0":
         raise ConversionFailed(f"OpenVINO runs on the CPU here and this worker serves on {device}")
+    if extra_outputs:
+        raise ConversionFailed("extra_outputs are served by TensorFlow")
+    _check_common(loaded)
+
+
+def _check_common(loaded: LoadedModel) -> None:
+    """What neither compiled backend takes: TF1 graphs, signatures without a batch axis, strings, stateful layers."""
     if not _is_keras(loaded.model) and _signature_function(loaded) is None:
         raise ConversionFailed(
             f"only Keras models and SavedModel signature functions are converted (this one was loaded by {loaded.loader})"
         )
-    if extra_outputs:
-        raise ConversionFailed("extra_outputs are served by TensorFlow")
     signature = loaded.signature
     if not signature.batched:
         raise ConversionFailed("the signature has a fixed batch size or no batch axis")
@@ -367,8 +475,13 @@ def _in_signature_order(openvino: Any, ov_model: Any, inputs: list[str], outputs
 
 
 def _why(err: Exception) -> str:
-    """The line of a conversion error that names the missing ops, else its first line."""
+    """The line of a conversion or compilation error that names the missing ops, else its first line."""
     text = str(err)
+    # XLA: "Detected unsupported operations when trying to compile graph ... on XLA_CPU_JIT: PyFunc (No registered ..."
+    missing = sorted(set(re.findall(r"(\w+) \(No registered '", text)))
+    if missing:
+        device = re.search(r" on (XLA_\w+_JIT)", text)
+        return f"ops without an XLA kernel{f' on {device.group(1)}' if device else ''}: {', '.join(missing)}"
     for line in text.splitlines():
         if "No conversion rule" in line or "Conversion is failed for" in line or "not supported" in line.lower():
             return line.strip(" -")
@@ -476,13 +589,7 @@ def _gate(
     The sample inputs are compared on their own (their own output range), with the same rules.
     """
     signature, name = loaded.signature, loaded.default_signature
-    warm = [
-        {
-            t.name: np.zeros((size, *(1 if d is None else d for d in t.shape[1:])), np.dtype(t.dtype))
-            for t in signature.inputs
-        }
-        for size in allowed_batch_sizes
-    ]
+    warm = _warm_up_inputs(signature, allowed_batch_sizes)
     seeded = equivalence.seeded_inputs(
         signature, samples=config.gate.samples, chunk=allowed_batch_sizes[-1], seed=config.gate.seed
     )
@@ -513,3 +620,14 @@ def _gate(
             raise ConversionFailed(f"the gate's sample inputs failed to run: {_why(err)}") from err
         on_inputs = equivalence.compare(expected, got, precision=precision, tolerance=tolerance)
     return GateResult(comparison, on_inputs, tf_s / ov_s if ov_s > 0 else 1.0)
+
+
+def _warm_up_inputs(signature: Signature, allowed_batch_sizes: tuple[int, ...]) -> list[dict[str, np.ndarray]]:
+    """Zeros of every allowed batch size (variable non-batch dimensions 1), as the runner's warm-up sends."""
+    return [
+        {
+            t.name: np.zeros((size, *(1 if d is None else d for d in t.shape[1:])), np.dtype(t.dtype))
+            for t in signature.inputs
+        }
+        for size in allowed_batch_sizes
+    ]

@@ -118,11 +118,13 @@ class ModelConfig(BaseModel):
     extra_outputs: tuple[str, ...] = ()
     """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    backend: Literal["tensorflow", "openvino", "auto"] | None = None
-    """What computes the model: TensorFlow, OpenVINO (kept only if the equivalence gate passes), or `auto`
-    (OpenVINO only if the gate passes and it was faster); default: the MODEL_BACKEND setting."""
+    backend: Literal["tensorflow", "openvino", "xla", "auto"] | None = None
+    """What computes the model: TensorFlow, OpenVINO or XLA (TensorFlow's `jit_compile`; each kept only if the
+    equivalence gate passes), or `auto` (OpenVINO only if the gate passes and it was faster); default: the
+    MODEL_BACKEND setting."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Arithmetic of a compiled backend; bf16 only when asked (a looser gate tolerance, see `gate`)."""
+    """Arithmetic of a compiled backend; bf16 only when asked (a looser gate tolerance, see `gate`), and only on
+    OpenVINO: XLA computes in the model's own dtypes."""
     gate: GateConfig = Field(default_factory=GateConfig)
     version_policy: Literal["latest", "all", "specific"] = "latest"
     """Which versions serve: the highest, all, or those in `versions`."""
@@ -137,6 +139,15 @@ class ModelConfig(BaseModel):
     bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
 
     @model_validator(mode="after")
+    def _xla_computes_in_the_model_dtypes(self) -> ModelConfig:
+        if self.backend == "xla" and self.precision != "fp32":
+            raise ValueError(
+                f"precision {self.precision} is OpenVINO's: XLA computes in the model's own dtypes; build mixed "
+                "precision into the model (a Keras dtype policy such as mixed_bfloat16) and keep precision fp32"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_extra_outputs(self) -> ModelConfig:
         for name in self.extra_outputs:
             if not name or name.startswith("/") or name.endswith("/") or "//" in name:
@@ -146,11 +157,19 @@ class ModelConfig(BaseModel):
         return self
 
     def merged(self, override: ModelConfig) -> ModelConfig:
-        """Return this config with the keys set explicitly in `override` replaced."""
+        """Return this config with the keys set explicitly in `override` replaced.
+
+        Raises:
+            ModelConfigError: the keys do not go together (`backend: xla` in one file, `precision: bf16`
+                in the other).
+        """
         data = self.model_dump()
         for key in override.model_fields_set:
             data[key] = getattr(override, key)
-        return ModelConfig.model_validate(data)
+        try:
+            return ModelConfig.model_validate(data)
+        except ValidationError as err:
+            raise ModelConfigError(f"the model and version configs do not go together: {err}") from err
 
 
 class ModelConfigError(ValueError):

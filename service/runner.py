@@ -469,12 +469,13 @@ def _keras_output_names(model: Any) -> list[str]:
 
 
 def keras_signature(
-    model: Any, extra_outputs: tuple[str, ...] = ()
+    model: Any, extra_outputs: tuple[str, ...] = (), *, jit_compile: bool = False
 ) -> tuple[Signature, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
     """Build the `serving_default` signature of a Keras (3 or 2) model and its compiled call.
 
     `extra_outputs` (layer paths, see `service.extra_outputs`) are served after the model's own
-    outputs, named as given.
+    outputs, named as given. `jit_compile=True` builds the same call compiled by XLA (the `xla`
+    backend, `service.backends`): XLA compiles it once per input shape, on the first call of each.
 
     Raises:
         ModelLoadError: no known inputs/outputs, or an extra output that cannot be served.
@@ -511,7 +512,9 @@ def keras_signature(
         y = served(x, training=False)
         return tf.nest.flatten(y)
 
-    compiled = tf.function(forward, input_signature=specs, autograph=False, reduce_retracing=True)
+    compiled = tf.function(
+        forward, input_signature=specs, autograph=False, reduce_retracing=True, jit_compile=jit_compile or None
+    )
     stateful = [layer for layer in _iter_layers(model) if getattr(layer, "stateful", False)]
     lock = threading.Lock()
 
@@ -570,8 +573,12 @@ def tensor_info_from_proto(name: str, info: Any, graph: Any) -> TensorInfo:
 
 
 def saved_model_call(
-    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
+    fn: Any, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...], *, jit_compile: bool = False
 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The call of a SavedModel signature function; `jit_compile=True` wraps it in a `tf.function` XLA compiles."""
+    if jit_compile:
+        fn = tf.function(_keywords_to(fn), autograph=False, reduce_retracing=True, jit_compile=True)
+
     def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # By keyword, whatever the number of inputs: TF2 binds positional arguments of a TF1 signature in
         # plain string order of its keys (`item_10` before `item_2`), not in our natural order.
@@ -579,6 +586,13 @@ def saved_model_call(
         return {t.name: _to_numpy(result[t.name]) for t in outputs}  # the signature's output order
 
     return call
+
+
+def _keywords_to(fn: Any) -> Callable[..., Any]:
+    def forward(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    return forward
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -145,10 +145,10 @@ class BackendReport:
     """Which backend computes a version, at which precision, and what the equivalence gate measured."""
 
     backend: str = "tensorflow"
-    """What serves: `tensorflow` or `openvino`."""
+    """What serves: `tensorflow`, `openvino` or `xla`."""
     precision: str = "fp32"
     requested: str = "tensorflow"
-    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino` or `auto`."""
+    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino`, `xla` or `auto`."""
     reason: str = ""
     """Why TensorFlow serves although another backend was asked for; '' otherwise."""
     gate_rows: int = 0
@@ -168,6 +168,7 @@ class BackendReport:
     inputs_max_rel_diff: float | None = None
     inputs_top1_agreement: float | None = None
     convert_s: float = 0.0
+    """Seconds spent converting (OpenVINO) or compiling every allowed batch size (XLA) at load."""
     cached: bool = False
     """The converted model came from BACKEND_CACHE_DIR (no conversion at this load)."""
 

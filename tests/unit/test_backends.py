@@ -1,11 +1,12 @@
 """Compiled backends (service.backends) and the equivalence gate (service.equivalence) on real models.
 
-Real Keras models, real OpenVINO conversions: a CNN that converts and passes the gate (fp32 and
-bf16), and one test per fallback path: an op OpenVINO lacks (conversion fails), a model whose
-output changes from call to call and a tolerance set impossibly tight (the gate fails), and models
-the backend does not take (extra outputs). The real sample inputs of `gate.inputs` (PNGs, `.npy`,
-`.npz` the tests write): read as a request's, compared and reported apart, and every way a folder
-cannot be used (the version then serves on TensorFlow, with the reason).
+Real Keras models, real OpenVINO conversions and real XLA compilations: a CNN that converts (or
+compiles) and passes the gate (fp32 and bf16 on OpenVINO), and one test per fallback path: an op
+the backend lacks (conversion or compilation fails), a model whose output changes from call to
+call and a tolerance set impossibly tight (the gate fails), and models the backend does not take
+(extra outputs on OpenVINO, variable dimensions on XLA). The real sample inputs of `gate.inputs`
+(PNGs, `.npy`, `.npz` the tests write): read as a request's, compared and reported apart, and every
+way a folder cannot be used (the version then serves on TensorFlow, with the reason).
 """
 
 from __future__ import annotations
@@ -54,12 +55,19 @@ def load(path: Path, config: ModelConfig | None = None) -> LoadedModel:
     return Loader(CustomObjectRegistry(), Settings(models_dir=path.parent)).load(path, config)
 
 
-def choose(loaded: LoadedModel, config: ModelConfig, cache: Path, name: str = "m", samples: Path | None = None):
+def choose(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    cache: Path,
+    name: str = "m",
+    samples: Path | None = None,
+    default_backend: str = "tensorflow",
+):
     return backends.choose(
         loaded,
         ServableId(name, 1),
         config,
-        default_backend="tensorflow",
+        default_backend=default_backend,
         cache_dir=cache,
         threads=1,
         device="/CPU:0",
@@ -114,6 +122,20 @@ def in_memory(model, tmp_path: Path) -> LoadedModel:
         _calls={DEFAULT_SIGNATURE: call},
         _keep=[model],
     )
+
+
+def numpy_sine(name: str):
+    """A model whose one layer runs `np.sin` through `tf.numpy_function` (a PyFunc op: no backend compiles it)."""
+    import keras
+
+    class NumpySine(keras.layers.Layer):
+        def call(self, x):
+            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    return keras.Sequential([keras.Input((4,)), NumpySine()], name=name)
 
 
 def fallbacks(model: str, reason: str) -> float:
@@ -200,17 +222,8 @@ def test_openvino_bf16_is_measured_against_its_own_tolerance(cnn_file: Path, tmp
 
 
 def test_an_op_openvino_lacks_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
-    import keras
 
-    class NumpySine(keras.layers.Layer):
-        def call(self, x):
-            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
-
-        def compute_output_shape(self, shape):
-            return shape
-
-    model = keras.Sequential([keras.Input((4,)), NumpySine()], name="numpy_sine")
-    loaded = in_memory(model, tmp_path)
+    loaded = in_memory(numpy_sine("numpy_sine"), tmp_path)
     before = fallbacks("pyfunc", "conversion")
     report = choose(loaded, ModelConfig(backend="openvino"), tmp_path / "cache", name="pyfunc")
     assert (report.backend, report.requested) == ("tensorflow", "openvino")
@@ -257,7 +270,10 @@ def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: 
     assert report.tolerance == 1e-12 and report.max_rel_diff is not None and report.max_rel_diff > 1e-12
 
 
-def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["openvino", "xla"])
+def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(
+    tmp_path: Path, backend: str
+) -> None:
     class Module(tf.Module):
         def __init__(self) -> None:
             self.w = tf.Variable([[2.0], [3.0]])
@@ -275,8 +291,8 @@ def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
     loaded = load(tmp_path / "sm")
     assert loaded.loader == "saved_model"
-    report = choose(loaded, ModelConfig(backend="openvino", gate={"samples": 16}), tmp_path / "cache")
-    assert (report.backend, report.reason) == ("openvino", "")
+    report = choose(loaded, ModelConfig(backend=backend, gate={"samples": 16}), tmp_path / "cache")
+    assert (report.backend, report.reason) == (backend, "")
     got = loaded.call(DEFAULT_SIGNATURE, {"a": np.array([[1.0]], np.float32), "b": np.array([[1.0, 10.0]], np.float32)})
     assert {k: v.tolist() for k, v in got.items()} == {"z_sum": [[33.0]], "a_double": [[2.0]]}
 
@@ -437,6 +453,101 @@ def test_sample_inputs_that_fail_a_tight_tolerance_serve_on_tensorflow_naming_th
     assert "on the sample inputs in gate.inputs 'real': output" in report.reason, report.reason
     assert report.inputs_rows == 6
     assert report.inputs_max_rel_diff is not None and report.inputs_max_rel_diff > 1e-12
+
+
+# --- XLA (tf.function(jit_compile=True)) ---------------------------------------------------------
+
+
+def max_abs_diff(model: str, backend: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "kerasserve_backend_max_abs_diff", {"model": model, "backend": backend, "precision": "fp32"}
+    )
+
+
+def test_xla_passes_the_gate_and_serves_the_same_answers(cnn_file: Path, tmp_path: Path) -> None:
+    import keras
+
+    loaded = load(cnn_file)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - replaced by the XLA call
+    x = np.random.default_rng(1).random((3, 12, 12, 1)).astype(np.float32)
+    name_in, name_out = loaded.signature.inputs[0].name, loaded.signature.outputs[0].name
+    expected = loaded.call(DEFAULT_SIGNATURE, {name_in: x})
+    # MODEL_BACKEND=xla: no `backend` in the model config.
+    report = choose(
+        loaded, ModelConfig(gate={"samples": 64}), tmp_path / "cache", name="xla_cnn", default_backend="xla"
+    )
+    assert (report.backend, report.precision, report.requested, report.reason) == ("xla", "fp32", "xla", "")
+    assert (report.cached, report.tolerance) == (False, 1e-5)
+    assert report.gate_rows == 64 + sum(ALLOWED)
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+    assert report.top1_agreement == 1.0 and report.convert_s > 0
+    assert max_abs_diff("xla_cnn", "xla") == report.max_abs_diff
+    assert loaded._calls[DEFAULT_SIGNATURE] is not tf_call  # noqa: SLF001
+    got = loaded.call(DEFAULT_SIGNATURE, {name_in: x})
+    assert got[name_out].dtype == np.float32
+    np.testing.assert_allclose(got[name_out], expected[name_out], atol=1e-6)
+    np.testing.assert_allclose(got[name_out], keras.saving.load_model(cnn_file)(x).numpy(), atol=1e-6)
+    assert not (tmp_path / "cache").exists()  # XLA caches nothing
+
+
+def test_xla_serves_extra_outputs_too(cnn_file: Path, tmp_path: Path) -> None:
+    config = ModelConfig(backend="xla", extra_outputs=("pooled",), gate={"samples": 16})
+    loaded = load(cnn_file, config)
+    x = np.random.default_rng(2).random((2, 12, 12, 1)).astype(np.float32)
+    expected = loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})
+    report = choose(loaded, config, tmp_path)
+    assert (report.backend, report.reason) == ("xla", "")
+    got = loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})
+    assert list(got) == list(expected) and "pooled" in got
+    for name in got:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-6)
+
+
+def test_an_op_without_an_xla_kernel_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
+
+    loaded = in_memory(numpy_sine("xla_numpy_sine"), tmp_path)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - the call must stay TensorFlow's
+    before = fallbacks("xla_pyfunc", "conversion")
+    report = choose(loaded, ModelConfig(backend="xla"), tmp_path, name="xla_pyfunc")
+    assert (report.backend, report.requested, report.gate_rows) == ("tensorflow", "xla", 0)
+    assert report.reason == "XLA compilation failed: ops without an XLA kernel on XLA_CPU_JIT: PyFunc"
+    assert fallbacks("xla_pyfunc", "conversion") == before + 1
+    assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(
+        loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})[loaded.signature.outputs[0].name],
+        np.sin(x),
+    )
+
+
+def test_xla_differing_from_tensorflow_beyond_a_zero_tolerance_fails_the_gate(cnn_file: Path, tmp_path: Path) -> None:
+    # XLA fuses and orders the CNN's float sums its own way: a few 1e-8 apart, over a tolerance of 0.
+    loaded = load(cnn_file)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001 - the call must stay TensorFlow's
+    before = fallbacks("xla_strict", "gate")
+    report = choose(
+        loaded, ModelConfig(backend="xla", gate={"samples": 64, "tolerance": 0}), tmp_path, name="xla_strict"
+    )
+    assert (report.backend, report.requested, report.tolerance) == ("tensorflow", "xla", 0.0)
+    assert report.reason.startswith("equivalence gate failed (fp32): output") and report.reason.endswith("over 0")
+    assert report.max_rel_diff is not None and 0 < report.max_rel_diff <= 1e-5
+    assert fallbacks("xla_strict", "gate") == before + 1
+    assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
+
+
+def test_a_variable_dimension_stays_on_tensorflow(tmp_path: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.GlobalAveragePooling1D()], name="xla_ragged")
+    report = choose(in_memory(model, tmp_path), ModelConfig(backend="xla"), tmp_path)
+    assert report.backend == "tensorflow"
+    assert report.reason.startswith("XLA compilation failed: input '") and "variable dimension" in report.reason
+
+
+def test_bf16_from_the_model_config_under_model_backend_xla_stays_on_tensorflow(cnn_file: Path, tmp_path: Path) -> None:
+    report = choose(load(cnn_file), ModelConfig(precision="bf16"), tmp_path, default_backend="xla")
+    assert (report.backend, report.requested) == ("tensorflow", "xla")
+    assert report.reason.startswith("XLA compilation failed: precision bf16 is OpenVINO's")
 
 
 # --- the comparison alone ------------------------------------------------------------------------

@@ -68,3 +68,12 @@ def test_an_unparsable_folder_config_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="model config config.json is invalid") as raised:
         read_model_config(path)
     assert not isinstance(raised.value, ForeignConfigFile)
+
+
+def test_precision_bf16_with_backend_xla_is_refused_saying_where_mixed_precision_goes(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("backend: xla\nprecision: bf16\n")
+    with pytest.raises(ModelConfigError, match="precision bf16 is OpenVINO's: XLA computes in the model's own dtypes"):
+        read_model_config(path)
+    path.write_text("backend: xla\n")
+    assert (read_model_config(path).backend, read_model_config(path).precision) == ("xla", "fp32")

@@ -111,6 +111,19 @@ def test_version_folder_config_overrides_the_model_folder_config(tmp_path: Path,
     assert version.labels == ("a", "b")
 
 
+def test_a_version_config_that_clashes_with_the_model_config_gives_the_version_an_error(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    write(tmp_path / "m" / "1" / "model.keras")
+    write(tmp_path / "m" / "config.yaml", "precision: bf16\n")
+    write(tmp_path / "m" / "1" / "config.yaml", "backend: xla\n")
+
+    (version,) = repo.scan()["m"].aspired
+
+    assert version.error.startswith("the model and version configs do not go together")
+    assert "precision bf16 is OpenVINO's" in version.error
+
+
 def test_unversioned_folder_is_version_1(tmp_path: Path, repo: ModelRepository) -> None:
     write(tmp_path / "lstm" / "arch.json", "{}")
     write(tmp_path / "lstm" / "arch.weights.h5")
