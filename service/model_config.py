@@ -118,9 +118,10 @@ class ModelConfig(BaseModel):
     extra_outputs: tuple[str, ...] = ()
     """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    backend: Literal["tensorflow", "openvino", "auto"] | None = None
-    """What computes the model: TensorFlow, OpenVINO (kept only if the equivalence gate passes), or `auto`
-    (OpenVINO only if the gate passes and it was faster); default: the MODEL_BACKEND setting."""
+    backend: Literal["tensorflow", "openvino", "onnxruntime", "auto"] | None = None
+    """What computes the model: TensorFlow, OpenVINO or ONNX Runtime (kept only if the equivalence gate passes),
+    or `auto` (every compiled backend tried, the fastest that passes its gate kept if it was faster than
+    TensorFlow); default: the MODEL_BACKEND setting."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Arithmetic of a compiled backend; bf16 only when asked (a looser gate tolerance, see `gate`)."""
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -135,6 +136,14 @@ class ModelConfig(BaseModel):
     saved_with: dict[str, str] = Field(default_factory=dict)
     """Versions that wrote the model (`python`, `keras`, `tensorflow`; written by `save_model`). Lambda
     bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
+
+    @model_validator(mode="after")
+    def _onnxruntime_is_fp32(self) -> ModelConfig:
+        if self.backend == "onnxruntime" and self.precision != "fp32":
+            raise ValueError(
+                f"backend: onnxruntime runs fp32 only (precision: {self.precision} is OpenVINO's; use backend: openvino)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_extra_outputs(self) -> ModelConfig:

@@ -145,10 +145,10 @@ class BackendReport:
     """Which backend computes a version, at which precision, and what the equivalence gate measured."""
 
     backend: str = "tensorflow"
-    """What serves: `tensorflow` or `openvino`."""
+    """What serves: `tensorflow`, `openvino` or `onnxruntime`."""
     precision: str = "fp32"
     requested: str = "tensorflow"
-    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino` or `auto`."""
+    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino`, `onnxruntime` or `auto`."""
     reason: str = ""
     """Why TensorFlow serves although another backend was asked for; '' otherwise."""
     gate_rows: int = 0

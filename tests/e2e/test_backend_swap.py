@@ -1,6 +1,6 @@
-"""Hot swap across backends against the real gunicorn server: TensorFlow -> OpenVINO -> TensorFlow, no request lost.
+"""Hot swap across backends against the real gunicorn server: TensorFlow -> OpenVINO (or ONNX Runtime) -> TensorFlow, no request lost.
 
-v1 serves on TensorFlow (the default); v2 lands with `backend: openvino` in its version folder's
+v1 serves on TensorFlow (the default); v2 lands with `backend: openvino` (or `onnxruntime`) in its version folder's
 config, is converted and gated at load, and takes over while clients keep sending requests; v3
 (no config) takes over on TensorFlow again. Every request is answered 200 by the version serving
 at that moment, and the status views say which backend each version runs.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import wait_until
@@ -24,12 +25,15 @@ def predict(url: str, session: requests.Session) -> requests.Response:
     return session.post(f"{url}/models/m/predict", json={"instances": [[1.0], [2.0]]}, timeout=30)
 
 
-def test_swaps_from_tensorflow_to_openvino_and_back_lose_no_request(run_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_swaps_from_tensorflow_to_a_compiled_backend_and_back_lose_no_request(
+    run_server, tmp_path: Path, engine: str
+) -> None:
     models, staging = tmp_path / "models", tmp_path / "staging"
     versions = tmp_path / "versions"
     for k in (1, 2, 3):
         save_scaled_model(versions / str(k) / "model.keras", float(k))
-    (versions / "2" / "config.yaml").write_text("backend: openvino\ngate:\n  samples: 64\n")
+    (versions / "2" / "config.yaml").write_text(f"backend: {engine}\ngate:\n  samples: 64\n")
     copy_then_mv(versions / "1", models / "m" / "1", staging)
     env = {
         "SETTLE_S": str(SETTLE_S),
@@ -65,13 +69,13 @@ def test_swaps_from_tensorflow_to_openvino_and_back_lose_no_request(run_server, 
             wait_until(lambda: answers[-1][0] == 2, timeout_s=120)
             model = server.get("/models/m").json()
             v2 = next(v for v in model["versions"] if v["version"] == 2)
-            assert (model["backend"], model["precision"]) == ("openvino", "fp32")
-            assert v2["backend"]["name"] == "openvino" and "reason" not in v2["backend"]
+            assert (model["backend"], model["precision"]) == (engine, "fp32")
+            assert v2["backend"]["name"] == engine and "reason" not in v2["backend"]
             assert v2["backend"]["gate"]["rows"] >= 64 and v2["backend"]["gate"]["max_rel_diff"] <= 1e-5
             metadata = server.get("/v1/models/m/metadata").json()["metadata"]
-            assert metadata["backend"]["name"] == "openvino"
+            assert metadata["backend"]["name"] == engine
             assert (
-                'kerasserve_backend_max_abs_diff{backend="openvino",model="m",precision="fp32"}'
+                f'kerasserve_backend_max_abs_diff{{backend="{engine}",model="m",precision="fp32"}}'
                 in server.get("/metrics").text
             )
             count = len(answers)
