@@ -416,14 +416,17 @@ def test_auto_tries_both_engines_and_keeps_the_fastest_that_passes(cnn_file: Pat
 # --- the real sample inputs of gate.inputs ------------------------------------------------------
 
 
-def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(cnn_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(
+    cnn_file: Path, tmp_path: Path, engine: str
+) -> None:
     from service.protocols import backend_json
 
     loaded = load(cnn_file)
     folder = sample_folder(tmp_path / "samples", loaded.signature.inputs[0].name)
-    config = ModelConfig(backend="openvino", gate={"samples": 16, "inputs": "samples"})
-    report = choose(loaded, config, tmp_path / "cache", name="sampled", samples=folder)
-    assert (report.backend, report.reason) == ("openvino", "")
+    config = ModelConfig(backend=engine, gate={"samples": 16, "inputs": "samples"})
+    report = choose(loaded, config, tmp_path / "cache", name=f"sampled-{engine}", samples=folder)
+    assert (report.backend, report.reason) == (engine, "")
     assert report.gate_rows == 16 + sum(ALLOWED)  # the seeded comparison is unchanged
     assert report.inputs_rows == 6
     assert report.inputs_max_rel_diff is not None and report.inputs_max_rel_diff <= 1e-5
@@ -433,13 +436,13 @@ def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(cnn_file: P
     assert (
         REGISTRY.get_sample_value(
             "kerasserve_backend_gate_inputs_max_abs_diff",
-            {"model": "sampled", "backend": "openvino", "precision": "fp32"},
+            {"model": f"sampled-{engine}", "backend": engine, "precision": "fp32"},
         )
         == report.inputs_max_abs_diff
     )
     # The next load reads the cached conversion and still runs the gate, sample inputs included.
     again = choose(load(cnn_file), config, tmp_path / "cache", samples=folder)
-    assert (again.backend, again.cached, again.inputs_rows) == ("openvino", True, 6)
+    assert (again.backend, again.cached, again.inputs_rows) == (engine, True, 6)
 
 
 def test_sample_images_get_exactly_what_a_request_gets_in_chunks_of_the_largest_batch(
