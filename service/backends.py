@@ -1,23 +1,25 @@
-"""Compiled backends: a loaded model converted to OpenVINO, cached, and kept only if it is equivalent.
+"""Compiled backends: a loaded model converted to OpenVINO or ONNX Runtime, cached, and kept only if it is equivalent.
 
 Chosen per model (`backend:` and `precision:` in the model config, else MODEL_BACKEND; TensorFlow
 by default). At load, on the manager's loader thread, never on a request: the Keras model our
 loader produced (custom layers, Lambdas and all) is traced as a `tf.function` over its serving
 signature (a TF2 SavedModel's signature function is taken as it is) and converted with
-`openvino.convert_model`; the converted model is cached in
+`openvino.convert_model` (`backend: openvino`) or `tf2onnx.convert.from_function`, opset ONNX_OPSET
+(`backend: onnxruntime`, the `_onnxruntime_*` functions); the converted model is cached in
 BACKEND_CACHE_DIR under the hash of the source files' content, the model config's graph-changing
-keys and the backend's version, so a restart or another worker reads it instead of converting. It
+keys and the engine's versions, so a restart or another worker reads it instead of converting. It
 is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
 (OpenVINO would otherwise pick bf16 on CPUs that have it), then the equivalence gate
 (`service.equivalence`) runs warm-up and seeded inputs through both, and the real sample inputs of
 the config's `gate.inputs` folder (read before anything is converted, compared on their own); the
-version serves on OpenVINO only if the gate passes (and, for `auto`, only if OpenVINO was faster on
-the seeded inputs). Any failure, an unusable sample folder included, leaves TensorFlow serving, with
-the reason in the version's status.
+version serves on the compiled backend only if the gate passes. `auto` tries both engines (OpenVINO,
+then ONNX Runtime; OpenVINO alone for bf16, which ONNX Runtime does not run here) and keeps the one
+that was fastest on the seeded inputs, if it was faster than TensorFlow. Any failure, an unusable
+sample folder included, leaves TensorFlow serving, with the reason in the version's status.
 
 This module never calls TensorFlow for a request and never decides states; it replaces the default
 signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.
-OpenVINO and TensorFlow are imported lazily, in `choose()`.
+OpenVINO, tf2onnx, ONNX Runtime and TensorFlow are imported lazily, in `choose()`, only for the engine asked for.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def choose(
         reason = "; ".join(
             a.reason if a.reason.startswith(a.engine.shown) else f"{a.engine.shown}: {a.reason}" for a in attempts
         )
-    shown = best or next((a for a in reversed(attempts) if a.gate), attempts[-1])
+    shown = best or next((a for a in reversed(attempts) if "gate_rows" in a.gate), attempts[-1])
     (log.info if kind == "slower" else log.warning)("%s serves on TensorFlow: %s", servable_id, reason)
     return _replace(report, reason=reason, **shown.gate)
 
@@ -222,7 +224,7 @@ def _attempt(
         raise
     except ConversionFailed as err:
         reason = f"{engine.shown} conversion failed: {err}"
-        log.warning("%s: %s", servable_id, reason)
+        log.info("%s: %s", servable_id, reason)
         return _Attempt(engine, "conversion", reason, gate={"convert_s": time.monotonic() - started})
     except Exception as err:  # noqa: BLE001 - the backend must never fail a version TensorFlow can serve
         reason = f"{engine.shown} failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
@@ -257,7 +259,7 @@ def _attempt(
         if on_inputs is not None and not on_inputs.passed:
             problems.append(f"on the sample inputs in gate.inputs '{config.gate.inputs}': {on_inputs.reason}")
         reason = f"equivalence gate failed ({actual}): {'; '.join(problems)}"
-        log.warning("%s: %s: %s", servable_id, engine.shown, reason)
+        log.info("%s: %s: %s", servable_id, engine.shown, reason)
         return _Attempt(engine, "gate", reason, precision=actual, speedup=speedup, gate=gate)
     summary = (
         f"{engine.shown} {actual}: gate passed on {comparison.rows} rows, max |Δ| {comparison.max_abs_diff:.3g} "

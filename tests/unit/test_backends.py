@@ -180,14 +180,15 @@ def test_a_stale_cache_entry_that_fails_the_gate_is_converted_again(cnn_file: Pa
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
 
 
-def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path, engine: str) -> None:
     cache = tmp_path / "shared-cache"
     cache.mkdir()
     cache.chmod(0o777)
-    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    config = ModelConfig(backend=engine, gate={"samples": 16})
     for _ in range(2):
         report = choose(load(cnn_file), config, cache)
-        assert (report.backend, report.cached) == ("openvino", False)
+        assert (report.backend, report.cached) == (engine, False)
     assert list(cache.iterdir()) == []
 
 
