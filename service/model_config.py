@@ -155,11 +155,20 @@ class ModelConfig(BaseModel):
         return self
 
     def merged(self, override: ModelConfig) -> ModelConfig:
-        """Return this config with the keys set explicitly in `override` replaced."""
+        """Return this config with the keys set explicitly in `override` replaced.
+
+        Raises:
+            ModelConfigError: the keys of both do not go together (`backend: onnxruntime` in one,
+                `precision: bf16` in the other).
+        """
         data = self.model_dump()
         for key in override.model_fields_set:
             data[key] = getattr(override, key)
-        return ModelConfig.model_validate(data)
+        try:
+            return ModelConfig.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+            raise ModelConfigError(f"the model's and the version's config do not go together: {problems}") from err
 
 
 class ModelConfigError(ValueError):

@@ -399,7 +399,10 @@ class ModelRepository:
         config_folder = model_configs[0].parent if model_configs else cand.path
         if not error and cand.configs:
             version_config, error = self._read_configs(cand.configs)
-            config = model_config.merged(version_config)
+            try:
+                config = model_config.merged(version_config)
+            except ModelConfigError as err:
+                error = error or f"{cand.configs[0].name}: {err}"
             if "gate" in version_config.model_fields_set:
                 config_folder = cand.configs[0].parent
         labels: tuple[str, ...] = tuple(config.labels or ())
