@@ -35,7 +35,7 @@ def cnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(5)
     model = keras.Sequential(
         [
-            keras.Input((12, 12, 1)),
+            keras.Input((12, 12, 1), name="input_layer"),  # named: the expected messages use it
             keras.layers.Conv2D(6, 3, activation="relu"),
             keras.layers.BatchNormalization(),
             keras.layers.GlobalAveragePooling2D(name="pooled"),  # named: Keras numbers unnamed layers per process
