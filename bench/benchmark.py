@@ -1495,7 +1495,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default="tensorflow",
-        choices=["tensorflow", "openvino", "auto"],
+        choices=["tensorflow", "openvino", "onnxruntime", "xla", "auto"],
         help="also measure the service with MODEL_BACKEND set to this (converted and gated at load), same run",
     )
     parser.add_argument(

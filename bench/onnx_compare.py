@@ -1,22 +1,16 @@
 """ONNX Runtime beside OpenVINO: which converts more of our models, passes the gate, and runs faster?
 
 Issue 19 asks to choose the compiled backend by measurement. The service ships OpenVINO
-(`service.backends`); this script measures the alternative, tf2onnx + ONNX Runtime, on the same
-models, the same way. The converter and runtime are not in the pinned requirements; install them
-beside the virtualenv, without touching it (their other requirements, numpy, protobuf, flatbuffers,
-packaging, requests and ml_dtypes, are already there), and point PYTHONPATH at them:
+and ONNX Runtime (`backend: onnxruntime`, tf2onnx + ONNX Runtime, both pinned in requirements.txt);
+this script measures both on the same models, the same way:
 
-    .venv/bin/pip install --target /work/onnx-deps --no-deps tf2onnx==1.17.0 onnx==1.23.2 onnxruntime==1.32.0
-    PYTHONPATH=/work/onnx-deps .venv/bin/python bench/onnx_compare.py --corpus ../shared/corpus --out bench-onnx.md
+    .venv/bin/python bench/onnx_compare.py --corpus ../shared/corpus --out bench-onnx.md
 
 Per model (every artifact `bench/backends.py` covers, the default digits model, and the benchmark's
 small CNN and MobileNetV2 with random weights, the latter also without its softmax): OpenVINO fp32
-exactly as a worker chooses it (`service.backends.choose`: the service's conversion rules,
-conversion, gate); ONNX Runtime on the same traced function OpenVINO converts (the Keras model
-traced over its serving signature, or the SavedModel's signature function), converted by
-`tf2onnx.convert.from_function` after the same service rules (`_check_supported`), opened with one
-intra- and one inter-op thread, and put through the same equivalence gate (`service.backends._gate`: warm-up zeros and 256 seeded rows,
-fp32 tolerance). Engines that pass their gate are timed on the same seeded inputs, one thread
+and ONNX Runtime each exactly as a worker chooses them (`service.backends.choose` with one thread:
+the service's conversion rules, the same traced function converted, the equivalence gate's warm-up
+zeros and 256 seeded rows at the fp32 tolerance). Engines that pass their gate are timed on the same seeded inputs, one thread
 each, TensorFlow / OpenVINO / ONNX Runtime in turn, median of repeated calls (bench/backends.py's
 timing). The numbers are noisy on a shared machine; read the ratios within one row.
 """
@@ -29,35 +23,23 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, beside this script
 
-INSTALL = ".venv/bin/pip install --target /work/onnx-deps --no-deps tf2onnx==1.17.0 onnx==1.23.2 onnxruntime==1.32.0"
-try:
-    import onnxruntime as ort
-    import tf2onnx
-except ImportError as missing:  # not in the pinned requirements: say how to get them
-    raise SystemExit(
-        f"bench/onnx_compare.py needs tf2onnx, onnx and onnxruntime ({missing}); install them beside the "
-        f"virtualenv and run with PYTHONPATH:\n    {INSTALL}\n"
-        "    PYTHONPATH=/work/onnx-deps .venv/bin/python bench/onnx_compare.py --corpus ../shared/corpus"
-    ) from None
-
 import backends as bench  # noqa: E402 - bench/backends.py: sets TensorFlow's pools to one thread first
+import onnxruntime as ort  # noqa: E402
 import openvino  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
 from benchmark import small_cnn  # noqa: E402
 
 from service import backends, default_model  # noqa: E402
-from service.loader import LoadedModel, Loader  # noqa: E402
+from service.loader import Loader  # noqa: E402
 from service.model_config import ModelConfig  # noqa: E402
 
-OPSET = 17
+OPSET = backends.ONNX_OPSET
 DIGITS, SMALL_CNN, MOBILENET = "default digits", "bench small CNN", "bench MobileNetV2 224"
 MOBILENET_LOGITS = "bench MobileNetV2 224 (logits)"
 """The benchmark's MobileNetV2 without its softmax: with random weights its pooled features are about
@@ -65,108 +47,41 @@ MOBILENET_LOGITS = "bench MobileNetV2 224 (logits)"
 are not constant, so their gate says something."""
 
 
-class _Traced:
-    """What `tf2onnx.convert.from_function` asks of a tf.function, for an already traced concrete one."""
-
-    def __init__(self, concrete: Any) -> None:
-        self.concrete = concrete
-
-    def get_concrete_function(self, *_: Any) -> Any:
-        return self.concrete
-
-
-class _Errors(logging.Handler):
-    """tf2onnx's own error lines (an op it cannot convert is logged, and left in the graph)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage().splitlines()[0])
-
-
-def onnx_call(loaded: LoadedModel, config: ModelConfig) -> backends.Call:
-    """`loaded`'s default signature converted by tf2onnx and opened in ONNX Runtime (one thread).
-
-    Raises:
-        backends.ConversionFailed: a service rule refuses it, or tf2onnx or ONNX Runtime cannot take it.
-    """
-    backends._check_supported(loaded, "/CPU:0", config.extra_outputs)
-    signature = loaded.signature
-    function = backends._signature_function(loaded)
-    errors = _Errors()
-    logging.getLogger("tf2onnx").addHandler(errors)
-    try:
-        concrete = function if function is not None else backends._keras_function(loaded)
-        proto, _ = tf2onnx.convert.from_function(_Traced(concrete), input_signature=[], opset=OPSET)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - a report row: say what the converter said first
-        first = errors.lines[0] if errors.lines else backends._why(err)
-        raise backends.ConversionFailed(first[:200]) from err
-    finally:
-        logging.getLogger("tf2onnx").removeHandler(errors)
-    feeds = [i.name for i in session.get_inputs()]
-    wanted = [backends._spec_of(concrete, t.name) if function is not None else t.name for t in signature.inputs]
-    if sorted(n.split(":")[0] for n in wanted) != sorted(feeds):
-        raise backends.ConversionFailed(f"the ONNX model's inputs are {feeds}, the signature's {wanted}")
-    produced = [o.name for o in session.get_outputs()]
-    fetches = [
-        t.name if t.name in produced else concrete.outputs[index].name for index, t in enumerate(signature.outputs)
-    ]
-    outputs = [(t.name, np.dtype(t.dtype)) for t in signature.outputs]
-    feed_of = dict(zip((t.name for t in signature.inputs), (n.split(":")[0] for n in wanted)))
-
-    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        answers = session.run(fetches, {feed_of[name]: np.ascontiguousarray(value) for name, value in values.items()})
-        return {name: np.asarray(value).astype(dtype, copy=False) for (name, dtype), value in zip(outputs, answers)}
-
-    return call
-
-
 def measure(loader: Loader, name: str, path: Path, config: ModelConfig | None, cache: Path, budget_s: float) -> str:
-    """One table row: OpenVINO as the service chooses it, ONNX Runtime the same way, then both timed beside TF."""
+    """One table row: OpenVINO and ONNX Runtime each as a worker chooses them, then both timed beside TF."""
     config = config or ModelConfig()
     try:
         tf_loaded = loader.load(path, config)
     except Exception as err:  # noqa: BLE001 - a report row, whatever failed
         return f"| {name} | - | load failed: {cell(str(err)[:80])} | - | - | - | - |"
-    ov_loaded = loader.load(path, config)
-    report = bench.choose(ov_loaded, name, config.model_copy(update={"backend": "openvino"}), cache)
-    if report.backend == "openvino":
-        ov = f"passed, {report.max_abs_diff:.2g}"
-    elif report.gate_rows:
-        ov = f"failed, {report.max_abs_diff:.2g} ({report.max_rel_diff:.2g} of the range)"
-    else:
-        ov = "not converted"
     calls = {"TF": bench.default_call(tf_loaded)}
-    if report.backend == "openvino":
-        calls["OpenVINO"] = bench.default_call(ov_loaded)
-    started = time.monotonic()
-    try:
-        candidate = onnx_call(tf_loaded, config)
-        convert_s = time.monotonic() - started
-        comparison, _ = backends._gate(
-            tf_loaded, candidate, config, precision="fp32", allowed_batch_sizes=bench.ALLOWED
-        )
-    except backends.ConversionFailed as err:
-        converted, gate = "no: " + cell(str(err)), "-"
-    else:
-        converted = f"yes ({convert_s:.1f} s)"
-        rel = f"{comparison.max_abs_diff:.2g} ({comparison.max_rel_diff:.2g})"
-        gate = f"passed, {rel}" if comparison.passed else f"failed, {rel}: " + cell(comparison.reason)
-        if comparison.passed:
-            calls["ORT"] = candidate
-    cells = ["-", "-"]
+    cells: dict[str, str] = {}
+    engines = {"OpenVINO": backends.OPENVINO, "ORT": backends.ONNXRUNTIME}
+    opened = [tf_loaded]
+    for shown, engine in engines.items():
+        loaded = loader.load(path, config)
+        opened.append(loaded)
+        report = bench.choose(loaded, name, config.model_copy(update={"backend": engine}), cache)
+        rel = f"{report.max_abs_diff:.2g} ({report.max_rel_diff:.2g})" if report.gate_rows else ""
+        if report.backend == engine:
+            cells[shown] = f"passed, {rel}"
+            calls[shown] = bench.default_call(loaded)
+        elif report.gate_rows:
+            cells[shown] = f"failed, {rel}"
+        else:
+            cells[shown] = "not converted: " + cell(report.reason.split(": ", 1)[-1][:120])
+        if engine == backends.ONNXRUNTIME:
+            cells["converted"] = f"yes ({report.convert_s:.1f} s)" if report.gate_rows else "no"
+    speed = ["-", "-"]
     if len(calls) > 1:
         rates = bench.speed(tf_loaded.signature, list(calls.values()), budget_s)
-        cells = [rates_cell(dict(zip(calls, rates[batch]))) for batch in (1, 8)]
-    tf_loaded.close()
-    ov_loaded.close()
-    row = f"| {name} | {tf_loaded.loader} | {converted} | {gate} | {ov} | {cells[0]} | {cells[1]} |"
+        speed = [rates_cell(dict(zip(calls, rates[batch]))) for batch in (1, 8)]
+    for loaded in opened:
+        loaded.close()
+    row = (
+        f"| {name} | {tf_loaded.loader} | {cells['converted']} | {cells['ORT']} | {cells['OpenVINO']} "
+        f"| {speed[0]} | {speed[1]} |"
+    )
     print(row, flush=True)
     return row
 

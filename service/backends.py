@@ -1,34 +1,37 @@
-"""Compiled backends: a loaded model converted to OpenVINO or compiled by XLA, kept only if it is equivalent.
+"""Compiled backends: a model converted to OpenVINO or ONNX Runtime, or compiled by XLA, kept only if it is equivalent.
 
 Chosen per model (`backend:` and `precision:` in the model config, else MODEL_BACKEND; TensorFlow
 by default). At load, on the manager's loader thread, never on a request: the Keras model our
 loader produced (custom layers, Lambdas and all) is traced as a `tf.function` over its serving
 signature (a TF2 SavedModel's signature function is taken as it is) and converted with
-`openvino.convert_model`; the converted model is cached in
+`openvino.convert_model` (`backend: openvino`) or `tf2onnx.convert.from_function`, opset ONNX_OPSET
+(`backend: onnxruntime`, the `_onnxruntime_*` functions); the converted model is cached in
 BACKEND_CACHE_DIR under the hash of the source files' content, the model config's graph-changing
-keys and the backend's version, so a restart or another worker reads it instead of converting. It
+keys and the engine's versions, so a restart or another worker reads it instead of converting. It
 is compiled for the worker's threads (the same count TensorFlow gets) and the asked precision
 (OpenVINO would otherwise pick bf16 on CPUs that have it), then the equivalence gate
 (`service.equivalence`) runs warm-up and seeded inputs through both, and the real sample inputs of
 the config's `gate.inputs` folder (read before anything is converted, compared on their own); the
-version serves on OpenVINO only if the gate passes (and, for `auto`, only if OpenVINO was faster on
-the seeded inputs). Any failure, an unusable sample folder included, leaves TensorFlow serving, with
-the reason in the version's status.
+version serves on the compiled backend only if the gate passes. `auto` tries both engines (OpenVINO,
+then ONNX Runtime; OpenVINO alone for bf16, which ONNX Runtime does not run here) and keeps the one
+that was fastest on the seeded inputs, if it was faster than TensorFlow. Any failure, an unusable
+sample folder included, leaves TensorFlow serving, with the reason in the version's status.
 
-`xla` takes the same path without OpenVINO: the default signature's call is built again by the
+`xla` takes the same path without a converter: the default signature's call is built again by the
 runner with `tf.function(jit_compile=True)` (same input signature, on the worker's device, CPU or
 GPU), compiled at load for every allowed batch size (XLA compiles once per shape; the runner pads
 requests to those sizes), and kept only if the same gate passes at fp32. Nothing is cached: XLA
-compiles again at every load. `auto` keeps meaning OpenVINO.
+compiles again at every load. `auto` never tries XLA.
 
 This module never calls TensorFlow for a request and never decides states; it replaces the default
 signature's compiled call of a `LoadedModel` (before its runner is built) and reports what it did.
-OpenVINO and TensorFlow are imported lazily, in `choose()` (TensorFlow through the runner).
+OpenVINO, tf2onnx, ONNX Runtime and TensorFlow are imported lazily, in `choose()`, only for the engine asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -37,8 +40,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +60,11 @@ log = logging.getLogger(__name__)
 
 TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
+ONNXRUNTIME = "onnxruntime"
 XLA = "xla"
+ONNX_OPSET = 17
+"""The ONNX opset tf2onnx converts to (part of ONNX Runtime's cache key)."""
 AUTO = "auto"
-_TITLES = {OPENVINO: "OpenVINO", XLA: "XLA"}
-_FAILED = {OPENVINO: "conversion failed", XLA: "compilation failed"}
 CACHE_FORMAT = "1"
 """Bumped when what the cache holds changes, so old entries are never read."""
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -79,15 +83,11 @@ def requested_backend(config: ModelConfig, default: str) -> str:
     return config.backend or default
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    """A backend's call for the default signature, and what the gate measured on it."""
-
-    call: Call
-    precision: str
-    result: GateResult
-    convert_s: float
-    cached: bool = False
+def candidates(requested: str, precision: str) -> tuple[str, ...]:
+    """The engines a version tries, in order: the one it names, or for `auto` every engine that runs its precision."""
+    if requested != AUTO:
+        return (requested,)
+    return (OPENVINO,) if precision == "bf16" else (OPENVINO, ONNXRUNTIME)
 
 
 def choose(
@@ -102,54 +102,149 @@ def choose(
     allowed_batch_sizes: tuple[int, ...],
     gate_inputs: equivalence.GateInputs | None = None,
 ) -> BackendReport:
-    """Move `loaded`'s default signature onto the requested backend if it compiles and passes the gate.
+    """Move `loaded`'s default signature onto the requested backend if it converts and passes the gate.
 
     On success `loaded`'s default call is replaced (call this before building its runner). Never
     raises for a model that TensorFlow serves: every failure is returned as the report's `reason`.
     `gate_inputs`: the real sample inputs the model config names (`gate.inputs`), read before anything
     is converted; a folder that cannot be read serves the version on TensorFlow, with the reason.
+    `auto` tries every engine (`candidates`) and keeps the fastest that passes its gate, if it was
+    faster than TensorFlow.
     """
     requested = requested_backend(config, default_backend)
     if requested == TENSORFLOW:
         return BackendReport()
-    backend = XLA if requested == XLA else OPENVINO  # `auto` means OpenVINO, when faster
-    title = _TITLES[backend]
     report = BackendReport(
         requested=requested, precision="fp32", inputs_folder=gate_inputs.shown if gate_inputs else ""
     )
     started = time.monotonic()
+    attempts: list[_Attempt] = []
     try:
         samples = _samples(gate_inputs, loaded.signature, allowed_batch_sizes[-1])
-        if backend == XLA:
-            candidate = _xla(loaded, config, samples, device=device, allowed_batch_sizes=allowed_batch_sizes)
-        else:
-            candidate = _openvino(
-                loaded,
-                servable_id,
-                config,
-                cache_dir,
-                samples,
-                threads=threads,
-                device=device,
-                allowed=allowed_batch_sizes,
-                exclude=gate_inputs.folder if gate_inputs else None,
+        for name in candidates(requested, config.precision):
+            attempts.append(
+                _attempt(
+                    _ENGINES[name],
+                    loaded,
+                    servable_id,
+                    config,
+                    samples,
+                    cache_dir=cache_dir,
+                    threads=threads,
+                    device=device,
+                    allowed_batch_sizes=allowed_batch_sizes,
+                    exclude=gate_inputs.folder if gate_inputs else None,
+                )
             )
     except equivalence.GateInputsError as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
         reason = f"gate.inputs '{report.inputs_folder}' cannot be used: {err}"
         log.warning("%s serves on TensorFlow: %s", servable_id, reason)
         return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+    passed = [a for a in attempts if a.kind == "" and a.call is not None]
+    best = max(passed, key=lambda a: a.speedup) if passed else None
+    if best is not None and best.call is not None and not (requested == AUTO and best.speedup < 1.0):
+        loaded.replace_call(loaded.default_signature, best.call)
+        for other in passed:
+            if other is not best:
+                log.info(
+                    "%s: %s passed its gate too, %.2fx TensorFlow's speed; not kept",
+                    servable_id,
+                    other.engine.shown,
+                    other.speedup,
+                )
+        log.info("%s serves on %s", servable_id, best.summary)
+        return _replace(report, backend=best.engine.name, precision=best.precision, **best.gate)
+    # TensorFlow serves: one fallback, counted under the furthest any engine got.
+    for attempt in passed:
+        attempt.kind = "slower"
+        attempt.reason = (
+            f"{attempt.engine.shown} was slower than TensorFlow on the gate's inputs ({attempt.speedup:.2f}x)"
+        )
+    kind = next(k for k in ("slower", "gate", "conversion") if any(a.kind == k for a in attempts))
+    metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason=kind).inc()
+    if len(attempts) == 1:
+        reason = attempts[0].reason
+    else:
+        reason = "; ".join(
+            a.reason if a.reason.startswith(a.engine.shown) else f"{a.engine.shown}: {a.reason}" for a in attempts
+        )
+    shown = best or next((a for a in reversed(attempts) if "gate_rows" in a.gate), attempts[-1])
+    (log.info if kind == "slower" else log.warning)("%s serves on TensorFlow: %s", servable_id, reason)
+    return _replace(report, reason=reason, **shown.gate)
+
+
+@dataclass(frozen=True, slots=True)
+class _Engine:
+    """A compiled backend: how it gets a call for a loaded model (cached or converted), and converts again."""
+
+    name: str
+    shown: str
+    check: Callable[..., None]
+    """(loaded, device, config) -> None; raises ConversionFailed for a model the engine does not take."""
+    prepare: Callable[..., tuple[Call, str, bool]]
+    """(loaded, config, cache_dir, exclude, threads, precision, device, allowed batch sizes) -> (call, precision it
+    runs at, from the cache)."""
+    again: Callable[..., tuple[Call, str]]
+    """(loaded, threads, precision) -> (call, precision): converted anew, the cache not read."""
+    failed: str = "conversion failed"
+    """How its failure reads in the reason (`<shown> <failed>: ...`)."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one engine came to: kind '' passed its gate, else 'conversion' or 'gate' (and the reason)."""
+
+    engine: _Engine
+    kind: str
+    reason: str = ""
+    call: Call | None = None
+    precision: str = "fp32"
+    speedup: float = 0.0
+    gate: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+def _attempt(
+    engine: _Engine,
+    loaded: LoadedModel,
+    servable_id: ServableId,
+    config: ModelConfig,
+    samples: list[dict[str, np.ndarray]] | None,
+    *,
+    cache_dir: Path,
+    threads: int,
+    device: str,
+    allowed_batch_sizes: tuple[int, ...],
+    exclude: Path | None,
+) -> _Attempt:
+    """Convert (or read from the cache), compile and gate `loaded` on one engine; never raises but for GateInputsError."""
+    precision = config.precision
+    started = time.monotonic()
+    try:
+        engine.check(loaded, device, config)
+        call, actual, cached = engine.prepare(
+            loaded, config, cache_dir, exclude, threads, precision, device, allowed_batch_sizes
+        )
+        convert_s = time.monotonic() - started
+        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        if cached and not result.passed:
+            # A cached conversion of the same file may predate a plugin change (a custom layer's code
+            # is not in the key): convert again once before giving up on the backend.
+            log.info("%s: the cached %s model failed the gate; converting again", servable_id, engine.shown)
+            (call, actual), cached = engine.again(loaded, threads, precision), False
+            convert_s = time.monotonic() - started
+            result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+    except equivalence.GateInputsError:
+        raise
     except ConversionFailed as err:
-        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
-        reason = f"{title} {_FAILED[backend]}: {err}"
-        log.warning("%s serves on TensorFlow: %s", servable_id, reason)
-        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
+        reason = f"{engine.shown} {engine.failed}: {err}"
+        log.info("%s: %s", servable_id, reason)
+        return _Attempt(engine, "conversion", reason, gate={"convert_s": time.monotonic() - started})
     except Exception as err:  # noqa: BLE001 - the backend must never fail a version TensorFlow can serve
-        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="conversion").inc()
-        reason = f"{title} failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
-        log.exception("%s serves on TensorFlow: %s", servable_id, reason)
-        return _replace(report, reason=reason, convert_s=time.monotonic() - started)
-    result, actual = candidate.result, candidate.precision
+        reason = f"{engine.shown} failed: {type(err).__name__}: {strip_paths(str(err))[:300]}"
+        log.exception("%s: %s", servable_id, reason)
+        return _Attempt(engine, "conversion", reason, gate={"convert_s": time.monotonic() - started})
     comparison, on_inputs, speedup = result.seeded, result.inputs, result.speedup
     gate: dict[str, Any] = {
         "gate_rows": comparison.rows,
@@ -158,10 +253,10 @@ def choose(
         "tolerance": comparison.tolerance,
         "top1_agreement": comparison.top1_agreement,
         "speedup": speedup,
-        "convert_s": candidate.convert_s,
-        "cached": candidate.cached,
+        "convert_s": convert_s,
+        "cached": cached,
     }
-    metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=backend, precision=actual).set(
+    metrics.BACKEND_MAX_ABS_DIFF.labels(model=servable_id.name, backend=engine.name, precision=actual).set(
         comparison.max_abs_diff
     )
     if on_inputs is not None:
@@ -171,115 +266,23 @@ def choose(
             "inputs_max_rel_diff": on_inputs.max_rel_diff,
             "inputs_top1_agreement": on_inputs.top1_agreement,
         }
-        metrics.BACKEND_INPUTS_MAX_ABS_DIFF.labels(model=servable_id.name, backend=backend, precision=actual).set(
+        metrics.BACKEND_INPUTS_MAX_ABS_DIFF.labels(model=servable_id.name, backend=engine.name, precision=actual).set(
             on_inputs.max_abs_diff
         )
     if not result.passed:
-        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
         problems = [comparison.reason] if not comparison.passed else []
         if on_inputs is not None and not on_inputs.passed:
-            problems.append(f"on the sample inputs in gate.inputs '{report.inputs_folder}': {on_inputs.reason}")
+            problems.append(f"on the sample inputs in gate.inputs '{config.gate.inputs}': {on_inputs.reason}")
         reason = f"equivalence gate failed ({actual}): {'; '.join(problems)}"
-        log.warning("%s serves on TensorFlow: %s", servable_id, reason)
-        return _replace(report, reason=reason, **gate)
-    if requested == AUTO and speedup < 1.0:
-        metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="slower").inc()
-        reason = f"OpenVINO was slower than TensorFlow on the gate's inputs ({speedup:.2f}x)"
-        log.info("%s serves on TensorFlow: %s", servable_id, reason)
-        return _replace(report, reason=reason, **gate)
-    loaded.replace_call(loaded.default_signature, candidate.call)
-    log.info(
-        "%s serves on %s %s: gate passed on %d rows, max |Δ| %.3g (%.3g of the range), %.2fx TensorFlow's speed%s",
-        servable_id,
-        title,
-        actual,
-        comparison.rows,
-        comparison.max_abs_diff,
-        comparison.max_rel_diff,
-        speedup,
-        ""
-        if on_inputs is None
-        else f"; {on_inputs.rows} sample rows from gate.inputs '{report.inputs_folder}', max |Δ| {on_inputs.max_abs_diff:.3g}",
+        log.info("%s: %s: %s", servable_id, engine.shown, reason)
+        return _Attempt(engine, "gate", reason, precision=actual, speedup=speedup, gate=gate)
+    summary = (
+        f"{engine.shown} {actual}: gate passed on {comparison.rows} rows, max |Δ| {comparison.max_abs_diff:.3g} "
+        f"({comparison.max_rel_diff:.3g} of the range), {speedup:.2f}x TensorFlow's speed"
     )
-    return _replace(report, backend=backend, precision=actual, **gate)
-
-
-def _openvino(
-    loaded: LoadedModel,
-    servable_id: ServableId,
-    config: ModelConfig,
-    cache_dir: Path,
-    samples: list[dict[str, np.ndarray]] | None,
-    *,
-    threads: int,
-    device: str,
-    allowed: tuple[int, ...],
-    exclude: Path | None,
-) -> _Candidate:
-    """Convert (or read from the cache), compile for the CPU and gate `loaded`'s default signature on OpenVINO."""
-    precision = config.precision
-    started = time.monotonic()
-    _check_openvino(loaded, device, config.extra_outputs)
-    ov_model, cached = _converted(loaded, config, cache_dir, exclude=exclude)
-    convert_s = time.monotonic() - started
-    call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-    result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
-    if cached and not result.passed:
-        # A cached conversion of the same file may predate a plugin change (a custom layer's code
-        # is not in the key): convert again once before giving up on the backend.
-        log.info("%s: the cached OpenVINO model failed the gate; converting again", servable_id)
-        ov_model, cached = convert(loaded), False
-        convert_s = time.monotonic() - started
-        call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
-        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
-    return _Candidate(call, actual, result, convert_s, cached)
-
-
-def _xla(
-    loaded: LoadedModel,
-    config: ModelConfig,
-    samples: list[dict[str, np.ndarray]] | None,
-    *,
-    device: str,
-    allowed_batch_sizes: tuple[int, ...],
-) -> _Candidate:
-    """Build the default signature's call with `jit_compile=True`, compile it for every allowed batch size, gate it.
-
-    XLA compiles once per input shape, on the first call of each: compiling every size the runner
-    pads to here, at load, means no request ever waits for a compilation.
-    """
-    from service.runner import device_scope, keras_signature, saved_model_call
-
-    if config.precision != "fp32":
-        raise ConversionFailed(
-            f"precision {config.precision} is OpenVINO's; XLA computes in the model's own dtypes "
-            "(build mixed precision into the model, e.g. a Keras dtype policy, and keep precision fp32)"
-        )
-    _check_common(loaded)
-    signature = loaded.signature
-    for tensor in signature.inputs:
-        if any(d is None for d in tensor.shape[1:]):
-            raise ConversionFailed(
-                f"input '{tensor.name}' has a variable dimension besides the batch axis "
-                "(XLA would compile again for every new size a request sends)"
-            )
-    function = _signature_function(loaded)
-    started = time.monotonic()
-    with device_scope(device):
-        if function is not None:
-            call = saved_model_call(function, signature.inputs, signature.outputs, jit_compile=True)
-        else:
-            xla_signature, call = keras_signature(loaded.model, config.extra_outputs, jit_compile=True)
-            if xla_signature != signature:
-                raise ConversionFailed("the compiled call's signature differs from the served one")
-        try:
-            for inputs in _warm_up_inputs(signature, allowed_batch_sizes):
-                call(inputs)
-        except Exception as err:  # noqa: BLE001 - an op XLA lacks, a shape it cannot fix: serve on TensorFlow
-            raise ConversionFailed(_why(err)) from err
-        convert_s = time.monotonic() - started
-        result = _gate(loaded, call, config, samples, precision="fp32", allowed_batch_sizes=allowed_batch_sizes)
-    return _Candidate(call, "fp32", result, convert_s)
+    if on_inputs is not None:
+        summary += f"; {on_inputs.rows} sample rows from gate.inputs '{config.gate.inputs}', max |Δ| {on_inputs.max_abs_diff:.3g}"
+    return _Attempt(engine, "", call=call, precision=actual, speedup=speedup, gate=gate, summary=summary)
 
 
 def _samples(
@@ -297,20 +300,17 @@ def _replace(report: BackendReport, **changes: Any) -> BackendReport:
     return replace(report, **changes)
 
 
-def _check_openvino(loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...]) -> None:
+def _check_supported(
+    loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...], *, engine: str = "OpenVINO"
+) -> None:
     if device != "/CPU:0":
-        raise ConversionFailed(f"OpenVINO runs on the CPU here and this worker serves on {device}")
-    if extra_outputs:
-        raise ConversionFailed("extra_outputs are served by TensorFlow")
-    _check_common(loaded)
-
-
-def _check_common(loaded: LoadedModel) -> None:
-    """What neither compiled backend takes: TF1 graphs, signatures without a batch axis, strings, stateful layers."""
+        raise ConversionFailed(f"{engine} runs on the CPU here and this worker serves on {device}")
     if not _is_keras(loaded.model) and _signature_function(loaded) is None:
         raise ConversionFailed(
             f"only Keras models and SavedModel signature functions are converted (this one was loaded by {loaded.loader})"
         )
+    if extra_outputs:
+        raise ConversionFailed("extra_outputs are served by TensorFlow")
     signature = loaded.signature
     if not signature.batched:
         raise ConversionFailed("the signature has a fixed batch size or no batch axis")
@@ -334,14 +334,13 @@ def _layers(model: Any) -> list[Any]:
     return found
 
 
-def cache_key(path: Path, config: ModelConfig, *, exclude: Path | None = None) -> str:
+def cache_key(path: Path, config: ModelConfig, *, exclude: Path | None = None, engine: str = OPENVINO) -> str:
     """Hash of the model's files' content, the config keys that shape its graph and the backend's version.
 
     `exclude`: a folder whose files are left out (the gate's sample inputs, when they sit inside a
-    model folder: conversion does not depend on them).
+    model folder: conversion does not depend on them). `engine`: whose conversion the entry holds
+    (ONNX Runtime's key also names tf2onnx's version and the opset).
     """
-    import openvino
-
     digest = hashlib.sha256()
     files = [path] if path.is_file() else walk_folder(path).files
     if exclude is not None:
@@ -354,8 +353,17 @@ def cache_key(path: Path, config: ModelConfig, *, exclude: Path | None = None) -
                 digest.update(block)
     graph = config.model_dump(include=set(_GRAPH_KEYS), mode="json")
     digest.update(repr(sorted(graph.items())).encode())
-    digest.update(f"\0openvino {openvino.get_version()}\0cache {CACHE_FORMAT}".encode())
+    digest.update(f"\0{_engine_versions(engine)}\0cache {CACHE_FORMAT}".encode())
     return digest.hexdigest()[:40]
+
+
+def _engine_versions(engine: str) -> str:
+    """What the converted model depends on besides the model: the engine's (and its converter's) versions."""
+    if engine == ONNXRUNTIME:
+        return _onnxruntime_versions()
+    import openvino
+
+    return f"openvino {openvino.get_version()}"
 
 
 def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path, *, exclude: Path | None) -> tuple[Any, bool]:
@@ -491,13 +499,20 @@ def _why(err: Exception) -> str:
 
 def _store(openvino: Any, ov_model: Any, cache_dir: Path, entry: Path) -> None:
     """Write the converted model under `entry` atomically (another worker may be writing the same one)."""
+    _store_entry(
+        cache_dir, entry, "model.xml", lambda file: openvino.save_model(ov_model, file, compress_to_fp16=False)
+    )
+
+
+def _store_entry(cache_dir: Path, entry: Path, name: str, write: Callable[[Path], object]) -> None:
+    """Have `write` write `entry/name` into a private temporary folder, then rename it to `entry` (atomic)."""
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir))
     try:
-        openvino.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+        write(tmp / name)
         os.rename(tmp, entry)
     except OSError:
-        if not (entry / "model.xml").is_file():
+        if not (entry / name).is_file():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -631,3 +646,279 @@ def _warm_up_inputs(signature: Signature, allowed_batch_sizes: tuple[int, ...]) 
         }
         for size in allowed_batch_sizes
     ]
+
+
+def _openvino_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
+    _check_supported(loaded, device, config.extra_outputs, engine="OpenVINO")
+
+
+def _openvino_prepare(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    cache_dir: Path,
+    exclude: Path | None,
+    threads: int,
+    precision: str,
+    device: str,
+    allowed: tuple[int, ...],
+) -> tuple[Call, str, bool]:
+    ov_model, cached = _converted(loaded, config, cache_dir, exclude=exclude)
+    call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+    return call, actual, cached
+
+
+def _openvino_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
+    return _compile(convert(loaded), loaded.signature, threads=threads, precision=precision)
+
+
+# --- ONNX Runtime: tf2onnx converts the same traced function, ONNX Runtime's CPU provider runs it -----
+
+
+_ONNX_INPUTS, _ONNX_OUTPUTS = "kerasserve.inputs", "kerasserve.outputs"
+"""Metadata of a converted ONNX model: its input / output names in the signature's order (JSON lists)."""
+
+
+def _onnxruntime_versions() -> str:
+    import onnxruntime
+    import tf2onnx
+
+    return f"onnxruntime {onnxruntime.__version__} tf2onnx {tf2onnx.__version__} opset {ONNX_OPSET}"
+
+
+def _onnxruntime_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
+    _check_supported(loaded, device, config.extra_outputs, engine="ONNX Runtime")
+
+
+def _onnxruntime_prepare(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    cache_dir: Path,
+    exclude: Path | None,
+    threads: int,
+    precision: str,
+    device: str,
+    allowed: tuple[int, ...],
+) -> tuple[Call, str, bool]:
+    """The ONNX Runtime call of `loaded`'s default signature: the cached .onnx, else converted, opened, then cached."""
+    _onnxruntime_precision(precision)
+    entry: Path | None = None
+    try:
+        if _world_writable(cache_dir):
+            raise OSError(f"{cache_dir} is world-writable; not used")
+        entry = cache_dir / cache_key(loaded.path, config, exclude=exclude, engine=ONNXRUNTIME)
+        if (entry / "model.onnx").is_file():
+            return _onnxruntime_session(entry / "model.onnx", loaded.signature, threads), "fp32", True
+    except OSError as err:
+        log.warning("backend cache unreadable, converting: %s", err)
+    model, errors = _onnxruntime_convert(loaded)
+    call = _onnxruntime_session(model, loaded.signature, threads, errors=errors)
+    if entry is not None:
+        try:
+            _store_entry(cache_dir, entry, "model.onnx", lambda file: file.write_bytes(model))
+        except OSError as err:  # a read-only cache folder only costs a conversion per load
+            log.warning("backend cache not written (%s): %s", cache_dir, err)
+    return call, "fp32", False
+
+
+def _onnxruntime_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
+    _onnxruntime_precision(precision)
+    model, errors = _onnxruntime_convert(loaded)
+    return _onnxruntime_session(model, loaded.signature, threads, errors=errors), "fp32"
+
+
+def _onnxruntime_precision(precision: str) -> None:
+    if precision != "fp32":
+        # The model config refuses `backend: onnxruntime` with bf16; this is MODEL_BACKEND=onnxruntime's case.
+        raise ConversionFailed(f"ONNX Runtime runs fp32 only here (precision: {precision} asks for OpenVINO)")
+
+
+class _Traced:
+    """What `tf2onnx.convert.from_function` asks of a tf.function, for an already traced concrete one."""
+
+    def __init__(self, concrete: Any) -> None:
+        self.concrete = concrete
+
+    def get_concrete_function(self, *_: Any) -> Any:
+        return self.concrete
+
+
+class _ErrorLines(logging.Handler):
+    """tf2onnx's error lines: an op it cannot convert is logged, and left in the graph (ONNX Runtime then refuses it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage().splitlines()[0][:300])
+
+
+def _onnxruntime_convert(loaded: LoadedModel) -> tuple[bytes, list[str]]:
+    """Convert `loaded`'s default signature with tf2onnx (opset ONNX_OPSET): the same traced function OpenVINO converts.
+
+    Returns the serialized ONNX model, its input and output names in the signature's order stored in
+    its metadata, and tf2onnx's error lines (ops it could not convert).
+
+    Raises:
+        ConversionFailed: the trace or the conversion failed.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    tf2onnx_log = logging.getLogger("tf2onnx")
+    tf2onnx_log.setLevel(logging.WARNING)  # its INFO lines narrate every conversion
+    errors = _ErrorLines()
+    tf2onnx_log.addHandler(errors)
+    signature = loaded.signature
+    try:
+        function = _signature_function(loaded)
+        if function is not None:
+            concrete = function
+            inputs = [_spec_of(concrete, t.name) for t in signature.inputs]
+            # The graph's outputs are the flattened structure's (a dict's: by key), named `Identity_<n>`.
+            order = tf.nest.flatten({key: key for key in concrete.structured_outputs})
+            outputs = [concrete.outputs[order.index(t.name)].name for t in signature.outputs]
+        else:
+            concrete = _keras_function(loaded)
+            inputs = [spec.name for spec in concrete.structured_input_signature[0]]
+            outputs = [t.name for t in concrete.outputs]
+        proto, _ = tf2onnx.convert.from_function(_Traced(concrete), input_signature=[], opset=ONNX_OPSET)
+    except Exception as err:  # noqa: BLE001 - every failure means: serve on TensorFlow, say why
+        raise ConversionFailed(errors.lines[0] if errors.lines else _why(err)) from err
+    finally:
+        tf2onnx_log.removeHandler(errors)
+
+    def find(names: list[str], name: str, what: str) -> str:
+        for candidate in (name, name.split(":")[0], f"{name}:0"):
+            if candidate in names:
+                return candidate
+        raise ConversionFailed(f"the ONNX model has no {what} named '{name}' (it has {names})")
+
+    graph_inputs = [i.name for i in proto.graph.input]
+    feeds = [find(graph_inputs, name, "input") for name in inputs]
+    fetches = [find([o.name for o in proto.graph.output], name, "output") for name in outputs]
+    if len(feeds) != len(graph_inputs):
+        raise ConversionFailed(f"the ONNX model has {len(graph_inputs)} inputs, the signature {len(feeds)}")
+    for key, value in ((_ONNX_INPUTS, feeds), (_ONNX_OUTPUTS, fetches)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    return proto.SerializeToString(), errors.lines
+
+
+def _onnxruntime_session(
+    model: bytes | Path, signature: Signature, threads: int, *, errors: Sequence[str] = ()
+) -> Call:
+    """Open `model` on ONNX Runtime's CPU provider with `threads` intra-op threads and one inter-op thread.
+
+    Thread-safe call (ONNX Runtime's `run` is). Raises ConversionFailed when the session cannot be
+    created (an op tf2onnx left unconverted: its error line is the reason).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    # Workers share the cores, as TensorFlow's pools do: idle pool threads sleep instead of spinning.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(
+            model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"]
+        )
+        meta = session.get_modelmeta().custom_metadata_map
+        feeds, fetches = json.loads(meta[_ONNX_INPUTS]), json.loads(meta[_ONNX_OUTPUTS])
+    except Exception as err:  # noqa: BLE001 - a model ONNX Runtime cannot open serves on TensorFlow
+        raise ConversionFailed(errors[0] if errors else _why(err)) from err
+    names = [t.name for t in signature.inputs]
+    outputs = [(t.name, np.dtype(t.dtype)) for t in signature.outputs]
+
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            answers = session.run(fetches, {feed: np.ascontiguousarray(values[n]) for feed, n in zip(feeds, names)})
+        except Exception as err:  # ONNX Runtime's errors, as the runner reports TensorFlow's
+            log.error("ONNX Runtime call failed: %s", err)
+            raise InferenceError("the model failed while computing: ONNX Runtime error") from err
+        return {name: np.asarray(value).astype(dtype, copy=False) for (name, dtype), value in zip(outputs, answers)}
+
+    return call
+
+
+# --- XLA: the runner's own call, compiled by XLA (`tf.function(jit_compile=True)`) ------------------
+
+
+def _xla_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
+    """XLA runs on the worker's own device and serves `extra_outputs`; it computes in the model's dtypes, and
+    compiles once per shape, so no bf16 and no variable dimension besides the batch axis."""
+    if config.precision != "fp32":
+        raise ConversionFailed(
+            f"precision {config.precision} is OpenVINO's; XLA computes in the model's own dtypes "
+            "(build mixed precision into the model, e.g. a Keras dtype policy, and keep precision fp32)"
+        )
+    if not _is_keras(loaded.model) and _signature_function(loaded) is None:
+        raise ConversionFailed(
+            f"only Keras models and SavedModel signature functions are compiled (this one was loaded by {loaded.loader})"
+        )
+    signature = loaded.signature
+    if not signature.batched:
+        raise ConversionFailed("the signature has a fixed batch size or no batch axis")
+    if any(t.dtype == "string" for t in signature.inputs):
+        raise ConversionFailed("string inputs are not supported")
+    if any(getattr(layer, "stateful", False) for layer in _layers(loaded.model)):
+        raise ConversionFailed("stateful layers are not supported")
+    for tensor in signature.inputs:
+        if any(d is None for d in tensor.shape[1:]):
+            raise ConversionFailed(
+                f"input '{tensor.name}' has a variable dimension besides the batch axis "
+                "(XLA would compile again for every new size a request sends)"
+            )
+
+
+def _xla_prepare(
+    loaded: LoadedModel,
+    config: ModelConfig,
+    cache_dir: Path,
+    exclude: Path | None,
+    threads: int,
+    precision: str,
+    device: str,
+    allowed: tuple[int, ...],
+) -> tuple[Call, str, bool]:
+    """Build the default signature's call with `jit_compile=True` on `device` and compile every allowed batch size.
+
+    XLA compiles once per input shape, on the first call of each: compiling every size the runner
+    pads to here, at load, means no request ever waits for a compilation. Nothing is cached.
+    """
+    from service.runner import device_scope, keras_signature, saved_model_call
+
+    signature = loaded.signature
+    function = _signature_function(loaded)
+    with device_scope(device):
+        if function is not None:
+            compiled = saved_model_call(function, signature.inputs, signature.outputs, jit_compile=True)
+        else:
+            xla_signature, compiled = keras_signature(loaded.model, config.extra_outputs, jit_compile=True)
+            if xla_signature != signature:
+                raise ConversionFailed("the compiled call's signature differs from the served one")
+
+    def call(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with device_scope(device):
+            return compiled(values)
+
+    try:
+        for inputs in _warm_up_inputs(signature, allowed):
+            call(inputs)
+    except Exception as err:  # noqa: BLE001 - an op XLA lacks, a shape it cannot fix: serve on TensorFlow
+        raise ConversionFailed(_why(err)) from err
+    return call, "fp32", False
+
+
+def _xla_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
+    raise AssertionError("XLA keeps no cache, so there is no cached compilation to redo")  # pragma: no cover
+
+
+_ENGINES = {
+    OPENVINO: _Engine(OPENVINO, "OpenVINO", _openvino_check, _openvino_prepare, _openvino_again),
+    ONNXRUNTIME: _Engine(ONNXRUNTIME, "ONNX Runtime", _onnxruntime_check, _onnxruntime_prepare, _onnxruntime_again),
+    XLA: _Engine(XLA, "XLA", _xla_check, _xla_prepare, _xla_again, failed="compilation failed"),
+}

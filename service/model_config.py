@@ -118,10 +118,10 @@ class ModelConfig(BaseModel):
     extra_outputs: tuple[str, ...] = ()
     """Layers whose outputs are served beside the model's (a nested model's layer as `outer/inner`)."""
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    backend: Literal["tensorflow", "openvino", "xla", "auto"] | None = None
-    """What computes the model: TensorFlow, OpenVINO or XLA (TensorFlow's `jit_compile`; each kept only if the
-    equivalence gate passes), or `auto` (OpenVINO only if the gate passes and it was faster); default: the
-    MODEL_BACKEND setting."""
+    backend: Literal["tensorflow", "openvino", "onnxruntime", "xla", "auto"] | None = None
+    """What computes the model: TensorFlow, OpenVINO, ONNX Runtime or XLA (TensorFlow's `jit_compile`; each kept
+    only if the equivalence gate passes), or `auto` (OpenVINO and ONNX Runtime tried, the fastest that passes its
+    gate kept if it was faster than TensorFlow); default: the MODEL_BACKEND setting."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Arithmetic of a compiled backend; bf16 only when asked (a looser gate tolerance, see `gate`), and only on
     OpenVINO: XLA computes in the model's own dtypes."""
@@ -139,11 +139,15 @@ class ModelConfig(BaseModel):
     bytecode only runs on the Python minor version that wrote it; the loader refuses other ones."""
 
     @model_validator(mode="after")
-    def _xla_computes_in_the_model_dtypes(self) -> ModelConfig:
+    def _fp32_only_backends(self) -> ModelConfig:
         if self.backend == "xla" and self.precision != "fp32":
             raise ValueError(
                 f"precision {self.precision} is OpenVINO's: XLA computes in the model's own dtypes; build mixed "
                 "precision into the model (a Keras dtype policy such as mixed_bfloat16) and keep precision fp32"
+            )
+        if self.backend == "onnxruntime" and self.precision != "fp32":
+            raise ValueError(
+                f"backend: onnxruntime runs fp32 only (precision: {self.precision} is OpenVINO's; use backend: openvino)"
             )
         return self
 
@@ -160,8 +164,8 @@ class ModelConfig(BaseModel):
         """Return this config with the keys set explicitly in `override` replaced.
 
         Raises:
-            ModelConfigError: the keys do not go together (`backend: xla` in one file, `precision: bf16`
-                in the other).
+            ModelConfigError: the keys of both do not go together (`backend: onnxruntime` or `xla` in
+                one, `precision: bf16` in the other).
         """
         data = self.model_dump()
         for key in override.model_fields_set:
@@ -169,7 +173,8 @@ class ModelConfig(BaseModel):
         try:
             return ModelConfig.model_validate(data)
         except ValidationError as err:
-            raise ModelConfigError(f"the model and version configs do not go together: {err}") from err
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+            raise ModelConfigError(f"the model's and the version's config do not go together: {problems}") from err
 
 
 class ModelConfigError(ValueError):

@@ -402,7 +402,7 @@ class ModelRepository:
             try:
                 config = model_config.merged(version_config)
             except ModelConfigError as err:  # e.g. `backend: xla` over the model's `precision: bf16`
-                error = str(err)
+                error = error or f"{cand.configs[0].name}: {err}"
             if "gate" in version_config.model_fields_set:
                 config_folder = cand.configs[0].parent
         labels: tuple[str, ...] = tuple(config.labels or ())

@@ -145,10 +145,10 @@ class BackendReport:
     """Which backend computes a version, at which precision, and what the equivalence gate measured."""
 
     backend: str = "tensorflow"
-    """What serves: `tensorflow`, `openvino` or `xla`."""
+    """What serves: `tensorflow`, `openvino`, `onnxruntime` or `xla`."""
     precision: str = "fp32"
     requested: str = "tensorflow"
-    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino`, `xla` or `auto`."""
+    """What the model config (or MODEL_BACKEND) asked for: `tensorflow`, `openvino`, `onnxruntime`, `xla` or `auto`."""
     reason: str = ""
     """Why TensorFlow serves although another backend was asked for; '' otherwise."""
     gate_rows: int = 0

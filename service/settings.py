@@ -163,8 +163,8 @@ class Settings(BaseSettings):
     gpu_memory_limit_mb: int = Field(0, ge=0)
     """Most GPU memory one worker may allocate on its GPU, in MiB (several workers sharing a GPU); 0: no limit, memory grows as needed."""
 
-    model_backend: Literal["tensorflow", "openvino", "xla", "auto"] = "tensorflow"
-    """What computes models whose config names no `backend`: TensorFlow, or OpenVINO or XLA (`jit_compile`) after the equivalence gate; `auto` is OpenVINO when faster (docs/model-config.md)."""
+    model_backend: Literal["tensorflow", "openvino", "onnxruntime", "xla", "auto"] = "tensorflow"
+    """What computes models whose config names no `backend`: TensorFlow, or OpenVINO, ONNX Runtime or XLA (`jit_compile`) after the equivalence gate, or `auto`: the fastest of OpenVINO and ONNX Runtime that passes it, if faster than TensorFlow (docs/model-config.md)."""
 
     backend_cache_dir: Path = Path(tempfile.gettempdir()) / "kerasserve-backends"
     """Folder where models converted for a compiled backend are cached, keyed by their files' content and the backend's version; outside MODELS_DIR."""

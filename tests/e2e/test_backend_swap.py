@@ -1,7 +1,8 @@
-"""Hot swap across backends against the real gunicorn server: TensorFlow -> OpenVINO or XLA -> TensorFlow, no request lost.
+"""Hot swap across backends against the real gunicorn server: TensorFlow -> OpenVINO, ONNX Runtime or XLA -> TensorFlow, no request lost.
 
-v1 serves on TensorFlow (the default); v2 lands with `backend: openvino` (or `backend: xla`) in its
-version folder's config, is converted (or compiled for every allowed batch size) and gated at load, and takes over while clients keep sending requests; v3
+v1 serves on TensorFlow (the default); v2 lands with `backend: openvino` (or `onnxruntime`, or `xla`) in its
+version folder's config, is converted (or compiled for every allowed batch size) and gated at load, and takes over
+while clients keep sending requests; v3
 (no config) takes over on TensorFlow again. Every request is answered 200 by the version serving
 at that moment, and the status views say which backend each version runs.
 """
@@ -25,7 +26,7 @@ def predict(url: str, session: requests.Session) -> requests.Response:
     return session.post(f"{url}/models/m/predict", json={"instances": [[1.0], [2.0]]}, timeout=30)
 
 
-@pytest.mark.parametrize("backend", ["openvino", "xla"])
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "xla"])
 def test_swaps_from_tensorflow_to_a_compiled_backend_and_back_lose_no_request(
     run_server, tmp_path: Path, backend: str
 ) -> None:

@@ -36,7 +36,7 @@ def cnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(5)
     model = keras.Sequential(
         [
-            keras.Input((12, 12, 1)),
+            keras.Input((12, 12, 1), name="input_layer"),  # named: the expected messages use it
             keras.layers.Conv2D(6, 3, activation="relu"),
             keras.layers.BatchNormalization(),
             keras.layers.GlobalAveragePooling2D(name="pooled"),  # named: Keras numbers unnamed layers per process
@@ -202,14 +202,15 @@ def test_a_stale_cache_entry_that_fails_the_gate_is_converted_again(cnn_file: Pa
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
 
 
-def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_a_world_writable_cache_folder_is_not_used(cnn_file: Path, tmp_path: Path, engine: str) -> None:
     cache = tmp_path / "shared-cache"
     cache.mkdir()
     cache.chmod(0o777)
-    config = ModelConfig(backend="openvino", gate={"samples": 16})
+    config = ModelConfig(backend=engine, gate={"samples": 16})
     for _ in range(2):
         report = choose(load(cnn_file), config, cache)
-        assert (report.backend, report.cached) == ("openvino", False)
+        assert (report.backend, report.cached) == (engine, False)
     assert list(cache.iterdir()) == []
 
 
@@ -256,7 +257,9 @@ def test_a_model_whose_output_changes_between_calls_fails_the_gate_and_stays_on_
     before = fallbacks("counter", "gate")
     report = choose(loaded, ModelConfig(backend="auto", gate={"samples": 32}), tmp_path / "cache", name="counter")
     assert (report.backend, report.requested) == ("tensorflow", "auto")
-    assert report.reason.startswith("equivalence gate failed (fp32): output")
+    # `auto` tried both engines; both froze the count.
+    assert report.reason.startswith("OpenVINO: equivalence gate failed (fp32): output"), report.reason
+    assert "; ONNX Runtime: equivalence gate failed (fp32): output" in report.reason
     assert report.max_abs_diff is not None and report.max_abs_diff >= 1.0
     assert fallbacks("counter", "gate") == before + 1
     assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
@@ -270,7 +273,7 @@ def test_an_impossibly_tight_tolerance_fails_the_gate(cnn_file: Path, tmp_path: 
     assert report.tolerance == 1e-12 and report.max_rel_diff is not None and report.max_rel_diff > 1e-12
 
 
-@pytest.mark.parametrize("backend", ["openvino", "xla"])
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "xla"])
 def test_a_savedmodel_signature_function_converts_with_its_inputs_and_outputs_by_name(
     tmp_path: Path, backend: str
 ) -> None:
@@ -304,17 +307,140 @@ def test_extra_outputs_stay_on_tensorflow(cnn_file: Path, tmp_path: Path) -> Non
     assert report.reason == "OpenVINO conversion failed: extra_outputs are served by TensorFlow"
 
 
+# --- ONNX Runtime: the second engine, behind the same cache, gate and fallbacks -----------------
+
+
+def test_onnxruntime_passes_the_gate_serves_the_same_answers_and_is_cached(cnn_file: Path, tmp_path: Path) -> None:
+    import keras
+
+    config = ModelConfig(backend="onnxruntime", gate={"samples": 64})
+    loaded = load(cnn_file)
+    x = np.random.default_rng(1).random((3, 12, 12, 1)).astype(np.float32)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001
+    report = choose(loaded, config, tmp_path / "cache", name="ort")
+    assert (report.backend, report.precision, report.requested, report.reason) == (
+        "onnxruntime",
+        "fp32",
+        "onnxruntime",
+        "",
+    )
+    assert (report.cached, report.gate_rows, report.top1_agreement) == (False, 64 + sum(ALLOWED), 1.0)
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-5
+    assert loaded._calls[DEFAULT_SIGNATURE] is not tf_call  # noqa: SLF001 - ONNX Runtime computes now
+    got = loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})[loaded.signature.outputs[0].name]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, keras.saving.load_model(cnn_file)(x).numpy(), atol=1e-6)
+    assert (
+        REGISTRY.get_sample_value(
+            "kerasserve_backend_max_abs_diff", {"model": "ort", "backend": "onnxruntime", "precision": "fp32"}
+        )
+        == report.max_abs_diff
+    )
+    # The .onnx is cached under its own key (engine and versions in it): the next load reads it.
+    key = backends.cache_key(cnn_file, config, engine="onnxruntime")
+    assert key != backends.cache_key(cnn_file, config)
+    assert (tmp_path / "cache" / key / "model.onnx").is_file()
+    again = choose(load(cnn_file), config, tmp_path / "cache")
+    assert (again.backend, again.cached) == ("onnxruntime", True)
+    assert again.max_abs_diff == report.max_abs_diff
+
+
+def test_an_op_tf2onnx_cannot_convert_falls_back_to_tensorflow_with_the_reason(tmp_path: Path) -> None:
+    import keras
+
+    class NumpySine(keras.layers.Layer):
+        def call(self, x):
+            return tf.reshape(tf.numpy_function(np.sin, [x], tf.float32), tf.shape(x))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    loaded = in_memory(keras.Sequential([keras.Input((4,)), NumpySine()], name="numpy_sine_ort"), tmp_path)
+    before = fallbacks("pyfunc-ort", "conversion")
+    report = choose(loaded, ModelConfig(backend="onnxruntime"), tmp_path / "cache", name="pyfunc-ort")
+    assert (report.backend, report.requested, report.gate_rows) == ("tensorflow", "onnxruntime", 0)
+    assert report.reason.startswith("ONNX Runtime conversion failed: Tensorflow op"), report.reason
+    assert "PyFunc" in report.reason and "is not supported" in report.reason
+    assert fallbacks("pyfunc-ort", "conversion") == before + 1
+    assert not (tmp_path / "cache").exists()  # nothing unusable was cached
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(
+        loaded.call(DEFAULT_SIGNATURE, {loaded.signature.inputs[0].name: x})[loaded.signature.outputs[0].name],
+        np.sin(x),
+    )
+
+
+def test_onnxruntime_failing_the_gate_stays_on_tensorflow(cnn_file: Path, tmp_path: Path) -> None:
+    before = fallbacks("tight-ort", "gate")
+    config = ModelConfig(backend="onnxruntime", gate={"samples": 64, "tolerance": 1e-12})
+    loaded = load(cnn_file)
+    tf_call = loaded._calls[DEFAULT_SIGNATURE]  # noqa: SLF001
+    report = choose(loaded, config, tmp_path, name="tight-ort")
+    assert (report.backend, report.requested) == ("tensorflow", "onnxruntime")
+    assert report.reason.startswith("equivalence gate failed (fp32): output"), report.reason
+    assert "over 1e-12" in report.reason
+    assert report.max_rel_diff is not None and report.max_rel_diff > 1e-12
+    assert fallbacks("tight-ort", "gate") == before + 1
+    assert loaded._calls[DEFAULT_SIGNATURE] is tf_call  # noqa: SLF001
+
+
+def test_onnxruntime_bf16_is_refused_by_the_config_and_falls_back_under_model_backend(
+    cnn_file: Path, tmp_path: Path
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="backend: onnxruntime runs fp32 only"):
+        ModelConfig(backend="onnxruntime", precision="bf16")
+    # MODEL_BACKEND=onnxruntime and a config asking only for bf16: the version serves on TensorFlow, saying why.
+    report = backends.choose(
+        load(cnn_file),
+        ServableId("bf16-ort", 1),
+        ModelConfig(precision="bf16"),
+        default_backend="onnxruntime",
+        cache_dir=tmp_path,
+        threads=1,
+        device="/CPU:0",
+        allowed_batch_sizes=ALLOWED,
+    )
+    assert (report.backend, report.requested) == ("tensorflow", "onnxruntime")
+    assert (
+        report.reason
+        == "ONNX Runtime conversion failed: ONNX Runtime runs fp32 only here (precision: bf16 asks for OpenVINO)"
+    )
+    assert backends.candidates("auto", "bf16") == ("openvino",)
+
+
+def test_auto_tries_both_engines_and_keeps_the_fastest_that_passes(cnn_file: Path, tmp_path: Path) -> None:
+    report = choose(load(cnn_file), ModelConfig(backend="auto", gate={"samples": 64}), tmp_path, name="auto-both")
+    # Both were gated (each engine's max |Δ| is exported), one serves: the faster, if faster than TensorFlow.
+    shown = {
+        engine: REGISTRY.get_sample_value(
+            "kerasserve_backend_max_abs_diff", {"model": "auto-both", "backend": engine, "precision": "fp32"}
+        )
+        for engine in ("openvino", "onnxruntime")
+    }
+    assert None not in shown.values(), shown
+    if report.backend == "tensorflow":  # both slower than TensorFlow (a very busy machine)
+        assert report.reason.startswith("OpenVINO was slower than TensorFlow"), report.reason
+    else:
+        assert report.backend in shown and report.speedup is not None and report.speedup >= 1.0
+        assert report.max_abs_diff == shown[report.backend]
+
+
 # --- the real sample inputs of gate.inputs ------------------------------------------------------
 
 
-def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(cnn_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(
+    cnn_file: Path, tmp_path: Path, engine: str
+) -> None:
     from service.protocols import backend_json
 
     loaded = load(cnn_file)
     folder = sample_folder(tmp_path / "samples", loaded.signature.inputs[0].name)
-    config = ModelConfig(backend="openvino", gate={"samples": 16, "inputs": "samples"})
-    report = choose(loaded, config, tmp_path / "cache", name="sampled", samples=folder)
-    assert (report.backend, report.reason) == ("openvino", "")
+    config = ModelConfig(backend=engine, gate={"samples": 16, "inputs": "samples"})
+    report = choose(loaded, config, tmp_path / "cache", name=f"sampled-{engine}", samples=folder)
+    assert (report.backend, report.reason) == (engine, "")
     assert report.gate_rows == 16 + sum(ALLOWED)  # the seeded comparison is unchanged
     assert report.inputs_rows == 6
     assert report.inputs_max_rel_diff is not None and report.inputs_max_rel_diff <= 1e-5
@@ -324,13 +450,13 @@ def test_the_gate_runs_the_real_sample_inputs_and_reports_them_apart(cnn_file: P
     assert (
         REGISTRY.get_sample_value(
             "kerasserve_backend_gate_inputs_max_abs_diff",
-            {"model": "sampled", "backend": "openvino", "precision": "fp32"},
+            {"model": f"sampled-{engine}", "backend": engine, "precision": "fp32"},
         )
         == report.inputs_max_abs_diff
     )
     # The next load reads the cached conversion and still runs the gate, sample inputs included.
     again = choose(load(cnn_file), config, tmp_path / "cache", samples=folder)
-    assert (again.backend, again.cached, again.inputs_rows) == ("openvino", True, 6)
+    assert (again.backend, again.cached, again.inputs_rows) == (engine, True, 6)
 
 
 def test_sample_images_get_exactly_what_a_request_gets_in_chunks_of_the_largest_batch(

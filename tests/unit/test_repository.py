@@ -120,7 +120,7 @@ def test_a_version_config_that_clashes_with_the_model_config_gives_the_version_a
 
     (version,) = repo.scan()["m"].aspired
 
-    assert version.error.startswith("the model and version configs do not go together")
+    assert version.error.startswith("config.yaml: the model's and the version's config do not go together")
     assert "precision bf16 is OpenVINO's" in version.error
 
 
@@ -261,6 +261,23 @@ def test_invalid_config_gives_the_version_an_error(tmp_path: Path, repo: ModelRe
     (version,) = repo.scan()["m"].aspired
 
     assert "m.yaml" in version.error and "no_such_key" in version.error
+
+
+def test_a_version_config_that_does_not_go_with_the_model_config_gives_the_version_an_error(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    write(tmp_path / "m" / "config.yaml", "backend: onnxruntime\nversion_policy: all\n")
+    write(tmp_path / "m" / "1" / "model.keras")
+    write(tmp_path / "m" / "1" / "config.yaml", "precision: bf16\n")
+    write(tmp_path / "m" / "2" / "model.keras")
+
+    first, second = sorted(repo.scan()["m"].aspired, key=lambda v: v.id.version)
+
+    assert first.error == (
+        "config.yaml: the model's and the version's config do not go together: "
+        "backend: onnxruntime runs fp32 only (precision: bf16 is OpenVINO's; use backend: openvino)"
+    )
+    assert (second.error, second.config.backend) == ("", "onnxruntime")
 
 
 HUB_CONFIG = '{"architectures": ["WideDeep"], "model_type": "wide_deep", "hidden_size": 64, "num_labels": 2}'
