@@ -1243,6 +1243,17 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
         "cores: server / wrk / other |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    by_thread = [
+        "",
+        "The same CPU measured by thread (`/proc/PID/task`): TensorFlow runs the model's arithmetic on its own "
+        "threads, named `tf_*`, so their CPU is the model's compute as it runs in each server, beside the fair "
+        "limit's; every other thread runs Python and the C code it calls (sockets, parsing, decode, the model "
+        "call's dispatch):",
+        "",
+        "| clients | service: TF threads ms per row | fair model CPU ms per row | service: other threads ms per "
+        "request | competent: TF threads ms per row | competent: other threads ms per request |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for concurrency in args.concurrency:
         service = at(result.get("service"), concurrency)
         competent = at(result.get("competent"), concurrency)
@@ -1259,29 +1270,14 @@ def case_section(result: dict, args: argparse.Namespace) -> list[str]:
             f"{fmt(ceiling and ceiling['cpu_ms_per_request'], '.2f')} | "
             f"{service['cpu_server_cores']:.2f} / {service['cpu_client_cores']:.2f} / {service['cpu_other_cores']:.2f} |"
         )
-    lines += [
-        "",
-        "The same CPU measured by thread (`/proc/PID/task`): TensorFlow runs the model's arithmetic on its own "
-        "threads, named `tf_*`, so their CPU is the model's compute as it runs in each server, beside the fair "
-        "limit's; every other thread runs Python and the C code it calls (sockets, parsing, decode, the model "
-        "call's dispatch):",
-        "",
-        "| clients | service: TF threads ms per row | fair model CPU ms per row | service: other threads ms per "
-        "request | competent: TF threads ms per row | competent: other threads ms per request |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for concurrency in args.concurrency:
-        service = at(result.get("service"), concurrency)
-        competent = at(result.get("competent"), concurrency)
-        if service is None:
-            continue
-        lines.append(
+        by_thread.append(
             f"| {concurrency} | {fmt(service.get('tf_threads_ms_per_row'), '.2f')} | "
             f"{fmt(service.get('fair_model_ms_per_row'), '.2f')} | "
             f"{fmt(service.get('other_threads_ms_per_request'), '.2f')} | "
             f"{fmt(competent and competent.get('tf_threads_ms_per_row'), '.2f')} | "
             f"{fmt(competent and competent.get('other_threads_ms_per_request'), '.2f')} |"
         )
+    lines += by_thread
     if result["open_loop"]:
         lines += [
             "",

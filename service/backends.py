@@ -303,11 +303,18 @@ def _replace(report: BackendReport, **changes: Any) -> BackendReport:
 def _check_supported(
     loaded: LoadedModel, device: str, extra_outputs: tuple[str, ...], *, engine: str = "OpenVINO"
 ) -> None:
+    """What OpenVINO and ONNX Runtime take: a model on the CPU, without extra outputs, and `_check_common`."""
     if device != "/CPU:0":
         raise ConversionFailed(f"{engine} runs on the CPU here and this worker serves on {device}")
+    _check_common(loaded, "converted", extra_outputs=extra_outputs)
+
+
+def _check_common(loaded: LoadedModel, done: str, *, extra_outputs: tuple[str, ...] = ()) -> None:
+    """What no compiled backend takes: TF1 graphs, signatures without a batch axis, string inputs, stateful layers
+    (and `extra_outputs`, passed by the backends that cannot serve them). `done`: `converted` or `compiled`."""
     if not _is_keras(loaded.model) and _signature_function(loaded) is None:
         raise ConversionFailed(
-            f"only Keras models and SavedModel signature functions are converted (this one was loaded by {loaded.loader})"
+            f"only Keras models and SavedModel signature functions are {done} (this one was loaded by {loaded.loader})"
         )
     if extra_outputs:
         raise ConversionFailed("extra_outputs are served by TensorFlow")
@@ -855,18 +862,8 @@ def _xla_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
             f"precision {config.precision} is OpenVINO's; XLA computes in the model's own dtypes "
             "(build mixed precision into the model, e.g. a Keras dtype policy, and keep precision fp32)"
         )
-    if not _is_keras(loaded.model) and _signature_function(loaded) is None:
-        raise ConversionFailed(
-            f"only Keras models and SavedModel signature functions are compiled (this one was loaded by {loaded.loader})"
-        )
-    signature = loaded.signature
-    if not signature.batched:
-        raise ConversionFailed("the signature has a fixed batch size or no batch axis")
-    if any(t.dtype == "string" for t in signature.inputs):
-        raise ConversionFailed("string inputs are not supported")
-    if any(getattr(layer, "stateful", False) for layer in _layers(loaded.model)):
-        raise ConversionFailed("stateful layers are not supported")
-    for tensor in signature.inputs:
+    _check_common(loaded, "compiled")
+    for tensor in loaded.signature.inputs:
         if any(d is None for d in tensor.shape[1:]):
             raise ConversionFailed(
                 f"input '{tensor.name}' has a variable dimension besides the batch axis "
