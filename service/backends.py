@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -72,6 +72,7 @@ _GRAPH_KEYS = ("plugins", "globals", "lambdas", "extra_outputs", "custom_objects
 """Model config keys that change the graph the loader builds (part of the cache key)."""
 
 Call = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+_T = TypeVar("_T")
 
 
 class ConversionFailed(Exception):
@@ -118,24 +119,14 @@ def choose(
         requested=requested, precision="fp32", inputs_folder=gate_inputs.shown if gate_inputs else ""
     )
     started = time.monotonic()
+    target = _Target(
+        loaded, config, cache_dir, gate_inputs.folder if gate_inputs else None, threads, device, allowed_batch_sizes
+    )
     attempts: list[_Attempt] = []
     try:
         samples = _samples(gate_inputs, loaded.signature, allowed_batch_sizes[-1])
         for name in candidates(requested, config.precision):
-            attempts.append(
-                _attempt(
-                    _ENGINES[name],
-                    loaded,
-                    servable_id,
-                    config,
-                    samples,
-                    cache_dir=cache_dir,
-                    threads=threads,
-                    device=device,
-                    allowed_batch_sizes=allowed_batch_sizes,
-                    exclude=gate_inputs.folder if gate_inputs else None,
-                )
-            )
+            attempts.append(_attempt(_ENGINES[name], target, servable_id, samples))
     except equivalence.GateInputsError as err:
         metrics.BACKEND_FALLBACKS.labels(model=servable_id.name, reason="gate").inc()
         reason = f"gate.inputs '{report.inputs_folder}' cannot be used: {err}"
@@ -175,18 +166,32 @@ def choose(
 
 
 @dataclass(frozen=True, slots=True)
+class _Target:
+    """What an engine prepares a call for: the loaded version, its config and the worker's resources."""
+
+    loaded: LoadedModel
+    config: ModelConfig
+    cache_dir: Path
+    exclude: Path | None
+    """A folder inside the model's files left out of the cache key (the gate's sample inputs)."""
+    threads: int
+    device: str
+    allowed: tuple[int, ...]
+    """The allowed batch sizes, largest last."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Engine:
     """A compiled backend: how it gets a call for a loaded model (cached or converted), and converts again."""
 
     name: str
     shown: str
-    check: Callable[..., None]
-    """(loaded, device, config) -> None; raises ConversionFailed for a model the engine does not take."""
-    prepare: Callable[..., tuple[Call, str, bool]]
-    """(loaded, config, cache_dir, exclude, threads, precision, device, allowed batch sizes) -> (call, precision it
-    runs at, from the cache)."""
-    again: Callable[..., tuple[Call, str]]
-    """(loaded, threads, precision) -> (call, precision): converted anew, the cache not read."""
+    check: Callable[[_Target], None]
+    """Raises ConversionFailed for a model the engine does not take."""
+    prepare: Callable[[_Target], tuple[Call, str, bool]]
+    """(call, precision it runs at, whether it came from the cache)."""
+    again: Callable[[_Target], tuple[Call, str]]
+    """(call, precision): converted anew, the cache not read."""
     failed: str = "conversion failed"
     """How its failure reads in the reason (`<shown> <failed>: ...`)."""
 
@@ -206,35 +211,23 @@ class _Attempt:
 
 
 def _attempt(
-    engine: _Engine,
-    loaded: LoadedModel,
-    servable_id: ServableId,
-    config: ModelConfig,
-    samples: list[dict[str, np.ndarray]] | None,
-    *,
-    cache_dir: Path,
-    threads: int,
-    device: str,
-    allowed_batch_sizes: tuple[int, ...],
-    exclude: Path | None,
+    engine: _Engine, target: _Target, servable_id: ServableId, samples: list[dict[str, np.ndarray]] | None
 ) -> _Attempt:
-    """Convert (or read from the cache), compile and gate `loaded` on one engine; never raises but for GateInputsError."""
-    precision = config.precision
+    """Convert (or read from the cache), compile and gate `target` on one engine; never raises but for GateInputsError."""
+    loaded, config, allowed = target.loaded, target.config, target.allowed
     started = time.monotonic()
     try:
-        engine.check(loaded, device, config)
-        call, actual, cached = engine.prepare(
-            loaded, config, cache_dir, exclude, threads, precision, device, allowed_batch_sizes
-        )
+        engine.check(target)
+        call, actual, cached = engine.prepare(target)
         convert_s = time.monotonic() - started
-        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+        result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
         if cached and not result.passed:
             # A cached conversion of the same file may predate a plugin change (a custom layer's code
             # is not in the key): convert again once before giving up on the backend.
             log.info("%s: the cached %s model failed the gate; converting again", servable_id, engine.shown)
-            (call, actual), cached = engine.again(loaded, threads, precision), False
+            (call, actual), cached = engine.again(target), False
             convert_s = time.monotonic() - started
-            result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed_batch_sizes)
+            result = _gate(loaded, call, config, samples, precision=actual, allowed_batch_sizes=allowed)
     except equivalence.GateInputsError:
         raise
     except ConversionFailed as err:
@@ -373,28 +366,35 @@ def _engine_versions(engine: str) -> str:
     return f"openvino {openvino.get_version()}"
 
 
-def _converted(loaded: LoadedModel, config: ModelConfig, cache_dir: Path, *, exclude: Path | None) -> tuple[Any, bool]:
-    """The OpenVINO model of `loaded`'s default signature, from the cache or converted (and cached)."""
-    import openvino
-
-    core = _core()
+def _cached_or_converted(
+    target: _Target,
+    engine: str,
+    name: str,
+    read: Callable[[Path], _T],
+    convert: Callable[[], _T],
+    write: Callable[[_T, Path], object],
+) -> tuple[_T, bool]:
+    """`target`'s converted model from BACKEND_CACHE_DIR (`read` of `<entry>/name`), else `convert()`ed and
+    cached (`write`, atomically); and whether it came from the cache. A cache that is world-writable,
+    unreadable or read-only only costs a conversion per load."""
+    cache_dir = target.cache_dir
     entry: Path | None = None
     try:
         if _world_writable(cache_dir):
             # Anyone could plant a converted model there: convert every time instead.
             raise OSError(f"{cache_dir} is world-writable; not used")
-        entry = cache_dir / cache_key(loaded.path, config, exclude=exclude)
-        if (entry / "model.xml").is_file():
-            return core.read_model(entry / "model.xml"), True
+        entry = cache_dir / cache_key(target.loaded.path, target.config, exclude=target.exclude, engine=engine)
+        if (entry / name).is_file():
+            return read(entry / name), True
     except (OSError, RuntimeError) as err:
         log.warning("backend cache unreadable, converting: %s", err)
-    ov_model = convert(loaded)
+    converted = convert()
     if entry is not None:
         try:
-            _store(openvino, ov_model, cache_dir, entry)
+            _store_entry(cache_dir, entry, name, lambda file: write(converted, file))
         except (OSError, RuntimeError) as err:  # a read-only cache folder only costs a conversion per load
             log.warning("backend cache not written (%s): %s", cache_dir, err)
-    return ov_model, False
+    return converted, False
 
 
 def _world_writable(folder: Path) -> bool:
@@ -502,13 +502,6 @@ def _why(err: Exception) -> str:
             return line.strip(" -")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
     return f"{type(err).__name__}: {first[:300]}"
-
-
-def _store(openvino: Any, ov_model: Any, cache_dir: Path, entry: Path) -> None:
-    """Write the converted model under `entry` atomically (another worker may be writing the same one)."""
-    _store_entry(
-        cache_dir, entry, "model.xml", lambda file: openvino.save_model(ov_model, file, compress_to_fp16=False)
-    )
 
 
 def _store_entry(cache_dir: Path, entry: Path, name: str, write: Callable[[Path], object]) -> None:
@@ -655,27 +648,31 @@ def _warm_up_inputs(signature: Signature, allowed_batch_sizes: tuple[int, ...]) 
     ]
 
 
-def _openvino_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
-    _check_supported(loaded, device, config.extra_outputs, engine="OpenVINO")
+def _openvino_check(target: _Target) -> None:
+    _check_supported(target.loaded, target.device, target.config.extra_outputs, engine="OpenVINO")
 
 
-def _openvino_prepare(
-    loaded: LoadedModel,
-    config: ModelConfig,
-    cache_dir: Path,
-    exclude: Path | None,
-    threads: int,
-    precision: str,
-    device: str,
-    allowed: tuple[int, ...],
-) -> tuple[Call, str, bool]:
-    ov_model, cached = _converted(loaded, config, cache_dir, exclude=exclude)
-    call, actual = _compile(ov_model, loaded.signature, threads=threads, precision=precision)
+def _openvino_prepare(target: _Target) -> tuple[Call, str, bool]:
+    import openvino
+
+    ov_model, cached = _cached_or_converted(
+        target,
+        OPENVINO,
+        "model.xml",
+        read=lambda file: _core().read_model(file),
+        convert=lambda: convert(target.loaded),
+        write=lambda model, file: openvino.save_model(model, file, compress_to_fp16=False),
+    )
+    call, actual = _compile(
+        ov_model, target.loaded.signature, threads=target.threads, precision=target.config.precision
+    )
     return call, actual, cached
 
 
-def _openvino_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
-    return _compile(convert(loaded), loaded.signature, threads=threads, precision=precision)
+def _openvino_again(target: _Target) -> tuple[Call, str]:
+    return _compile(
+        convert(target.loaded), target.loaded.signature, threads=target.threads, precision=target.config.precision
+    )
 
 
 # --- ONNX Runtime: tf2onnx converts the same traced function, ONNX Runtime's CPU provider runs it -----
@@ -692,45 +689,34 @@ def _onnxruntime_versions() -> str:
     return f"onnxruntime {onnxruntime.__version__} tf2onnx {tf2onnx.__version__} opset {ONNX_OPSET}"
 
 
-def _onnxruntime_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
-    _check_supported(loaded, device, config.extra_outputs, engine="ONNX Runtime")
+def _onnxruntime_check(target: _Target) -> None:
+    _check_supported(target.loaded, target.device, target.config.extra_outputs, engine="ONNX Runtime")
 
 
-def _onnxruntime_prepare(
-    loaded: LoadedModel,
-    config: ModelConfig,
-    cache_dir: Path,
-    exclude: Path | None,
-    threads: int,
-    precision: str,
-    device: str,
-    allowed: tuple[int, ...],
-) -> tuple[Call, str, bool]:
-    """The ONNX Runtime call of `loaded`'s default signature: the cached .onnx, else converted, opened, then cached."""
-    _onnxruntime_precision(precision)
-    entry: Path | None = None
-    try:
-        if _world_writable(cache_dir):
-            raise OSError(f"{cache_dir} is world-writable; not used")
-        entry = cache_dir / cache_key(loaded.path, config, exclude=exclude, engine=ONNXRUNTIME)
-        if (entry / "model.onnx").is_file():
-            return _onnxruntime_session(entry / "model.onnx", loaded.signature, threads), "fp32", True
-    except OSError as err:
-        log.warning("backend cache unreadable, converting: %s", err)
-    model, errors = _onnxruntime_convert(loaded)
-    call = _onnxruntime_session(model, loaded.signature, threads, errors=errors)
-    if entry is not None:
-        try:
-            _store_entry(cache_dir, entry, "model.onnx", lambda file: file.write_bytes(model))
-        except OSError as err:  # a read-only cache folder only costs a conversion per load
-            log.warning("backend cache not written (%s): %s", cache_dir, err)
-    return call, "fp32", False
+def _onnxruntime_prepare(target: _Target) -> tuple[Call, str, bool]:
+    """The ONNX Runtime call of the default signature: the cached .onnx, else converted, opened, then cached."""
+    _onnxruntime_precision(target.config.precision)
+    signature, threads = target.loaded.signature, target.threads
+    (_, call), cached = _cached_or_converted(
+        target,
+        ONNXRUNTIME,
+        "model.onnx",
+        read=lambda file: (b"", _onnxruntime_session(file, signature, threads)),
+        convert=lambda: _onnxruntime_converted(target),  # opened before it is cached: a broken one never is
+        write=lambda converted, file: file.write_bytes(converted[0]),
+    )
+    return call, "fp32", cached
 
 
-def _onnxruntime_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
-    _onnxruntime_precision(precision)
-    model, errors = _onnxruntime_convert(loaded)
-    return _onnxruntime_session(model, loaded.signature, threads, errors=errors), "fp32"
+def _onnxruntime_again(target: _Target) -> tuple[Call, str]:
+    _onnxruntime_precision(target.config.precision)
+    return _onnxruntime_converted(target)[1], "fp32"
+
+
+def _onnxruntime_converted(target: _Target) -> tuple[bytes, Call]:
+    """Convert with tf2onnx and open the result: the serialized model and its call."""
+    model, errors = _onnxruntime_convert(target.loaded)
+    return model, _onnxruntime_session(model, target.loaded.signature, target.threads, errors=errors)
 
 
 def _onnxruntime_precision(precision: str) -> None:
@@ -854,9 +840,10 @@ def _onnxruntime_session(
 # --- XLA: the runner's own call, compiled by XLA (`tf.function(jit_compile=True)`) ------------------
 
 
-def _xla_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
+def _xla_check(target: _Target) -> None:
     """XLA runs on the worker's own device and serves `extra_outputs`; it computes in the model's dtypes, and
     compiles once per shape, so no bf16 and no variable dimension besides the batch axis."""
+    loaded, config = target.loaded, target.config
     if config.precision != "fp32":
         raise ConversionFailed(
             f"precision {config.precision} is OpenVINO's; XLA computes in the model's own dtypes "
@@ -871,16 +858,7 @@ def _xla_check(loaded: LoadedModel, device: str, config: ModelConfig) -> None:
             )
 
 
-def _xla_prepare(
-    loaded: LoadedModel,
-    config: ModelConfig,
-    cache_dir: Path,
-    exclude: Path | None,
-    threads: int,
-    precision: str,
-    device: str,
-    allowed: tuple[int, ...],
-) -> tuple[Call, str, bool]:
+def _xla_prepare(target: _Target) -> tuple[Call, str, bool]:
     """Build the default signature's call with `jit_compile=True` on `device` and compile every allowed batch size.
 
     XLA compiles once per input shape, on the first call of each: compiling every size the runner
@@ -888,6 +866,7 @@ def _xla_prepare(
     """
     from service.runner import device_scope, keras_signature, saved_model_call
 
+    loaded, config, device = target.loaded, target.config, target.device
     signature = loaded.signature
     function = _signature_function(loaded)
     with device_scope(device):
@@ -903,14 +882,14 @@ def _xla_prepare(
             return compiled(values)
 
     try:
-        for inputs in _warm_up_inputs(signature, allowed):
+        for inputs in _warm_up_inputs(signature, target.allowed):
             call(inputs)
     except Exception as err:  # noqa: BLE001 - an op XLA lacks, a shape it cannot fix: serve on TensorFlow
         raise ConversionFailed(_why(err)) from err
     return call, "fp32", False
 
 
-def _xla_again(loaded: LoadedModel, threads: int, precision: str) -> tuple[Call, str]:
+def _xla_again(target: _Target) -> tuple[Call, str]:
     raise AssertionError("XLA keeps no cache, so there is no cached compilation to redo")  # pragma: no cover
 
 
